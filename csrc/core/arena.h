@@ -1,0 +1,26 @@
+/* Activation arena: one allocation per batch shape. A model first "plans" with a
+ * measuring arena (base == NULL: allocations only count bytes), then allocates exactly
+ * that much and replays the same allocation sequence. */
+#ifndef GLAE_ARENA_H
+#define GLAE_ARENA_H
+
+#include <stddef.h>
+
+#define GLAE_ALIGN 64
+
+typedef struct {
+    char *base;  /* NULL while measuring */
+    size_t size; /* capacity in bytes */
+    size_t used; /* bytes handed out since the last reset */
+    size_t peak; /* largest `used` seen */
+} glae_arena;
+
+void glae_arena_measure(glae_arena *a); /* start a measuring pass */
+int glae_arena_reserve(glae_arena *a, size_t bytes); /* (re)allocate `bytes`, zeroed */
+/* Aligned bump allocation; returns NULL (with an error set) when out of space. While
+ * measuring it returns a dummy non-NULL pointer that must not be dereferenced. */
+void *glae_arena_alloc(glae_arena *a, size_t bytes);
+void glae_arena_reset(glae_arena *a);
+void glae_arena_free(glae_arena *a);
+
+#endif

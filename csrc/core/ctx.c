@@ -1,0 +1,53 @@
+#include "ctx.h"
+
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "blas.h"
+#include "status.h"
+
+int glae_ctx_init(glae_ctx *ctx, glae_device device) {
+    memset(ctx, 0, sizeof *ctx);
+    if (device != GLAE_CPU) return glae_fail(GLAE_ERR_VALUE, "ctx: only the CPU device is built");
+    ctx->device = device;
+    ctx->nthreads = glae_get_num_threads();
+    return GLAE_OK;
+}
+
+void glae_ctx_free(glae_ctx *ctx) {
+    free(ctx->scratch);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+float *glae_ctx_scratch(glae_ctx *ctx, size_t nfloat) {
+    if (nfloat <= ctx->scratch_size) return ctx->scratch;
+    free(ctx->scratch);
+    size_t bytes = (nfloat * sizeof(float) + 63) / 64 * 64;
+    ctx->scratch = aligned_alloc(64, bytes);
+    if (!ctx->scratch) {
+        ctx->scratch_size = 0;
+        glae_fail(GLAE_ERR_MEMORY, "scratch: cannot allocate %zu bytes", bytes);
+        return NULL;
+    }
+    ctx->scratch_size = nfloat;
+    return ctx->scratch;
+}
+
+void glae_set_num_threads(int n) {
+    if (n < 1) n = 1;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    glae_blas_set_num_threads(n);
+}
+
+int glae_get_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

@@ -1,0 +1,28 @@
+/* The execution context passed explicitly to every layer function: device, thread
+ * count and a growable scratch buffer (im2col columns and the like). No globals. */
+#ifndef GLAE_CTX_H
+#define GLAE_CTX_H
+
+#include <stddef.h>
+
+#include "tensor.h"
+
+typedef struct glae_ctx {
+    glae_device device;
+    int nthreads;        /* CPU threads for OpenMP regions and BLAS */
+    float *scratch;      /* CPU scratch, grown on demand, 64-byte aligned */
+    size_t scratch_size; /* in floats */
+    void *cuda;          /* CUDA handles (streams, cuDNN, cuBLAS) when device == GLAE_CUDA */
+} glae_ctx;
+
+int glae_ctx_init(glae_ctx *ctx, glae_device device);
+void glae_ctx_free(glae_ctx *ctx);
+/* At least `nfloat` floats of scratch; NULL with an error set if allocation fails.
+ * The contents are not preserved across calls that grow it. */
+float *glae_ctx_scratch(glae_ctx *ctx, size_t nfloat);
+
+/* Process-wide CPU threads (OpenMP + OpenBLAS). */
+void glae_set_num_threads(int n);
+int glae_get_num_threads(void);
+
+#endif

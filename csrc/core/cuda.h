@@ -1,0 +1,48 @@
+/* The CUDA side of the context: handles and checked calls. Compiled by nvcc only when
+ * the CUDA backend is built (GLAE_WITH_CUDA); C callers see plain C declarations. */
+#ifndef GLAE_CUDA_H
+#define GLAE_CUDA_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of usable CUDA devices; 0 (and GLAE_OK) when there is no driver or device. */
+int glae_cuda_device_count(int *count);
+/* Name and compute capability of a device, for reports. */
+int glae_cuda_device_info(int device, char *name, int name_len, int *major, int *minor);
+/* cuDNN version linked at run time (e.g. 90100), 0 when cuDNN cannot be loaded. */
+int glae_cudnn_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __CUDACC__
+#include "status.h"
+/* Every CUDA / cuBLAS / cuDNN call goes through these: the failing expression, file and
+ * line become the error message and the function returns GLAE_ERR_CUDA. */
+#define GLAE_CUDA_CHECK(expr)                                                              \
+    do {                                                                                   \
+        cudaError_t e_ = (expr);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return glae_fail(GLAE_ERR_CUDA, "%s failed at %s:%d: %s", #expr, __FILE__,      \
+                             __LINE__, cudaGetErrorString(e_));                            \
+    } while (0)
+#define GLAE_CUDNN_CHECK(expr)                                                             \
+    do {                                                                                   \
+        cudnnStatus_t e_ = (expr);                                                         \
+        if (e_ != CUDNN_STATUS_SUCCESS)                                                    \
+            return glae_fail(GLAE_ERR_CUDA, "%s failed at %s:%d: %s", #expr, __FILE__,      \
+                             __LINE__, cudnnGetErrorString(e_));                           \
+    } while (0)
+#define GLAE_CUBLAS_CHECK(expr)                                                            \
+    do {                                                                                   \
+        cublasStatus_t e_ = (expr);                                                        \
+        if (e_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            return glae_fail(GLAE_ERR_CUDA, "%s failed at %s:%d: cuBLAS status %d", #expr,  \
+                             __FILE__, __LINE__, (int)e_);                                 \
+    } while (0)
+#endif
+
+#endif

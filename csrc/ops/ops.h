@@ -1,0 +1,105 @@
+/* Layer functions of the CPU engine. Each layer is a forward/backward pair; the CUDA
+ * twin (ops/<family>.cu) has the same signature with a `_cuda` suffix.
+ *
+ * Conventions (STYLE.md, llm.c):
+ *  - argument order: ctx, outputs, saved values, inputs, parameters, sizes;
+ *    backward: ctx, input grads, parameter grads, output grad, saved values, ...
+ *  - activations are NHWC float32; semantics follow PyTorch's logical NCHW definitions;
+ *  - outputs and input gradients are overwritten (=); parameter gradients accumulate
+ *    (+=), cleared by an explicit zero-grad. Any gradient pointer may be NULL: it is
+ *    then not computed;
+ *  - every function returns a glae_status (0 = ok) and never aborts.
+ */
+#ifndef GLAE_OPS_H
+#define GLAE_OPS_H
+
+#include <stdint.h>
+
+#include "../core/ctx.h"
+#include "../core/status.h"
+
+/* ---- conv2d (conv.c) -------------------------------------------------------------
+ * in (N, H, W, Cin), weight (Cout, KH, KW, Cin) [torchvision OIHW permuted to OHWI],
+ * bias (Cout) or NULL, out (N, OH, OW, Cout); zero padding. */
+typedef struct {
+    int n, h, w, c_in, c_out, kh, kw, stride_h, stride_w, pad_h, pad_w;
+    int oh, ow; /* filled by glae_conv2d_shape_init */
+} glae_conv2d_shape;
+
+int glae_conv2d_shape_init(glae_conv2d_shape *s, int n, int h, int w, int c_in, int c_out, int kh,
+                           int kw, int stride_h, int stride_w, int pad_h, int pad_w);
+int glae_conv2d_forward(glae_ctx *ctx, float *out, const float *in, const float *weight,
+                        const float *bias, const glae_conv2d_shape *s);
+int glae_conv2d_backward(glae_ctx *ctx, float *din, float *dweight, float *dbias,
+                         const float *dout, const float *in, const float *weight,
+                         const glae_conv2d_shape *s);
+
+/* ---- batch norm 2d (norm.c) --------------------------------------------------------
+ * x viewed as (rows = N*H*W, C). Training: batch statistics, biased variance for the
+ * normalisation, running_var updated with the unbiased one, running = (1-m)*running +
+ * m*batch (PyTorch). Eval: running statistics. save_mean / save_invstd (C) are written
+ * in both modes (eval: running mean and 1/sqrt(running_var+eps)) so the backward needs
+ * no branches on the caller's side. running_* may be NULL in training (not updated). */
+int glae_batchnorm_forward(glae_ctx *ctx, float *out, float *save_mean, float *save_invstd,
+                           const float *in, const float *gamma, const float *beta,
+                           float *running_mean, float *running_var, int64_t rows, int c,
+                           float momentum, float eps, int training);
+int glae_batchnorm_backward(glae_ctx *ctx, float *din, float *dgamma, float *dbeta,
+                            const float *dout, const float *in, const float *save_mean,
+                            const float *save_invstd, const float *gamma, int64_t rows, int c,
+                            int training);
+
+/* ---- ReLU (act.c); out may alias in, din may alias dout --------------------------- */
+int glae_relu_forward(glae_ctx *ctx, float *out, const float *in, int64_t n);
+/* uses the forward output: d/dx relu = [out > 0] */
+int glae_relu_backward(glae_ctx *ctx, float *din, const float *dout, const float *out, int64_t n);
+
+/* ---- residual add (act.c) --------------------------------------------------------- */
+int glae_add_forward(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+/* da = dout, db = dout (either may be NULL) */
+int glae_add_backward(glae_ctx *ctx, float *da, float *db, const float *dout, int64_t n);
+
+/* ---- max pool 2d (pool.c) ----------------------------------------------------------
+ * in (N, H, W, C) -> out (N, OH, OW, C); padding counts as -inf (PyTorch). argmax
+ * (N, OH, OW, C) holds the winning input position h*W + w, used by the backward. */
+typedef struct {
+    int n, h, w, c, k, stride, pad, ceil_mode;
+    int oh, ow; /* filled by glae_pool_shape_init (PyTorch's output-size rule) */
+} glae_pool_shape;
+
+int glae_pool_shape_init(glae_pool_shape *s, int n, int h, int w, int c, int k, int stride,
+                         int pad, int ceil_mode);
+int glae_maxpool2d_forward(glae_ctx *ctx, float *out, int32_t *argmax, const float *in,
+                           const glae_pool_shape *s);
+int glae_maxpool2d_backward(glae_ctx *ctx, float *din, const float *dout, const int32_t *argmax,
+                            const glae_pool_shape *s);
+
+/* ---- global average pool (pool.c): (N, HW, C) -> (N, C) ---------------------------- */
+int glae_avgpool_forward(glae_ctx *ctx, float *out, const float *in, int n, int hw, int c);
+int glae_avgpool_backward(glae_ctx *ctx, float *din, const float *dout, int n, int hw, int c);
+
+/* ---- linear (linear.c): out (N, OUT) = in (N, IN) W^T + b, W (OUT, IN) like PyTorch - */
+int glae_linear_forward(glae_ctx *ctx, float *out, const float *in, const float *weight,
+                        const float *bias, int n, int in_f, int out_f);
+int glae_linear_backward(glae_ctx *ctx, float *din, float *dweight, float *dbias,
+                         const float *dout, const float *in, const float *weight, int n,
+                         int in_f, int out_f);
+
+/* ---- pixel shuffle (shuffle.c) -----------------------------------------------------
+ * PyTorch PixelShuffle(r) on the logical NCHW tensor (N, C*r*r, H, W) -> (N, C, H*r, W*r):
+ *   out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]
+ * stored NHWC: in (N, H, W, C*r*r) -> out (N, H*r, W*r, C). */
+int glae_pixel_shuffle_forward(glae_ctx *ctx, float *out, const float *in, int n, int h, int w,
+                               int c_in, int r);
+int glae_pixel_shuffle_backward(glae_ctx *ctx, float *din, const float *dout, int n, int h,
+                                int w, int c_in, int r);
+
+/* ---- softmax / log-softmax over the last axis (softmax.c): (rows, K) --------------- */
+int glae_softmax_forward(glae_ctx *ctx, float *out, const float *in, int64_t rows, int k);
+int glae_softmax_backward(glae_ctx *ctx, float *din, const float *dout, const float *out,
+                          int64_t rows, int k);
+int glae_log_softmax_forward(glae_ctx *ctx, float *out, const float *in, int64_t rows, int k);
+int glae_log_softmax_backward(glae_ctx *ctx, float *din, const float *dout, const float *out,
+                              int64_t rows, int k);
+
+#endif

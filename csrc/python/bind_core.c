@@ -1,0 +1,103 @@
+/* Bindings for the core: threads, poisoning, the counter-based RNG, CUDA devices. */
+#include "py.h"  /* Python.h first */
+#include "../core/ctx.h"
+#include "../core/cuda.h"
+#include "../core/rng.h"
+
+PyObject *glae_py_set_poison(PyObject *self, PyObject *arg);
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
+    (void)self;
+    int n;
+    if (!PyArg_ParseTuple(args, "i:set_num_threads", &n)) return NULL;
+    if (glae_check_min(n, "n", 1)) return NULL;
+    glae_set_num_threads(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(glae_get_num_threads());
+}
+
+/* philox4x32(key (2,) uint32, ctr (4,) uint32) -> (4,) uint32, for known-answer tests */
+static PyObject *py_philox4x32(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ko, *co;
+    if (!PyArg_ParseTuple(args, "OO:philox4x32", &ko, &co)) return NULL;
+    PyArrayObject *k = glae_arg_array(ko, "key", NPY_UINT32, 1);
+    if (!k || glae_check_dim(k, "key", 0, 2)) return NULL;
+    PyArrayObject *c = glae_arg_array(co, "ctr", NPY_UINT32, 1);
+    if (!c || glae_check_dim(c, "ctr", 0, 4)) return NULL;
+    npy_intp dims[1] = {4};
+    PyArrayObject *out = glae_new_array(1, dims, NPY_UINT32);
+    if (!out) return NULL;
+    glae_philox4x32(PyArray_DATA(k), PyArray_DATA(c), PyArray_DATA(out));
+    return (PyObject *)out;
+}
+
+/* rng_uniform(seed, a, b, c, n) / rng_normal(...): n draws of the stream (seed; a, b, c) */
+static PyObject *rng_draw(PyObject *args, const char *fmt, int normal) {
+    unsigned long long seed;
+    unsigned int a, b, c;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, fmt, &seed, &a, &b, &c, &n)) return NULL;
+    if (glae_check_min(n, "n", 0)) return NULL;
+    npy_intp dims[1] = {n};
+    PyArrayObject *out = glae_new_array(1, dims, NPY_FLOAT64);
+    if (!out) return NULL;
+    double *p = PyArray_DATA(out);
+    glae_rng r;
+    glae_rng_init(&r, seed, a, b, c);
+    for (Py_ssize_t i = 0; i < n; i++) p[i] = normal ? glae_rng_normal(&r) : glae_rng_uniform(&r);
+    return (PyObject *)out;
+}
+
+static PyObject *py_rng_uniform(PyObject *self, PyObject *args) {
+    (void)self;
+    return rng_draw(args, "KIIIn:rng_uniform", 0);
+}
+
+static PyObject *py_rng_normal(PyObject *self, PyObject *args) {
+    (void)self;
+    return rng_draw(args, "KIIIn:rng_normal", 1);
+}
+
+/* cuda_devices() -> list of (name, major, minor); [] without a GPU or CUDA backend */
+static PyObject *py_cuda_devices(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *list = PyList_New(0);
+#ifdef GLAE_WITH_CUDA
+    int n = 0, st;
+    GLAE_NOGIL(st, glae_cuda_device_count(&n));
+    if (st) {
+        Py_DECREF(list);
+        return glae_raise(st);
+    }
+    for (int i = 0; i < n && list; i++) {
+        char name[256];
+        int major = 0, minor = 0;
+        if ((st = glae_cuda_device_info(i, name, sizeof name, &major, &minor))) {
+            Py_DECREF(list);
+            return glae_raise(st);
+        }
+        PyObject *t = Py_BuildValue("(sii)", name, major, minor);
+        if (!t || PyList_Append(list, t) < 0) Py_CLEAR(list);
+        Py_XDECREF(t);
+    }
+#endif
+    return list;
+}
+
+PyMethodDef glae_core_methods[] = {
+    {"cuda_devices", py_cuda_devices, METH_NOARGS, "cuda_devices() -> [(name, major, minor)]"},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): CPU threads (OpenMP and BLAS)."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"set_poison", glae_py_set_poison, METH_O, "set_poison(flag): fill new outputs with NaN/0xA5 before kernels run (testing)."},
+    {"philox4x32", py_philox4x32, METH_VARARGS, "philox4x32(key uint32[2], ctr uint32[4]) -> uint32[4]"},
+    {"rng_uniform", py_rng_uniform, METH_VARARGS, "rng_uniform(seed, a, b, c, n) -> float64[n] in [0, 1)"},
+    {"rng_normal", py_rng_normal, METH_VARARGS, "rng_normal(seed, a, b, c, n) -> float64[n] ~ N(0, 1)"},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,116 @@
+#include "py.h"  /* Python.h first */
+#include <math.h>
+#include <string.h>
+
+static int poison = 0;
+
+int glae_poison_enabled(void) { return poison; }
+
+PyArrayObject *glae_arg_array(PyObject *obj, const char *name, int typenum, int ndim) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %S, got %S", name, (PyObject *)want,
+                     (PyObject *)PyArray_DESCR(a));
+        Py_XDECREF(want);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got %d", name, ndim,
+                     PyArray_NDIM(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be C-contiguous (use numpy.ascontiguousarray)", name);
+        return NULL;
+    }
+    return a;
+}
+
+PyArrayObject *glae_arg_array_opt(PyObject *obj, const char *name, int typenum, int ndim, int *ok) {
+    *ok = 1;
+    if (obj == NULL || obj == Py_None) return NULL;
+    PyArrayObject *a = glae_arg_array(obj, name, typenum, ndim);
+    if (!a) *ok = 0;
+    return a;
+}
+
+int glae_check_dim(PyArrayObject *a, const char *name, int axis, npy_intp want) {
+    if (PyArray_DIM(a, axis) != want) {
+        PyErr_Format(PyExc_ValueError, "%s: dimension %d must be %zd, got %zd", name, axis,
+                     (Py_ssize_t)want, (Py_ssize_t)PyArray_DIM(a, axis));
+        return -1;
+    }
+    return 0;
+}
+
+int glae_check_same_shape(PyArrayObject *a, const char *na, PyArrayObject *b, const char *nb) {
+    if (PyArray_NDIM(a) == PyArray_NDIM(b) &&
+        memcmp(PyArray_DIMS(a), PyArray_DIMS(b), (size_t)PyArray_NDIM(a) * sizeof(npy_intp)) == 0)
+        return 0;
+    PyObject *sa = PyObject_GetAttrString((PyObject *)a, "shape");
+    PyObject *sb = PyObject_GetAttrString((PyObject *)b, "shape");
+    PyErr_Format(PyExc_ValueError, "%s and %s must have the same shape, got %S and %S", na, nb,
+                 sa, sb);
+    Py_XDECREF(sa);
+    Py_XDECREF(sb);
+    return -1;
+}
+
+int glae_check_min(long long v, const char *name, long long lo) {
+    if (v < lo) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= %lld, got %lld", name, lo, v);
+        return -1;
+    }
+    return 0;
+}
+
+PyArrayObject *glae_new_array(int ndim, const npy_intp *dims, int typenum) {
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(ndim, (npy_intp *)dims, typenum);
+    if (!a || !poison) return a;
+    size_t bytes = (size_t)PyArray_NBYTES(a);
+    if (typenum == NPY_FLOAT32) {
+        float *p = PyArray_DATA(a);
+        for (size_t i = 0; i < bytes / sizeof(float); i++) p[i] = NAN;
+    } else if (typenum == NPY_FLOAT64) {
+        double *p = PyArray_DATA(a);
+        for (size_t i = 0; i < bytes / sizeof(double); i++) p[i] = NAN;
+    } else {
+        memset(PyArray_DATA(a), 0xA5, bytes);
+    }
+    return a;
+}
+
+PyArrayObject *glae_zeros(int ndim, const npy_intp *dims, int typenum) {
+    return (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, typenum, 0);
+}
+
+PyObject *glae_raise(int status) {
+    PyObject *exc;
+    switch (status) {
+    case GLAE_ERR_VALUE: exc = PyExc_ValueError; break;
+    case GLAE_ERR_TYPE: exc = PyExc_TypeError; break;
+    case GLAE_ERR_MEMORY: exc = PyExc_MemoryError; break;
+    case GLAE_ERR_IO: exc = PyExc_OSError; break;
+    default: exc = PyExc_RuntimeError; break;
+    }
+    PyErr_SetString(exc, glae_last_error());
+    return NULL;
+}
+
+static PyObject *set_poison(PyObject *self, PyObject *arg) {
+    (void)self;
+    int v = PyObject_IsTrue(arg);
+    if (v < 0) return NULL;
+    poison = v;
+    Py_RETURN_NONE;
+}
+
+/* exported through bind_core.c's table */
+PyObject *glae_py_set_poison(PyObject *self, PyObject *arg) { return set_poison(self, arg); }

@@ -1,0 +1,64 @@
+/* Shared by every binding file: one NumPy API table for the whole module. */
+#ifndef GLAE_PY_H
+#define GLAE_PY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_20_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL glae_ARRAY_API
+#ifndef GLAE_IMPORT_ARRAY
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "../core/status.h"
+
+/* Strict argument conversion (NumPy/bottleneck style): the object must already be a
+ * C-contiguous ndarray of `typenum` with `ndim` dimensions (ndim < 0: any). Returns a
+ * BORROWED reference, or NULL with TypeError (not an array, wrong dtype) or ValueError
+ * (wrong rank, not contiguous) naming `name`. Nothing is copied or cast. */
+PyArrayObject *glae_arg_array(PyObject *obj, const char *name, int typenum, int ndim);
+#define glae_arg_f32(obj, name, ndim) glae_arg_array((obj), (name), NPY_FLOAT32, (ndim))
+
+/* Same, but None is allowed and gives NULL without an error (*ok stays 1). */
+PyArrayObject *glae_arg_array_opt(PyObject *obj, const char *name, int typenum, int ndim, int *ok);
+
+/* ValueError unless PyArray_DIM(a, axis) == want. Returns 0 on success, -1 on error. */
+int glae_check_dim(PyArrayObject *a, const char *name, int axis, npy_intp want);
+/* ValueError unless a and b have identical shapes. */
+int glae_check_same_shape(PyArrayObject *a, const char *na, PyArrayObject *b, const char *nb);
+/* ValueError unless v >= lo (v > 0 when lo == 1 and so on). */
+int glae_check_min(long long v, const char *name, long long lo);
+
+/* New C-contiguous array (a NEW reference), filled with a poison pattern (NaN for
+ * floats, 0xA5 bytes otherwise) when poisoning is on, so an element a kernel forgets to
+ * write fails the tests. */
+PyArrayObject *glae_new_array(int ndim, const npy_intp *dims, int typenum);
+PyArrayObject *glae_zeros(int ndim, const npy_intp *dims, int typenum);
+int glae_poison_enabled(void);
+
+/* Raise the Python exception for a failed glae_status using the thread's message. */
+PyObject *glae_raise(int status);
+
+/* Run a C call without the GIL; `st` receives its status. */
+#define GLAE_NOGIL(st, call)      \
+    do {                          \
+        Py_BEGIN_ALLOW_THREADS;   \
+        (st) = (call);            \
+        Py_END_ALLOW_THREADS;     \
+    } while (0)
+
+/* Method tables, one per family (bind_<family>.c), each ending with {NULL}. */
+extern PyMethodDef glae_core_methods[];
+extern PyMethodDef glae_ops_methods[];
+extern PyMethodDef glae_conv_methods[];
+extern PyMethodDef glae_loss_methods[];
+extern PyMethodDef glae_metrics_methods[];
+extern PyMethodDef glae_train_methods[];
+extern PyMethodDef glae_data_methods[];
+extern PyMethodDef glae_nn_methods[];
+/* Types a family adds to the module (Model, Loader, ...); 0 on success. */
+int glae_nn_add_types(PyObject *m);
+int glae_data_add_types(PyObject *m);
+
+#endif

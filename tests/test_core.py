@@ -1,0 +1,62 @@
+"""The core: counter-based RNG, threads, the build flags."""
+import numpy as np
+import pytest
+
+import glae
+from glae import _C
+
+
+# Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
+KAT = [
+    ([0, 0], [0, 0, 0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+    ([0xFFFFFFFF] * 2, [0xFFFFFFFF] * 4, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+    ([0xA4093822, 0x299F31D0], [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+]
+
+
+@pytest.mark.parametrize("key,ctr,want", KAT)
+def test_philox_known_answers(key, ctr, want):
+    out = _C.philox4x32(np.array(key, np.uint32), np.array(ctr, np.uint32))
+    assert [int(v) for v in out] == want
+
+
+def test_rng_is_a_function_of_its_counter():
+    a = _C.rng_uniform(7, 1, 2, 3, 1000)
+    b = _C.rng_uniform(7, 1, 2, 3, 1000)
+    c = _C.rng_uniform(7, 1, 2, 4, 1000)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_rng_distributions():
+    u = _C.rng_uniform(1, 0, 0, 0, 200_000)
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+    z = _C.rng_normal(2, 0, 0, 0, 200_000)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    # fraction within one sigma of a standard normal
+    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.005
+
+
+def test_threads_roundtrip():
+    n = glae.get_num_threads()
+    glae.set_num_threads(1)
+    assert glae.get_num_threads() == 1
+    glae.set_num_threads(n)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        glae.set_num_threads(0)
+
+
+def test_bad_arguments_to_core_bindings():
+    with pytest.raises(TypeError, match="key must have dtype"):
+        _C.philox4x32(np.zeros(2, np.int64), np.zeros(4, np.uint32))
+    with pytest.raises(ValueError, match="ctr: dimension 0 must be 4"):
+        _C.philox4x32(np.zeros(2, np.uint32), np.zeros(3, np.uint32))
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _C.rng_uniform(1, 0, 0, 0, -5)
+
+
+def test_cuda_flag_matches_build():
+    assert isinstance(glae.HAS_CUDA, bool)
+    assert isinstance(_C.cuda_devices(), list)

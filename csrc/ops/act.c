@@ -40,3 +40,15 @@ int glae_add_backward(glae_ctx *ctx, float *da, float *db, const float *dout, in
     if (db && db != dout) memcpy(db, dout, (size_t)n * sizeof(float));
     return GLAE_OK;
 }
+
+int glae_hflip_forward(glae_ctx *ctx, float *out, const float *in, int n, int h, int w, int c) {
+    (void)ctx;
+    if (n < 0 || h < 0 || w < 0 || c < 0)
+        return glae_fail(GLAE_ERR_VALUE, "hflip: negative size (%d, %d, %d, %d)", n, h, w, c);
+    if (out == in) return glae_fail(GLAE_ERR_VALUE, "hflip: out must not alias in");
+#pragma omp parallel for schedule(static) if ((int64_t)n * h > 64)
+    for (int64_t r = 0; r < (int64_t)n * h; r++)
+        for (int x = 0; x < w; x++)
+            memcpy(out + (r * w + x) * c, in + (r * w + (w - 1 - x)) * c, (size_t)c * sizeof(float));
+    return GLAE_OK;
+}

@@ -102,4 +102,7 @@ int glae_log_softmax_forward(glae_ctx *ctx, float *out, const float *in, int64_t
 int glae_log_softmax_backward(glae_ctx *ctx, float *din, const float *dout, const float *out,
                               int64_t rows, int k);
 
+/* ---- horizontal flip of an NHWC batch (act.c): out[n, h, w, c] = in[n, h, W-1-w, c] - */
+int glae_hflip_forward(glae_ctx *ctx, float *out, const float *in, int n, int h, int w, int c);
+
 #endif

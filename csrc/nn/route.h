@@ -1,0 +1,25 @@
+/* Inference-time pieces: the expected age (GLAE eq. 3) and Adaptive Routing (GLAE
+ * section III-D, eq. 11): for each image and its horizontal flip,
+ *   Upsilon_1 = KL(p_hol || p_hol_flip)  (vanilla head),  Upsilon_2 = KL(p_ban || p_ban_flip)
+ * and the head with the smaller Upsilon answers (vanilla when Upsilon_1 < Upsilon_2). */
+#ifndef GLAE_ROUTE_H
+#define GLAE_ROUTE_H
+
+#include <stdint.h>
+
+#include "../core/status.h"
+
+enum { GLAE_ROUTE_SMALLER = 0, GLAE_ROUTE_BIGGER = 1 /* Table IX ablation */ };
+
+/* age[i] = sum_k k * p[i, k] */
+int glae_expected_age(float *age, const float *p, int64_t rows, int k);
+/* out[i] = KL(p_i || q_i) = sum_k p_ik log(p_ik / q_ik), terms with p_ik = 0 contribute 0 */
+int glae_kl_rows(float *out, const float *p, const float *q, int64_t rows, int k);
+/* prob (n, K): the chosen head's distribution, averaged with its flip's when
+ * flip_average != 0 (GLAE V-A test-time flip), else the unflipped one; age (n) its
+ * expectation; choice (n): 0 vanilla, 1 balanced; ups (n, 2) = (Upsilon_1, Upsilon_2) or NULL. */
+int glae_adaptive_route(float *prob, float *age, int32_t *choice, float *ups, const float *p_van,
+                        const float *p_van_flip, const float *p_bal, const float *p_bal_flip,
+                        int64_t n, int k, int mode, int flip_average);
+
+#endif

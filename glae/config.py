@@ -1,0 +1,159 @@
+"""Training configuration: the papers' defaults, every one overridable, validated before
+any work starts (a bad value raises ValueError naming the field)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+
+BACKBONES = ("resnet18", "resnet50")
+HEADS = ("gap", "fr", "fr+pa")
+LOSSES = ("base", "kl")
+STAGE2_LOSSES = ("glae", "lae")
+SCHEDULES = ("onecycle", "multistep")
+NORMALIZATIONS = ("glae", "imagenet")
+ROUTES = ("smaller", "bigger", "vanilla", "balanced")
+
+
+@dataclass
+class Config:
+    """One object for a whole two-stage run (LAE section 2.4 / 3.3, GLAE Algorithm 1, V-A).
+
+    Defaults are the papers': OneCycle, 24 + 8 epochs, base lr 0.005 / 0.001 scaled by
+    batch / 256, batch 256, weight decay 5e-4, SGD with Nesterov momentum 0.9, images 224.
+    """
+
+    # model
+    backbone: str = "resnet18"
+    head: str = "fr+pa"
+    r: int = 16
+    k: int = 16
+    s: int = 16
+    proj_depth: int = 0
+    proj_width: int = 0  # 0: the model's default (docs/model.md)
+    num_classes: int = 101
+    lam: float = 1.0  # lambda of l_base = l_kl + lambda * l_er
+    loss: str = "base"  # stage-1 loss: "base" (l_base) or "kl" (GLAE Table II row 1)
+    sigma: float = 1.0  # label-distribution sigma when the data has none
+    # data
+    image_size: int = 224
+    normalization: str = "glae"  # (x - 127.5) / 128 (GLAE) or ImageNet mean/std (LAE)
+    augment: dict = field(default_factory=lambda: {
+        "crop": True, "flip": True, "color_jitter": True, "randaugment": True})
+    # optimisation
+    batch_size: int = 256
+    stage1_epochs: int = 24
+    stage2_epochs: int = 8
+    base_lr1: float = 0.005
+    base_lr2: float = 0.001
+    linear_scaling: bool = True  # lr = base * batch / 256
+    schedule: str = "onecycle"
+    milestones: tuple = (20, 40, 60)  # multistep (LAE standard baseline)
+    gamma: float = 0.1
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    cycle_momentum: bool = False
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    wd_exclude_bn_bias: bool = False
+    stage2_loss: str = "glae"  # "glae": the stage-1 loss on the head; "lae": KL + (L1 - mae)^2
+    # evaluation
+    route: str = "smaller"
+    flip_test: bool = True
+    # bookkeeping
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+    eval_every: int = 1
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "Config":
+        def choice(name, options):
+            v = getattr(self, name)
+            if v not in options:
+                raise ValueError(f"{name} must be one of {', '.join(options)}; got {v!r}")
+
+        def positive(name, allow_zero=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number; got {v!r}")
+            if v < 0 or (v == 0 and not allow_zero):
+                raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
+
+        choice("backbone", BACKBONES)
+        choice("head", HEADS)
+        choice("loss", LOSSES)
+        choice("stage2_loss", STAGE2_LOSSES)
+        choice("schedule", SCHEDULES)
+        choice("normalization", NORMALIZATIONS)
+        choice("route", ROUTES)
+        for name in ("r", "k", "s", "num_classes", "image_size", "batch_size", "eval_every"):
+            positive(name)
+            if int(getattr(self, name)) != getattr(self, name):
+                raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
+        for name in ("stage1_epochs", "stage2_epochs", "proj_depth", "proj_width", "threads",
+                     "seed"):
+            positive(name, allow_zero=True)
+        if self.proj_depth > 2:
+            raise ValueError(f"proj_depth must be 0, 1 or 2; got {self.proj_depth}")
+        for name in ("base_lr1", "base_lr2", "sigma", "div_factor", "final_div_factor"):
+            positive(name)
+        for name in ("lam", "weight_decay", "momentum", "gamma"):
+            positive(name, allow_zero=True)
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1); got {self.pct_start}")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1; got {self.momentum}")
+        if self.num_classes != 101 and self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2; got {self.num_classes}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing; got {self.milestones}")
+        unknown = set(self.augment) - {"crop", "flip", "color_jitter", "randaugment",
+                                       "crop_scale", "randaugment_n", "randaugment_m"}
+        if unknown:
+            raise ValueError(f"augment: unknown option(s) {sorted(unknown)}")
+        return self
+
+    def lr(self, stage: int) -> float:
+        base = self.base_lr1 if stage == 1 else self.base_lr2
+        return base * self.batch_size / 256 if self.linear_scaling else base
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Config":
+        return cls.from_dict(json.loads(s))
+
+    @classmethod
+    def from_toml(cls, path) -> "Config":
+        """A TOML file whose keys are Config fields, flat or under [model], [data],
+        [optim], [eval] tables (the tables are only for readability)."""
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+        flat = {}
+        for key, value in raw.items():
+            if isinstance(value, dict) and key in ("model", "data", "optim", "eval", "run"):
+                flat.update(value)
+            else:
+                flat[key] = value
+        return cls.from_dict(flat)

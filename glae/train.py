@@ -1,0 +1,321 @@
+"""The two-stage trainer (LAE section 2.4, GLAE Algorithm 1).
+
+Stage 1 trains the whole network with instance-balanced sampling; stage 2 freezes the
+backbone (BN statistics included), copies the head into the balanced head and retrains it
+with class-balanced sampling. Every step is a few calls into the C engine: augment the
+batch, forward + backward, fused SGD. This file only orders those calls, keeps the log
+and writes checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import metrics as M
+from ._lib import _C
+from .config import Config
+
+G_BACKBONE, G_HEAD, G_BALANCED = 0, 1, 2
+
+
+@dataclass
+class Dataset:
+    """Aligned uint8 crops (N, S, S, 3) (an array or a memmap), ages, optional sigmas."""
+
+    images: np.ndarray
+    ages: np.ndarray
+    sigmas: np.ndarray | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 \
+                or self.images.ndim != 4 or self.images.shape[3] != 3:
+            raise ValueError("images must be a uint8 array (N, S, S, 3)")
+        self.ages = np.ascontiguousarray(self.ages, dtype=np.float32)
+        if self.ages.shape != (len(self.images),):
+            raise ValueError(f"ages must have shape ({len(self.images)},); got {self.ages.shape}")
+        if not np.all(np.isfinite(self.ages)) or self.ages.min(initial=0) < 0:
+            raise ValueError("ages must be finite and >= 0")
+        if self.sigmas is not None:
+            self.sigmas = np.ascontiguousarray(self.sigmas, dtype=np.float32)
+            if self.sigmas.shape != self.ages.shape or not np.all(self.sigmas > 0):
+                raise ValueError("sigmas must be positive, one per image")
+
+    def __len__(self):
+        return len(self.images)
+
+    @classmethod
+    def from_packed(cls, packed):
+        return cls(packed.images, packed.ages, packed.sigmas)
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency; stay usable without it
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class Trainer:
+    """Runs stage 1 then stage 2 of one Config on a training and a validation Dataset.
+
+    State (stage, epoch, batch within the epoch, optimizer step) is enough to resume
+    exactly: the samplers and augmentations are pure functions of (seed, epoch, sample).
+    """
+
+    def __init__(self, model, config: Config, train: Dataset, val: Dataset | None = None,
+                 out_dir: str | None = None, progress: bool = True, log=print):
+        config.validate()
+        if len(train) == 0:
+            raise ValueError("the training set is empty")
+        self.model = model
+        self.cfg = config
+        self.train = train
+        self.val = val
+        self.out_dir = out_dir
+        self.progress = progress
+        self.log = log or (lambda *a, **k: None)
+        self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
+                      "best": None}
+        self.labels = np.rint(train.ages).astype(np.int64)
+        self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+        if config.threads:
+            _C.set_num_threads(config.threads)
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def _no_decay_mask(self):
+        mask = np.zeros(self.model.params.size, dtype=np.uint8)
+        for name, shape, offset, numel, is_buffer, group, no_decay in self.model.param_table():
+            if not is_buffer and no_decay:
+                mask[offset:offset + numel] = 1
+        return mask
+
+    def batches_per_epoch(self):
+        return max(1, len(self.train) // self.cfg.batch_size)
+
+    def total_steps(self, stage):
+        epochs = self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs
+        return epochs * self.batches_per_epoch()
+
+    def epoch_indices(self, stage, epoch):
+        seed = self.cfg.seed * 2 + (stage - 1)
+        if stage == 1:
+            return _C.sample_instance_balanced(len(self.train), seed, epoch)
+        return _C.sample_class_balanced(self.labels, seed, epoch, len(self.train))
+
+    def lr_momentum(self, stage, step):
+        cfg = self.cfg
+        max_lr = cfg.lr(stage)
+        if cfg.schedule == "onecycle":
+            lr, mom = _C.onecycle(step, max(self.total_steps(stage), 1), max_lr, cfg.pct_start,
+                                  cfg.div_factor, cfg.final_div_factor, cfg.cycle_momentum,
+                                  0.85, 0.95)
+            return lr, (mom if cfg.cycle_momentum else cfg.momentum)
+        epoch = step // self.batches_per_epoch()
+        return _C.multistep(epoch, max_lr, list(cfg.milestones), cfg.gamma), cfg.momentum
+
+    def augment(self, dataset, indices, epoch, train=True):
+        cfg = self.cfg
+        aug = dict(cfg.augment) if train else {"crop": False, "flip": False,
+                                               "color_jitter": False, "randaugment": False}
+        return _C.augment_batch(dataset.images, np.ascontiguousarray(indices, np.int64),
+                                cfg.image_size, cfg.seed, epoch, normalization=cfg.normalization,
+                                **aug)
+
+    # -- one step --------------------------------------------------------------------
+    def step(self, indices, stage, epoch):
+        cfg, m = self.cfg, self.model
+        x = self.augment(self.train, indices, epoch)
+        ages = self.train.ages[indices]
+        sigma = self.train.sigmas[indices] if self.train.sigmas is not None else \
+            np.full(len(indices), cfg.sigma, np.float32)
+        if stage == 1:
+            loss_mode, mae = cfg.loss, 0.0
+        elif cfg.stage2_loss == "lae":
+            loss_mode, mae = "lae_cls", float(self.state["stage1_val_mae"] or 0.0)
+        else:
+            loss_mode, mae = cfg.loss, 0.0
+        m.zero_grad()
+        losses = m.train_step(x, np.ascontiguousarray(ages), np.ascontiguousarray(sigma),
+                              stage=stage, loss=loss_mode, mae=mae)
+        step = self.state["step"]
+        lr, mom = self.lr_momentum(stage, step)
+        begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])
+        _C.sgd_step(m.params, m.momentum, m.grads, lr, mom, 0.0, cfg.weight_decay, cfg.nesterov,
+                    step == 0, begin, end, self._no_decay)
+        self.state["step"] = step + 1
+        losses["lr"] = lr
+        return losses
+
+    # -- evaluation ------------------------------------------------------------------
+    def predict(self, dataset, batch_size=None):
+        """Distributions of both heads for every image (with and without flip averaging
+        handled by the model), and the routed answer."""
+        bs = batch_size or min(self.cfg.batch_size, 64)
+        outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
+        for start in range(0, len(dataset), bs):
+            idx = np.arange(start, min(start + bs, len(dataset)), dtype=np.int64)
+            x = self.augment(dataset, idx, 0, train=False)
+            r = self.model.evaluate(x, route=self.cfg.route, flip=self.cfg.flip_test)
+            outs["vanilla"].append(r["vanilla_age"])
+            outs["balanced"].append(r["balanced_age"])
+            outs["routed"].append(r["age"])
+            outs["choice"].append(r["head"])
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def evaluate(self, dataset=None, stage=None):
+        dataset = dataset or self.val
+        if dataset is None or len(dataset) == 0:
+            return None
+        stage = stage or self.state["stage"]
+        p = self.predict(dataset)
+        y = dataset.ages
+        rep = {"vanilla": M.report(y, p["vanilla"], sigma=dataset.sigmas,
+                                   train_ages=self.train.ages)}
+        if stage == 2:
+            rep["balanced"] = M.report(y, p["balanced"], sigma=dataset.sigmas,
+                                       train_ages=self.train.ages)
+            rep["routed"] = M.report(y, p["routed"], sigma=dataset.sigmas,
+                                     train_ages=self.train.ages, choice=p["choice"])
+        return rep
+
+    # -- the run ---------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None):
+        """Train (or continue) both stages. max_steps stops early after that many
+        optimizer steps in this call (a checkpoint is written), for exact-resume tests."""
+        done = 0
+        cfg = self.cfg
+        for stage in (1, 2):
+            if self.state["stage"] > stage:
+                continue
+            epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+            if stage == 2 and self.state["epoch"] == 0 and self.state["batch"] == 0:
+                self._start_stage2()
+            nb = self.batches_per_epoch()
+            while self.state["epoch"] < epochs:
+                epoch = self.state["epoch"]
+                order = self.epoch_indices(stage, epoch)
+                t0 = time.perf_counter()
+                losses = []
+                it = range(self.state["batch"], nb)
+                for b in _progress(it, len(it), f"stage {stage} epoch {epoch + 1}/{epochs}",
+                                   self.progress):
+                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    losses.append(self.step(idx, stage, epoch))
+                    self.state["batch"] = b + 1
+                    done += 1
+                    if max_steps is not None and done >= max_steps:
+                        self.save("last")
+                        return self
+                self.state["epoch"] = epoch + 1
+                self.state["batch"] = 0
+                self._end_epoch(stage, epoch, losses, time.perf_counter() - t0)
+            if stage == 1:
+                self.state.update(stage=2, epoch=0, batch=0, step=0)
+        return self
+
+    def _start_stage2(self):
+        if self.state["stage1_val_mae"] is None and self.val is not None:
+            rep = self.evaluate(stage=1)
+            self.state["stage1_val_mae"] = rep["vanilla"]["mae"] if rep else None
+        if self.cfg.stage2_loss == "lae" and self.state["stage1_val_mae"] is None:
+            raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
+        self.model.copy_head_to_balanced()
+        b, e = self.model.group_range(G_BALANCED)
+        self.model.momentum[b:e] = 0.0
+
+    def _end_epoch(self, stage, epoch, losses, seconds):
+        mean = {k: float(np.mean([l[k] for l in losses])) for k in losses[0]} if losses else {}
+        entry = {"stage": stage, "epoch": epoch + 1, "seconds": round(seconds, 3),
+                 "images_per_s": round(len(losses) * self.cfg.batch_size / max(seconds, 1e-9), 1),
+                 "train": mean}
+        if self.val is not None and ((epoch + 1) % self.cfg.eval_every == 0):
+            entry["val"] = self.evaluate(stage=stage)
+            if stage == 1:
+                self.state["stage1_val_mae"] = entry["val"]["vanilla"]["mae"]
+            key = "routed" if stage == 2 else "vanilla"
+            score = entry["val"][key]["mae"]
+            best = self.state["best"]
+            if best is None or stage > best[0] or score <= best[1]:
+                self.state["best"] = (stage, score)
+                self.save("best")
+        self.save("last")
+        if self.out_dir:
+            with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(entry, default=_json_default) + "\n")
+        self.log(_summary_line(entry))
+        return entry
+
+    # -- checkpoints -----------------------------------------------------------------
+    def save(self, which="last", path=None):
+        path = path or (os.path.join(self.out_dir, f"{which}.safetensors") if self.out_dir else None)
+        if path is None:
+            return None
+        save_checkpoint(path, self.model, self.cfg, self.state)
+        return path
+
+    @classmethod
+    def resume(cls, path, train, val=None, out_dir=None, **kw):
+        from .model import Model
+
+        model, cfg, state = load_checkpoint(path, Model)
+        t = cls(model, cfg, train, val, out_dir=out_dir, **kw)
+        t.state.update(state)
+        return t
+
+
+def save_checkpoint(path, model, cfg, state):
+    tensors = {}
+    for name, shape, offset, numel, is_buffer, group, no_decay in model.param_table():
+        tensors[name] = model.get(name)
+    tensors["optimizer.momentum"] = np.array(model.momentum, copy=True)
+    meta = {"format": "glae-checkpoint-1", "config": cfg.to_json(),
+            "state": json.dumps(state, default=_json_default)}
+    ckpt.save(path, tensors, meta)
+
+
+def load_checkpoint(path, model_factory):
+    tensors, meta = ckpt.load(path)
+    if meta.get("format") != "glae-checkpoint-1" or "config" not in meta:
+        raise ckpt.CheckpointError(f"{path}: not a glae checkpoint (no glae metadata)")
+    cfg = Config.from_json(meta["config"])
+    model = model_factory.from_config(cfg)
+    for name, shape, offset, numel, is_buffer, group, no_decay in model.param_table():
+        if name not in tensors:
+            raise ckpt.CheckpointError(f"{path}: tensor {name!r} missing")
+        model.set(name, tensors[name])
+    mom = tensors.get("optimizer.momentum")
+    if mom is None or mom.shape != model.momentum.shape:
+        raise ckpt.CheckpointError(f"{path}: optimizer.momentum missing or of the wrong size")
+    model.momentum[:] = mom
+    state = json.loads(meta.get("state", "{}"))
+    if isinstance(state.get("best"), list):
+        state["best"] = tuple(state["best"])
+    return model, cfg, state
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _summary_line(entry):
+    parts = [f"stage {entry['stage']} epoch {entry['epoch']}",
+             f"loss {entry['train'].get('total', math.nan):.3f}",
+             f"{entry['images_per_s']:.0f} img/s"]
+    for head, rep in (entry.get("val") or {}).items():
+        parts.append(f"{head} MAE {rep['mae']:.2f} CMAE {rep['cmae']:.2f}")
+    return " | ".join(parts)

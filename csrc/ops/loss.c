@@ -3,6 +3,7 @@
 #include "loss.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* Rows are independent; below this many (rows * K) elements a thread team costs more
  * than it saves. The local branch of PA (N * 49 rows of 101) is well above it. */
@@ -101,26 +102,47 @@ int glae_ldl_loss_forward(glae_ctx *ctx, float *loss, float *prob, const float *
     GLAE_TRY(check_sizes(fn, rows, group, k));
     GLAE_TRY(check_mode(fn, mode, lambda, mae));
     GLAE_TRY(check_targets(fn, z, y, rows / group, k));
+    /* sum_k z_k log z_k per sample (0 log 0 = 0): shared by the group's rows, so the
+     * row loop needs one exp per element and no log */
+    const int64_t n = rows / group;
+    double *zlogz = NULL;
+    if (n > 0) {
+        zlogz = malloc((size_t)n * sizeof *zlogz);
+        if (!zlogz) return glae_fail(GLAE_ERR_MEMORY, "%s: cannot allocate %lld doubles", fn, (long long)n);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double h = 0.0;
+        for (int j = 0; j < k; j++)
+            if (z[i * k + j] > 0.0f) h += z[i * k + j] * log((double)z[i * k + j]);
+        zlogz[i] = h;
+    }
 #pragma omp parallel for schedule(static) if (rows * (int64_t)k > LOSS_PAR_WORK)
     for (int64_t r = 0; r < rows; r++) {
         const float *x = logits + r * k;
         const float *zr = z + (r / group) * k;
         float *pr = prob + r * k;
-        /* log-softmax with the max subtracted: log p_j = x_j - lse */
+        /* softmax with the max subtracted; log p_j = x_j - m - log(sum) */
         float m = x[0];
         for (int j = 1; j < k; j++) m = x[j] > m ? x[j] : m;
-        double se = 0.0;
-        for (int j = 0; j < k; j++) se += exp((double)x[j] - m);
-        const double lse = (double)m + log(se);
-        /* LAE eq. 1 / GLAE eq. 2: l_kl = sum_k z_k (log z_k - log p_k), 0 log 0 = 0;
-         * GLAE eq. 3: y_hat = sum_k k p_k */
-        double kl = 0.0, yhat = 0.0;
+        double se = 0.0, zs = 0.0, zx = 0.0;
         for (int j = 0; j < k; j++) {
-            const double lp = (double)x[j] - lse, p = exp(lp);
+            const float e = expf(x[j] - m);
+            pr[j] = e;
+            se += e;
+            zs += zr[j];
+            zx += (double)zr[j] * ((double)x[j] - m);
+        }
+        const double lse = log(se), inv = 1.0 / se;
+        /* GLAE eq. 3: y_hat = sum_k k p_k */
+        double yhat = 0.0;
+        for (int j = 0; j < k; j++) {
+            const double p = pr[j] * inv;
             pr[j] = (float)p;
             yhat += j * p;
-            if (zr[j] > 0.0f) kl += zr[j] * (log((double)zr[j]) - lp);
         }
+        /* LAE eq. 1 / GLAE eq. 2: l_kl = sum_k z_k log z_k - sum_k z_k log p_k
+         *                              = zlogz - (sum_k z_k (x_k - m) - S lse) */
+        const double kl = zlogz[r / group] - (zx - zs * lse);
         /* LAE eq. 2 / GLAE eq. 4: l_er = |y - y_hat| */
         const double er = fabs((double)y[r / group] - yhat);
         double l = kl;
@@ -128,6 +150,7 @@ int glae_ldl_loss_forward(glae_ctx *ctx, float *loss, float *prob, const float *
         else if (mode == GLAE_LOSS_LAE_CLS) l += (er - mae) * (er - mae); /* LAE eq. 4 */
         loss[r] = (float)l;
     }
+    free(zlogz);
     return GLAE_OK;
 }
 

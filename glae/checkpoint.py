@@ -116,7 +116,8 @@ def save(path, tensors, metadata=None):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     # O_EXCL on a fresh random name (mode 0o666 minus the umask, like a plain open)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    tmp = os.path.join(
+        folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -169,7 +170,8 @@ def _parse_header(raw, path, data_len):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise CheckpointError(where + "not a safetensors checkpoint (header is not UTF-8)") from None
+        raise CheckpointError(
+            where + "not a safetensors checkpoint (header is not UTF-8)") from None
     if not text.startswith("{"):
         raise CheckpointError(where + "not a safetensors checkpoint (header is not a JSON object)")
     try:
@@ -210,9 +212,10 @@ def _parse_header(raw, path, data_len):
         numel = 1
         for s in shape:
             numel *= s
-        if offs[1] - offs[0] != numel * _DTYPES[dname].itemsize:
+        nbytes = numel * _DTYPES[dname].itemsize
+        if offs[1] - offs[0] != nbytes:
             raise CheckpointError(w + f"data_offsets {offs} span {offs[1] - offs[0]} bytes but "
-                                  f"shape {shape} of {dname} needs {numel * _DTYPES[dname].itemsize}")
+                                  f"shape {shape} of {dname} needs {nbytes}")
         entries.append((offs[0], offs[1], name, dname, tuple(shape)))
 
     # the tensors must tile the data section: no overlap, no hole, nothing after the end

@@ -16,7 +16,8 @@
 /* ---- small argument helpers ------------------------------------------------------ */
 
 /* A Python int in [0, max]; ValueError (not OverflowError) when out of range. */
-static int get_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out) {
+static int get_uint(PyObject *o, const char *name, unsigned long long max,
+                    unsigned long long *out) {
     if (!PyLong_Check(o) || PyBool_Check(o)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name, Py_TYPE(o)->tp_name);
         return -1;
@@ -408,7 +409,7 @@ PyMethodDef glae_train_methods[] = {
      "multistep(epoch, base_lr, milestones, gamma=0.1) -> lr = base_lr * gamma ** "
      "(number of milestones <= epoch) (torch MultiStepLR's closed form)."},
     {"linear_scaled_lr", FN(py_linear_scaled_lr), KW,
-     "linear_scaled_lr(base, batch, reference=256) -> base * batch / reference (LAE 4.1)."},
+     "linear_scaled_lr(base, batch, reference=256) -> base * batch / reference (LAE 3.3)."},
     {"sample_instance_balanced", FN(py_sample_instance_balanced), KW,
      "sample_instance_balanced(n, seed, epoch) -> int64[n]: a permutation of range(n), a "
      "pure function of (seed, epoch)."},

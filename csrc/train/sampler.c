@@ -8,7 +8,8 @@
 
 int glae_sample_instance_balanced(int64_t *out, int64_t n, uint64_t seed, uint32_t epoch) {
     if (n < 0 || n > (int64_t)UINT32_MAX)
-        return glae_fail(GLAE_ERR_VALUE, "sample_instance_balanced: n must be in [0, 2^32), got %lld",
+        return glae_fail(GLAE_ERR_VALUE,
+                         "sample_instance_balanced: n must be in [0, 2^32), got %lld",
                          (long long)n);
     if (n > 0 && !out) return glae_fail(GLAE_ERR_VALUE, "sample_instance_balanced: NULL output");
     for (int64_t i = 0; i < n; i++) out[i] = i;
@@ -40,7 +41,8 @@ int glae_sample_class_balanced(int64_t *out, int64_t length, const int64_t *labe
                          "sample_class_balanced: need 1 <= len(labels) < 2^32, got %lld",
                          (long long)n);
     if (length < 0 || length > (int64_t)UINT32_MAX)
-        return glae_fail(GLAE_ERR_VALUE, "sample_class_balanced: length must be in [0, 2^32), got %lld",
+        return glae_fail(GLAE_ERR_VALUE,
+                         "sample_class_balanced: length must be in [0, 2^32), got %lld",
                          (long long)length);
     if (!labels || (length > 0 && !out))
         return glae_fail(GLAE_ERR_VALUE, "sample_class_balanced: NULL argument");

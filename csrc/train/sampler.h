@@ -10,14 +10,14 @@
 #define GLAE_RNG_TAG_INSTANCE 0x53504931u /* "SPI1" */
 #define GLAE_RNG_TAG_CLASS 0x53504331u    /* "SPC1" */
 
-/* Instance-balanced (GLAE stage 1): a permutation of [0, n) for this epoch, Fisher-Yates
- * from the last position down, j = glae_rng_below(i + 1), one stream
+/* Instance-balanced (GLAE Alg. 1 l. 3, stage 1): a permutation of [0, n) for this epoch,
+ * Fisher-Yates from the last position down, j = glae_rng_below(i + 1), one stream
  * (seed; epoch, GLAE_RNG_TAG_INSTANCE, 0). n < 2^32. */
 int glae_sample_instance_balanced(int64_t *out, int64_t n, uint64_t seed, uint32_t epoch);
 
-/* Class-balanced (LAE 3.2 / GLAE stage 2, Shen et al.): draw t picks a class uniformly
- * among the distinct labels present (sorted ascending), then an instance uniformly among
- * that class's indices (ascending). Draw t uses its own stream
+/* Class-balanced (LAE 2.4; GLAE III-D stage 2, Alg. 1 l. 19; Shen et al.): draw t picks a
+ * class uniformly among the distinct labels present (sorted ascending), then an instance
+ * uniformly among that class's indices (ascending). Draw t uses its own stream
  * (seed; epoch, GLAE_RNG_TAG_CLASS, t), so draws are independent of thread count.
  * labels: n integer labels (ages); out: `length` indices into labels. Needs 0 < n < 2^32
  * and length < 2^32. */

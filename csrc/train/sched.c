@@ -112,6 +112,6 @@ int glae_linear_scaled_lr(double *lr, double base, int64_t batch, int64_t refere
                          "linear_scaled_lr: batch and reference must be > 0, got %lld and %lld",
                          (long long)batch, (long long)reference);
     if (!isfinite(base)) return glae_fail(GLAE_ERR_VALUE, "linear_scaled_lr: base must be finite");
-    *lr = base * (double)batch / (double)reference; /* LAE 4.1: base x BatchSize / 256 */
+    *lr = base * (double)batch / (double)reference; /* LAE 3.3: base x BatchSize / 256 */
     return GLAE_OK;
 }

@@ -36,7 +36,7 @@ int glae_onecycle(const glae_onecycle_cfg *cfg, int64_t step, double *lr, double
 int glae_multistep(double *lr, int64_t epoch, double base_lr, const int64_t *milestones,
                    int n_milestones, double gamma);
 
-/* Linear scaling rule (LAE 4.1): lr = base * batch / reference (reference = 256). */
+/* Linear scaling rule (LAE 3.3): lr = base * batch / reference (reference = 256). */
 int glae_linear_scaled_lr(double *lr, double base, int64_t batch, int64_t reference);
 
 #endif

@@ -1,0 +1,31 @@
+/* SGD exactly as torch.optim.SGD defines it, one fused pass over a range of the flat
+ * parameter buffer (params.h: params, grads and momentum are parallel arrays). */
+#ifndef GLAE_OPTIM_H
+#define GLAE_OPTIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/params.h"
+
+/* One SGD step on elements [begin, end) of params/momentum_buf/grads (all indexed from
+ * the start of the flat buffer, so passing the head's range leaves the backbone frozen,
+ * bit for bit). Per element, in float32 like PyTorch (docs/training-numerics.md):
+ *     d   = g + wd * p                (skipped where wd == 0 or no_decay_mask[i] != 0)
+ *     b   = d                          on the first step (PyTorch clones d into the buffer)
+ *     b   = momentum * b + (1 - dampening) * d   afterwards
+ *     d   = nesterov ? d + momentum * b : b      (momentum == 0: no buffer, d unchanged)
+ *     p  -= lr * d
+ * no_decay_mask: NULL (every element decays) or one byte per element of the whole buffer
+ * (indexed like params), nonzero = excluded from weight decay (BN weights/biases, biases).
+ * momentum_buf may be NULL only when momentum == 0. Same checks as PyTorch: lr, momentum
+ * and weight_decay >= 0; nesterov needs momentum > 0 and dampening == 0. */
+int glae_sgd_step(float *params, float *momentum_buf, const float *grads, size_t begin,
+                  size_t end, const uint8_t *no_decay_mask, float lr, float momentum,
+                  float dampening, float wd, int nesterov, int first_step);
+
+/* Fill mask[0 .. p->n) with 1 for tensors flagged GLAE_P_NO_DECAY, 0 otherwise: the
+ * no_decay_mask glae_sgd_step expects for a registered model. */
+int glae_sgd_no_decay_mask(const glae_params *p, uint8_t *mask);
+
+#endif

@@ -65,8 +65,9 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     """Decode + align each image once and write the packed dataset `out_path`.
 
     source: a list of Record, or a source spec (see read_source). size: crop side in pixels
-    (224 in both papers). margin: passed to align_face (extra border around the aligned
-    face, as a fraction of the crop). workers: decoding threads (default: os.cpu_count()).
+    (224 in both papers). margin: passed to align_face: the 5-point template's 112-px box
+    is scaled to size / (1 + 2 margin) and centred, so margin=0.1 adds a 10% border on each
+    side; ignored for images without landmarks (center_crop_resize). workers: decoding threads (default: os.cpu_count()).
     transform: advanced; a callable (img uint8 (H,W,3), landmarks (5,2) or None, size,
     margin) -> uint8 (size, size, 3) used instead of the C kernels (for data that is
     already aligned, or tests). meta: extra JSON-able facts stored in the file's header.
@@ -75,11 +76,11 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     could not be decoded or aligned (skipped, with the reason). Raises ValueError when no
     image at all could be prepared (the file is then not written)."""
     size = int(size)
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
     margin = float(margin)
-    if not (0.0 <= margin < 1.0):
-        raise ValueError(f"margin must be in [0, 1), got {margin}")
+    if not (margin >= 0.0 and np.isfinite(margin)):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
     if workers is None:
         workers = os.cpu_count() or 1
     workers = int(workers)

@@ -440,24 +440,23 @@ def parse_utkface_name(name: str):
             stem = stem[: -len(suffix)]
             break
     fields = stem.split("_")
-    if not fields[0].strip().isdigit():
+    if not fields[0].isdigit():
         raise ValueError(f"first field {fields[0]!r} is not an age")
     age = int(fields[0])
     extra = {}
     if len(fields) != 4:
         warnings.append(f"{len(fields)} fields instead of 4 (age_gender_race_date)")
-    if len(fields) > 1 and fields[1].strip() in ("0", "1"):
+    if len(fields) > 1 and fields[1] in ("0", "1"):
         extra["gender"] = int(fields[1])
     elif len(fields) > 1:
         warnings.append(f"gender {fields[1]!r} not 0 or 1")
     if len(fields) == 4:
-        if fields[2].strip() in ("0", "1", "2", "3", "4"):
+        if fields[2] in ("0", "1", "2", "3", "4"):
             extra["race"] = int(fields[2])
         else:
             warnings.append(f"race {fields[2]!r} not in 0..4")
-        date = fields[3].strip()
-        if not date.isdigit():
-            warnings.append(f"date field {fields[3]!r} is not a number (missing extension dot?)")
+        if not fields[3].isdigit():
+            warnings.append(f"date field {fields[3]!r} is not all digits (a stray space, a missing dot?)")
     if not low.endswith(".jpg.chip.jpg"):
         warnings.append("name does not end in .jpg.chip.jpg")
     return age, extra, warnings

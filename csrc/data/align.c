@@ -1,0 +1,294 @@
+/* Face alignment (5-point similarity onto the ArcFace template), affine warps and the
+ * antialiased box resampler shared with the augmentations. */
+#include "align.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/status.h"
+
+const float glae_arcface_template[10] = {
+    38.2946f, 51.6963f, 73.5318f, 51.5014f, 56.0252f, 71.7366f, 41.5493f, 92.3655f, 70.7299f, 92.2041f,
+};
+
+static inline uint8_t clamp_u8(double v) {
+    if (!(v > 0.0)) return 0; /* also NaN */
+    if (v >= 255.0) return 255;
+    return (uint8_t)(v + 0.5);
+}
+
+int glae_similarity_transform(double M[6], const float *src, const float *dst, int n) {
+    if (n < 2) return glae_fail(GLAE_ERR_VALUE, "similarity_transform: need >= 2 points, got %d", n);
+    double msx = 0, msy = 0, mdx = 0, mdy = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(src[2 * i]) || !isfinite(src[2 * i + 1]) || !isfinite(dst[2 * i]) ||
+            !isfinite(dst[2 * i + 1]))
+            return glae_fail(GLAE_ERR_VALUE, "similarity_transform: point %d is not finite", i);
+        msx += src[2 * i]; msy += src[2 * i + 1];
+        mdx += dst[2 * i]; mdy += dst[2 * i + 1];
+    }
+    msx /= n; msy /= n; mdx /= n; mdy /= n;
+    /* With centred points, the best s R = [[a, -b], [b, a]] minimises
+     * sum |d - (a, -b; b, a) s|^2: a = sum(s.d) / sum|s|^2, b = sum(s x d) / sum|s|^2. This is
+     * Umeyama's solution in 2-D (a rotation, never a reflection). */
+    double ss = 0, dot = 0, crs = 0;
+    for (int i = 0; i < n; i++) {
+        double sx = src[2 * i] - msx, sy = src[2 * i + 1] - msy;
+        double dx = dst[2 * i] - mdx, dy = dst[2 * i + 1] - mdy;
+        ss += sx * sx + sy * sy;
+        dot += sx * dx + sy * dy;
+        crs += sx * dy - sy * dx;
+    }
+    if (!(ss > 1e-12))
+        return glae_fail(GLAE_ERR_VALUE, "similarity_transform: source points coincide");
+    double a = dot / ss, b = crs / ss;
+    M[0] = a; M[1] = -b; M[2] = mdx - (a * msx - b * msy);
+    M[3] = b; M[4] = a;  M[5] = mdy - (b * msx + a * msy);
+    return GLAE_OK;
+}
+
+int glae_template_points(float out[10], int size, float margin) {
+    if (size <= 0) return glae_fail(GLAE_ERR_VALUE, "template_points: size must be > 0, got %d", size);
+    if (!(margin >= 0.0f) || !isfinite(margin))
+        return glae_fail(GLAE_ERR_VALUE, "template_points: margin must be >= 0, got %g", (double)margin);
+    /* the 112-box shrunk to size / (1 + 2 margin), centred in the output */
+    double s = (double)size / (112.0 * (1.0 + 2.0 * margin));
+    double off = (double)size * margin / (1.0 + 2.0 * margin);
+    for (int i = 0; i < 10; i++) out[i] = (float)(glae_arcface_template[i] * s + off);
+    return GLAE_OK;
+}
+
+int glae_affine_invert(double inv[6], const double M[6]) {
+    double det = M[0] * M[4] - M[1] * M[3];
+    if (!isfinite(det) || fabs(det) < 1e-12)
+        return glae_fail(GLAE_ERR_VALUE, "warp_affine: matrix is singular (det %g)", det);
+    double i0 = M[4] / det, i1 = -M[1] / det, i3 = -M[3] / det, i4 = M[0] / det;
+    inv[0] = i0; inv[1] = i1; inv[2] = -(i0 * M[2] + i1 * M[5]);
+    inv[3] = i3; inv[4] = i4; inv[5] = -(i3 * M[2] + i4 * M[5]);
+    return GLAE_OK;
+}
+
+static int check_img(const char *fn, int h, int w) {
+    if (h <= 0 || w <= 0) return glae_fail(GLAE_ERR_VALUE, "%s: empty image (%d x %d)", fn, h, w);
+    return GLAE_OK;
+}
+
+int glae_warp_affine_inv(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w,
+                         const double Mi[6], int border, int interp) {
+    GLAE_TRY(check_img("warp_affine", h, w));
+    if (oh <= 0 || ow <= 0)
+        return glae_fail(GLAE_ERR_VALUE, "warp_affine: output size must be > 0, got %d x %d", oh, ow);
+    if (border != GLAE_BORDER_CONSTANT && border != GLAE_BORDER_REPLICATE)
+        return glae_fail(GLAE_ERR_VALUE, "warp_affine: unknown border %d", border);
+    for (int k = 0; k < 6; k++)
+        if (!isfinite(Mi[k])) return glae_fail(GLAE_ERR_VALUE, "warp_affine: matrix is not finite");
+    const int rep = border == GLAE_BORDER_REPLICATE;
+    for (int y = 0; y < oh; y++) {
+        uint8_t *o = out + (size_t)y * ow * 3;
+        for (int x = 0; x < ow; x++, o += 3) {
+            double sx = Mi[0] * x + Mi[1] * y + Mi[2];
+            double sy = Mi[3] * x + Mi[4] * y + Mi[5];
+            if (interp == GLAE_INTERP_NEAREST) {
+                double rx = floor(sx + 0.5), ry = floor(sy + 0.5);
+                if (rep) {
+                    rx = rx < 0 ? 0 : rx > w - 1 ? w - 1 : rx;
+                    ry = ry < 0 ? 0 : ry > h - 1 ? h - 1 : ry;
+                } else if (rx < 0 || ry < 0 || rx > w - 1 || ry > h - 1) {
+                    o[0] = o[1] = o[2] = 0;
+                    continue;
+                }
+                const uint8_t *p = in + ((size_t)ry * w + (size_t)rx) * 3;
+                o[0] = p[0]; o[1] = p[1]; o[2] = p[2];
+                continue;
+            }
+            /* far outside: skip the arithmetic (and keep int conversions in range) */
+            if (!(sx > -2.0 && sy > -2.0 && sx < w + 1.0 && sy < h + 1.0)) {
+                if (!rep) { o[0] = o[1] = o[2] = 0; continue; }
+                sx = sx < -1.0 ? -1.0 : sx > w ? w : sx;
+                sy = sy < -1.0 ? -1.0 : sy > h ? h : sy;
+            }
+            double fx = floor(sx), fy = floor(sy);
+            double ax = sx - fx, ay = sy - fy;
+            int x0 = (int)fx, y0 = (int)fy;
+            double acc[3] = {0, 0, 0};
+            for (int dy = 0; dy < 2; dy++) {
+                double wy = dy ? ay : 1.0 - ay;
+                int yy = y0 + dy;
+                if (yy < 0 || yy >= h) {
+                    if (!rep) continue; /* contributes the constant 0 */
+                    yy = yy < 0 ? 0 : h - 1;
+                }
+                for (int dx = 0; dx < 2; dx++) {
+                    double wgt = wy * (dx ? ax : 1.0 - ax);
+                    int xx = x0 + dx;
+                    if (xx < 0 || xx >= w) {
+                        if (!rep) continue;
+                        xx = xx < 0 ? 0 : w - 1;
+                    }
+                    const uint8_t *p = in + ((size_t)yy * w + xx) * 3;
+                    acc[0] += wgt * p[0]; acc[1] += wgt * p[1]; acc[2] += wgt * p[2];
+                }
+            }
+            o[0] = clamp_u8(acc[0]); o[1] = clamp_u8(acc[1]); o[2] = clamp_u8(acc[2]);
+        }
+    }
+    return GLAE_OK;
+}
+
+int glae_warp_affine(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w,
+                     const double M[6], int border) {
+    double Mi[6];
+    for (int k = 0; k < 6; k++)
+        if (!isfinite(M[k])) return glae_fail(GLAE_ERR_VALUE, "warp_affine: matrix is not finite");
+    GLAE_TRY(glae_affine_invert(Mi, M));
+    return glae_warp_affine_inv(out, oh, ow, in, h, w, Mi, border, GLAE_INTERP_BILINEAR);
+}
+
+int glae_align_face(uint8_t *out, int size, const uint8_t *in, int h, int w, const float lm[10],
+                    float margin) {
+    float dst[10];
+    double M[6];
+    GLAE_TRY(check_img("align_face", h, w));
+    GLAE_TRY(glae_template_points(dst, size, margin));
+    GLAE_TRY(glae_similarity_transform(M, lm, dst, 5));
+    return glae_warp_affine(out, size, size, in, h, w, M, GLAE_BORDER_CONSTANT);
+}
+
+/* One axis of the separable resampler: for each of n outputs, the first input index and
+ * ntap weights (stored with stride `taps`). Triangle filter of radius fs = max(scale, 1),
+ * taps falling outside [0, in_n) are dropped and the rest renormalised (edge replicate). */
+static void axis_coeffs(int n, double x0, double len, int in_n, int taps, int *first, float *wt) {
+    double scale = len / n, fs = scale > 1.0 ? scale : 1.0;
+    for (int i = 0; i < n; i++) {
+        double c = x0 + (i + 0.5) * scale;
+        int lo = (int)floor(c - fs + 0.5), hi = (int)floor(c + fs + 0.5);
+        if (lo < 0) lo = 0;
+        if (hi > in_n) hi = in_n;
+        if (hi - lo > taps) hi = lo + taps;
+        if (hi <= lo) { /* box outside the image: clamp to the nearest pixel */
+            lo = c < 0 ? 0 : in_n - 1;
+            hi = lo + 1;
+        }
+        double sum = 0, tmp[hi - lo];
+        for (int j = lo; j < hi; j++) {
+            double t = fabs((j + 0.5 - c) / fs);
+            tmp[j - lo] = t < 1.0 ? 1.0 - t : 0.0;
+            sum += tmp[j - lo];
+        }
+        first[i] = lo;
+        float *wi = wt + (size_t)i * taps;
+        for (int k = 0; k < taps; k++) wi[k] = 0.0f;
+        if (sum <= 0) { /* only zero weights (c exactly between far taps): nearest */
+            wi[0] = 1.0f;
+            int nn = (int)floor(c);
+            first[i] = nn < 0 ? 0 : nn >= in_n ? in_n - 1 : nn;
+            continue;
+        }
+        for (int j = lo; j < hi; j++) wi[j - lo] = (float)(tmp[j - lo] / sum);
+    }
+}
+
+int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
+                    double y0, double bw, double bh, int flip) {
+    GLAE_TRY(check_img("resize", h, w));
+    if (oh <= 0 || ow <= 0)
+        return glae_fail(GLAE_ERR_VALUE, "resize: output size must be > 0, got %d x %d", oh, ow);
+    if (!(bw > 0 && bh > 0) || !isfinite(x0) || !isfinite(y0) || !isfinite(bw) || !isfinite(bh))
+        return glae_fail(GLAE_ERR_VALUE, "resize: bad box (%g, %g, %g, %g)", x0, y0, bw, bh);
+    /* identity: a plain copy (also keeps it exact) */
+    if (x0 == 0 && y0 == 0 && bw == w && bh == h && ow == w && oh == h && !flip) {
+        memcpy(out, in, (size_t)h * w * 3);
+        return GLAE_OK;
+    }
+    double fsx = bw / ow > 1.0 ? bw / ow : 1.0, fsy = bh / oh > 1.0 ? bh / oh : 1.0;
+    int tx = (int)ceil(2.0 * fsx) + 2, ty = (int)ceil(2.0 * fsy) + 2;
+    int *fx = malloc(sizeof(int) * ((size_t)ow + oh));
+    float *wx = malloc(sizeof(float) * ((size_t)ow * tx + (size_t)oh * ty));
+    if (!fx || !wx) {
+        free(fx); free(wx);
+        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+    }
+    int *fy = fx + ow;
+    float *wy = wx + (size_t)ow * tx;
+    axis_coeffs(ow, x0, bw, w, tx, fx, wx);
+    axis_coeffs(oh, y0, bh, h, ty, fy, wy);
+    /* rows of the input the vertical pass needs */
+    int rlo = h, rhi = 0;
+    for (int y = 0; y < oh; y++) {
+        int last = fy[y];
+        for (int k = 0; k < ty; k++)
+            if (wy[(size_t)y * ty + k] != 0.0f) last = fy[y] + k;
+        if (fy[y] < rlo) rlo = fy[y];
+        if (last + 1 > rhi) rhi = last + 1;
+    }
+    if (rhi > h) rhi = h;
+    int rows = rhi - rlo;
+    float *tmp = malloc(sizeof(float) * (size_t)rows * ow * 3);
+    if (!tmp) {
+        free(fx); free(wx);
+        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+    }
+    /* effective tap counts (trailing zero weights trimmed) */
+    int ntx = 1, nty = 1;
+    for (int i = 0; i < ow; i++)
+        for (int k = 0; k < tx; k++)
+            if (wx[(size_t)i * tx + k] != 0.0f && k + 1 > ntx) ntx = k + 1;
+    for (int i = 0; i < oh; i++)
+        for (int k = 0; k < ty; k++)
+            if (wy[(size_t)i * ty + k] != 0.0f && k + 1 > nty) nty = k + 1;
+    /* horizontal pass: (rows, w, 3) uint8 -> (rows, ow, 3) float */
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *src = in + (size_t)(rlo + r) * w * 3;
+        float *t = tmp + (size_t)r * ow * 3;
+        for (int x = 0; x < ow; x++) {
+            int sxi = flip ? ow - 1 - x : x;
+            const float *wi = wx + (size_t)sxi * tx;
+            int f0 = fx[sxi];
+            int nt = ntx;
+            if (f0 + nt > w) nt = w - f0;
+            float a0 = 0, a1 = 0, a2 = 0;
+            const uint8_t *p = src + (size_t)f0 * 3;
+            for (int k = 0; k < nt; k++, p += 3) {
+                float wk = wi[k];
+                a0 += wk * p[0]; a1 += wk * p[1]; a2 += wk * p[2];
+            }
+            t[3 * x] = a0; t[3 * x + 1] = a1; t[3 * x + 2] = a2;
+        }
+    }
+    /* vertical pass: (rows, ow, 3) -> (oh, ow, 3) uint8, contiguous inner loop */
+    const int rowlen = ow * 3;
+    float *acc = malloc(sizeof(float) * (size_t)rowlen);
+    if (!acc) {
+        free(fx); free(wx); free(tmp);
+        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+    }
+    for (int y = 0; y < oh; y++) {
+        const float *wi = wy + (size_t)y * ty;
+        int f0 = fy[y] - rlo, nt = nty;
+        if (f0 + nt > rows) nt = rows - f0;
+        for (int i = 0; i < rowlen; i++) acc[i] = 0.0f;
+        for (int k = 0; k < nt; k++) {
+            float wk = wi[k];
+            if (wk == 0.0f) continue;
+            const float *t = tmp + (size_t)(f0 + k) * rowlen;
+            for (int i = 0; i < rowlen; i++) acc[i] += wk * t[i];
+        }
+        uint8_t *o = out + (size_t)y * rowlen;
+        for (int i = 0; i < rowlen; i++) {
+            float v = acc[i];
+            o[i] = v <= 0.0f ? 0 : v >= 255.0f ? 255 : (uint8_t)(v + 0.5f);
+        }
+    }
+    free(fx); free(wx); free(tmp); free(acc);
+    return GLAE_OK;
+}
+
+int glae_center_crop_resize(uint8_t *out, int size, const uint8_t *in, int h, int w) {
+    GLAE_TRY(check_img("center_crop_resize", h, w));
+    if (size <= 0)
+        return glae_fail(GLAE_ERR_VALUE, "center_crop_resize: size must be > 0, got %d", size);
+    int side = h < w ? h : w;
+    int x0 = (w - side) / 2, y0 = (h - side) / 2;
+    return glae_resize_box(out, size, size, in, h, w, x0, y0, side, side, 0);
+}

@@ -1,0 +1,148 @@
+"""The prepare step: decode every image once, align it (5 landmarks: glae._C.align_face;
+none: glae._C.center_crop_resize), and write one packed file that training memory-maps.
+
+Decoding runs on a thread pool: Pillow, hashlib and the C kernels release the GIL, so the
+threads decode in parallel. The output order is the input order whatever the number of
+workers, so a packed file is reproducible.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .packed import PackedWriter, pixel_hash
+from .readers import (DecodeError, Record, Report, load_image, read_age_folders, read_chalearn, read_csv,
+                      read_mivia, read_utkface)
+
+__all__ = ["prepare", "read_source", "SOURCE_KINDS"]
+
+SOURCE_KINDS = {
+    "csv": read_csv,
+    "utkface": read_utkface,
+    "chalearn": read_chalearn,
+    "mivia": read_mivia,
+    "folders": read_age_folders,
+}
+
+
+def read_source(spec):
+    """Records from a source spec: "kind:path" (kind in SOURCE_KINDS, e.g.
+    "utkface:/data/UTKFace"), or a dict {"kind": ..., "path": ..., **reader options}."""
+    if isinstance(spec, str):
+        kind, sep, path = spec.partition(":")
+        if not sep or kind not in SOURCE_KINDS:
+            raise ValueError(f'source spec must be "kind:path" with kind in {sorted(SOURCE_KINDS)}, got {spec!r}')
+        return SOURCE_KINDS[kind](path)
+    if isinstance(spec, dict):
+        opts = dict(spec)
+        kind = opts.pop("kind", None)
+        if kind not in SOURCE_KINDS or "path" not in opts:
+            raise ValueError(f"source spec dict needs 'kind' in {sorted(SOURCE_KINDS)} and 'path', got {spec!r}")
+        return SOURCE_KINDS[kind](opts.pop("path"), **opts)
+    raise TypeError(f"source must be a list of Record, a 'kind:path' string or a dict, got {type(spec).__name__}")
+
+
+def _c_transform():
+    from .. import _C
+
+    missing = [n for n in ("align_face", "center_crop_resize") if not hasattr(_C, n)]
+    if missing:
+        raise RuntimeError(f"glae._C lacks {missing}: this build has no alignment kernels "
+                           "(pass transform=... to prepare, or build with the data bindings)")
+
+    def transform(img, landmarks, size, margin):
+        if landmarks is not None:
+            return _C.align_face(img, np.ascontiguousarray(landmarks, dtype=np.float32), size, margin)
+        return _C.center_crop_resize(img, size)
+
+    return transform
+
+
+def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int | None = None,
+            transform=None, meta: dict | None = None, progress: bool = False, chunk: int = 256) -> Report:
+    """Decode + align each image once and write the packed dataset `out_path`.
+
+    source: a list of Record, or a source spec (see read_source). size: crop side in pixels
+    (224 in both papers). margin: passed to align_face: the 5-point template's 112-px box
+    is scaled to size / (1 + 2 margin) and centred, so margin=0.1 adds a 10% border on each
+    side; ignored for images without landmarks (center_crop_resize). workers: decoding threads (default: os.cpu_count()).
+    transform: advanced; a callable (img uint8 (H,W,3), landmarks (5,2) or None, size,
+    margin) -> uint8 (size, size, 3) used instead of the C kernels (for data that is
+    already aligned, or tests). meta: extra JSON-able facts stored in the file's header.
+
+    Returns the Report: the reader's problems (when a spec was given) plus every image that
+    could not be decoded or aligned (skipped, with the reason). Raises ValueError when no
+    image at all could be prepared (the file is then not written)."""
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    margin = float(margin)
+    if not (margin >= 0.0 and np.isfinite(margin)):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    report = Report(what=f"prepare({os.fspath(out_path)})")
+    if isinstance(source, (str, dict)):
+        records, read_report = read_source(source)
+        report.extend(read_report)
+        src_desc = source if isinstance(source, str) else dict(source)
+    else:
+        records = list(source)
+        bad = [type(r).__name__ for r in records if not isinstance(r, Record)]
+        if bad:
+            raise TypeError(f"source must hold Record objects, found {bad[0]}")
+        src_desc = f"{len(records)} records"
+    fn = transform if transform is not None else _c_transform()
+
+    def work(rec: Record):
+        try:
+            img = load_image(rec.path)
+        except (FileNotFoundError, DecodeError) as e:
+            return None, str(e)
+        h = pixel_hash(img)
+        try:
+            crop = np.asarray(fn(img, rec.landmarks, size, margin))
+        except (ValueError, RuntimeError) as e:
+            return None, f"alignment failed: {e}"
+        if crop.dtype != np.uint8 or crop.shape != (size, size, 3):
+            return None, f"alignment returned {crop.dtype} {crop.shape}, expected uint8 ({size}, {size}, 3)"
+        return (crop, h), None
+
+    header_meta = {"source": src_desc, "size": size, "margin": margin,
+                   "aligned": "transform" if transform is not None else "glae._C align_face / center_crop_resize",
+                   **(meta or {})}
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(records), desc="prepare", unit="img")
+        except ImportError:
+            bar = None
+    n_landmarks = 0
+    with PackedWriter(out_path, size, meta=header_meta) as w, ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(records), chunk):
+            part = records[start:start + chunk]
+            # map keeps input order: the file does not depend on thread scheduling
+            for rec, (res, err) in zip(part, pool.map(work, part)):
+                report.n_seen += 1
+                if err is not None:
+                    report.skip(rec.path, err)
+                    continue
+                crop, h = res
+                n_landmarks += rec.landmarks is not None
+                w.append(crop, rec.age, sigma=rec.sigma, identity=rec.identity, path=rec.path, hash=h)
+            if bar is not None:
+                bar.update(len(part))
+        if len(w) == 0:
+            raise ValueError(f"prepare: no image could be prepared out of {len(records)}:\n{report}")
+        w.meta["n_aligned_with_landmarks"] = n_landmarks
+        w.meta["n_skipped"] = len(report.skipped)
+    if bar is not None:
+        bar.close()
+    report.n_used = len(w)
+    return report

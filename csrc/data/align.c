@@ -189,8 +189,36 @@ static void axis_coeffs(int n, double x0, double len, int in_n, int taps, int *f
     }
 }
 
-int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
-                    double y0, double bw, double bh, int flip) {
+/* Inner loops with restrict pointers so they vectorise. */
+static void axpy_u8(float *restrict acc, const uint8_t *restrict src, float wk, int n) {
+    for (int i = 0; i < n; i++) acc[i] += wk * (float)src[i];
+}
+static void gather_axpy(float *restrict o, const float *restrict wk, const int *restrict ik,
+                        const float *restrict v, int n) {
+    for (int x = 0; x < n; x++) o[x] += wk[x] * v[ik[x]];
+}
+static void deinterleave(float *restrict v0, float *restrict v1, float *restrict v2,
+                         const float *restrict acc, int n) {
+    for (int j = 0; j < n; j++) {
+        v0[j] = acc[3 * j]; v1[j] = acc[3 * j + 1]; v2[j] = acc[3 * j + 2];
+    }
+}
+static void interleave_round(uint8_t *restrict o, const float *restrict p0, const float *restrict p1,
+                             const float *restrict p2, int n) {
+    for (int x = 0; x < n; x++) {
+        float a = p0[x], b = p1[x], c = p2[x];
+        a = a < 0.0f ? 0.0f : a > 255.0f ? 255.0f : a;
+        b = b < 0.0f ? 0.0f : b > 255.0f ? 255.0f : b;
+        c = c < 0.0f ? 0.0f : c > 255.0f ? 255.0f : c;
+        o[3 * x] = (uint8_t)(a + 0.5f); o[3 * x + 1] = (uint8_t)(b + 0.5f); o[3 * x + 2] = (uint8_t)(c + 0.5f);
+    }
+}
+
+/* Separable resampling, vertical pass first (contiguous, vectorises) into three float
+ * planes of the needed columns, then the horizontal pass per plane as gathers with a
+ * transposed weight table (vectorises too). *buf / *cap: reusable float workspace. */
+int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
+                       double y0, double bw, double bh, int flip, float **buf, size_t *cap) {
     GLAE_TRY(check_img("resize", h, w));
     if (oh <= 0 || ow <= 0)
         return glae_fail(GLAE_ERR_VALUE, "resize: output size must be > 0, got %d x %d", oh, ow);
@@ -203,85 +231,79 @@ int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int 
     }
     double fsx = bw / ow > 1.0 ? bw / ow : 1.0, fsy = bh / oh > 1.0 ? bh / oh : 1.0;
     int tx = (int)ceil(2.0 * fsx) + 2, ty = (int)ceil(2.0 * fsy) + 2;
-    int *fx = malloc(sizeof(int) * ((size_t)ow + oh));
-    float *wx = malloc(sizeof(float) * ((size_t)ow * tx + (size_t)oh * ty));
-    if (!fx || !wx) {
-        free(fx); free(wx);
-        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+    /* worst-case workspace: coefficient tables, then the planes (cols <= w) */
+    size_t need = (size_t)ow * tx * 3 + (size_t)oh * ty + (size_t)ow + oh + (size_t)3 * oh * w +
+                  (size_t)3 * w + (size_t)3 * ow + 64;
+    if (*cap < need) {
+        float *nb = realloc(*buf, need * sizeof(float));
+        if (!nb) return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+        *buf = nb;
+        *cap = need;
     }
-    int *fy = fx + ow;
-    float *wy = wx + (size_t)ow * tx;
+    float *wx = *buf, *wy = wx + (size_t)ow * tx, *Wt = wy + (size_t)oh * ty;
+    int *fx = (int *)(Wt + (size_t)ow * tx), *fy = fx + ow, *It = fy + oh;
+    float *V = (float *)(It + (size_t)ow * tx), *acc = V + (size_t)3 * oh * w, *ob = acc + (size_t)3 * w;
     axis_coeffs(ow, x0, bw, w, tx, fx, wx);
     axis_coeffs(oh, y0, bh, h, ty, fy, wy);
-    /* rows of the input the vertical pass needs */
-    int rlo = h, rhi = 0;
-    for (int y = 0; y < oh; y++) {
-        int last = fy[y];
-        for (int k = 0; k < ty; k++)
-            if (wy[(size_t)y * ty + k] != 0.0f) last = fy[y] + k;
-        if (fy[y] < rlo) rlo = fy[y];
-        if (last + 1 > rhi) rhi = last + 1;
-    }
-    if (rhi > h) rhi = h;
-    int rows = rhi - rlo;
-    float *tmp = malloc(sizeof(float) * (size_t)rows * ow * 3);
-    if (!tmp) {
-        free(fx); free(wx);
-        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
-    }
-    /* effective tap counts (trailing zero weights trimmed) */
-    int ntx = 1, nty = 1;
+    /* effective tap counts and the column range the horizontal pass reads */
+    int ntx = 1, nty = 1, clo = w, chi = 0;
     for (int i = 0; i < ow; i++)
         for (int k = 0; k < tx; k++)
-            if (wx[(size_t)i * tx + k] != 0.0f && k + 1 > ntx) ntx = k + 1;
+            if (wx[(size_t)i * tx + k] != 0.0f) {
+                if (k + 1 > ntx) ntx = k + 1;
+                if (fx[i] + k + 1 > chi) chi = fx[i] + k + 1;
+                if (fx[i] < clo) clo = fx[i];
+            }
     for (int i = 0; i < oh; i++)
         for (int k = 0; k < ty; k++)
             if (wy[(size_t)i * ty + k] != 0.0f && k + 1 > nty) nty = k + 1;
-    /* horizontal pass: (rows, w, 3) uint8 -> (rows, ow, 3) float */
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *src = in + (size_t)(rlo + r) * w * 3;
-        float *t = tmp + (size_t)r * ow * 3;
+    if (clo >= chi) { clo = 0; chi = 1; }
+    const int cols = chi - clo;
+    /* transposed horizontal table (flip folded in), indices clamped inside the row */
+    for (int k = 0; k < ntx; k++)
         for (int x = 0; x < ow; x++) {
-            int sxi = flip ? ow - 1 - x : x;
-            const float *wi = wx + (size_t)sxi * tx;
-            int f0 = fx[sxi];
-            int nt = ntx;
-            if (f0 + nt > w) nt = w - f0;
-            float a0 = 0, a1 = 0, a2 = 0;
-            const uint8_t *p = src + (size_t)f0 * 3;
-            for (int k = 0; k < nt; k++, p += 3) {
-                float wk = wi[k];
-                a0 += wk * p[0]; a1 += wk * p[1]; a2 += wk * p[2];
-            }
-            t[3 * x] = a0; t[3 * x + 1] = a1; t[3 * x + 2] = a2;
+            int sx = flip ? ow - 1 - x : x, j = fx[sx] + k - clo;
+            float wk = wx[(size_t)sx * tx + k];
+            if (j < 0 || j >= cols) { j = 0; wk = 0.0f; }
+            Wt[(size_t)k * ow + x] = wk;
+            It[(size_t)k * ow + x] = j;
         }
-    }
-    /* vertical pass: (rows, ow, 3) -> (oh, ow, 3) uint8, contiguous inner loop */
-    const int rowlen = ow * 3;
-    float *acc = malloc(sizeof(float) * (size_t)rowlen);
-    if (!acc) {
-        free(fx); free(wx); free(tmp);
-        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
-    }
+    /* vertical pass: (oh, cols, 3) from the uint8 rows, de-interleaved into V[c][y][j] */
+    const size_t rs = (size_t)w * 3;
+    const int n3 = cols * 3;
     for (int y = 0; y < oh; y++) {
         const float *wi = wy + (size_t)y * ty;
-        int f0 = fy[y] - rlo, nt = nty;
-        if (f0 + nt > rows) nt = rows - f0;
-        for (int i = 0; i < rowlen; i++) acc[i] = 0.0f;
-        for (int k = 0; k < nt; k++) {
+        for (int i = 0; i < n3; i++) acc[i] = 0.0f;
+        for (int k = 0; k < nty; k++) {
+            int yy = fy[y] + k;
             float wk = wi[k];
-            if (wk == 0.0f) continue;
-            const float *t = tmp + (size_t)(f0 + k) * rowlen;
-            for (int i = 0; i < rowlen; i++) acc[i] += wk * t[i];
+            if (wk == 0.0f || yy >= h) continue;
+            axpy_u8(acc, in + (size_t)yy * rs + (size_t)clo * 3, wk, n3);
         }
-        uint8_t *o = out + (size_t)y * rowlen;
-        for (int i = 0; i < rowlen; i++) {
-            float v = acc[i];
-            o[i] = v <= 0.0f ? 0 : v >= 255.0f ? 255 : (uint8_t)(v + 0.5f);
-        }
+        float *v0 = V + (size_t)y * cols, *v1 = v0 + (size_t)oh * cols, *v2 = v1 + (size_t)oh * cols;
+        deinterleave(v0, v1, v2, acc, cols);
     }
-    free(fx); free(wx); free(tmp); free(acc);
+    /* horizontal pass per plane, then interleave and round */
+    for (int y = 0; y < oh; y++) {
+        for (int c = 0; c < 3; c++) {
+            const float *v = V + ((size_t)c * oh + y) * cols;
+            float *o = ob + (size_t)c * ow;
+            for (int x = 0; x < ow; x++) o[x] = 0.0f;
+            for (int k = 0; k < ntx; k++)
+                gather_axpy(o, Wt + (size_t)k * ow, It + (size_t)k * ow, v, ow);
+        }
+        interleave_round(out + (size_t)y * ow * 3, ob, ob + ow, ob + 2 * (size_t)ow, ow);
+    }
     return GLAE_OK;
+}
+
+int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
+                    double y0, double bw, double bh, int flip) {
+    float *buf = NULL;
+    size_t cap = 0;
+    int st = glae_resize_box_ws(out, oh, ow, in, h, w, x0, y0, bw, bh, flip, &buf, &cap);
+    free(buf);
+    return st;
 }
 
 int glae_center_crop_resize(uint8_t *out, int size, const uint8_t *in, int h, int w) {

@@ -185,7 +185,13 @@ static void axis_coeffs(int n, double x0, double len, int in_n, int taps, int *f
             first[i] = nn < 0 ? 0 : nn >= in_n ? in_n - 1 : nn;
             continue;
         }
-        for (int j = lo; j < hi; j++) wi[j - lo] = (float)(tmp[j - lo] / sum);
+        /* drop zero weights at both ends so the passes run over the real taps only (2 when
+         * enlarging instead of 3) */
+        int a = lo, b = hi;
+        while (a < b && tmp[a - lo] == 0.0) a++;
+        while (b > a && tmp[b - 1 - lo] == 0.0) b--;
+        first[i] = a;
+        for (int j = a; j < b; j++) wi[j - a] = (float)(tmp[j - lo] / sum);
     }
 }
 
@@ -193,30 +199,26 @@ static void axis_coeffs(int n, double x0, double len, int in_n, int taps, int *f
 static void axpy_u8(float *restrict acc, const uint8_t *restrict src, float wk, int n) {
     for (int i = 0; i < n; i++) acc[i] += wk * (float)src[i];
 }
-static void gather_axpy(float *restrict o, const float *restrict wk, const int *restrict ik,
-                        const float *restrict v, int n) {
-    for (int x = 0; x < n; x++) o[x] += wk[x] * v[ik[x]];
+static void gather2(float *restrict o, const float *restrict v, const float *restrict w0,
+                    const int *restrict i0, const float *restrict w1, int n) {
+    for (int e = 0; e < n; e++) o[e] = w0[e] * v[i0[e]] + w1[e] * v[i0[e] + 3];
 }
-static void deinterleave(float *restrict v0, float *restrict v1, float *restrict v2,
-                         const float *restrict acc, int n) {
-    for (int j = 0; j < n; j++) {
-        v0[j] = acc[3 * j]; v1[j] = acc[3 * j + 1]; v2[j] = acc[3 * j + 2];
-    }
+static void gather_axpy(float *restrict o, const float *restrict v, const float *restrict wk,
+                        const int *restrict ik, int n) {
+    for (int e = 0; e < n; e++) o[e] += wk[e] * v[ik[e]];
 }
-static void interleave_round(uint8_t *restrict o, const float *restrict p0, const float *restrict p1,
-                             const float *restrict p2, int n) {
-    for (int x = 0; x < n; x++) {
-        float a = p0[x], b = p1[x], c = p2[x];
-        a = a < 0.0f ? 0.0f : a > 255.0f ? 255.0f : a;
-        b = b < 0.0f ? 0.0f : b > 255.0f ? 255.0f : b;
-        c = c < 0.0f ? 0.0f : c > 255.0f ? 255.0f : c;
-        o[3 * x] = (uint8_t)(a + 0.5f); o[3 * x + 1] = (uint8_t)(b + 0.5f); o[3 * x + 2] = (uint8_t)(c + 0.5f);
+static void round_u8(uint8_t *restrict o, const float *restrict v, int n) {
+    for (int i = 0; i < n; i++) {
+        float t = v[i];
+        t = t < 0.0f ? 0.0f : t > 255.0f ? 255.0f : t;
+        o[i] = (uint8_t)(t + 0.5f);
     }
 }
 
-/* Separable resampling, vertical pass first (contiguous, vectorises) into three float
- * planes of the needed columns, then the horizontal pass per plane as gathers with a
- * transposed weight table (vectorises too). *buf / *cap: reusable float workspace. */
+/* Separable resampling: per output row, the vertical pass over the uint8 input rows
+ * (contiguous, vectorised) gives one interleaved float row of the needed columns; the
+ * horizontal pass gathers from it with per-element (x, channel) index and weight tables
+ * (flip folded in); the row is rounded to uint8. *buf / *cap: reusable float workspace. */
 int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
                        double y0, double bw, double bh, int flip, float **buf, size_t *cap) {
     GLAE_TRY(check_img("resize", h, w));
@@ -231,18 +233,21 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
     }
     double fsx = bw / ow > 1.0 ? bw / ow : 1.0, fsy = bh / oh > 1.0 ? bh / oh : 1.0;
     int tx = (int)ceil(2.0 * fsx) + 2, ty = (int)ceil(2.0 * fsy) + 2;
-    /* worst-case workspace: coefficient tables, then the planes (cols <= w) */
-    size_t need = (size_t)ow * tx * 3 + (size_t)oh * ty + (size_t)ow + oh + (size_t)3 * oh * w +
-                  (size_t)3 * w + (size_t)3 * ow + 64;
+    const size_t n3o = (size_t)ow * 3;
+    /* workspace: per-axis tables, the per-element tables (ntx <= tx), one input row (+ pad), one output row */
+    size_t need = (size_t)ow * tx + (size_t)oh * ty + (size_t)ow + oh + 2 * (size_t)tx * n3o +
+                  (size_t)3 * w + 8 + n3o + 64;
     if (*cap < need) {
         float *nb = realloc(*buf, need * sizeof(float));
         if (!nb) return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
         *buf = nb;
         *cap = need;
     }
-    float *wx = *buf, *wy = wx + (size_t)ow * tx, *Wt = wy + (size_t)oh * ty;
-    int *fx = (int *)(Wt + (size_t)ow * tx), *fy = fx + ow, *It = fy + oh;
-    float *V = (float *)(It + (size_t)ow * tx), *acc = V + (size_t)3 * oh * w, *ob = acc + (size_t)3 * w;
+    float *wx = *buf, *wy = wx + (size_t)ow * tx;
+    int *fx = (int *)(wy + (size_t)oh * ty), *fy = fx + ow;
+    float *We = (float *)(fy + oh);
+    int *Ie = (int *)(We + (size_t)tx * n3o);
+    float *acc = (float *)(Ie + (size_t)tx * n3o), *orow = acc + (size_t)3 * w + 8;
     axis_coeffs(ow, x0, bw, w, tx, fx, wx);
     axis_coeffs(oh, y0, bh, h, ty, fy, wy);
     /* effective tap counts and the column range the horizontal pass reads */
@@ -258,41 +263,37 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
         for (int k = 0; k < ty; k++)
             if (wy[(size_t)i * ty + k] != 0.0f && k + 1 > nty) nty = k + 1;
     if (clo >= chi) { clo = 0; chi = 1; }
-    const int cols = chi - clo;
-    /* transposed horizontal table (flip folded in), indices clamped inside the row */
+    const int cols = chi - clo, n3 = cols * 3;
+    /* per output element e = 3 x + c: tap k reads acc[Ie] with weight We; a tap outside
+     * the column range has weight 0 and a safe index */
     for (int k = 0; k < ntx; k++)
         for (int x = 0; x < ow; x++) {
             int sx = flip ? ow - 1 - x : x, j = fx[sx] + k - clo;
             float wk = wx[(size_t)sx * tx + k];
             if (j < 0 || j >= cols) { j = 0; wk = 0.0f; }
-            Wt[(size_t)k * ow + x] = wk;
-            It[(size_t)k * ow + x] = j;
+            for (int c = 0; c < 3; c++) {
+                We[(size_t)k * n3o + 3 * x + c] = wk;
+                Ie[(size_t)k * n3o + 3 * x + c] = 3 * j + c;
+            }
         }
-    /* vertical pass: (oh, cols, 3) from the uint8 rows, de-interleaved into V[c][y][j] */
+    for (int i = n3; i < n3 + 8; i++) acc[i] = 0.0f; /* gather2 may read 3 past the last column */
     const size_t rs = (size_t)w * 3;
-    const int n3 = cols * 3;
     for (int y = 0; y < oh; y++) {
         const float *wi = wy + (size_t)y * ty;
         for (int i = 0; i < n3; i++) acc[i] = 0.0f;
         for (int k = 0; k < nty; k++) {
             int yy = fy[y] + k;
-            float wk = wi[k];
-            if (wk == 0.0f || yy >= h) continue;
-            axpy_u8(acc, in + (size_t)yy * rs + (size_t)clo * 3, wk, n3);
+            if (wi[k] == 0.0f || yy >= h) continue;
+            axpy_u8(acc, in + (size_t)yy * rs + (size_t)clo * 3, wi[k], n3);
         }
-        float *v0 = V + (size_t)y * cols, *v1 = v0 + (size_t)oh * cols, *v2 = v1 + (size_t)oh * cols;
-        deinterleave(v0, v1, v2, acc, cols);
-    }
-    /* horizontal pass per plane, then interleave and round */
-    for (int y = 0; y < oh; y++) {
-        for (int c = 0; c < 3; c++) {
-            const float *v = V + ((size_t)c * oh + y) * cols;
-            float *o = ob + (size_t)c * ow;
-            for (int x = 0; x < ow; x++) o[x] = 0.0f;
-            for (int k = 0; k < ntx; k++)
-                gather_axpy(o, Wt + (size_t)k * ow, It + (size_t)k * ow, v, ow);
+        if (ntx == 2) {
+            /* the common case (mild scaling): taps k and k + 1 are neighbours */
+            gather2(orow, acc, We, Ie, We + n3o, (int)n3o);
+        } else {
+            for (size_t e = 0; e < n3o; e++) orow[e] = 0.0f;
+            for (int k = 0; k < ntx; k++) gather_axpy(orow, acc, We + k * n3o, Ie + k * n3o, (int)n3o);
         }
-        interleave_round(out + (size_t)y * ow * 3, ob, ob + ow, ob + 2 * (size_t)ow, ow);
+        round_u8(out + (size_t)y * n3o, orow, (int)n3o);
     }
     return GLAE_OK;
 }

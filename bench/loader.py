@@ -40,7 +40,8 @@ def run(images, batch, threads, seconds, **cfg):
     done, epoch = 0, 0
     w0, c0 = time.perf_counter(), time.process_time()
     while time.perf_counter() - w0 < seconds:
-        order = np.random.default_rng(epoch).permutation(n).astype(np.int64)
+        # an epoch of 8 passes over the crops, so the per-epoch Loader start is amortised
+        order = np.concatenate([np.random.default_rng(epoch * 8 + r).permutation(n) for r in range(8)]).astype(np.int64)
         L = _C.Loader(images, None, None, order, batch, out_size=224, seed=1, epoch=epoch,
                       threads=threads, **cfg)
         for x, _, _ in L:
@@ -64,6 +65,16 @@ def main():
     print(f"glae Loader, {a.n} synthetic 224x224 crops, batch {a.batch}, out 224, {os.cpu_count()} cores, "
           f"load avg {os.getloadavg()[0]:.1f}; one ring slot = {ring_mb:.1f} MB (threads + 1 slots)")
     print(f"{'pipeline':<32} {'threads':>7} {'img/s wall':>11} {'img/CPU-s':>10} {'peak RSS MB':>12}")
+    # the C pipeline alone (no threads, no ring): augment_batch on one core
+    idx = np.arange(a.batch, dtype=np.int64)
+    for name, cfg in [("augment_batch, no RandAugment", dict(randaugment=False)),
+                      ("augment_batch, RandAugment", dict(randaugment=True))]:
+        k, c0 = 0, time.process_time()
+        while time.process_time() - c0 < a.seconds / 2:
+            _C.augment_batch(images, idx, 224, 1, k, threads=1, **cfg)
+            k += 1
+        cpu = (k * a.batch) / (time.process_time() - c0)
+        print(f"{name:<32} {1:>7} {'':>11} {cpu:>10.0f} {peak_rss_mb():>12.0f}")
     for name, cfg in [("crop+flip+jitter+norm", dict(randaugment=False)),
                       ("+ RandAugment N=2 M=9", dict(randaugment=True))]:
         for threads in (1, 2):

@@ -220,6 +220,12 @@ def test_config_dict_and_kwargs(images):
     np.testing.assert_array_equal(a, b)
     c = _C.augment_batch(images=images, indices=idx, out_size=24, seed=1, epoch=0, hue=0.0, ra_m=5)
     np.testing.assert_array_equal(a, c)
+    # the names glae/config.py uses are aliases
+    d = _C.augment_batch(images, idx, 24, 1, 0, normalization="imagenet", color_jitter=False,
+                         crop_scale=(0.5, 0.9), randaugment_n=1, randaugment_m=3, flip=True)
+    e = _C.augment_batch(images, idx, 24, 1, 0, norm="imagenet", jitter=False, scale=(0.5, 0.9),
+                         ra_n=1, ra_m=3, flip=0.5)
+    np.testing.assert_array_equal(d, e)
 
 
 def test_bad_input(images):

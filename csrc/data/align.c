@@ -185,12 +185,42 @@ static void axis_coeffs(int n, double x0, double len, int in_n, int taps, int *f
             first[i] = nn < 0 ? 0 : nn >= in_n ? in_n - 1 : nn;
             continue;
         }
-        for (int j = lo; j < hi; j++) wi[j - lo] = (float)(tmp[j - lo] / sum);
+        /* drop zero weights at both ends so the passes run over the real taps only (2 when
+         * enlarging instead of 3) */
+        int a = lo, b = hi;
+        while (a < b && tmp[a - lo] == 0.0) a++;
+        while (b > a && tmp[b - 1 - lo] == 0.0) b--;
+        first[i] = a;
+        for (int j = a; j < b; j++) wi[j - a] = (float)(tmp[j - lo] / sum);
     }
 }
 
-int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
-                    double y0, double bw, double bh, int flip) {
+/* Inner loops with restrict pointers so they vectorise. */
+static void axpy_u8(float *restrict acc, const uint8_t *restrict src, float wk, int n) {
+    for (int i = 0; i < n; i++) acc[i] += wk * (float)src[i];
+}
+static void gather2(float *restrict o, const float *restrict v, const float *restrict w0,
+                    const int *restrict i0, const float *restrict w1, int n) {
+    for (int e = 0; e < n; e++) o[e] = w0[e] * v[i0[e]] + w1[e] * v[i0[e] + 3];
+}
+static void gather_axpy(float *restrict o, const float *restrict v, const float *restrict wk,
+                        const int *restrict ik, int n) {
+    for (int e = 0; e < n; e++) o[e] += wk[e] * v[ik[e]];
+}
+static void round_u8(uint8_t *restrict o, const float *restrict v, int n) {
+    for (int i = 0; i < n; i++) {
+        float t = v[i];
+        t = t < 0.0f ? 0.0f : t > 255.0f ? 255.0f : t;
+        o[i] = (uint8_t)(t + 0.5f);
+    }
+}
+
+/* Separable resampling: per output row, the vertical pass over the uint8 input rows
+ * (contiguous, vectorised) gives one interleaved float row of the needed columns; the
+ * horizontal pass gathers from it with per-element (x, channel) index and weight tables
+ * (flip folded in); the row is rounded to uint8. *buf / *cap: reusable float workspace. */
+int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
+                       double y0, double bw, double bh, int flip, float **buf, size_t *cap) {
     GLAE_TRY(check_img("resize", h, w));
     if (oh <= 0 || ow <= 0)
         return glae_fail(GLAE_ERR_VALUE, "resize: output size must be > 0, got %d x %d", oh, ow);
@@ -203,85 +233,78 @@ int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int 
     }
     double fsx = bw / ow > 1.0 ? bw / ow : 1.0, fsy = bh / oh > 1.0 ? bh / oh : 1.0;
     int tx = (int)ceil(2.0 * fsx) + 2, ty = (int)ceil(2.0 * fsy) + 2;
-    int *fx = malloc(sizeof(int) * ((size_t)ow + oh));
-    float *wx = malloc(sizeof(float) * ((size_t)ow * tx + (size_t)oh * ty));
-    if (!fx || !wx) {
-        free(fx); free(wx);
-        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+    const size_t n3o = (size_t)ow * 3;
+    /* workspace: per-axis tables, the per-element tables (ntx <= tx), one input row (+ pad), one output row */
+    size_t need = (size_t)ow * tx + (size_t)oh * ty + (size_t)ow + oh + 2 * (size_t)tx * n3o +
+                  (size_t)3 * w + 8 + n3o + 64;
+    if (*cap < need) {
+        float *nb = realloc(*buf, need * sizeof(float));
+        if (!nb) return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
+        *buf = nb;
+        *cap = need;
     }
-    int *fy = fx + ow;
-    float *wy = wx + (size_t)ow * tx;
+    float *wx = *buf, *wy = wx + (size_t)ow * tx;
+    int *fx = (int *)(wy + (size_t)oh * ty), *fy = fx + ow;
+    float *We = (float *)(fy + oh);
+    int *Ie = (int *)(We + (size_t)tx * n3o);
+    float *acc = (float *)(Ie + (size_t)tx * n3o), *orow = acc + (size_t)3 * w + 8;
     axis_coeffs(ow, x0, bw, w, tx, fx, wx);
     axis_coeffs(oh, y0, bh, h, ty, fy, wy);
-    /* rows of the input the vertical pass needs */
-    int rlo = h, rhi = 0;
-    for (int y = 0; y < oh; y++) {
-        int last = fy[y];
-        for (int k = 0; k < ty; k++)
-            if (wy[(size_t)y * ty + k] != 0.0f) last = fy[y] + k;
-        if (fy[y] < rlo) rlo = fy[y];
-        if (last + 1 > rhi) rhi = last + 1;
-    }
-    if (rhi > h) rhi = h;
-    int rows = rhi - rlo;
-    float *tmp = malloc(sizeof(float) * (size_t)rows * ow * 3);
-    if (!tmp) {
-        free(fx); free(wx);
-        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
-    }
-    /* effective tap counts (trailing zero weights trimmed) */
-    int ntx = 1, nty = 1;
+    /* effective tap counts and the column range the horizontal pass reads */
+    int ntx = 1, nty = 1, clo = w, chi = 0;
     for (int i = 0; i < ow; i++)
         for (int k = 0; k < tx; k++)
-            if (wx[(size_t)i * tx + k] != 0.0f && k + 1 > ntx) ntx = k + 1;
+            if (wx[(size_t)i * tx + k] != 0.0f) {
+                if (k + 1 > ntx) ntx = k + 1;
+                if (fx[i] + k + 1 > chi) chi = fx[i] + k + 1;
+                if (fx[i] < clo) clo = fx[i];
+            }
     for (int i = 0; i < oh; i++)
         for (int k = 0; k < ty; k++)
             if (wy[(size_t)i * ty + k] != 0.0f && k + 1 > nty) nty = k + 1;
-    /* horizontal pass: (rows, w, 3) uint8 -> (rows, ow, 3) float */
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *src = in + (size_t)(rlo + r) * w * 3;
-        float *t = tmp + (size_t)r * ow * 3;
+    if (clo >= chi) { clo = 0; chi = 1; }
+    const int cols = chi - clo, n3 = cols * 3;
+    /* per output element e = 3 x + c: tap k reads acc[Ie] with weight We; a tap outside
+     * the column range has weight 0 and a safe index */
+    for (int k = 0; k < ntx; k++)
         for (int x = 0; x < ow; x++) {
-            int sxi = flip ? ow - 1 - x : x;
-            const float *wi = wx + (size_t)sxi * tx;
-            int f0 = fx[sxi];
-            int nt = ntx;
-            if (f0 + nt > w) nt = w - f0;
-            float a0 = 0, a1 = 0, a2 = 0;
-            const uint8_t *p = src + (size_t)f0 * 3;
-            for (int k = 0; k < nt; k++, p += 3) {
-                float wk = wi[k];
-                a0 += wk * p[0]; a1 += wk * p[1]; a2 += wk * p[2];
+            int sx = flip ? ow - 1 - x : x, j = fx[sx] + k - clo;
+            float wk = wx[(size_t)sx * tx + k];
+            if (j < 0 || j >= cols) { j = 0; wk = 0.0f; }
+            for (int c = 0; c < 3; c++) {
+                We[(size_t)k * n3o + 3 * x + c] = wk;
+                Ie[(size_t)k * n3o + 3 * x + c] = 3 * j + c;
             }
-            t[3 * x] = a0; t[3 * x + 1] = a1; t[3 * x + 2] = a2;
         }
-    }
-    /* vertical pass: (rows, ow, 3) -> (oh, ow, 3) uint8, contiguous inner loop */
-    const int rowlen = ow * 3;
-    float *acc = malloc(sizeof(float) * (size_t)rowlen);
-    if (!acc) {
-        free(fx); free(wx); free(tmp);
-        return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
-    }
+    for (int i = n3; i < n3 + 8; i++) acc[i] = 0.0f; /* gather2 may read 3 past the last column */
+    const size_t rs = (size_t)w * 3;
     for (int y = 0; y < oh; y++) {
         const float *wi = wy + (size_t)y * ty;
-        int f0 = fy[y] - rlo, nt = nty;
-        if (f0 + nt > rows) nt = rows - f0;
-        for (int i = 0; i < rowlen; i++) acc[i] = 0.0f;
-        for (int k = 0; k < nt; k++) {
-            float wk = wi[k];
-            if (wk == 0.0f) continue;
-            const float *t = tmp + (size_t)(f0 + k) * rowlen;
-            for (int i = 0; i < rowlen; i++) acc[i] += wk * t[i];
+        for (int i = 0; i < n3; i++) acc[i] = 0.0f;
+        for (int k = 0; k < nty; k++) {
+            int yy = fy[y] + k;
+            if (wi[k] == 0.0f || yy >= h) continue;
+            axpy_u8(acc, in + (size_t)yy * rs + (size_t)clo * 3, wi[k], n3);
         }
-        uint8_t *o = out + (size_t)y * rowlen;
-        for (int i = 0; i < rowlen; i++) {
-            float v = acc[i];
-            o[i] = v <= 0.0f ? 0 : v >= 255.0f ? 255 : (uint8_t)(v + 0.5f);
+        if (ntx == 2) {
+            /* the common case (mild scaling): taps k and k + 1 are neighbours */
+            gather2(orow, acc, We, Ie, We + n3o, (int)n3o);
+        } else {
+            for (size_t e = 0; e < n3o; e++) orow[e] = 0.0f;
+            for (int k = 0; k < ntx; k++) gather_axpy(orow, acc, We + k * n3o, Ie + k * n3o, (int)n3o);
         }
+        round_u8(out + (size_t)y * n3o, orow, (int)n3o);
     }
-    free(fx); free(wx); free(tmp); free(acc);
     return GLAE_OK;
+}
+
+int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
+                    double y0, double bw, double bh, int flip) {
+    float *buf = NULL;
+    size_t cap = 0;
+    int st = glae_resize_box_ws(out, oh, ow, in, h, w, x0, y0, bw, bh, flip, &buf, &cap);
+    free(buf);
+    return st;
 }
 
 int glae_center_crop_resize(uint8_t *out, int size, const uint8_t *in, int h, int w) {

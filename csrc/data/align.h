@@ -6,6 +6,7 @@
 #ifndef GLAE_ALIGN_H
 #define GLAE_ALIGN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum { GLAE_BORDER_CONSTANT = 0, GLAE_BORDER_REPLICATE = 1 };
@@ -49,6 +50,10 @@ int glae_align_face(uint8_t *out, int size, const uint8_t *in, int h, int w, con
  * as PIL's BILINEAR resize). flip != 0 mirrors the output horizontally. */
 int glae_resize_box(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
                     double y0, double bw, double bh, int flip);
+
+/* Same with a reusable float workspace (*buf grown with realloc to *cap floats). */
+int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, int w, double x0,
+                       double y0, double bw, double bh, int flip, float **buf, size_t *cap);
 
 /* Centre crop of the largest square, resized to size x size with glae_resize_box. */
 int glae_center_crop_resize(uint8_t *out, int size, const uint8_t *in, int h, int w);

@@ -55,8 +55,11 @@ int glae_randaug_signed(int op);
 int glae_augment_op(uint8_t *img, int h, int w, int op, double param, uint8_t *tmp);
 
 typedef struct {
-    uint8_t *a, *b;
-    size_t cap;
+    uint8_t *a, *b; /* two size*size*3 byte images */
+    float *f;       /* three size*size float planes (colour jitter) */
+    size_t cap;     /* bytes in a (and in b) */
+    float *rw;      /* resampler workspace */
+    size_t rw_cap;  /* floats in rw */
 } glae_aug_scratch;
 void glae_aug_scratch_free(glae_aug_scratch *s);
 

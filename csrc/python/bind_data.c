@@ -191,8 +191,8 @@ static PyObject *py_template_points(PyObject *self, PyObject *args, PyObject *kw
 /* ---- augmentation config ------------------------------------------------------------- */
 
 static const char *const config_keys =
-    "crop, scale, ratio, flip, jitter, brightness, contrast, saturation, hue, randaugment, "
-    "ra_n, ra_m, ra_bins, norm";
+    "crop, scale (crop_scale), ratio, flip, jitter (color_jitter), brightness, contrast, saturation, "
+    "hue, randaugment, ra_n (randaugment_n), ra_m (randaugment_m), ra_bins, norm (normalization)";
 
 static int get_float(PyObject *v, const char *key, float *out) {
     double d = PyFloat_AsDouble(v);
@@ -242,6 +242,13 @@ static int config_item(glae_aug_config *c, PyObject *ko, PyObject *v, int *jitte
     }
     const char *k = PyUnicode_AsUTF8(ko);
     if (!k) return -1;
+    /* the names glae/config.py uses, as aliases */
+    static const char *const alias[][2] = {
+        {"normalization", "norm"}, {"color_jitter", "jitter"}, {"crop_scale", "scale"},
+        {"randaugment_n", "ra_n"}, {"randaugment_m", "ra_m"},
+    };
+    for (size_t i = 0; i < sizeof alias / sizeof *alias; i++)
+        if (!strcmp(k, alias[i][0])) k = alias[i][1];
     int t;
     if (!strcmp(k, "crop") || !strcmp(k, "randaugment") || !strcmp(k, "jitter")) {
         if ((t = PyObject_IsTrue(v)) < 0) return -1;

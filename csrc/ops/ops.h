@@ -102,6 +102,14 @@ int glae_log_softmax_forward(glae_ctx *ctx, float *out, const float *in, int64_t
 int glae_log_softmax_backward(glae_ctx *ctx, float *din, const float *dout, const float *out,
                               int64_t rows, int k);
 
+/* ---- PReLU (prelu.c), PyTorch semantics, one slope per channel: (rows, C) --------------
+ * out = x > 0 ? x : weight[c] * x; weight (C). nn.PReLU() with one shared slope: c = 1. */
+int glae_prelu_forward(glae_ctx *ctx, float *out, const float *in, const float *weight,
+                       int64_t rows, int c);
+/* din = x > 0 ? dout : weight[c] * dout; dweight[c] += sum over x <= 0 of dout * x */
+int glae_prelu_backward(glae_ctx *ctx, float *din, float *dweight, const float *dout,
+                        const float *in, const float *weight, int64_t rows, int c);
+
 /* ---- horizontal flip of an NHWC batch (act.c): out[n, h, w, c] = in[n, h, W-1-w, c] - */
 int glae_hflip_forward(glae_ctx *ctx, float *out, const float *in, int n, int h, int w, int c);
 

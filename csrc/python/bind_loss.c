@@ -1,6 +1,304 @@
-/* Bindings for the loss family (to be filled by its owner). */
-#include "py.h"
+/* Bindings for the loss family: label distributions, the fused LDL loss (forward and
+ * backward), the expected age, row-wise KL and Adaptive Routing. Same pattern as
+ * bind_ops.c: strict checks, fresh (poisoned) outputs, kernel without the GIL. */
+#include "py.h"  /* Python.h first */
+#include <string.h>
+
+#include "../nn/route.h"
+#include "../ops/loss.h"
+
+static int parse_loss_mode(const char *s, int *mode) {
+    if (!strcmp(s, "base")) *mode = GLAE_LOSS_BASE;
+    else if (!strcmp(s, "lae_cls")) *mode = GLAE_LOSS_LAE_CLS;
+    else if (!strcmp(s, "kl")) *mode = GLAE_LOSS_KL;
+    else {
+        PyErr_Format(PyExc_ValueError, "mode must be 'base', 'lae_cls' or 'kl', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_int_dim(npy_intp v, const char *what) {
+    if (v > 0x7fffffff) {
+        PyErr_Format(PyExc_ValueError, "%s too large (%zd)", what, (Py_ssize_t)v);
+        return -1;
+    }
+    return 0;
+}
+
+/* label_distribution(y (n,), sigma (n,) or float, num_classes=101, normalize=True) -> (n, K) */
+static PyObject *py_label_distribution(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"y", "sigma", "num_classes", "normalize", NULL};
+    PyObject *yo, *so;
+    int k = 101, normalize = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ip:label_distribution", kwlist, &yo, &so, &k,
+                                     &normalize))
+        return NULL;
+    if (glae_check_min(k, "num_classes", 1)) return NULL;
+    PyArrayObject *y = glae_arg_f32(yo, "y", 1);
+    if (!y) return NULL;
+    PyArrayObject *s = NULL;
+    float sigma0 = 0.0f;
+    if (PyArray_Check(so)) {
+        if (!(s = glae_arg_f32(so, "sigma", 1)) || glae_check_dim(s, "sigma", 0, PyArray_DIM(y, 0)))
+            return NULL;
+    } else {
+        double v = PyFloat_AsDouble(so);
+        if (v == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "sigma must be a float or a float32 array, got %s",
+                         Py_TYPE(so)->tp_name);
+            return NULL;
+        }
+        sigma0 = (float)v;
+    }
+    npy_intp dims[2] = {PyArray_DIM(y, 0), k};
+    PyArrayObject *z = glae_new_array(2, dims, NPY_FLOAT32);
+    if (!z) return NULL;
+    int st;
+    GLAE_NOGIL(st, glae_label_distribution(PyArray_DATA(z), PyArray_DATA(y),
+                                           s ? PyArray_DATA(s) : NULL, sigma0, dims[0], k,
+                                           normalize));
+    if (st) {
+        Py_DECREF(z);
+        return glae_raise(st);
+    }
+    return (PyObject *)z;
+}
+
+/* Shared argument checks of the forward and backward: a (rows, K) array `a` (logits or
+ * prob), z (rows / group, K), y (rows / group). */
+static int check_loss_args(PyArrayObject *a, const char *aname, PyArrayObject *z, PyArrayObject *y,
+                           int group) {
+    if (glae_check_min(group, "group", 1)) return -1;
+    npy_intp rows = PyArray_DIM(a, 0), k = PyArray_DIM(a, 1);
+    if (k < 1) {
+        PyErr_Format(PyExc_ValueError, "%s must have at least one class (column)", aname);
+        return -1;
+    }
+    if (check_int_dim(k, "number of classes")) return -1;
+    if (rows % group) {
+        PyErr_Format(PyExc_ValueError, "%s rows (%zd) must be divisible by group (%d)", aname,
+                     (Py_ssize_t)rows, group);
+        return -1;
+    }
+    npy_intp n = rows / group;
+    if (PyArray_DIM(z, 1) != k) {
+        PyErr_Format(PyExc_ValueError, "z must have %zd classes like %s, got %zd", (Py_ssize_t)k,
+                     aname, (Py_ssize_t)PyArray_DIM(z, 1));
+        return -1;
+    }
+    if (PyArray_DIM(z, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "z must have rows / group = %zd rows, got %zd",
+                     (Py_ssize_t)n, (Py_ssize_t)PyArray_DIM(z, 0));
+        return -1;
+    }
+    if (PyArray_DIM(y, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "y must have rows / group = %zd elements, got %zd",
+                     (Py_ssize_t)n, (Py_ssize_t)PyArray_DIM(y, 0));
+        return -1;
+    }
+    return 0;
+}
+
+/* ldl_loss_forward(logits (rows, K), z (rows/group, K), y (rows/group), group=1,
+ *                  mode='base', lambda_=1.0, mae=0.0) -> (loss (rows,), prob (rows, K)) */
+static PyObject *py_ldl_loss_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"logits", "z", "y", "group", "mode", "lambda_", "mae", NULL};
+    PyObject *xo, *zo, *yo;
+    int group = 1, mode;
+    const char *ms = "base";
+    float lambda = 1.0f, mae = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|isff:ldl_loss_forward", kwlist, &xo, &zo, &yo,
+                                     &group, &ms, &lambda, &mae))
+        return NULL;
+    if (parse_loss_mode(ms, &mode)) return NULL;
+    PyArrayObject *x = glae_arg_f32(xo, "logits", 2);
+    PyArrayObject *z = x ? glae_arg_f32(zo, "z", 2) : NULL;
+    PyArrayObject *y = z ? glae_arg_f32(yo, "y", 1) : NULL;
+    if (!y || check_loss_args(x, "logits", z, y, group)) return NULL;
+    npy_intp rows = PyArray_DIM(x, 0);
+    int k = (int)PyArray_DIM(x, 1);
+    PyArrayObject *loss = glae_new_array(1, &rows, NPY_FLOAT32);
+    PyArrayObject *prob = loss ? glae_new_array(2, PyArray_DIMS(x), NPY_FLOAT32) : NULL;
+    if (!prob) {
+        Py_XDECREF(loss);
+        return NULL;
+    }
+    int st;
+    glae_ctx ctx = {0};
+    GLAE_NOGIL(st, glae_ldl_loss_forward(&ctx, PyArray_DATA(loss), PyArray_DATA(prob),
+                                         PyArray_DATA(x), PyArray_DATA(z), PyArray_DATA(y), rows,
+                                         group, k, mode, lambda, mae));
+    if (st) {
+        Py_DECREF(loss);
+        Py_DECREF(prob);
+        return glae_raise(st);
+    }
+    return Py_BuildValue("(NN)", loss, prob);
+}
+
+/* ldl_loss_backward(dloss (rows,), prob (rows, K), z, y, group=1, mode='base',
+ *                   lambda_=1.0, mae=0.0) -> dlogits (rows, K) */
+static PyObject *py_ldl_loss_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dloss", "prob", "z", "y", "group", "mode", "lambda_", "mae", NULL};
+    PyObject *dlo, *po, *zo, *yo;
+    int group = 1, mode;
+    const char *ms = "base";
+    float lambda = 1.0f, mae = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|isff:ldl_loss_backward", kwlist, &dlo, &po,
+                                     &zo, &yo, &group, &ms, &lambda, &mae))
+        return NULL;
+    if (parse_loss_mode(ms, &mode)) return NULL;
+    PyArrayObject *dl = glae_arg_f32(dlo, "dloss", 1);
+    PyArrayObject *p = dl ? glae_arg_f32(po, "prob", 2) : NULL;
+    PyArrayObject *z = p ? glae_arg_f32(zo, "z", 2) : NULL;
+    PyArrayObject *y = z ? glae_arg_f32(yo, "y", 1) : NULL;
+    if (!y || check_loss_args(p, "prob", z, y, group) ||
+        glae_check_dim(dl, "dloss", 0, PyArray_DIM(p, 0)))
+        return NULL;
+    npy_intp rows = PyArray_DIM(p, 0);
+    int k = (int)PyArray_DIM(p, 1);
+    PyArrayObject *dx = glae_new_array(2, PyArray_DIMS(p), NPY_FLOAT32);
+    if (!dx) return NULL;
+    int st;
+    glae_ctx ctx = {0};
+    GLAE_NOGIL(st, glae_ldl_loss_backward(&ctx, PyArray_DATA(dx), PyArray_DATA(dl),
+                                          PyArray_DATA(p), PyArray_DATA(z), PyArray_DATA(y), rows,
+                                          group, k, mode, lambda, mae));
+    if (st) {
+        Py_DECREF(dx);
+        return glae_raise(st);
+    }
+    return (PyObject *)dx;
+}
+
+/* (rows, K) probability argument */
+static PyArrayObject *arg_prob(PyObject *o, const char *name) {
+    PyArrayObject *a = glae_arg_f32(o, name, 2);
+    if (!a) return NULL;
+    if (PyArray_DIM(a, 1) < 1) {
+        PyErr_Format(PyExc_ValueError, "%s must have at least one class (column)", name);
+        return NULL;
+    }
+    if (check_int_dim(PyArray_DIM(a, 1), "number of classes")) return NULL;
+    return a;
+}
+
+/* expected_age(p (rows, K)) -> (rows,) */
+static PyObject *py_expected_age(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *po;
+    if (!PyArg_ParseTuple(args, "O:expected_age", &po)) return NULL;
+    PyArrayObject *p = arg_prob(po, "p");
+    if (!p) return NULL;
+    npy_intp rows = PyArray_DIM(p, 0);
+    PyArrayObject *age = glae_new_array(1, &rows, NPY_FLOAT32);
+    if (!age) return NULL;
+    int st;
+    GLAE_NOGIL(st, glae_expected_age(PyArray_DATA(age), PyArray_DATA(p), rows,
+                                     (int)PyArray_DIM(p, 1)));
+    if (st) {
+        Py_DECREF(age);
+        return glae_raise(st);
+    }
+    return (PyObject *)age;
+}
+
+/* kl_rows(p (rows, K), q (rows, K)) -> KL(p_i || q_i) (rows,) */
+static PyObject *py_kl_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *po, *qo;
+    if (!PyArg_ParseTuple(args, "OO:kl_rows", &po, &qo)) return NULL;
+    PyArrayObject *p = arg_prob(po, "p");
+    PyArrayObject *q = p ? glae_arg_f32(qo, "q", 2) : NULL;
+    if (!q || glae_check_same_shape(p, "p", q, "q")) return NULL;
+    npy_intp rows = PyArray_DIM(p, 0);
+    PyArrayObject *out = glae_new_array(1, &rows, NPY_FLOAT32);
+    if (!out) return NULL;
+    int st;
+    GLAE_NOGIL(st, glae_kl_rows(PyArray_DATA(out), PyArray_DATA(p), PyArray_DATA(q), rows,
+                                (int)PyArray_DIM(p, 1)));
+    if (st) {
+        Py_DECREF(out);
+        return glae_raise(st);
+    }
+    return (PyObject *)out;
+}
+
+/* adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True)
+ * -> dict(prob (n, K), age (n,), choice (n,) int32 [0 vanilla, 1 balanced], upsilon (n, 2)) */
+static PyObject *py_adaptive_route(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"p_van", "p_van_flip", "p_bal", "p_bal_flip", "mode", "flip_average",
+                             NULL};
+    PyObject *o[4];
+    const char *ms = "smaller";
+    int flip_average = 1, mode;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|sp:adaptive_route", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &ms, &flip_average))
+        return NULL;
+    if (!strcmp(ms, "smaller")) mode = GLAE_ROUTE_SMALLER;
+    else if (!strcmp(ms, "bigger")) mode = GLAE_ROUTE_BIGGER;
+    else {
+        PyErr_Format(PyExc_ValueError, "mode must be 'smaller' or 'bigger', got '%s'", ms);
+        return NULL;
+    }
+    static const char *names[4] = {"p_van", "p_van_flip", "p_bal", "p_bal_flip"};
+    PyArrayObject *p[4];
+    for (int i = 0; i < 4; i++) {
+        if (!(p[i] = arg_prob(o[i], names[i]))) return NULL;
+        if (i && glae_check_same_shape(p[0], names[0], p[i], names[i])) return NULL;
+    }
+    npy_intp n = PyArray_DIM(p[0], 0), d2[2] = {n, 2};
+    int k = (int)PyArray_DIM(p[0], 1);
+    PyArrayObject *prob = glae_new_array(2, PyArray_DIMS(p[0]), NPY_FLOAT32);
+    PyArrayObject *age = prob ? glae_new_array(1, &n, NPY_FLOAT32) : NULL;
+    PyArrayObject *choice = age ? glae_new_array(1, &n, NPY_INT32) : NULL;
+    PyArrayObject *ups = choice ? glae_new_array(2, d2, NPY_FLOAT32) : NULL;
+    PyObject *res = NULL;
+    if (!ups) goto fail;
+    int st;
+    GLAE_NOGIL(st, glae_adaptive_route(PyArray_DATA(prob), PyArray_DATA(age), PyArray_DATA(choice),
+                                       PyArray_DATA(ups), PyArray_DATA(p[0]), PyArray_DATA(p[1]),
+                                       PyArray_DATA(p[2]), PyArray_DATA(p[3]), n, k, mode,
+                                       flip_average));
+    if (st) {
+        glae_raise(st);
+        goto fail;
+    }
+    res = Py_BuildValue("{sOsOsOsO}", "prob", prob, "age", age, "choice", choice, "upsilon", ups);
+fail:
+    Py_XDECREF(prob);
+    Py_XDECREF(age);
+    Py_XDECREF(choice);
+    Py_XDECREF(ups);
+    return res;
+}
 
 PyMethodDef glae_loss_methods[] = {
+    {"label_distribution", (PyCFunction)(void (*)(void))py_label_distribution,
+     METH_VARARGS | METH_KEYWORDS,
+     "label_distribution(y, sigma, num_classes=101, normalize=True) -> z (n, K)\n"
+     "Gaussian label distribution (LAE 2.1, GLAE eq. 1); y float32 (n,), sigma float32 (n,) or a float."},
+    {"ldl_loss_forward", (PyCFunction)(void (*)(void))py_ldl_loss_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "ldl_loss_forward(logits, z, y, group=1, mode='base', lambda_=1.0, mae=0.0) -> (loss, prob)\n"
+     "Per-row softmax + KL(z || p) [+ lambda |y - E[p]| ('base') | + (|y - E[p]| - mae)^2 ('lae_cls')].\n"
+     "Row r uses z[r // group], y[r // group]."},
+    {"ldl_loss_backward", (PyCFunction)(void (*)(void))py_ldl_loss_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "ldl_loss_backward(dloss, prob, z, y, group=1, mode='base', lambda_=1.0, mae=0.0) -> dlogits"},
+    {"expected_age", py_expected_age, METH_VARARGS,
+     "expected_age(p (rows, K)) -> sum_k k p[:, k] (GLAE eq. 3)"},
+    {"kl_rows", py_kl_rows, METH_VARARGS,
+     "kl_rows(p, q) -> KL(p_i || q_i) per row, 0 log 0 = 0"},
+    {"adaptive_route", (PyCFunction)(void (*)(void))py_adaptive_route,
+     METH_VARARGS | METH_KEYWORDS,
+     "adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True)\n"
+     "-> dict(prob, age, choice (0 vanilla, 1 balanced), upsilon (n, 2)) (GLAE eq. 11)"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,170 @@
+"""Expected age (GLAE eq. 3), row-wise KL and Adaptive Routing (GLAE eq. 11, Algorithm 1
+lines 24-30, V-A flip averaging) against float64 NumPy references and constructed cases."""
+import numpy as np
+import pytest
+
+from glae import _C
+
+from helpers import assert_no_leak, assert_unmodified
+
+K = 101
+
+
+def ref_kl(p, q):
+    p = p.astype(np.float64)
+    q = q.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        t = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q)), 0.0)
+    return t.sum(-1)
+
+
+def ref_route(pv, pvf, pb, pbf, mode="smaller", flip_average=True):
+    u1, u2 = ref_kl(pv, pvf), ref_kl(pb, pbf)
+    van = u1 < u2 if mode == "smaller" else u1 > u2
+    a = np.where(van[:, None], pv, pb).astype(np.float64)
+    b = np.where(van[:, None], pvf, pbf).astype(np.float64)
+    prob = 0.5 * (a + b) if flip_average else a
+    return prob, prob @ np.arange(pv.shape[1]), np.where(van, 0, 1), np.stack([u1, u2], 1)
+
+
+def softmax_rows(rng, n, k=K, scale=2.0):
+    x = scale * rng.standard_normal((n, k))
+    e = np.exp(x - x.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def near(rng, p, eps):
+    """A distribution close to p (KL grows with eps)."""
+    q = p * np.exp(eps * rng.standard_normal(p.shape))
+    return (q / q.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_expected_age(rng):
+    p = softmax_rows(rng, 7)
+    age = assert_unmodified(_C.expected_age, p)
+    np.testing.assert_allclose(age, p.astype(np.float64) @ np.arange(K), rtol=1e-6)
+    onehot = np.eye(K, dtype=np.float32)[[0, 37, 100]]
+    np.testing.assert_array_equal(_C.expected_age(onehot), [0, 37, 100])
+    big = softmax_rows(rng, 700)   # parallel path
+    np.testing.assert_allclose(_C.expected_age(big), big.astype(np.float64) @ np.arange(K), rtol=1e-6)
+    assert _C.expected_age(np.zeros((0, K), np.float32)).shape == (0,)
+
+
+def test_kl_rows(rng):
+    p, q = softmax_rows(rng, 6), softmax_rows(rng, 6)
+    p[0, :50] = 0                                   # 0 log 0 = 0
+    p[0] /= p[0].sum()
+    out = assert_unmodified(_C.kl_rows, p, q)
+    np.testing.assert_allclose(out, ref_kl(p, q), rtol=1e-5)
+    assert np.all(out >= 0)
+    np.testing.assert_allclose(_C.kl_rows(p, p), 0, atol=1e-6)
+    # p > 0 where q = 0: infinite divergence; q = 0 where p = 0: no contribution
+    p2 = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], np.float32)
+    q2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.25, 0.25]], np.float32)
+    out = _C.kl_rows(p2, q2)
+    assert np.isinf(out[0]) and out[0] > 0
+    np.testing.assert_allclose(out[1], 0.5 * np.log(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["smaller", "bigger"])
+@pytest.mark.parametrize("flip_average", [True, False])
+def test_route_matches_numpy(mode, flip_average, rng):
+    n = 40
+    pv, pb = softmax_rows(rng, n), softmax_rows(rng, n)
+    pvf = near(rng, pv, rng.uniform(0.05, 1.0, (n, 1)))
+    pbf = near(rng, pb, rng.uniform(0.05, 1.0, (n, 1)))
+    r = assert_unmodified(lambda a, b, c, d: _C.adaptive_route(a, b, c, d, mode, flip_average),
+                          pv, pvf, pb, pbf)
+    prob, age, choice, ups = ref_route(pv, pvf, pb, pbf, mode, flip_average)
+    assert set(r) == {"prob", "age", "choice", "upsilon"}
+    assert r["choice"].dtype == np.int32 and r["upsilon"].shape == (n, 2)
+    np.testing.assert_allclose(r["upsilon"], ups, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(r["choice"], choice)
+    assert 0 < choice.sum() < n                     # both heads used
+    np.testing.assert_allclose(r["prob"], prob, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(r["age"], age, rtol=1e-5)
+
+
+def test_route_constructed_cases(rng):
+    pv, pb = softmax_rows(rng, 2), softmax_rows(rng, 2)
+    stable_v, shaky_v = near(rng, pv, 0.01), near(rng, pv, 1.0)
+    stable_b, shaky_b = near(rng, pb, 0.01), near(rng, pb, 1.0)
+    # row 0: vanilla agrees with its flip, balanced does not -> vanilla; row 1: the reverse
+    pvf = np.stack([stable_v[0], shaky_v[1]])
+    pbf = np.stack([shaky_b[0], stable_b[1]])
+    r = _C.adaptive_route(pv, pvf, pb, pbf)
+    np.testing.assert_array_equal(r["choice"], [0, 1])
+    np.testing.assert_allclose(r["prob"][0], 0.5 * (pv[0] + pvf[0]), rtol=1e-6)
+    np.testing.assert_allclose(r["prob"][1], 0.5 * (pb[1] + pbf[1]), rtol=1e-6)
+    np.testing.assert_allclose(r["age"], r["prob"].astype(np.float64) @ np.arange(K), rtol=1e-6)
+    # "bigger" (Table IX ablation) picks the other head
+    rb = _C.adaptive_route(pv, pvf, pb, pbf, mode="bigger")
+    np.testing.assert_array_equal(rb["choice"], [1, 0])
+    np.testing.assert_array_equal(rb["upsilon"], r["upsilon"])
+    # no flip averaging: the chosen head's unflipped distribution
+    r0 = _C.adaptive_route(pv, pvf, pb, pbf, flip_average=False)
+    np.testing.assert_array_equal(r0["prob"], np.stack([pv[0], pb[1]]))
+
+
+def test_route_ties_go_to_balanced(rng):
+    # Algorithm 1: vanilla only if Upsilon_1 < Upsilon_2 (bigger: only if >); a tie is balanced
+    pv, pb = softmax_rows(rng, 3), softmax_rows(rng, 3)
+    for mode in ("smaller", "bigger"):
+        r = _C.adaptive_route(pv, pv, pb, pb, mode)       # both Upsilons exactly 0
+        np.testing.assert_array_equal(r["upsilon"], 0)
+        np.testing.assert_array_equal(r["choice"], 1)
+        np.testing.assert_array_equal(r["prob"], pb)
+    r = _C.adaptive_route(pv, pb, pv, pb)                 # identical heads: equal Upsilons > 0
+    assert np.all(r["upsilon"][:, 0] == r["upsilon"][:, 1]) and np.all(r["upsilon"] > 0)
+    np.testing.assert_array_equal(r["choice"], 1)
+
+
+def test_route_kl_direction():
+    # Upsilon = KL(p || p_flip), not KL(p_flip || p): the two differ here
+    p = np.array([[0.9, 0.1, 0.0]], np.float32)
+    pf = np.array([[0.5, 0.25, 0.25]], np.float32)
+    r = _C.adaptive_route(p, pf, pf, p)       # Upsilon_2 = KL(pf || p) = inf
+    np.testing.assert_allclose(r["upsilon"][0, 0], 0.9 * np.log(1.8) + 0.1 * np.log(0.4), rtol=1e-6)
+    assert np.isinf(r["upsilon"][0, 1])
+    assert r["choice"][0] == 0
+
+
+def test_route_no_reference_leaks(rng):
+    p = softmax_rows(rng, 3)
+    assert_no_leak(_C.adaptive_route, p, p, p, p)
+    assert_no_leak(_C.expected_age, p)
+    assert_no_leak(_C.kl_rows, p, p)
+
+
+def test_route_bad_input(rng):
+    p = softmax_rows(rng, 3)
+    with pytest.raises(TypeError, match="p_bal must have dtype float32"):
+        _C.adaptive_route(p, p, p.astype(np.float64), p)
+    with pytest.raises(ValueError, match="p_van must have 2 dimensions"):
+        _C.adaptive_route(p[0].copy(), p, p, p)
+    with pytest.raises(ValueError, match="p_van and p_bal_flip must have the same shape"):
+        _C.adaptive_route(p, p, p, p[:2].copy())
+    with pytest.raises(ValueError, match="p_van and p_van_flip must have the same shape"):
+        _C.adaptive_route(p, np.ascontiguousarray(p[:, :100]), p, p)
+    with pytest.raises(ValueError, match="mode must be 'smaller' or 'bigger', got 'max'"):
+        _C.adaptive_route(p, p, p, p, "max")
+    neg = p.copy()
+    neg[1, 5] = -0.1
+    with pytest.raises(ValueError, match=r"p_bal_flip\[1, 5\] = -0.1; probabilities must be finite"):
+        _C.adaptive_route(p, p, p, neg)
+    nan = p.copy()
+    nan[2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"p_van\[2, 0\] = nan"):
+        _C.adaptive_route(nan, p, p, p)
+    with pytest.raises(ValueError, match=r"q\[1, 5\]"):
+        _C.kl_rows(p, neg)
+    with pytest.raises(ValueError, match="p and q must have the same shape"):
+        _C.kl_rows(p, p[:2].copy())
+    with pytest.raises(TypeError, match="p must have dtype float32"):
+        _C.expected_age(p.astype(np.float64))
+    with pytest.raises(ValueError, match="p must have 2 dimensions"):
+        _C.expected_age(p.reshape(-1))
+    with pytest.raises(ValueError, match="p must be C-contiguous"):
+        _C.expected_age(p[:, ::2])
+    with pytest.raises(ValueError, match="at least one class"):
+        _C.expected_age(np.zeros((2, 0), np.float32))

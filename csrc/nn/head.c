@@ -10,11 +10,13 @@
 
 static int add_linear(glae_params *p, const char *prefix, const char *name, int in_f, int out_f,
                       int group, int *w, int *b) {
-    char full[GLAE_NAME_LEN];
+    char full[2 * GLAE_NAME_LEN];
     int64_t shape[2] = {out_f, in_f};
-    snprintf(full, sizeof full, "%s%s.weight", prefix, name);
+    if (snprintf(full, sizeof full, "%s%s.weight", prefix, name) >= (int)sizeof full)
+        return glae_fail(GLAE_ERR_VALUE, "head: name too long");
     GLAE_TRY(glae_params_add(p, full, 2, shape, 0, group, w));
-    snprintf(full, sizeof full, "%s%s.bias", prefix, name);
+    if (snprintf(full, sizeof full, "%s%s.bias", prefix, name) >= (int)sizeof full)
+        return glae_fail(GLAE_ERR_VALUE, "head: name too long");
     GLAE_TRY(glae_params_add(p, full, 1, shape, GLAE_P_NO_DECAY, group, b));
     return GLAE_OK;
 }
@@ -32,7 +34,7 @@ int glae_head_build(glae_head *hd, glae_params *p, const glae_head_config *cfg, 
     hd->width = cfg->width;
     const int K = cfg->num_classes;
     if (K < 2) return glae_fail(GLAE_ERR_VALUE, "head: num_classes must be >= 2, got %d", K);
-    char name[GLAE_NAME_LEN];
+    char name[2 * GLAE_NAME_LEN];
     if (cfg->kind == GLAE_HEAD_GAP) {
         return add_linear(p, prefix, "fc", c, K, group, &hd->fc_w, &hd->fc_b);
     }

@@ -12,7 +12,7 @@
 
 int glae_conv_layer_add(glae_conv_layer *l, glae_params *p, const char *prefix, int c_in,
                         int c_out, int k, int stride, int pad, int bias, int group) {
-    char name[GLAE_NAME_LEN];
+    char name[2 * GLAE_NAME_LEN];
     memset(l, 0, sizeof *l);
     l->c_in = c_in;
     l->c_out = c_out;
@@ -31,7 +31,7 @@ int glae_conv_layer_add(glae_conv_layer *l, glae_params *p, const char *prefix, 
 }
 
 int glae_bn_layer_add(glae_bn_layer *l, glae_params *p, const char *prefix, int c, int group) {
-    char name[GLAE_NAME_LEN];
+    char name[2 * GLAE_NAME_LEN];
     int64_t shape[1] = {c};
     memset(l, 0, sizeof *l);
     l->c = c;
@@ -60,7 +60,7 @@ int glae_resnet_build(glae_resnet *net, glae_params *p, int depth) {
     GLAE_TRY(glae_conv_layer_add(&net->conv1, p, "conv1", 3, 64, 7, 2, 3, 0, G));
     GLAE_TRY(glae_bn_layer_add(&net->bn1, p, "bn1", 64, G));
     int inplanes = 64;
-    char pre[GLAE_NAME_LEN];
+    char pre[2 * GLAE_NAME_LEN];
     for (int li = 0; li < 4; li++) {
         int planes = 64 << li;
         for (int bi = 0; bi < counts[li]; bi++) {

@@ -108,20 +108,32 @@ int glae_resnet_build(glae_resnet *net, glae_params *p, int depth) {
 
 /* ---- init ----------------------------------------------------------------------------- */
 
+/* Element i is a pure function of (seed, tensor index, i): one Philox call gives the two
+ * normals of a Box-Muller pair (elements 2j, 2j+1), so the loop parallelises freely. */
 void glae_init_normal(glae_params *p, int index, uint64_t seed, double std) {
-    glae_rng r;
-    glae_rng_init(&r, seed, (uint32_t)index, 0x1417u, 0);
     float *w = glae_params_ptr(p, index);
-    for (int64_t i = 0; i < p->info[index].numel; i++) w[i] = (float)(std * glae_rng_normal(&r));
+    const int64_t n = p->info[index].numel, pairs = (n + 1) / 2;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < pairs; j++) {
+        uint32_t r[4];
+        glae_rand4(seed, (uint32_t)index, 0x1417u, (uint32_t)j, (uint32_t)(j >> 32), r);
+        double u1 = 1.0 - glae_u01d(r[0], r[1]); /* (0, 1]: log is finite */
+        double u2 = glae_u01d(r[2], r[3]);
+        double rad = std * sqrt(-2.0 * log(u1)), th = 2.0 * 3.14159265358979323846 * u2;
+        w[2 * j] = (float)(rad * cos(th));
+        if (2 * j + 1 < n) w[2 * j + 1] = (float)(rad * sin(th));
+    }
 }
 
 void glae_init_uniform(glae_params *p, int index, uint64_t seed, double bound) {
-    glae_rng r;
-    glae_rng_init(&r, seed, (uint32_t)index, 0x1417u, 1);
     float *w = glae_params_ptr(p, index);
-    for (int64_t i = 0; i < p->info[index].numel; i++) {
-        uint32_t hi = glae_rng_u32(&r), lo = glae_rng_u32(&r);
-        w[i] = (float)((2.0 * glae_u01d(hi, lo) - 1.0) * bound);
+    const int64_t n = p->info[index].numel, pairs = (n + 1) / 2;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < pairs; j++) {
+        uint32_t r[4];
+        glae_rand4(seed, (uint32_t)index, 0x1418u, (uint32_t)j, (uint32_t)(j >> 32), r);
+        w[2 * j] = (float)((2.0 * glae_u01d(r[0], r[1]) - 1.0) * bound);
+        if (2 * j + 1 < n) w[2 * j + 1] = (float)((2.0 * glae_u01d(r[2], r[3]) - 1.0) * bound);
     }
 }
 

@@ -1,11 +1,547 @@
-/* Bindings for the nn family (to be filled by its owner). */
-#include "py.h"
+/* The nn family: the _C.Model type (backbone + vanilla head + balanced head). Parameter
+ * arrays are views of the model's flat buffers (each holds a reference to the model);
+ * conv weights are exchanged in torchvision's OIHW layout and stored OHWI. */
+#include "py.h"  /* Python.h first */
+#include <string.h>
+
+#include "../nn/model.h"
+#include "../ops/loss.h"
+
+typedef struct {
+    PyObject_HEAD
+    glae_model m;
+    int ready;
+    int busy; /* a call is running without the GIL: refuse a second one */
+} ModelObject;
+
+static int model_ready(ModelObject *self) {
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is not initialised");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is busy in another thread");
+        return 0;
+    }
+    return 1;
+}
+
+static void Model_dealloc(ModelObject *self) {
+    if (self->ready) glae_model_free(&self->m);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int parse_backbone(const char *s, int *depth) {
+    if (!strcmp(s, "resnet18")) *depth = 18;
+    else if (!strcmp(s, "resnet50")) *depth = 50;
+    else {
+        PyErr_Format(PyExc_ValueError, "backbone must be 'resnet18' or 'resnet50', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_head(const char *s, int *kind) {
+    if (!strcmp(s, "gap")) *kind = GLAE_HEAD_GAP;
+    else if (!strcmp(s, "fr")) *kind = GLAE_HEAD_FR;
+    else if (!strcmp(s, "fr+pa")) *kind = GLAE_HEAD_FRPA;
+    else {
+        PyErr_Format(PyExc_ValueError, "head must be 'gap', 'fr' or 'fr+pa', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *head_name(int kind) {
+    return kind == GLAE_HEAD_GAP ? "gap" : kind == GLAE_HEAD_FR ? "fr" : "fr+pa";
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"backbone", "head", "r", "k", "s", "proj_depth", "proj_width",
+                             "num_classes", "lam", "seed", "input_size", NULL};
+    const char *backbone = "resnet18", *head = "fr+pa";
+    glae_model_config cfg;
+    glae_model_config_default(&cfg);
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKi:Model", kwlist, &backbone, &head,
+                                     &cfg.r, &cfg.k, &cfg.s, &cfg.proj_depth, &cfg.proj_width,
+                                     &cfg.num_classes, &cfg.lam, &seed, &cfg.input_size))
+        return -1;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is busy in another thread");
+        return -1;
+    }
+    if (parse_backbone(backbone, &cfg.backbone) || parse_head(head, &cfg.head)) return -1;
+    if (glae_check_min(cfg.r, "r", 1) || glae_check_min(cfg.k, "k", 1) ||
+        glae_check_min(cfg.s, "s", 1) || glae_check_min(cfg.proj_depth, "proj_depth", 0) ||
+        glae_check_min(cfg.proj_width, "proj_width", 1) ||
+        glae_check_min(cfg.num_classes, "num_classes", 2) ||
+        glae_check_min(cfg.input_size, "input_size", 1))
+        return -1;
+    if (cfg.proj_depth > GLAE_PROJ_MAX_DEPTH) {
+        PyErr_Format(PyExc_ValueError, "proj_depth must be 0, 1 or 2, got %d", cfg.proj_depth);
+        return -1;
+    }
+    if (!(cfg.lam == cfg.lam) || cfg.lam > 3.4e38f || cfg.lam < -3.4e38f) {
+        PyErr_SetString(PyExc_ValueError, "lam must be finite");
+        return -1;
+    }
+    cfg.seed = seed;
+    if (self->ready) {
+        glae_model_free(&self->m);
+        self->ready = 0;
+    }
+    int st;
+    GLAE_NOGIL(st, glae_model_init(&self->m, &cfg));
+    if (st) {
+        glae_model_free(&self->m);
+        glae_raise(st);
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
+
+/* ---- buffer views ------------------------------------------------------------------ */
+
+static PyObject *view(ModelObject *self, float *data, size_t n) {
+    if (!model_ready(self)) return NULL;
+    npy_intp dims[1] = {(npy_intp)n};
+    PyObject *a = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, data);
+    if (!a) return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)a, (PyObject *)self) < 0) {
+        Py_DECREF(a); /* SetBaseObject stole the reference even on failure */
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *Model_params(ModelObject *self, void *c) {
+    return view(self, self->m.p.params, self->m.p.n);
+}
+static PyObject *Model_grads(ModelObject *self, void *c) {
+    return view(self, self->m.p.grads, self->m.p.n);
+}
+static PyObject *Model_momentum(ModelObject *self, void *c) {
+    return view(self, self->m.p.momentum, self->m.p.n);
+}
+static PyObject *Model_buffers(ModelObject *self, void *c) {
+    return view(self, self->m.p.buffers, self->m.p.n_buffers);
+}
+static PyObject *Model_arena_bytes(ModelObject *self, void *c) {
+    if (!model_ready(self)) return NULL;
+    return PyLong_FromSize_t(self->m.peak_bytes);
+}
+
+static PyObject *Model_config(ModelObject *self, void *c) {
+    if (!model_ready(self)) return NULL;
+    const glae_model_config *g = &self->m.cfg;
+    return Py_BuildValue("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:K,s:i}", "backbone",
+                         g->backbone == 18 ? "resnet18" : "resnet50", "head", head_name(g->head),
+                         "r", g->r, "k", g->k, "s", g->s, "proj_depth", g->proj_depth,
+                         "proj_width", g->proj_width, "num_classes", g->num_classes, "lam",
+                         (double)g->lam, "seed", (unsigned long long)g->seed, "input_size",
+                         g->input_size);
+}
+
+/* ---- parameter table, get / set ----------------------------------------------------- */
+
+/* torchvision's logical shape: OIHW for conv weights (stored OHWI) */
+static PyObject *torch_shape(const glae_param_info *t) {
+    if (t->ndim == 4)
+        return Py_BuildValue("(LLLL)", (long long)t->shape[0], (long long)t->shape[3],
+                             (long long)t->shape[1], (long long)t->shape[2]);
+    PyObject *s = PyTuple_New(t->ndim);
+    if (!s) return NULL;
+    for (int i = 0; i < t->ndim; i++) PyTuple_SET_ITEM(s, i, PyLong_FromLongLong(t->shape[i]));
+    return s;
+}
+
+static PyObject *Model_param_table(ModelObject *self, PyObject *noargs) {
+    if (!model_ready(self)) return NULL;
+    const glae_params *p = &self->m.p;
+    PyObject *list = PyList_New(p->count);
+    if (!list) return NULL;
+    for (int i = 0; i < p->count; i++) {
+        const glae_param_info *t = &p->info[i];
+        PyObject *shape = torch_shape(t);
+        PyObject *row = shape ? Py_BuildValue("(sNnnOiO)", t->name, shape, (Py_ssize_t)t->offset,
+                                              (Py_ssize_t)t->numel,
+                                              (t->flags & GLAE_P_BUFFER) ? Py_True : Py_False,
+                                              t->group,
+                                              (t->flags & GLAE_P_NO_DECAY) ? Py_True : Py_False)
+                              : NULL;
+        if (!row) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+static int find_param(ModelObject *self, PyObject *args, const char *fmt, const char **name,
+                      PyObject **arr) {
+    if (arr ? !PyArg_ParseTuple(args, fmt, name, arr) : !PyArg_ParseTuple(args, fmt, name))
+        return -1;
+    int i = glae_params_find(&self->m.p, *name);
+    if (i < 0) PyErr_Format(PyExc_KeyError, "no tensor named '%s'", *name);
+    return i;
+}
+
+static PyObject *Model_get(ModelObject *self, PyObject *args) {
+    if (!model_ready(self)) return NULL;
+    const char *name;
+    int i = find_param(self, args, "s:get", &name, NULL);
+    if (i < 0) return NULL;
+    const glae_param_info *t = &self->m.p.info[i];
+    npy_intp dims[4];
+    PyObject *shape = torch_shape(t);
+    if (!shape) return NULL;
+    for (int d = 0; d < t->ndim; d++) dims[d] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, d));
+    Py_DECREF(shape);
+    PyArrayObject *out = glae_new_array(t->ndim, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    const float *src = glae_params_ptr(&self->m.p, i);
+    if (t->ndim == 4)
+        glae_ohwi_to_oihw(PyArray_DATA(out), src, (int)t->shape[0], (int)t->shape[3],
+                          (int)t->shape[1], (int)t->shape[2]);
+    else
+        memcpy(PyArray_DATA(out), src, (size_t)t->numel * sizeof(float));
+    return (PyObject *)out;
+}
+
+static PyObject *Model_set(ModelObject *self, PyObject *args) {
+    if (!model_ready(self)) return NULL;
+    const char *name;
+    PyObject *ao;
+    int i = find_param(self, args, "sO:set", &name, &ao);
+    if (i < 0) return NULL;
+    const glae_param_info *t = &self->m.p.info[i];
+    PyArrayObject *a = glae_arg_f32(ao, "value", t->ndim);
+    if (!a) return NULL;
+    PyObject *shape = torch_shape(t);
+    if (!shape) return NULL;
+    for (int d = 0; d < t->ndim; d++) {
+        if (PyArray_DIM(a, d) != PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, d))) {
+            PyObject *got = PyObject_GetAttrString(ao, "shape");
+            PyErr_Format(PyExc_ValueError, "value for '%s' must have shape %S%s, got %S", name,
+                         shape, t->ndim == 4 ? " (torchvision OIHW)" : "", got);
+            Py_XDECREF(got);
+            Py_DECREF(shape);
+            return NULL;
+        }
+    }
+    Py_DECREF(shape);
+    float *dst = glae_params_ptr(&self->m.p, i);
+    if (t->ndim == 4)
+        glae_oihw_to_ohwi(dst, PyArray_DATA(a), (int)t->shape[0], (int)t->shape[3],
+                          (int)t->shape[1], (int)t->shape[2]);
+    else
+        memcpy(dst, PyArray_DATA(a), (size_t)t->numel * sizeof(float));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_zero_grad(ModelObject *self, PyObject *noargs) {
+    if (!model_ready(self)) return NULL;
+    memset(self->m.p.grads, 0, self->m.p.n * sizeof(float));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_copy_head(ModelObject *self, PyObject *noargs) {
+    if (!model_ready(self)) return NULL;
+    int st = glae_model_copy_head_to_balanced(&self->m);
+    if (st) return glae_raise(st);
+    Py_RETURN_NONE;
+}
+
+static int parse_group(PyObject *o, int *g) {
+    if (PyUnicode_Check(o)) {
+        const char *s = PyUnicode_AsUTF8(o);
+        if (!s) return -1;
+        if (!strcmp(s, "backbone")) *g = GLAE_G_BACKBONE;
+        else if (!strcmp(s, "head")) *g = GLAE_G_HEAD;
+        else if (!strcmp(s, "balanced")) *g = GLAE_G_BALANCED;
+        else {
+            PyErr_Format(PyExc_ValueError,
+                         "group must be 'backbone', 'head', 'balanced' or 0..2, got '%s'", s);
+            return -1;
+        }
+        return 0;
+    }
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "group must be a str or an int, got %s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 0 || v >= GLAE_G_NUM) {
+        PyErr_Format(PyExc_ValueError, "group must be in 0..%d, got %ld", GLAE_G_NUM - 1, v);
+        return -1;
+    }
+    *g = (int)v;
+    return 0;
+}
+
+static PyObject *Model_group_range(ModelObject *self, PyObject *arg) {
+    if (!model_ready(self)) return NULL;
+    int g;
+    if (parse_group(arg, &g)) return NULL;
+    size_t b, e;
+    glae_params_group_range(&self->m.p, g, &b, &e);
+    return Py_BuildValue("(nn)", (Py_ssize_t)b, (Py_ssize_t)e);
+}
+
+/* ---- compute ------------------------------------------------------------------------ */
+
+/* x: float32 (N, H, W, 3), N >= 1, H and W big enough for the model */
+static PyArrayObject *arg_images(ModelObject *self, PyObject *xo, int *fh, int *fw, int *hp,
+                                 int *wp) {
+    PyArrayObject *x = glae_arg_f32(xo, "x", 4);
+    if (!x || glae_check_dim(x, "x", 3, 3)) return NULL;
+    if (PyArray_DIM(x, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "x: the batch is empty");
+        return NULL;
+    }
+    if (PyArray_DIM(x, 0) > 1 << 20 || PyArray_DIM(x, 1) > 1 << 15 || PyArray_DIM(x, 2) > 1 << 15) {
+        PyErr_SetString(PyExc_ValueError, "x: too large");
+        return NULL;
+    }
+    if (glae_model_shapes(&self->m, (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2), fh, fw, hp,
+                          wp)) {
+        PyErr_Format(PyExc_ValueError, "x: %s", glae_last_error());
+        return NULL;
+    }
+    return x;
+}
+
+static int parse_loss(const char *s, int *mode) {
+    if (!strcmp(s, "base")) *mode = GLAE_LOSS_BASE;
+    else if (!strcmp(s, "kl")) *mode = GLAE_LOSS_KL;
+    else if (!strcmp(s, "lae_cls")) *mode = GLAE_LOSS_LAE_CLS;
+    else {
+        PyErr_Format(PyExc_ValueError, "loss must be 'base', 'kl' or 'lae_cls', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Model_train_step(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "ages", "sigma", "stage", "loss", "mae", NULL};
+    PyObject *xo, *ao, *so = Py_None;
+    int stage = 1, mode;
+    const char *loss = "base";
+    float mae = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Oisf:train_step", kwlist, &xo, &ao, &so,
+                                     &stage, &loss, &mae))
+        return NULL;
+    if (!model_ready(self)) return NULL;
+    int fh, fw, hp, wp, ok;
+    PyArrayObject *x = arg_images(self, xo, &fh, &fw, &hp, &wp);
+    if (!x) return NULL;
+    const npy_intp n = PyArray_DIM(x, 0);
+    PyArrayObject *ages = glae_arg_f32(ao, "ages", 1);
+    if (!ages || glae_check_dim(ages, "ages", 0, n)) return NULL;
+    PyArrayObject *sigma = glae_arg_array_opt(so, "sigma", NPY_FLOAT32, 1, &ok);
+    if (!ok || (sigma && glae_check_dim(sigma, "sigma", 0, n))) return NULL;
+    if (stage != 1 && stage != 2) {
+        PyErr_Format(PyExc_ValueError, "stage must be 1 or 2, got %d", stage);
+        return NULL;
+    }
+    if (parse_loss(loss, &mode)) return NULL;
+    if (!(mae == mae) || mae > 3.4e38f || mae < -3.4e38f) {
+        PyErr_SetString(PyExc_ValueError, "mae must be finite");
+        return NULL;
+    }
+    float losses[3];
+    int st;
+    self->busy = 1;
+    GLAE_NOGIL(st, glae_model_train_step(&self->m, losses, PyArray_DATA(x), (int)n,
+                                         (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2),
+                                         PyArray_DATA(ages), sigma ? PyArray_DATA(sigma) : NULL,
+                                         stage, mode, mae));
+    self->busy = 0;
+    if (st) return glae_raise(st);
+    return Py_BuildValue("{s:d,s:d,s:d}", "total", (double)losses[0], "local", (double)losses[1],
+                         "holistic", (double)losses[2]);
+}
+
+static int dict_steal(PyObject *d, const char *key, PyArrayObject *a) {
+    int r = PyDict_SetItemString(d, key, (PyObject *)a);
+    Py_DECREF(a);
+    return r;
+}
+
+static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "training", NULL};
+    PyObject *xo;
+    int training = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:forward", kwlist, &xo, &training)) return NULL;
+    if (!model_ready(self)) return NULL;
+    int fh, fw, hp, wp;
+    PyArrayObject *x = arg_images(self, xo, &fh, &fw, &hp, &wp);
+    if (!x) return NULL;
+    const npy_intp n = PyArray_DIM(x, 0), K = self->m.cfg.num_classes;
+    const int kind = self->m.cfg.head;
+    npy_intp dfeat[4] = {n, fh, fw, self->m.net.out_c}, dp[2] = {n, K}, dmap[4] = {n, hp, wp, K};
+    PyArrayObject *feat = glae_new_array(4, dfeat, NPY_FLOAT32);
+    PyArrayObject *pv = glae_new_array(2, dp, NPY_FLOAT32);
+    PyArrayObject *pb = glae_new_array(2, dp, NPY_FLOAT32);
+    PyArrayObject *mv = NULL, *mb = NULL, *lv = NULL;
+    if (kind != GLAE_HEAD_GAP) {
+        mv = glae_new_array(4, dmap, NPY_FLOAT32);
+        mb = glae_new_array(4, dmap, NPY_FLOAT32);
+    }
+    if (kind == GLAE_HEAD_FRPA) lv = glae_new_array(4, dmap, NPY_FLOAT32);
+    PyObject *d = NULL;
+    if (!feat || !pv || !pb || (kind != GLAE_HEAD_GAP && (!mv || !mb)) ||
+        (kind == GLAE_HEAD_FRPA && !lv))
+        goto fail;
+#define DATA_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
+    int st;
+    self->busy = 1;
+    GLAE_NOGIL(st, glae_model_forward(&self->m, PyArray_DATA(x), (int)n, (int)PyArray_DIM(x, 1),
+                                      (int)PyArray_DIM(x, 2), training, PyArray_DATA(feat),
+                                      PyArray_DATA(pv), PyArray_DATA(pb), DATA_OR_NULL(mv),
+                                      DATA_OR_NULL(mb), DATA_OR_NULL(lv)));
+    self->busy = 0;
+    if (st) {
+        glae_raise(st);
+        goto fail;
+    }
+    d = PyDict_New();
+    if (!d) goto fail;
+    int r = dict_steal(d, "feature", feat) | dict_steal(d, "vanilla", pv) |
+            dict_steal(d, "balanced", pb);
+    feat = pv = pb = NULL;
+    if (mv) r |= dict_steal(d, "vanilla_map", mv) | dict_steal(d, "balanced_map", mb);
+    if (lv) r |= dict_steal(d, "vanilla_local", lv);
+    mv = mb = lv = NULL;
+    if (r) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+fail:
+    Py_XDECREF(feat);
+    Py_XDECREF(pv);
+    Py_XDECREF(pb);
+    Py_XDECREF(mv);
+    Py_XDECREF(mb);
+    Py_XDECREF(lv);
+    return NULL;
+}
+
+static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "route", "flip", "return_upsilon", NULL};
+    PyObject *xo;
+    const char *route = "smaller";
+    int flip = 1, want_ups = 0, r;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|spp:predict", kwlist, &xo, &route, &flip,
+                                     &want_ups))
+        return NULL;
+    if (!model_ready(self)) return NULL;
+    if (!strcmp(route, "smaller")) r = GLAE_PRED_SMALLER;
+    else if (!strcmp(route, "bigger")) r = GLAE_PRED_BIGGER;
+    else if (!strcmp(route, "vanilla")) r = GLAE_PRED_VANILLA;
+    else if (!strcmp(route, "balanced")) r = GLAE_PRED_BALANCED;
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "route must be 'smaller', 'bigger', 'vanilla' or 'balanced', got '%s'", route);
+        return NULL;
+    }
+    int fh, fw, hp, wp;
+    PyArrayObject *x = arg_images(self, xo, &fh, &fw, &hp, &wp);
+    if (!x) return NULL;
+    const npy_intp n = PyArray_DIM(x, 0), K = self->m.cfg.num_classes;
+    npy_intp d1[1] = {n}, d2[2] = {n, K}, du[2] = {n, 2};
+    PyArrayObject *age = glae_new_array(1, d1, NPY_FLOAT32);
+    PyArrayObject *prob = glae_new_array(2, d2, NPY_FLOAT32);
+    PyArrayObject *head = glae_new_array(1, d1, NPY_INT32);
+    PyArrayObject *ups = glae_new_array(2, du, NPY_FLOAT32);
+    if (!age || !prob || !head || !ups) goto fail;
+    int st;
+    self->busy = 1;
+    GLAE_NOGIL(st, glae_model_predict(&self->m, PyArray_DATA(age), PyArray_DATA(prob),
+                                      PyArray_DATA(head), PyArray_DATA(ups), PyArray_DATA(x),
+                                      (int)n, (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2), r,
+                                      flip));
+    self->busy = 0;
+    if (st) {
+        glae_raise(st);
+        goto fail;
+    }
+    if (want_ups) return Py_BuildValue("(NNNN)", age, prob, head, ups);
+    Py_DECREF(ups);
+    return Py_BuildValue("(NNN)", age, prob, head);
+fail:
+    Py_XDECREF(age);
+    Py_XDECREF(prob);
+    Py_XDECREF(head);
+    Py_XDECREF(ups);
+    return NULL;
+}
+
+static PyMethodDef Model_methods[] = {
+    {"param_table", (PyCFunction)Model_param_table, METH_NOARGS,
+     "param_table() -> [(name, shape, offset, numel, is_buffer, group, no_decay)]; shape is "
+     "torchvision's (OIHW for conv weights, stored OHWI); offset in floats into params "
+     "(or buffers when is_buffer)"},
+    {"get", (PyCFunction)Model_get, METH_VARARGS,
+     "get(name) -> a copy of the tensor in torchvision's layout (conv weights OIHW)"},
+    {"set", (PyCFunction)Model_set, METH_VARARGS,
+     "set(name, value float32) -- value in torchvision's layout and shape"},
+    {"zero_grad", (PyCFunction)Model_zero_grad, METH_NOARGS, "zero_grad(): grads[:] = 0"},
+    {"copy_head_to_balanced", (PyCFunction)Model_copy_head, METH_NOARGS,
+     "copy_head_to_balanced(): balanced head := vanilla head (stage 2 start)"},
+    {"group_range", (PyCFunction)Model_group_range, METH_O,
+     "group_range(group: 'backbone'|'head'|'balanced'|0..2) -> (begin, end) in floats"},
+    {"train_step", (PyCFunction)(void (*)(void))Model_train_step, METH_VARARGS | METH_KEYWORDS,
+     "train_step(x (N,H,W,3) f32, ages (N,) f32, sigma=None, stage=1, loss='base', mae=0.0) "
+     "-> {'total', 'local', 'holistic'}; gradients accumulate into grads"},
+    {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(x, training=False) -> {'feature', 'vanilla', 'balanced', ['vanilla_map', "
+     "'balanced_map'], ['vanilla_local']}"},
+    {"predict", (PyCFunction)(void (*)(void))Model_predict, METH_VARARGS | METH_KEYWORDS,
+     "predict(x, route='smaller'|'bigger'|'vanilla'|'balanced', flip=True, "
+     "return_upsilon=False) -> (age (N,), prob (N,K), head (N,) int32[, upsilon (N,2)])"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Model_getset[] = {
+    {"params", (getter)Model_params, NULL, "trainable parameters (1-D view)", NULL},
+    {"grads", (getter)Model_grads, NULL, "gradients (1-D view)", NULL},
+    {"momentum", (getter)Model_momentum, NULL, "optimiser momentum (1-D view)", NULL},
+    {"buffers", (getter)Model_buffers, NULL, "BN running statistics (1-D view)", NULL},
+    {"arena_bytes", (getter)Model_arena_bytes, NULL, "peak activation arena size in bytes", NULL},
+    {"config", (getter)Model_config, NULL, "the constructor's arguments", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "glae._C.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Model(backbone='resnet18', head='fr+pa', r=16, k=16, s=16, proj_depth=0, "
+              "proj_width=512, num_classes=101, lam=1.0, seed=0, input_size=224)",
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+    .tp_init = (initproc)Model_init,
+    .tp_new = PyType_GenericNew,
+};
 
 PyMethodDef glae_nn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
 int glae_nn_add_types(PyObject *m) {
-    (void)m;
+    if (PyType_Ready(&ModelType) < 0) return -1;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0) {
+        Py_DECREF(&ModelType);
+        return -1;
+    }
     return 0;
 }

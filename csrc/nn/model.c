@@ -1,0 +1,214 @@
+/* The whole estimator (see model.h). */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/status.h"
+#include "nn/route.h"
+#include "ops/loss.h"
+#include "ops/ops.h"
+
+void glae_model_config_default(glae_model_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->backbone = 18;
+    cfg->head = GLAE_HEAD_FRPA;
+    cfg->r = 16;
+    cfg->k = 16;
+    cfg->s = 16;
+    cfg->proj_depth = 0;
+    cfg->proj_width = 512;
+    cfg->num_classes = 101;
+    cfg->input_size = 224;
+    cfg->lam = 1.0f;
+    cfg->seed = 0;
+}
+
+int glae_model_init(glae_model *m, const glae_model_config *cfg) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    GLAE_TRY(glae_ctx_init(&m->ctx, GLAE_CPU));
+    int fh, fw;
+    if (cfg->input_size < 1)
+        return glae_fail(GLAE_ERR_VALUE, "model: input_size must be >= 1, got %d", cfg->input_size);
+    GLAE_TRY(glae_resnet_out_size(cfg->input_size, cfg->input_size, &fh, &fw));
+    GLAE_TRY(glae_resnet_build(&m->net, &m->p, cfg->backbone));
+    glae_head_config hc = {cfg->head, cfg->num_classes, cfg->r, cfg->k, cfg->s, cfg->proj_depth,
+                           cfg->proj_width};
+    GLAE_TRY(glae_head_build(&m->head, &m->p, &hc, m->net.out_c, fh, fw, "", GLAE_G_HEAD));
+    GLAE_TRY(glae_head_build(&m->bal, &m->p, &hc, m->net.out_c, fh, fw, "balanced.",
+                             GLAE_G_BALANCED));
+    GLAE_TRY(glae_params_alloc(&m->p));
+    GLAE_TRY(glae_resnet_init(&m->net, &m->p, cfg->seed));
+    GLAE_TRY(glae_head_init(&m->head, &m->p, cfg->seed));
+    GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
+    return GLAE_OK;
+}
+
+void glae_model_free(glae_model *m) {
+    glae_params_free(&m->p);
+    glae_arena_free(&m->arena);
+    glae_ctx_free(&m->ctx);
+    memset(m, 0, sizeof *m);
+}
+
+int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *hp, int *wp) {
+    if (h < 1 || w < 1) return glae_fail(GLAE_ERR_VALUE, "model: image size %dx%d", h, w);
+    GLAE_TRY(glae_resnet_out_size(h, w, fh, fw));
+    GLAE_TRY(glae_head_out_size(&m->head, *fh, *fw, hp, wp));
+    if (m->head.kind == GLAE_HEAD_FRPA && (int64_t)*hp * *wp * m->head.k_cls != m->head.flat)
+        return glae_fail(GLAE_ERR_VALUE,
+                         "model: a %dx%d image gives a %dx%d FR map, but the fr+pa projection was "
+                         "built for input_size=%d: use images of that size",
+                         h, w, *hp, *wp, m->cfg.input_size);
+    return GLAE_OK;
+}
+
+#define ALLOC_F(ptr, count)                                                   \
+    do {                                                                      \
+        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));         \
+        if (!(ptr)) return GLAE_ERR_MEMORY;                                   \
+    } while (0)
+
+/* The one allocation sequence, replayed on a measuring arena and then on the real one. */
+static int plan_into(glae_model *m, glae_arena *a, int kind, int n, int h, int w) {
+    const int K = m->cfg.num_classes;
+    GLAE_TRY(glae_resnet_plan(&m->net, a, n, h, w, kind == GLAE_PLAN_TRAIN1));
+    GLAE_TRY(glae_head_plan(&m->head, a, n, m->net.fh, m->net.fw, kind != GLAE_PLAN_INFER));
+    GLAE_TRY(glae_head_plan(&m->bal, a, n, m->net.fh, m->net.fw, kind != GLAE_PLAN_INFER));
+    ALLOC_F(m->z, (int64_t)n * K);
+    ALLOC_F(m->y, n);
+    m->dfeat = NULL;
+    m->xflip = NULL;
+    if (kind == GLAE_PLAN_TRAIN1)
+        ALLOC_F(m->dfeat, (int64_t)n * m->net.fh * m->net.fw * m->net.out_c);
+    if (kind == GLAE_PLAN_INFER) ALLOC_F(m->xflip, (int64_t)n * h * w * 3);
+    return GLAE_OK;
+}
+
+/* Plan once per (kind, batch shape): measure, grow the arena if needed, assign. */
+static int plan(glae_model *m, int kind, int n, int h, int w) {
+    if (m->plan_kind == kind && m->plan_n == n && m->plan_h == h && m->plan_w == w)
+        return GLAE_OK;
+    int fh, fw, hp, wp;
+    GLAE_TRY(glae_model_shapes(m, h, w, &fh, &fw, &hp, &wp));
+    m->plan_kind = GLAE_PLAN_NONE;
+    glae_arena meas = {0};
+    glae_arena_measure(&meas);
+    GLAE_TRY(plan_into(m, &meas, kind, n, h, w));
+    if (meas.peak > m->arena.size) {
+        GLAE_TRY(glae_arena_reserve(&m->arena, meas.peak));
+        if (m->arena.size > m->peak_bytes) m->peak_bytes = m->arena.size;
+    }
+    glae_arena_reset(&m->arena);
+    GLAE_TRY(plan_into(m, &m->arena, kind, n, h, w));
+    m->plan_kind = kind;
+    m->plan_n = n;
+    m->plan_h = h;
+    m->plan_w = w;
+    return GLAE_OK;
+}
+
+int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
+                          const float *ages, const float *sigma, int stage, int mode, float mae) {
+    if (stage != 1 && stage != 2)
+        return glae_fail(GLAE_ERR_VALUE, "train_step: stage must be 1 or 2, got %d", stage);
+    if (mode != GLAE_LOSS_BASE && mode != GLAE_LOSS_KL && mode != GLAE_LOSS_LAE_CLS)
+        return glae_fail(GLAE_ERR_VALUE, "train_step: unknown loss mode %d", mode);
+    if (n < 1) return glae_fail(GLAE_ERR_VALUE, "train_step: empty batch");
+    GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
+    const int K = m->cfg.num_classes;
+    memcpy(m->y, ages, (size_t)n * sizeof(float));
+    GLAE_TRY(glae_label_distribution(m->z, m->y, sigma, 1.0f, n, K, 1));
+    /* stage 2 freezes the backbone: eval-mode BN, no backward */
+    GLAE_TRY(glae_resnet_forward(&m->ctx, &m->net, &m->p, x, stage == 1));
+    glae_head *hd = stage == 1 ? &m->head : &m->bal;
+    GLAE_TRY(glae_head_forward(&m->ctx, hd, &m->p, m->net.feat, 1));
+    GLAE_TRY(glae_head_loss_backward(&m->ctx, hd, &m->p, losses, stage == 1 ? m->dfeat : NULL,
+                                     m->net.feat, m->z, m->y, mode, m->cfg.lam, mae));
+    if (stage == 1) GLAE_TRY(glae_resnet_backward(&m->ctx, &m->net, &m->p, m->dfeat));
+    return GLAE_OK;
+}
+
+static void copy_out(float *dst, const float *src, int64_t count) {
+    if (dst) memcpy(dst, src, (size_t)count * sizeof(float));
+}
+
+int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int training,
+                       float *feat, float *p_van, float *p_bal, float *map_van, float *map_bal,
+                       float *loc_van) {
+    if (n < 1) return glae_fail(GLAE_ERR_VALUE, "forward: empty batch");
+    GLAE_TRY(plan(m, GLAE_PLAN_INFER, n, h, w));
+    const int K = m->cfg.num_classes;
+    GLAE_TRY(glae_resnet_forward(&m->ctx, &m->net, &m->p, x, training));
+    GLAE_TRY(glae_head_forward(&m->ctx, &m->head, &m->p, m->net.feat, training));
+    GLAE_TRY(glae_head_forward(&m->ctx, &m->bal, &m->p, m->net.feat, training));
+    copy_out(feat, m->net.feat, (int64_t)n * m->net.fh * m->net.fw * m->net.out_c);
+    copy_out(p_van, m->head.prob, (int64_t)n * K);
+    copy_out(p_bal, m->bal.prob, (int64_t)n * K);
+    int64_t mapn = (int64_t)n * m->head.hp * m->head.wp * K;
+    if (m->head.kind != GLAE_HEAD_GAP) {
+        copy_out(map_van, m->head.map, mapn);
+        copy_out(map_bal, m->bal.map, mapn);
+    }
+    if (m->head.kind == GLAE_HEAD_FRPA) copy_out(loc_van, m->head.loc_prob, mapn);
+    return GLAE_OK;
+}
+
+int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
+                       const float *x, int n, int h, int w, int route, int flip) {
+    if (route < GLAE_PRED_SMALLER || route > GLAE_PRED_BALANCED)
+        return glae_fail(GLAE_ERR_VALUE, "predict: unknown route %d", route);
+    if (n < 1) return glae_fail(GLAE_ERR_VALUE, "predict: empty batch");
+    const int K = m->cfg.num_classes;
+    int need_flip = flip || route == GLAE_PRED_SMALLER || route == GLAE_PRED_BIGGER;
+    int nb = need_flip ? 2 * n : n;
+    GLAE_TRY(plan(m, GLAE_PLAN_INFER, nb, h, w));
+    /* one batch: the images, then their mirror images */
+    size_t img = (size_t)h * w * 3;
+    memcpy(m->xflip, x, (size_t)n * img * sizeof(float));
+    if (need_flip) GLAE_TRY(glae_hflip_forward(&m->ctx, m->xflip + n * img, x, n, h, w, 3));
+    GLAE_TRY(glae_resnet_forward(&m->ctx, &m->net, &m->p, m->xflip, 0));
+    GLAE_TRY(glae_head_forward(&m->ctx, &m->head, &m->p, m->net.feat, 0));
+    GLAE_TRY(glae_head_forward(&m->ctx, &m->bal, &m->p, m->net.feat, 0));
+    const float *pv = m->head.prob, *pb = m->bal.prob;
+    const int64_t nk = (int64_t)n * K;
+    if (route == GLAE_PRED_SMALLER || route == GLAE_PRED_BIGGER)
+        return glae_adaptive_route(prob, age, head, ups, pv, pv + nk, pb, pb + nk, n, K,
+                                   route == GLAE_PRED_SMALLER ? GLAE_ROUTE_SMALLER
+                                                              : GLAE_ROUTE_BIGGER,
+                                   flip);
+    const float *src = route == GLAE_PRED_VANILLA ? pv : pb;
+    if (flip)
+        for (int64_t i = 0; i < nk; i++) prob[i] = 0.5f * (src[i] + src[nk + i]);
+    else
+        memcpy(prob, src, (size_t)nk * sizeof(float));
+    for (int i = 0; i < n; i++) head[i] = route == GLAE_PRED_BALANCED;
+    if (ups) {
+        if (flip) {
+            for (int i = 0; i < n; i++) { /* (Upsilon_1, Upsilon_2) as for routing */
+                GLAE_TRY(glae_kl_rows(ups + 2 * i, pv + (int64_t)i * K, pv + nk + (int64_t)i * K, 1, K));
+                GLAE_TRY(glae_kl_rows(ups + 2 * i + 1, pb + (int64_t)i * K, pb + nk + (int64_t)i * K, 1, K));
+            }
+        } else {
+            for (int i = 0; i < 2 * n; i++) ups[i] = NAN;
+        }
+    }
+    return glae_expected_age(age, prob, n, K);
+}
+
+int glae_model_copy_head_to_balanced(glae_model *m) {
+    char name[GLAE_NAME_LEN + 16];
+    for (int i = 0; i < m->p.count; i++) {
+        const glae_param_info *t = &m->p.info[i];
+        if (t->group != GLAE_G_HEAD) continue;
+        snprintf(name, sizeof name, "balanced.%s", t->name);
+        int j = glae_params_find(&m->p, name);
+        if (j < 0 || m->p.info[j].numel != t->numel)
+            return glae_fail(GLAE_ERR_RUNTIME, "copy_head_to_balanced: no match for '%s'", t->name);
+        memcpy(glae_params_ptr(&m->p, j), glae_params_ptr(&m->p, i),
+               (size_t)t->numel * sizeof(float));
+    }
+    return GLAE_OK;
+}

@@ -1,0 +1,81 @@
+/* The whole estimator: ResNet backbone + the vanilla head (group GLAE_G_HEAD) + the
+ * balanced head (GLAE_G_BALANCED, names prefixed "balanced."), one flat parameter buffer,
+ * one activation arena re-planned when the batch shape changes.
+ *   stage 1: backbone + vanilla head trained (BN in training mode everywhere);
+ *   stage 2: backbone frozen (its BN in eval mode, no backbone backward), the balanced
+ *            head trained (GLAE III-D, LAE 2.4 classification stage);
+ *   inference: image + horizontal flip through backbone and both heads, Adaptive Routing. */
+#ifndef GLAE_MODEL_H
+#define GLAE_MODEL_H
+
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "core/ctx.h"
+#include "core/params.h"
+#include "head.h"
+#include "resnet.h"
+
+typedef struct {
+    int backbone;       /* 18 or 50 */
+    int head;           /* GLAE_HEAD_GAP / FR / FRPA */
+    int r, k, s;        /* FR */
+    int proj_depth;     /* 0..2 */
+    int proj_width;     /* projection embedding width */
+    int num_classes;    /* K, 101 */
+    int input_size;     /* the FRPA projection's input length depends on it */
+    float lam;          /* lambda of l_base */
+    uint64_t seed;
+} glae_model_config;
+
+void glae_model_config_default(glae_model_config *cfg);
+
+/* plan kinds */
+enum { GLAE_PLAN_NONE = 0, GLAE_PLAN_INFER = 1, GLAE_PLAN_TRAIN1 = 2, GLAE_PLAN_TRAIN2 = 3 };
+
+typedef struct {
+    glae_model_config cfg;
+    glae_params p;
+    glae_resnet net;
+    glae_head head, bal;
+    glae_ctx ctx;
+    glae_arena arena;
+    int plan_kind, plan_n, plan_h, plan_w;
+    float *z, *y, *xflip; /* labels (n, K), ages (n); flipped batch for predict */
+    float *dfeat;
+    size_t peak_bytes;    /* largest arena ever reserved */
+} glae_model;
+
+int glae_model_init(glae_model *m, const glae_model_config *cfg);
+void glae_model_free(glae_model *m);
+
+/* feature map and FR map sizes for an h x w input (GLAE_ERR_VALUE when too small) */
+int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *hp, int *wp);
+
+/* One training step on x (n, h, w, 3) NHWC: forward, loss (mode GLAE_LOSS_*), backward.
+ * Gradients accumulate into m->p.grads (stage 1: backbone + head; stage 2: balanced head
+ * only). sigma (n) or NULL (sigma 1). losses = total, local, holistic (batch means). */
+int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
+                          const float *ages, const float *sigma, int stage, int mode, float mae);
+
+/* Forward without loss. Outputs (any may be NULL): feat (n, fh, fw, C); p_van, p_bal (n, K);
+ * map_van, map_bal (n, H', W', K) FR logits maps (FR heads); loc_van (n, H', W', K) local
+ * branch distributions (FRPA). training: BN batch statistics (running stats updated, as
+ * in PyTorch's train mode). */
+int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int training,
+                       float *feat, float *p_van, float *p_bal, float *map_van, float *map_bal,
+                       float *loc_van);
+
+enum { GLAE_PRED_SMALLER = 0, GLAE_PRED_BIGGER = 1, GLAE_PRED_VANILLA = 2, GLAE_PRED_BALANCED = 3 };
+
+/* Inference (eval-mode BN): age (n), prob (n, K), head (n: 0 vanilla, 1 balanced), ups
+ * (n, 2) Upsilon_1/2 or NULL. route SMALLER/BIGGER: Adaptive Routing (needs the flip:
+ * always computed); VANILLA/BALANCED: that head alone. flip: average the distribution
+ * with the flipped image's. */
+int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
+                       const float *x, int n, int h, int w, int route, int flip);
+
+/* Stage-2 start: balanced head := vanilla head (parameters and BN1d buffers). */
+int glae_model_copy_head_to_balanced(glae_model *m);
+
+#endif

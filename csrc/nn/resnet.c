@@ -1,0 +1,414 @@
+/* ResNet-18/50 backbone: build from a size table, init, plan, forward, backward. */
+#include "resnet.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "core/status.h"
+
+/* ---- registration helpers ----------------------------------------------------------- */
+
+int glae_conv_layer_add(glae_conv_layer *l, glae_params *p, const char *prefix, int c_in,
+                        int c_out, int k, int stride, int pad, int bias, int group) {
+    char name[2 * GLAE_NAME_LEN];
+    memset(l, 0, sizeof *l);
+    l->c_in = c_in;
+    l->c_out = c_out;
+    l->k = k;
+    l->stride = stride;
+    l->pad = pad;
+    l->b = -1;
+    int64_t shape[4] = {c_out, k, k, c_in}; /* OHWI */
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    GLAE_TRY(glae_params_add(p, name, 4, shape, 0, group, &l->w));
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        GLAE_TRY(glae_params_add(p, name, 1, shape, GLAE_P_NO_DECAY, group, &l->b));
+    }
+    return GLAE_OK;
+}
+
+int glae_bn_layer_add(glae_bn_layer *l, glae_params *p, const char *prefix, int c, int group) {
+    char name[2 * GLAE_NAME_LEN];
+    int64_t shape[1] = {c};
+    memset(l, 0, sizeof *l);
+    l->c = c;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    GLAE_TRY(glae_params_add(p, name, 1, shape, GLAE_P_NO_DECAY, group, &l->g));
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    GLAE_TRY(glae_params_add(p, name, 1, shape, GLAE_P_NO_DECAY, group, &l->b));
+    snprintf(name, sizeof name, "%s.running_mean", prefix);
+    GLAE_TRY(glae_params_add(p, name, 1, shape, GLAE_P_BUFFER, group, &l->rm));
+    snprintf(name, sizeof name, "%s.running_var", prefix);
+    GLAE_TRY(glae_params_add(p, name, 1, shape, GLAE_P_BUFFER, group, &l->rv));
+    return GLAE_OK;
+}
+
+static const int R18_BLOCKS[4] = {2, 2, 2, 2};
+static const int R50_BLOCKS[4] = {3, 4, 6, 3};
+
+int glae_resnet_build(glae_resnet *net, glae_params *p, int depth) {
+    memset(net, 0, sizeof *net);
+    if (depth != 18 && depth != 50)
+        return glae_fail(GLAE_ERR_VALUE, "resnet: depth must be 18 or 50, got %d", depth);
+    net->depth = depth;
+    const int G = GLAE_G_BACKBONE;
+    const int expansion = depth == 18 ? 1 : 4;
+    const int *counts = depth == 18 ? R18_BLOCKS : R50_BLOCKS;
+    GLAE_TRY(glae_conv_layer_add(&net->conv1, p, "conv1", 3, 64, 7, 2, 3, 0, G));
+    GLAE_TRY(glae_bn_layer_add(&net->bn1, p, "bn1", 64, G));
+    int inplanes = 64;
+    char pre[2 * GLAE_NAME_LEN];
+    for (int li = 0; li < 4; li++) {
+        int planes = 64 << li;
+        for (int bi = 0; bi < counts[li]; bi++) {
+            glae_block *b = &net->blocks[net->nblocks++];
+            int stride = (li > 0 && bi == 0) ? 2 : 1;
+            int out = planes * expansion;
+            if (depth == 18) {
+                b->nconv = 2;
+                snprintf(pre, sizeof pre, "layer%d.%d.conv1", li + 1, bi);
+                GLAE_TRY(glae_conv_layer_add(&b->conv[0], p, pre, inplanes, planes, 3, stride, 1, 0, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.bn1", li + 1, bi);
+                GLAE_TRY(glae_bn_layer_add(&b->bn[0], p, pre, planes, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.conv2", li + 1, bi);
+                GLAE_TRY(glae_conv_layer_add(&b->conv[1], p, pre, planes, planes, 3, 1, 1, 0, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.bn2", li + 1, bi);
+                GLAE_TRY(glae_bn_layer_add(&b->bn[1], p, pre, planes, G));
+            } else { /* Bottleneck v1.5: 1x1, 3x3 (stride), 1x1 */
+                b->nconv = 3;
+                snprintf(pre, sizeof pre, "layer%d.%d.conv1", li + 1, bi);
+                GLAE_TRY(glae_conv_layer_add(&b->conv[0], p, pre, inplanes, planes, 1, 1, 0, 0, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.bn1", li + 1, bi);
+                GLAE_TRY(glae_bn_layer_add(&b->bn[0], p, pre, planes, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.conv2", li + 1, bi);
+                GLAE_TRY(glae_conv_layer_add(&b->conv[1], p, pre, planes, planes, 3, stride, 1, 0, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.bn2", li + 1, bi);
+                GLAE_TRY(glae_bn_layer_add(&b->bn[1], p, pre, planes, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.conv3", li + 1, bi);
+                GLAE_TRY(glae_conv_layer_add(&b->conv[2], p, pre, planes, out, 1, 1, 0, 0, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.bn3", li + 1, bi);
+                GLAE_TRY(glae_bn_layer_add(&b->bn[2], p, pre, out, G));
+            }
+            if (stride != 1 || inplanes != out) {
+                b->has_down = 1;
+                snprintf(pre, sizeof pre, "layer%d.%d.downsample.0", li + 1, bi);
+                GLAE_TRY(glae_conv_layer_add(&b->dconv, p, pre, inplanes, out, 1, stride, 0, 0, G));
+                snprintf(pre, sizeof pre, "layer%d.%d.downsample.1", li + 1, bi);
+                GLAE_TRY(glae_bn_layer_add(&b->dbn, p, pre, out, G));
+            }
+            inplanes = out;
+        }
+    }
+    net->out_c = inplanes;
+    return GLAE_OK;
+}
+
+/* ---- init ----------------------------------------------------------------------------- */
+
+/* Element i is a pure function of (seed, tensor index, i): one Philox call gives the two
+ * normals of a Box-Muller pair (elements 2j, 2j+1), so the loop parallelises freely. */
+void glae_init_normal(glae_params *p, int index, uint64_t seed, double std) {
+    float *w = glae_params_ptr(p, index);
+    const int64_t n = p->info[index].numel, pairs = (n + 1) / 2;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < pairs; j++) {
+        uint32_t r[4];
+        glae_rand4(seed, (uint32_t)index, 0x1417u, (uint32_t)j, (uint32_t)(j >> 32), r);
+        double u1 = 1.0 - glae_u01d(r[0], r[1]); /* (0, 1]: log is finite */
+        double u2 = glae_u01d(r[2], r[3]);
+        double rad = std * sqrt(-2.0 * log(u1)), th = 2.0 * 3.14159265358979323846 * u2;
+        w[2 * j] = (float)(rad * cos(th));
+        if (2 * j + 1 < n) w[2 * j + 1] = (float)(rad * sin(th));
+    }
+}
+
+void glae_init_uniform(glae_params *p, int index, uint64_t seed, double bound) {
+    float *w = glae_params_ptr(p, index);
+    const int64_t n = p->info[index].numel, pairs = (n + 1) / 2;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < pairs; j++) {
+        uint32_t r[4];
+        glae_rand4(seed, (uint32_t)index, 0x1418u, (uint32_t)j, (uint32_t)(j >> 32), r);
+        w[2 * j] = (float)((2.0 * glae_u01d(r[0], r[1]) - 1.0) * bound);
+        if (2 * j + 1 < n) w[2 * j + 1] = (float)((2.0 * glae_u01d(r[2], r[3]) - 1.0) * bound);
+    }
+}
+
+void glae_init_const(glae_params *p, int index, float v) {
+    float *w = glae_params_ptr(p, index);
+    for (int64_t i = 0; i < p->info[index].numel; i++) w[i] = v;
+}
+
+static void init_conv_kaiming(const glae_conv_layer *l, glae_params *p, uint64_t seed) {
+    glae_init_normal(p, l->w, seed, sqrt(2.0 / ((double)l->c_out * l->k * l->k)));
+}
+
+static void init_bn(const glae_bn_layer *l, glae_params *p) {
+    glae_init_const(p, l->g, 1.0f);
+    glae_init_const(p, l->b, 0.0f);
+    glae_init_const(p, l->rm, 0.0f);
+    glae_init_const(p, l->rv, 1.0f);
+}
+
+int glae_resnet_init(const glae_resnet *net, glae_params *p, uint64_t seed) {
+    init_conv_kaiming(&net->conv1, p, seed);
+    init_bn(&net->bn1, p);
+    for (int i = 0; i < net->nblocks; i++) {
+        const glae_block *b = &net->blocks[i];
+        for (int j = 0; j < b->nconv; j++) {
+            init_conv_kaiming(&b->conv[j], p, seed);
+            init_bn(&b->bn[j], p);
+        }
+        if (b->has_down) {
+            init_conv_kaiming(&b->dconv, p, seed);
+            init_bn(&b->dbn, p);
+        }
+    }
+    return GLAE_OK;
+}
+
+/* ---- planning ------------------------------------------------------------------------- */
+
+static int conv_out(int x, int k, int s, int pad) { return (x + 2 * pad - k) / s + 1; }
+
+int glae_resnet_out_size(int h, int w, int *fh, int *fw) {
+    /* stem conv 7/2/3, maxpool 3/2/1, then three stride-2 3x3 (pad 1) stages */
+    int y = h, x = w;
+    y = conv_out(y, 7, 2, 3);
+    x = conv_out(x, 7, 2, 3);
+    if (y < 1 || x < 1) goto small;
+    y = conv_out(y, 3, 2, 1);
+    x = conv_out(x, 3, 2, 1);
+    for (int i = 0; i < 3; i++) {
+        if (y < 1 || x < 1) goto small;
+        y = conv_out(y, 3, 2, 1);
+        x = conv_out(x, 3, 2, 1);
+    }
+    if (y < 1 || x < 1) goto small;
+    *fh = y;
+    *fw = x;
+    return GLAE_OK;
+small:
+    return glae_fail(GLAE_ERR_VALUE, "resnet: input %dx%d is too small (the last map must be >= 1x1)",
+                     h, w);
+}
+
+#define ALLOC_F(ptr, count)                                                         \
+    do {                                                                            \
+        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));               \
+        if (!(ptr)) return GLAE_ERR_MEMORY;                                         \
+    } while (0)
+
+static int plan_bn(glae_bn_layer *l, glae_arena *a) {
+    ALLOC_F(l->mean, l->c);
+    ALLOC_F(l->invstd, l->c);
+    return GLAE_OK;
+}
+
+int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads) {
+    if (n < 1 || h < 1 || w < 1)
+        return glae_fail(GLAE_ERR_VALUE, "resnet: bad batch shape (%d, %d, %d)", n, h, w);
+    GLAE_TRY(glae_resnet_out_size(h, w, &net->fh, &net->fw));
+    net->n = n;
+    net->h = h;
+    net->w = w;
+    glae_conv_layer *c = &net->conv1;
+    GLAE_TRY(glae_conv2d_shape_init(&c->s, n, h, w, 3, 64, 7, 7, 2, 2, 3, 3));
+    int64_t m = (int64_t)n * c->s.oh * c->s.ow * 64, gmax = m;
+    ALLOC_F(net->c1, m);
+    ALLOC_F(net->a1, m);
+    GLAE_TRY(plan_bn(&net->bn1, a));
+    GLAE_TRY(glae_pool_shape_init(&net->pool, n, c->s.oh, c->s.ow, 64, 3, 2, 1, 0));
+    int ph = net->pool.oh, pw = net->pool.ow;
+    m = (int64_t)n * ph * pw * 64;
+    ALLOC_F(net->p1, m);
+    net->argmax = glae_arena_alloc(a, (size_t)m * sizeof(int32_t));
+    if (!net->argmax) return GLAE_ERR_MEMORY;
+    const float *in = net->p1;
+    int ih = ph, iw = pw;
+    for (int i = 0; i < net->nblocks; i++) {
+        glae_block *b = &net->blocks[i];
+        b->in = in;
+        b->in_numel = (int64_t)n * ih * iw * b->conv[0].c_in;
+        int ch = ih, cw = iw;
+        for (int j = 0; j < b->nconv; j++) {
+            glae_conv_layer *l = &b->conv[j];
+            GLAE_TRY(glae_conv2d_shape_init(&l->s, n, ch, cw, l->c_in, l->c_out, l->k, l->k,
+                                            l->stride, l->stride, l->pad, l->pad));
+            ch = l->s.oh;
+            cw = l->s.ow;
+            m = (int64_t)n * ch * cw * l->c_out;
+            if (m > gmax) gmax = m;
+            ALLOC_F(b->c[j], m);
+            GLAE_TRY(plan_bn(&b->bn[j], a));
+            if (j < b->nconv - 1) ALLOC_F(b->a[j], m);
+        }
+        b->out_numel = m;
+        ALLOC_F(b->out, m);
+        if (b->has_down) {
+            glae_conv_layer *l = &b->dconv;
+            GLAE_TRY(glae_conv2d_shape_init(&l->s, n, ih, iw, l->c_in, l->c_out, 1, 1, l->stride,
+                                            l->stride, 0, 0));
+            if (l->s.oh != ch || l->s.ow != cw)
+                return glae_fail(GLAE_ERR_RUNTIME, "resnet: downsample shape mismatch");
+            ALLOC_F(b->dc, m);
+            ALLOC_F(b->db, m);
+            GLAE_TRY(plan_bn(&b->dbn, a));
+        }
+        in = b->out;
+        ih = ch;
+        iw = cw;
+    }
+    if (ih != net->fh || iw != net->fw)
+        return glae_fail(GLAE_ERR_RUNTIME, "resnet: planned %dx%d, expected %dx%d", ih, iw,
+                         net->fh, net->fw);
+    net->feat = net->blocks[net->nblocks - 1].out;
+    net->gmax = gmax;
+    for (int i = 0; i < 4; i++) net->g[i] = NULL;
+    if (grads)
+        for (int i = 0; i < 4; i++) ALLOC_F(net->g[i], gmax);
+    return GLAE_OK;
+}
+
+/* ---- forward / backward ----------------------------------------------------------------- */
+
+static int bn_fwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *out, const float *in,
+                  int64_t rows, int training) {
+    return glae_batchnorm_forward(ctx, out, l->mean, l->invstd, in, glae_params_ptr(p, l->g),
+                                  glae_params_ptr(p, l->b), glae_params_ptr(p, l->rm),
+                                  glae_params_ptr(p, l->rv), rows, l->c, GLAE_BN_MOMENTUM,
+                                  GLAE_BN_EPS, training);
+}
+
+static int bn_bwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *din, const float *dout,
+                  const float *in, int64_t rows) {
+    return glae_batchnorm_backward(ctx, din, glae_params_grad(p, l->g), glae_params_grad(p, l->b),
+                                   dout, in, l->mean, l->invstd, glae_params_ptr(p, l->g), rows,
+                                   l->c, 1);
+}
+
+static int conv_fwd(glae_ctx *ctx, glae_conv_layer *l, glae_params *p, float *out,
+                    const float *in) {
+    return glae_conv2d_forward(ctx, out, in, glae_params_ptr(p, l->w),
+                               l->b >= 0 ? glae_params_ptr(p, l->b) : NULL, &l->s);
+}
+
+static int conv_bwd(glae_ctx *ctx, glae_conv_layer *l, glae_params *p, float *din,
+                    const float *dout, const float *in) {
+    return glae_conv2d_backward(ctx, din, glae_params_grad(p, l->w),
+                                l->b >= 0 ? glae_params_grad(p, l->b) : NULL, dout, in,
+                                glae_params_ptr(p, l->w), &l->s);
+}
+
+static int64_t conv_rows(const glae_conv_layer *l) { return (int64_t)l->s.n * l->s.oh * l->s.ow; }
+
+int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,
+                        int training) {
+    if (!net->feat) return glae_fail(GLAE_ERR_RUNTIME, "resnet_forward: not planned");
+    net->x = x;
+    int64_t rows = conv_rows(&net->conv1);
+    GLAE_TRY(conv_fwd(ctx, &net->conv1, p, net->c1, x));
+    GLAE_TRY(bn_fwd(ctx, &net->bn1, p, net->a1, net->c1, rows, training));
+    GLAE_TRY(glae_relu_forward(ctx, net->a1, net->a1, rows * 64));
+    GLAE_TRY(glae_maxpool2d_forward(ctx, net->p1, net->argmax, net->a1, &net->pool));
+    for (int i = 0; i < net->nblocks; i++) {
+        glae_block *b = &net->blocks[i];
+        const float *in = b->in;
+        int last = b->nconv - 1;
+        for (int j = 0; j < b->nconv; j++) {
+            rows = conv_rows(&b->conv[j]);
+            GLAE_TRY(conv_fwd(ctx, &b->conv[j], p, b->c[j], in));
+            float *dst = j < last ? b->a[j] : b->out;
+            GLAE_TRY(bn_fwd(ctx, &b->bn[j], p, dst, b->c[j], rows, training));
+            if (j < last) GLAE_TRY(glae_relu_forward(ctx, dst, dst, rows * b->conv[j].c_out));
+            in = dst;
+        }
+        const float *identity = b->in;
+        if (b->has_down) {
+            GLAE_TRY(conv_fwd(ctx, &b->dconv, p, b->dc, b->in));
+            GLAE_TRY(bn_fwd(ctx, &b->dbn, p, b->db, b->dc, conv_rows(&b->dconv), training));
+            identity = b->db;
+        }
+        GLAE_TRY(glae_add_forward(ctx, b->out, b->out, identity, b->out_numel));
+        GLAE_TRY(glae_relu_forward(ctx, b->out, b->out, b->out_numel));
+    }
+    return GLAE_OK;
+}
+
+/* dout is consumed (the ReLU's backward runs in place); dx receives the input gradient;
+ * t1, t2 are work buffers. None may alias another. */
+static int block_backward(glae_ctx *ctx, glae_block *b, glae_params *p, float *dx, float *dout,
+                          float *t1, float *t2) {
+    int last = b->nconv - 1;
+    GLAE_TRY(glae_relu_backward(ctx, dout, dout, b->out, b->out_numel));
+    GLAE_TRY(bn_bwd(ctx, &b->bn[last], p, t1, dout, b->c[last], conv_rows(&b->conv[last])));
+    for (int j = last; j >= 0; j--) {
+        /* t1 holds d(conv j output) */
+        const float *in = j > 0 ? b->a[j - 1] : b->in;
+        float *din = j > 0 ? t2 : dx;
+        GLAE_TRY(conv_bwd(ctx, &b->conv[j], p, din, t1, in));
+        if (j > 0) {
+            int64_t rows = conv_rows(&b->conv[j - 1]);
+            GLAE_TRY(glae_relu_backward(ctx, t2, t2, b->a[j - 1], rows * b->conv[j - 1].c_out));
+            GLAE_TRY(bn_bwd(ctx, &b->bn[j - 1], p, t1, t2, b->c[j - 1], rows));
+        }
+    }
+    if (b->has_down) {
+        GLAE_TRY(bn_bwd(ctx, &b->dbn, p, t1, dout, b->dc, conv_rows(&b->dconv)));
+        GLAE_TRY(conv_bwd(ctx, &b->dconv, p, t2, t1, b->in));
+        GLAE_TRY(glae_add_forward(ctx, dx, dx, t2, b->in_numel));
+    } else {
+        GLAE_TRY(glae_add_forward(ctx, dx, dx, dout, b->in_numel));
+    }
+    return GLAE_OK;
+}
+
+int glae_resnet_backward(glae_ctx *ctx, glae_resnet *net, glae_params *p, float *dfeat) {
+    if (!net->g[0]) return glae_fail(GLAE_ERR_RUNTIME, "resnet_backward: planned without gradients");
+    /* rotate: dout lives in g[cur], dx goes to g[nxt]; the caller's dfeat is the first dout */
+    float *dout = dfeat;
+    int nxt = 0;
+    for (int i = net->nblocks - 1; i >= 0; i--) {
+        glae_block *b = &net->blocks[i];
+        float *dx = net->g[nxt];
+        float *t1 = net->g[(nxt + 1) % 4], *t2 = net->g[(nxt + 2) % 4];
+        GLAE_TRY(block_backward(ctx, b, p, dx, dout, t1, t2));
+        dout = dx;
+        nxt = (nxt + 1) % 4; /* dout is now g[nxt - 1]: the next three are clear of it */
+    }
+    /* stem: dout is d(pool output); two buffers other than dout */
+    float *free_g[3];
+    int nf = 0;
+    for (int i = 0; i < 4; i++)
+        if (net->g[i] != dout) free_g[nf++] = net->g[i];
+    float *da = free_g[0], *dc = free_g[1];
+    int64_t rows = conv_rows(&net->conv1);
+    GLAE_TRY(glae_maxpool2d_backward(ctx, da, dout, net->argmax, &net->pool));
+    GLAE_TRY(glae_relu_backward(ctx, da, da, net->a1, rows * 64));
+    GLAE_TRY(bn_bwd(ctx, &net->bn1, p, dc, da, net->c1, rows));
+    GLAE_TRY(conv_bwd(ctx, &net->conv1, p, NULL, dc, net->x));
+    return GLAE_OK;
+}
+
+/* ---- layout conversion ------------------------------------------------------------------ */
+
+void glae_oihw_to_ohwi(float *dst, const float *src, int o, int i, int kh, int kw) {
+    for (int a = 0; a < o; a++)
+        for (int c = 0; c < i; c++)
+            for (int y = 0; y < kh; y++)
+                for (int x = 0; x < kw; x++)
+                    dst[(((size_t)a * kh + y) * kw + x) * i + c] =
+                        src[(((size_t)a * i + c) * kh + y) * kw + x];
+}
+
+void glae_ohwi_to_oihw(float *dst, const float *src, int o, int i, int kh, int kw) {
+    for (int a = 0; a < o; a++)
+        for (int c = 0; c < i; c++)
+            for (int y = 0; y < kh; y++)
+                for (int x = 0; x < kw; x++)
+                    dst[(((size_t)a * i + c) * kh + y) * kw + x] =
+                        src[(((size_t)a * kh + y) * kw + x) * i + c];
+}

@@ -1,0 +1,244 @@
+"""The heads and the two-head model: shapes, FR/PA against NumPy on the backbone's feature
+map, Adaptive Routing, stage-2 freezing, copy to the balanced head, learning."""
+import numpy as np
+import pytest
+
+from glae import _C
+
+from helpers import assert_unmodified
+
+K = 101
+
+
+def softmax(a):
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def pixel_shuffle_nchw(f, r):
+    """PyTorch PixelShuffle on (N, C r^2, H, W) -> (N, C, H r, W r)."""
+    n, c, h, w = f.shape
+    co = c // (r * r)
+    return f.reshape(n, co, r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, co, h * r, w * r)
+
+
+def conv_nchw(x, w, b, s):
+    """Valid (no padding) conv, stride s: x (N, C, H, W), w (O, C, k, k) -> (N, O, H', W')."""
+    n, c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    hp, wp = (h - k) // s + 1, (wd - k) // s + 1
+    out = np.zeros((n, o, hp, wp))
+    for i in range(hp):
+        for j in range(wp):
+            patch = x[:, :, i * s:i * s + k, j * s:j * s + k].reshape(n, -1)
+            out[:, :, i, j] = patch @ w.reshape(o, -1).T + b
+    return out
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((3, 64, 64, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("head", ["gap", "fr", "fr+pa"])
+def test_output_shapes(head, images):
+    m = _C.Model("resnet18", head, input_size=64)
+    d = assert_unmodified(m.forward, images)
+    n = len(images)
+    assert d["feature"].shape == (n, 2, 2, 512)
+    assert d["vanilla"].shape == (n, K) and d["balanced"].shape == (n, K)
+    np.testing.assert_allclose(d["vanilla"].sum(1), 1, rtol=1e-5)
+    keys = {"feature", "vanilla", "balanced"}
+    if head != "gap":
+        keys |= {"vanilla_map", "balanced_map"}
+        assert d["vanilla_map"].shape == (n, 2, 2, K)  # 2x2x512 -> 2x32x32 -> 101x2x2
+    if head == "fr+pa":
+        keys.add("vanilla_local")
+        np.testing.assert_allclose(d["vanilla_local"], softmax(d["vanilla_map"]), rtol=1e-4,
+                                   atol=1e-7)
+    assert set(d) == keys
+    age, prob, which = m.predict(images)
+    assert age.shape == (n,) and prob.shape == (n, K) and which.shape == (n,)
+    assert which.dtype == np.int32 and set(which) <= {0, 1}
+    np.testing.assert_allclose(age, prob @ np.arange(K), rtol=1e-4)
+    for route in ("vanilla", "balanced", "bigger"):
+        for flip in (True, False):
+            a, p, w = m.predict(images, route=route, flip=flip)
+            assert a.shape == (n,) and np.isfinite(p).all()
+
+
+def test_fr_head_equals_numpy_pixel_shuffle_and_conv(images):
+    m = _C.Model("resnet18", "fr", r=16, k=16, s=8, input_size=64, seed=2)
+    d = m.forward(images)
+    f = d["feature"].transpose(0, 3, 1, 2).astype(np.float64)  # NHWC -> NCHW
+    w, b = m.get("fr.weight").astype(np.float64), m.get("fr.bias").astype(np.float64)
+    assert w.shape == (K, 2, 16, 16)
+    ref = conv_nchw(pixel_shuffle_nchw(f, 16), w, b, 8)  # (N, K, 3, 3)
+    assert ref.shape[2:] == (3, 3)
+    got = d["vanilla_map"].transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # "fr" alone: softmax of the H'W'-averaged logits
+    np.testing.assert_allclose(d["vanilla"], softmax(ref.mean((2, 3))), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_frpa_holistic_branch_equals_numpy(depth, images):
+    """Projection on the FR map flattened in PyTorch's NCHW order, then the classifier;
+    BN1d in eval mode uses running statistics (set here to non-trivial values)."""
+    m = _C.Model("resnet18", "fr+pa", proj_depth=depth, proj_width=24, input_size=64, seed=5)
+    rng = np.random.default_rng(0)
+    if depth:
+        m.set("proj.1.running_mean", rng.standard_normal(24).astype(np.float32))
+        m.set("proj.1.running_var", rng.uniform(0.5, 2, 24).astype(np.float32))
+        m.set("proj.1.weight", rng.uniform(0.5, 2, 24).astype(np.float32))
+        m.set("proj.1.bias", rng.standard_normal(24).astype(np.float32))
+    d = m.forward(images)
+    fmap = d["vanilla_map"].transpose(0, 3, 1, 2).reshape(len(images), -1).astype(np.float64)
+    g = lambda name: m.get(name).astype(np.float64)
+    assert g("proj.0.weight").shape == (24, K * 2 * 2)
+    h = fmap @ g("proj.0.weight").T + g("proj.0.bias")
+    if depth:
+        h = (h - g("proj.1.running_mean")) / np.sqrt(g("proj.1.running_var") + 1e-5)
+        h = np.maximum(h * g("proj.1.weight") + g("proj.1.bias"), 0)
+        h = h @ g("proj.3.weight").T + g("proj.3.bias")
+    logits = h @ g("cls.weight").T + g("cls.bias")
+    np.testing.assert_allclose(d["vanilla"], softmax(logits), rtol=1e-3, atol=1e-6)
+
+
+def test_param_names_of_the_heads():
+    names = [t[0] for t in _C.Model("resnet18", "fr+pa", proj_depth=2, input_size=64).param_table()
+             if t[5] == 1]
+    assert names == ["fr.weight", "fr.bias", "proj.0.weight", "proj.0.bias",
+                     "proj.1.weight", "proj.1.bias", "proj.1.running_mean", "proj.1.running_var",
+                     "proj.3.weight", "proj.3.bias",
+                     "proj.4.weight", "proj.4.bias", "proj.4.running_mean", "proj.4.running_var",
+                     "proj.6.weight", "proj.6.bias", "cls.weight", "cls.bias"]
+    bal = [t[0] for t in _C.Model("resnet18", "fr", input_size=64).param_table() if t[5] == 2]
+    assert bal == ["balanced.fr.weight", "balanced.fr.bias"]
+
+
+def kl_rows(p, q):
+    return np.sum(p * (np.log(p) - np.log(q)), axis=1)
+
+
+def test_routing_picks_the_head_with_smaller_flip_kl(images):
+    m = _C.Model("resnet18", "gap", input_size=64, seed=4)
+    flipped = np.ascontiguousarray(images[:, :, ::-1])
+    # the balanced head ignores the image: uniform, flip-invariant (KL 0) -> it wins
+    m.set("balanced.fc.weight", np.zeros((K, 512), np.float32))
+    m.set("balanced.fc.bias", np.zeros(K, np.float32))
+    d, df = m.forward(images), m.forward(flipped)
+    u1 = kl_rows(d["vanilla"].astype(np.float64), df["vanilla"])
+    assert (u1 > 1e-6).all()
+    age, prob, which, ups = m.predict(images, route="smaller", return_upsilon=True)
+    np.testing.assert_allclose(ups[:, 0], u1, rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(ups[:, 1], 0, atol=1e-6)
+    np.testing.assert_array_equal(which, 1)
+    np.testing.assert_allclose(prob, 1 / K, rtol=1e-5)
+    np.testing.assert_allclose(age, 50, rtol=1e-4)
+    # Table IX's ablation takes the bigger one: the vanilla head, flip-averaged
+    age, prob, which = m.predict(images, route="bigger")
+    np.testing.assert_array_equal(which, 0)
+    np.testing.assert_allclose(prob, (d["vanilla"] + df["vanilla"]) / 2, rtol=1e-4, atol=1e-7)
+    age, prob, which = m.predict(images, route="bigger", flip=False)
+    np.testing.assert_allclose(prob, d["vanilla"], rtol=1e-5, atol=1e-7)
+    # the other way round: a flip-invariant vanilla head wins
+    m.copy_head_to_balanced()
+    m.set("fc.weight", np.zeros((K, 512), np.float32))
+    _, _, which = m.predict(images)
+    np.testing.assert_array_equal(which, 0)
+    # single-head predictions
+    _, prob, which = m.predict(images, route="balanced", flip=False)
+    np.testing.assert_array_equal(which, 1)
+    np.testing.assert_allclose(prob, d["vanilla"], rtol=1e-5, atol=1e-7)  # the copied head
+
+
+def test_copy_head_to_balanced(images):
+    m = _C.Model("resnet18", "fr+pa", proj_depth=1, proj_width=16, input_size=64)
+    d = m.forward(images)
+    assert not np.allclose(d["vanilla"], d["balanced"])
+    m.set("proj.1.running_var", np.full(16, 3.0, np.float32))
+    m.copy_head_to_balanced()
+    np.testing.assert_array_equal(m.get("balanced.proj.1.running_var"), 3.0)
+    d = m.forward(images)
+    np.testing.assert_array_equal(d["vanilla"], d["balanced"])
+    a1, p1, _ = m.predict(images, route="vanilla")
+    a2, p2, _ = m.predict(images, route="balanced")
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_stage2_trains_only_the_balanced_head(images):
+    m = _C.Model("resnet18", "fr+pa", proj_depth=1, proj_width=16, input_size=64)
+    ages = np.array([10.0, 40.0, 90.0], np.float32)
+    m.copy_head_to_balanced()
+    params0, buffers0 = m.params.copy(), m.buffers.copy()
+    bb, hh, bl = m.group_range("backbone"), m.group_range("head"), m.group_range("balanced")
+    nb_backbone = sum(t[3] for t in m.param_table() if t[4] and t[5] == 0)
+    losses = m.train_step(images, ages, stage=2, loss="lae_cls", mae=3.0)
+    assert set(losses) == {"total", "local", "holistic"}
+    assert losses["total"] == pytest.approx(losses["local"] + losses["holistic"], rel=1e-5)
+    g = m.grads
+    assert not g[bb[0]:bb[1]].any() and not g[hh[0]:hh[1]].any()
+    assert np.abs(g[bl[0]:bl[1]]).sum() > 0
+    np.testing.assert_array_equal(m.params, params0)
+    # backbone BN in eval mode: running statistics untouched; the head's BN1d updates its own
+    np.testing.assert_array_equal(m.buffers[:nb_backbone], buffers0[:nb_backbone])
+    # stage 1 trains backbone + vanilla head, not the balanced one
+    m.zero_grad()
+    m.train_step(images, ages, stage=1)
+    assert np.abs(g[bb[0]:bb[1]]).sum() > 0 and np.abs(g[hh[0]:hh[1]]).sum() > 0
+    assert not g[bl[0]:bl[1]].any()
+    assert not np.array_equal(m.buffers[:nb_backbone], buffers0[:nb_backbone])
+
+
+def test_loss_modes_and_sigma(images):
+    m = _C.Model("resnet18", "gap", input_size=64, lam=0.0)
+    ages = np.array([10.0, 40.0, 90.0], np.float32)
+    # lam = 0: 'base' is the KL alone
+    assert m.train_step(images, ages, loss="base")["total"] == pytest.approx(
+        m.train_step(images, ages, loss="kl")["total"], rel=1e-5)
+    m = _C.Model("resnet18", "gap", input_size=64)
+    p = m.forward(images, training=True)["vanilla"].astype(np.float64)
+    er = np.abs(p @ np.arange(K) - ages)
+    kl = m.train_step(images, ages, loss="kl")["total"]
+    base = m.train_step(images, ages, loss="base")["total"]
+    assert base == pytest.approx(kl + er.mean(), rel=1e-4)
+    cls = m.train_step(images, ages, loss="lae_cls", mae=2.0)["total"]
+    assert cls == pytest.approx(kl + ((er - 2.0) ** 2).mean(), rel=1e-4)
+    wide = m.train_step(images, ages, np.full(3, 3.0, np.float32), loss="kl")["total"]
+    assert wide != pytest.approx(kl, rel=1e-3)
+    # gradients accumulate (+=) until zero_grad
+    m.zero_grad()
+    m.train_step(images, ages)
+    g1 = m.grads.copy()
+    m.train_step(images, ages)
+    np.testing.assert_allclose(m.grads, 2 * g1, rtol=1e-4, atol=1e-6)
+    m.zero_grad()
+    assert not m.grads.any()
+
+
+def test_frpa_learns_random_data():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 64, 64, 3)).astype(np.float32)
+    ages = np.array([5.0, 30.0, 55.0, 80.0], np.float32)
+    m = _C.Model("resnet18", "fr+pa", input_size=64, proj_width=64, seed=1)
+    p, g = m.params, m.grads
+    hist = []
+    for step in range(8):
+        m.zero_grad()
+        hist.append(m.train_step(x, ages, loss="base")["total"])
+        p -= 0.003 * g
+    assert np.isfinite(hist).all()
+    assert hist[-1] < 0.5 * hist[0], hist
+
+
+def test_batch_shape_change_replans(images):
+    m = _C.Model("resnet18", "gap", input_size=64)
+    a = m.predict(images)[1]
+    small = m.arena_bytes
+    m.predict(np.zeros((8, 96, 96, 3), np.float32))
+    assert m.arena_bytes > small
+    np.testing.assert_array_equal(m.predict(images)[1], a)
+    # another batch size: same numbers up to the GEMM's summation order
+    np.testing.assert_allclose(m.predict(images[:2])[1], a[:2], rtol=1e-5, atol=1e-8)

@@ -1,0 +1,281 @@
+"""The ResNet backbone of _C.Model: torchvision names and shapes, parameter counts, init,
+whole-network gradients against finite differences, a learning test, views, bad input."""
+import sys
+
+import numpy as np
+import pytest
+
+from glae import _C
+
+from helpers import assert_no_leak, assert_unmodified
+
+
+def torchvision_state_dict(depth, num_classes=1000):
+    """torchvision's resnet18/resnet50 state_dict keys and shapes (without
+    num_batches_tracked), written from the published architecture."""
+    keys = []
+
+    def conv(name, cout, cin, k):
+        keys.append((f"{name}.weight", (cout, cin, k, k)))
+
+    def bn(name, c):
+        for s in ("weight", "bias", "running_mean", "running_var"):
+            keys.append((f"{name}.{s}", (c,)))
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    blocks = [2, 2, 2, 2] if depth == 18 else [3, 4, 6, 3]
+    expansion = 1 if depth == 18 else 4
+    inplanes = 64
+    for li, nb in enumerate(blocks):
+        planes = 64 * 2 ** li
+        for bi in range(nb):
+            p = f"layer{li + 1}.{bi}"
+            stride = 2 if li > 0 and bi == 0 else 1
+            if depth == 18:
+                conv(f"{p}.conv1", planes, inplanes, 3)
+                bn(f"{p}.bn1", planes)
+                conv(f"{p}.conv2", planes, planes, 3)
+                bn(f"{p}.bn2", planes)
+            else:
+                conv(f"{p}.conv1", planes, inplanes, 1)
+                bn(f"{p}.bn1", planes)
+                conv(f"{p}.conv2", planes, planes, 3)
+                bn(f"{p}.bn2", planes)
+                conv(f"{p}.conv3", planes * 4, planes, 1)
+                bn(f"{p}.bn3", planes * 4)
+            if stride != 1 or inplanes != planes * expansion:
+                conv(f"{p}.downsample.0", planes * expansion, inplanes, 1)
+                bn(f"{p}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    keys.append(("fc.weight", (num_classes, inplanes)))
+    keys.append(("fc.bias", (num_classes,)))
+    return keys
+
+
+@pytest.mark.parametrize("depth,total", [(18, 11_689_512), (50, 25_557_032)])
+def test_names_shapes_counts_match_torchvision(depth, total):
+    m = _C.Model(f"resnet{depth}", "gap", num_classes=1000, input_size=32)
+    table = m.param_table()
+    ours = [(name, tuple(shape)) for name, shape, off, numel, buf, group, nd in table
+            if group in (0, 1)]
+    assert ours == torchvision_state_dict(depth)
+    # the balanced head mirrors the vanilla one under a prefix
+    bal = [(name, tuple(shape)) for name, shape, *_, group, nd in table if group == 2]
+    assert bal == [("balanced.fc.weight", (1000, 512 * (1 if depth == 18 else 4))),
+                   ("balanced.fc.bias", (1000,))]
+    trainable = sum(numel for _, _, _, numel, buf, group, _ in table if not buf and group < 2)
+    assert trainable == total
+    b0, e0 = m.group_range("backbone")
+    b1, e1 = m.group_range("head")
+    assert (e0 - b0) + (e1 - b1) == total
+    assert m.params.size == sum(numel for _, _, _, numel, buf, *_ in table if not buf)
+    assert m.buffers.size == sum(numel for _, _, _, numel, buf, *_ in table if buf)
+    # offsets tile the buffers, no_decay marks BN parameters and biases
+    for name, shape, off, numel, buf, group, nd in table:
+        assert numel == int(np.prod(shape))
+        assert nd == (not buf and (name.endswith("bias") or ".bn" in name or name.startswith("bn")
+                                   or "downsample.1" in name))
+
+
+def test_init_statistics():
+    m = _C.Model("resnet18", "gap", num_classes=101, input_size=32, seed=3)
+    for name, shape, off, numel, buf, group, nd in m.param_table():
+        v = m.get(name)
+        if len(shape) == 4:
+            fan_out = shape[0] * shape[2] * shape[3]
+            std = np.sqrt(2.0 / fan_out)
+            assert abs(v.mean()) < 4 * std / np.sqrt(numel) + 1e-7, name
+            assert abs(v.std() / std - 1) < max(0.05, 4 / np.sqrt(numel)), name
+        elif name.endswith("running_var") or (".bn" in name or name.startswith("bn")
+                                              or "downsample.1" in name) and name.endswith("weight"):
+            np.testing.assert_array_equal(v, 1.0)
+        elif name.endswith("running_mean") or ("bn" in name or "downsample.1" in name):
+            np.testing.assert_array_equal(v, 0.0)
+        else:  # fc: PyTorch's default uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            bound = 1 / np.sqrt(512)
+            assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound, name
+            if v.size > 1000:
+                assert abs(v.std() / (bound / np.sqrt(3)) - 1) < 0.05
+    # the same seed gives the same weights, another seed others
+    m2 = _C.Model("resnet18", "gap", num_classes=101, input_size=32, seed=3)
+    np.testing.assert_array_equal(m.params, m2.params)
+    m3 = _C.Model("resnet18", "gap", num_classes=101, input_size=32, seed=4)
+    assert not np.array_equal(m.params[:1000], m3.params[:1000])
+
+
+def test_oihw_import_export_roundtrip(rng):
+    m = _C.Model("resnet18", "gap", input_size=32)
+    w = rng.standard_normal((64, 3, 7, 7)).astype(np.float32)
+    assert_unmodified(lambda a: m.set("conv1.weight", a), w)
+    np.testing.assert_array_equal(m.get("conv1.weight"), w)
+    # stored OHWI in the flat buffer
+    stored = m.params[:w.size].reshape(64, 7, 7, 3)
+    np.testing.assert_array_equal(stored, w.transpose(0, 2, 3, 1))
+    b = rng.standard_normal(101).astype(np.float32)
+    m.set("fc.bias", b)
+    np.testing.assert_array_equal(m.get("fc.bias"), b)
+
+
+def _loss(m, x, ages):
+    m.zero_grad()
+    return m.train_step(x, ages, loss="kl")["total"]
+
+
+def test_whole_network_gradient_finite_differences(rng):
+    """Training-mode BN, smooth loss (KL): analytic grads of a few tensors of every kind
+    against central differences of the float32 loss."""
+    m = _C.Model("resnet18", "gap", input_size=64, seed=1)
+    x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+    ages = np.array([23.0, 61.0], np.float32)
+    _loss(m, x, ages)
+    g = m.grads.copy()
+    params = m.params
+    table = {name: (off, numel) for name, shape, off, numel, buf, *_ in m.param_table() if not buf}
+    names = ["conv1.weight", "bn1.weight", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
+             "layer3.1.bn1.bias", "layer4.1.conv2.weight", "layer4.1.bn2.weight", "fc.weight",
+             "fc.bias"]
+    checked = 0
+    for name in names:
+        off, numel = table[name]
+        idx = off + np.argsort(-np.abs(g[off:off + numel]))[:1]  # the largest: above FD noise
+        for i in idx:
+            eps = 1.5e-3  # small: the loss is curved (BN, ReLU); float32 noise ~1e-4 here
+            old = params[i]
+            params[i] = old + eps
+            fp = _loss(m, x, ages)
+            params[i] = old - eps
+            fm = _loss(m, x, ages)
+            params[i] = old
+            num = (fp - fm) / (2 * eps)
+            assert abs(num - g[i]) <= 0.05 * abs(g[i]) + 1e-3, (name, i, num, g[i])
+            checked += 1
+    assert checked == len(names)
+    # the loss does not depend on the order of the batch (BN statistics are per batch)
+    l1 = _loss(m, x, ages)
+    l2 = _loss(m, x[::-1].copy(), ages[::-1].copy())
+    assert abs(l1 - l2) < 1e-4 * abs(l1)
+
+
+def test_resnet18_learns_a_tiny_batch(rng):
+    m = _C.Model("resnet18", "gap", input_size=64, seed=0)
+    x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+    ages = np.array([18.0, 70.0], np.float32)
+    p, g = m.params, m.grads
+    first = None
+    for step in range(15):
+        m.zero_grad()
+        loss = m.train_step(x, ages, loss="kl")["total"]
+        first = first if first is not None else loss
+        p -= 0.01 * g  # plain SGD on the flat view
+    final = _loss(m, x, ages)
+    assert final < first / 10, (first, final)
+
+
+def test_views_share_memory_and_hold_the_model():
+    m = _C.Model("resnet18", "gap", input_size=32)
+    base = sys.getrefcount(m)
+    p = m.params
+    assert sys.getrefcount(m) == base + 1
+    assert p.dtype == np.float32 and p.ndim == 1 and not p.flags.owndata
+    g, mom, buf = m.grads, m.momentum, m.buffers
+    assert sys.getrefcount(m) == base + 4
+    p[0] = 123.0
+    assert m.get("conv1.weight").reshape(-1)[0] == 123.0  # OIHW index 0 == OHWI index 0
+    mom[:] = 1.0
+    assert m.momentum[5] == 1.0
+    del p, g, mom, buf
+    assert sys.getrefcount(m) == base
+    # a view outlives its name
+    q = _C.Model("resnet18", "gap", input_size=32).buffers
+    assert q.sum() > 0  # running_var = 1
+
+
+def test_no_reference_leaks(rng):
+    m = _C.Model("resnet18", "gap", input_size=32)
+    x = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    ages = np.array([30.0, 40.0], np.float32)
+    assert_no_leak(m.train_step, x, ages, n=5)
+    assert_no_leak(m.predict, x, n=5)
+    assert_no_leak(m.forward, x, n=5)
+    assert_no_leak(m.get, "fc.bias", n=50)
+    w = m.get("fc.bias")
+    assert_no_leak(m.set, "fc.bias", w, n=50)
+    assert_no_leak(m.param_table, n=5)
+    assert_unmodified(m.train_step, x, ages)
+
+
+def test_bad_input(rng):
+    with pytest.raises(ValueError, match="backbone"):
+        _C.Model("resnet34")
+    with pytest.raises(ValueError, match="head"):
+        _C.Model("resnet18", "mlp")
+    with pytest.raises(ValueError, match="proj_depth"):
+        _C.Model(proj_depth=3)
+    with pytest.raises(ValueError, match="proj_width"):
+        _C.Model(proj_width=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        _C.Model(num_classes=1)
+    with pytest.raises(ValueError, match="r=3"):
+        _C.Model(head="fr", r=3, k=3, s=3)
+    with pytest.raises(ValueError, match="r"):
+        _C.Model(r=-1)
+    with pytest.raises(TypeError):
+        _C.Model(seed="x")
+    m = _C.Model("resnet18", "gap", input_size=32)
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    ages = np.array([1.0, 2.0], np.float32)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        m.train_step(x.astype(np.float64), ages)
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
+        m.predict([[1.0]])
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        m.forward(x[0])
+    with pytest.raises(ValueError, match="x: dimension 3 must be 3"):
+        m.forward(np.zeros((2, 32, 32, 4), np.float32))
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        m.forward(x[:, :, ::2])
+    with pytest.raises(ValueError, match="x: the batch is empty"):
+        m.forward(x[:0])
+    with pytest.raises(ValueError, match="ages: dimension 0 must be 2"):
+        m.train_step(x, ages[:1])
+    with pytest.raises(TypeError, match="ages must have dtype float32"):
+        m.train_step(x, ages.astype(np.float64))
+    with pytest.raises(ValueError, match="sigma: dimension 0 must be 2"):
+        m.train_step(x, ages, np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="sigma must have dtype float32"):
+        m.train_step(x, ages, np.ones(2, np.int32))
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        m.train_step(x, ages, np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="outside"):
+        m.train_step(x, np.array([1.0, 200.0], np.float32))
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        m.train_step(x, ages, stage=3)
+    with pytest.raises(ValueError, match="loss must be"):
+        m.train_step(x, ages, loss="mse")
+    with pytest.raises(ValueError, match="route must be"):
+        m.predict(x, route="random")
+    with pytest.raises(KeyError, match="nope"):
+        m.get("nope")
+    with pytest.raises(ValueError, match=r"value for 'conv1.weight' must have shape \(64, 3, 7, 7\)"):
+        m.set("conv1.weight", np.zeros((64, 7, 7, 3), np.float32))
+    with pytest.raises(ValueError, match="value must have 1 dimensions"):
+        m.set("fc.bias", np.zeros((1, 101), np.float32))
+    with pytest.raises(ValueError, match="group must be"):
+        m.group_range("neck")
+    with pytest.raises(TypeError, match="group must be"):
+        m.group_range(1.5)
+    # an FR conv bigger than the rearranged map of a small image
+    fr = _C.Model("resnet18", "fr", r=2, k=3, s=1, input_size=64)
+    with pytest.raises(ValueError, match="x: .*smaller than the FR kernel"):
+        fr.forward(np.zeros((1, 32, 32, 3), np.float32))
+    # fr+pa's projection is sized for its input_size
+    frpa = _C.Model("resnet18", "fr+pa", input_size=64)
+    with pytest.raises(ValueError, match="x: .*input_size=64"):
+        frpa.predict(np.zeros((1, 128, 128, 3), np.float32))
+    # training-mode BN needs two values per channel (as in PyTorch): a 1x1 map, one image
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        m.train_step(x[:1], ages[:1])
+    # nothing is broken after the failures
+    m.forward(x)
+    m.train_step(x, ages)

@@ -88,7 +88,10 @@ def main():
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sizes", default="112,224")
+    ap.add_argument("--threads", type=int, default=0, help="0: the library's default")
     args = ap.parse_args()
+    if args.threads > 0:
+        glae.set_num_threads(args.threads)
     try:
         import torch  # noqa: F401
         import torchvision  # noqa: F401

@@ -86,8 +86,8 @@ static PyObject *py_mtcnn_new(PyObject *self, PyObject *args) {
     PyObject *held[3][MAXT] = {{0}}; /* new references from the mappings */
     PyObject *ret = NULL;
     for (int net = 0; net < 3; net++) {
-        if (!PyMapping_Check(sd[net])) {
-            PyErr_Format(PyExc_TypeError, "%s must be a mapping name -> array, got %s",
+        if (!PyDict_Check(sd[net])) {
+            PyErr_Format(PyExc_TypeError, "%s must be a dict name -> array, got %s",
                          NET_NAMES[net], Py_TYPE(sd[net])->tp_name);
             goto done;
         }

@@ -1,0 +1,134 @@
+"""MTCNN face detection and 5-point landmarks on glae's C engine (CPU).
+
+    det = glae.detect.MTCNN("/path/to/mtcnn")     # folder with pnet.pt, rnet.pt, onet.pt
+    boxes, scores, landmarks = det.detect("face.jpg")
+    i = largest_face(boxes)                        # or most_confident(scores)
+
+Weights: the three published MTCNN networks (facenet-pytorch's ``pnet.pt``, ``rnet.pt``,
+``onet.pt``, legacy ``torch.save`` files read by :mod:`glae.torchfile`). With no folder
+given, the ``data`` folder of an installed ``facenet_pytorch`` package is used. The whole
+pipeline (pyramid, three networks, NMS) runs in C; see docs/mtcnn.md.
+"""
+import importlib.util
+import os
+
+import numpy as np
+
+from ._lib import _C
+from . import torchfile
+
+__all__ = ["MTCNN", "largest_face", "most_confident", "to_rgb"]
+
+_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+
+
+def _default_weights_dir():
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        d = os.path.join(root, "data")
+        if all(os.path.isfile(os.path.join(d, f)) for f in _FILES):
+            return d
+    return None
+
+
+def to_rgb(image):
+    """uint8 (H, W, 3) RGB array from a path, a PIL image or an array: (H, W) grayscale
+    is replicated, (H, W, 4) RGBA drops alpha, (H, W, 1) is replicated; float arrays must
+    already hold 0..255 values and are rounded."""
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image
+        with Image.open(image) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if not isinstance(image, np.ndarray) and hasattr(image, "convert") and hasattr(image, "mode"):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # PIL image
+    a = np.asarray(image)
+    if a.dtype == np.bool_ or a.dtype.kind not in "uif":
+        raise TypeError(f"image must be numeric, got dtype {a.dtype}")
+    if a.dtype != np.uint8:
+        if a.size and not np.all(np.isfinite(a)):
+            raise ValueError("image holds NaN or infinite values")
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    elif not (a.ndim == 3 and a.shape[2] == 3):
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+class MTCNN:
+    """The three-stage MTCNN detector.
+
+    weights_dir: folder holding pnet.pt, rnet.pt and onet.pt (default: the data folder of
+    an installed facenet_pytorch). min_face: smallest face side in pixels; factor: pyramid
+    step; thresholds: face-probability cut of P-, R-, O-Net; nms_thresholds: after P-Net
+    (all levels, union), R-Net (union), O-Net (min); nms_scale: within one pyramid level.
+    num_threads: CPU threads during detect() (the process-wide setting is restored
+    afterwards; None leaves it alone). One image is small work: 1 thread is fastest on
+    a busy machine, and several images are better spread over processes."""
+
+    def __init__(self, weights_dir=None, min_face=20.0, factor=0.709,
+                 thresholds=(0.6, 0.7, 0.7), nms_thresholds=(0.7, 0.7, 0.7), nms_scale=0.5,
+                 num_threads=1):
+        if weights_dir is None:
+            weights_dir = _default_weights_dir()
+            if weights_dir is None:
+                raise FileNotFoundError(
+                    "MTCNN weights not found: pass weights_dir= a folder holding pnet.pt, "
+                    "rnet.pt and onet.pt (e.g. facenet_pytorch/data), or install facenet-pytorch")
+        weights_dir = os.fspath(weights_dir)
+        missing = [f for f in _FILES if not os.path.isfile(os.path.join(weights_dir, f))]
+        if missing:
+            raise FileNotFoundError(f"MTCNN weights folder {weights_dir!r} lacks {', '.join(missing)}")
+        self.weights_dir = weights_dir
+        sds = [torchfile.load_state_dict(os.path.join(weights_dir, f)) for f in _FILES]
+        self._model = _C.mtcnn_new(*sds)
+        self.min_face = float(min_face)
+        self.factor = float(factor)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.nms_thresholds = tuple(float(t) for t in nms_thresholds)
+        self.nms_scale = float(nms_scale)
+        self.num_threads = None if num_threads is None else int(num_threads)
+        if len(self.thresholds) != 3 or len(self.nms_thresholds) != 3:
+            raise ValueError("thresholds and nms_thresholds need 3 values each")
+
+    def detect(self, image):
+        """Faces in one image (path, PIL image or uint8 array; grayscale/RGBA converted).
+        Returns boxes (n, 4) float32 x1, y1, x2, y2 in pixels; scores (n,) float32;
+        landmarks (n, 5, 2) float32 (x, y) of left eye, right eye, nose, left and right
+        mouth corner. Faces come in descending score order; none: n = 0."""
+        img = to_rgb(image)
+        args = (self._model, img, self.min_face, self.factor, self.thresholds,
+                self.nms_scale, self.nms_thresholds)
+        if self.num_threads is None:
+            return _C.mtcnn_detect(*args)
+        old = _C.get_num_threads()
+        _C.set_num_threads(self.num_threads)
+        try:
+            return _C.mtcnn_detect(*args)
+        finally:
+            _C.set_num_threads(old)
+
+    __call__ = detect
+
+
+def largest_face(boxes):
+    """Index of the face with the largest box area, or None without faces."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        return None
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return int(np.argmax(area))
+
+
+def most_confident(scores):
+    """Index of the face with the highest score, or None without faces."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) == 0:
+        return None
+    return int(np.argmax(scores))

@@ -1,6 +1,214 @@
-/* Bindings for the conv family (to be filled by its owner). */
-#include "py.h"
+/* Bindings for the conv family: conv2d forward/backward, and a bare sgemm used by
+ * bench/conv.py to measure the BLAS rate the convolutions are compared with. */
+#include "py.h"  /* Python.h first */
+#include <limits.h>
+#include <string.h>
+
+#include "../core/blas.h"
+#include "../ops/ops.h"
+
+static int as_int(PyObject *o, int *v) {
+    long x = PyLong_AsLong(o);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (x < INT_MIN || x > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "conv2d: stride/pad value out of int range");
+        return -1;
+    }
+    *v = (int)x;
+    return 0;
+}
+
+/* An int or a (h, w) pair of ints -> *h, *w. Values are checked by the C shape init. */
+static int parse_pair(PyObject *o, const char *name, int *h, int *w) {
+    if (PyLong_Check(o)) {
+        if (as_int(o, h)) return -1;
+        *w = *h;
+        return 0;
+    }
+    if (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2 && PyLong_Check(PyTuple_GET_ITEM(o, 0)) &&
+        PyLong_Check(PyTuple_GET_ITEM(o, 1))) {
+        return as_int(PyTuple_GET_ITEM(o, 0), h) || as_int(PyTuple_GET_ITEM(o, 1), w) ? -1 : 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be an int or a tuple of two ints, got %R", name, o);
+    return -1;
+}
+
+static int fits_int(PyArrayObject *a, const char *name) {
+    for (int i = 0; i < PyArray_NDIM(a); i++)
+        if (PyArray_DIM(a, i) > INT_MAX) {
+            PyErr_Format(PyExc_ValueError, "%s: dimension %d is too large", name, i);
+            return -1;
+        }
+    return 0;
+}
+
+/* Checks x (N, H, W, Cin) and w (Cout, KH, KW, Cin), parses stride/pad, fills *s. */
+static int conv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
+                      PyArrayObject **x, PyArrayObject **w, glae_conv2d_shape *s) {
+    int sh, sw, ph, pw;
+    *x = glae_arg_f32(xo, "x", 4);
+    if (!*x || fits_int(*x, "x")) return -1;
+    *w = glae_arg_f32(wo, "w", 4);
+    if (!*w || fits_int(*w, "w")) return -1;
+    if (PyArray_DIM(*x, 3) != PyArray_DIM(*w, 3)) {
+        PyErr_Format(PyExc_ValueError,
+                     "conv2d: x has %zd input channels (axis 3) but w (Cout, KH, KW, Cin) "
+                     "expects %zd",
+                     (Py_ssize_t)PyArray_DIM(*x, 3), (Py_ssize_t)PyArray_DIM(*w, 3));
+        return -1;
+    }
+    if (parse_pair(so, "stride", &sh, &sw) || parse_pair(po, "pad", &ph, &pw)) return -1;
+    if (sh < 1 || sw < 1) {
+        PyErr_Format(PyExc_ValueError, "stride must be >= 1, got (%d, %d)", sh, sw);
+        return -1;
+    }
+    if (ph < 0 || pw < 0) {
+        PyErr_Format(PyExc_ValueError, "pad must be >= 0, got (%d, %d)", ph, pw);
+        return -1;
+    }
+    npy_intp *xd = PyArray_DIMS(*x), *wd = PyArray_DIMS(*w);
+    if (glae_conv2d_shape_init(s, (int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], (int)wd[0],
+                               (int)wd[1], (int)wd[2], sh, sw, ph, pw)) {
+        glae_raise(GLAE_ERR_VALUE);
+        return -1;
+    }
+    return 0;
+}
+
+/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad)
+ *   -> y (N, OH, OW, Cout) */
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "b", "stride", "pad", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO:conv2d_forward", kwlist, &xo, &wo, &bo,
+                                     &so, &po))
+        return NULL;
+    PyArrayObject *x, *w, *b;
+    glae_conv2d_shape s;
+    if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
+    int ok;
+    b = glae_arg_array_opt(bo, "b", NPY_FLOAT32, 1, &ok);
+    if (!ok || (b && glae_check_dim(b, "b", 0, s.c_out))) return NULL;
+    npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
+    PyArrayObject *y = glae_new_array(4, dims, NPY_FLOAT32);
+    if (!y) return NULL;
+    glae_ctx ctx;
+    int st = glae_ctx_init(&ctx, GLAE_CPU);
+    if (!st)
+        GLAE_NOGIL(st, glae_conv2d_forward(&ctx, PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w),
+                                           b ? PyArray_DATA(b) : NULL, &s));
+    glae_ctx_free(&ctx);
+    if (st) {
+        Py_DECREF(y);
+        return glae_raise(st);
+    }
+    return (PyObject *)y;
+}
+
+/* conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,
+ *                 db_accumulate=None) -> (dx or None, dw, db or None)
+ * dw/db are fresh zero arrays into which the kernel accumulates, unless dw_accumulate /
+ * db_accumulate are given: then the kernel adds into those arrays (in place) and they
+ * are returned, which exposes the += contract of the parameter gradients. */
+static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dy",       "x",           "w",           "stride", "pad",
+                             "has_bias", "need_dx",     "dw_accumulate", "db_accumulate", NULL};
+    PyObject *dyo, *xo, *wo, *so, *po, *dwo = Py_None, *dbo = Py_None;
+    int has_bias, need_dx = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOp|pOO:conv2d_backward", kwlist, &dyo, &xo,
+                                     &wo, &so, &po, &has_bias, &need_dx, &dwo, &dbo))
+        return NULL;
+    PyArrayObject *x, *w, *dy, *dwa, *dba;
+    PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
+    glae_conv2d_shape s;
+    if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
+    dy = glae_arg_f32(dyo, "dy", 4);
+    if (!dy || glae_check_dim(dy, "dy", 0, s.n) || glae_check_dim(dy, "dy", 1, s.oh) ||
+        glae_check_dim(dy, "dy", 2, s.ow) || glae_check_dim(dy, "dy", 3, s.c_out))
+        return NULL;
+    int ok;
+    dwa = glae_arg_array_opt(dwo, "dw_accumulate", NPY_FLOAT32, 4, &ok);
+    if (!ok || (dwa && glae_check_same_shape(dwa, "dw_accumulate", w, "w"))) return NULL;
+    dba = glae_arg_array_opt(dbo, "db_accumulate", NPY_FLOAT32, 1, &ok);
+    if (!ok || (dba && glae_check_dim(dba, "db_accumulate", 0, s.c_out))) return NULL;
+    if (dba && !has_bias) {
+        PyErr_SetString(PyExc_ValueError, "db_accumulate given but has_bias is False");
+        return NULL;
+    }
+    if (dwa) {
+        Py_INCREF(dwa);
+        dw = dwa;
+    } else if (!(dw = glae_zeros(4, PyArray_DIMS(w), NPY_FLOAT32))) {
+        goto fail;
+    }
+    if (has_bias) {
+        npy_intp bd[1] = {s.c_out};
+        if (dba) {
+            Py_INCREF(dba);
+            db = dba;
+        } else if (!(db = glae_zeros(1, bd, NPY_FLOAT32))) {
+            goto fail;
+        }
+    }
+    if (need_dx && !(dx = glae_new_array(4, PyArray_DIMS(x), NPY_FLOAT32))) goto fail;
+    glae_ctx ctx;
+    int st = glae_ctx_init(&ctx, GLAE_CPU);
+    if (!st)
+        GLAE_NOGIL(st, glae_conv2d_backward(&ctx, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
+                                            db ? PyArray_DATA(db) : NULL, PyArray_DATA(dy),
+                                            PyArray_DATA(x), PyArray_DATA(w), &s));
+    glae_ctx_free(&ctx);
+    if (st) {
+        glae_raise(st);
+        goto fail;
+    }
+    return Py_BuildValue("(NNN)", dx ? (PyObject *)dx : Py_NewRef(Py_None), (PyObject *)dw,
+                         db ? (PyObject *)db : Py_NewRef(Py_None));
+fail:
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
+    return NULL;
+}
+
+/* sgemm(a (M, K), b (K, N)) -> a @ b through glae_sgemm (OpenBLAS), for benchmarks */
+static PyObject *py_sgemm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ao, *bo;
+    if (!PyArg_ParseTuple(args, "OO:sgemm", &ao, &bo)) return NULL;
+    PyArrayObject *a = glae_arg_f32(ao, "a", 2);
+    if (!a || fits_int(a, "a")) return NULL;
+    PyArrayObject *b = glae_arg_f32(bo, "b", 2);
+    if (!b || fits_int(b, "b") || glae_check_dim(b, "b", 0, PyArray_DIM(a, 1))) return NULL;
+    int m = (int)PyArray_DIM(a, 0), k = (int)PyArray_DIM(a, 1), n = (int)PyArray_DIM(b, 1);
+    npy_intp dims[2] = {m, n};
+    PyArrayObject *c = glae_new_array(2, dims, NPY_FLOAT32);
+    if (!c) return NULL;
+    if ((npy_intp)m * n == 0) return (PyObject *)c;
+    if (k == 0) {
+        memset(PyArray_DATA(c), 0, (size_t)PyArray_NBYTES(c));
+        return (PyObject *)c;
+    }
+    const float *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
+    float *pc = PyArray_DATA(c);
+    Py_BEGIN_ALLOW_THREADS;
+    glae_sgemm(0, 0, m, n, k, 1.0f, pa, k, pb, n, 0.0f, pc, n);
+    Py_END_ALLOW_THREADS;
+    return (PyObject *)c;
+}
 
 PyMethodDef glae_conv_methods[] = {
+    {"conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_forward(x, w, b, stride, pad) -> y\n"
+     "x (N, H, W, Cin), w (Cout, KH, KW, Cin), b (Cout,) or None; stride/pad: int or (h, w)."},
+    {"conv2d_backward", (PyCFunction)(void (*)(void))py_conv2d_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,\n"
+     "                db_accumulate=None) -> (dx or None, dw, db or None)\n"
+     "dw/db start from zero, or are the given *_accumulate arrays, added to in place."},
+    {"sgemm", py_sgemm, METH_VARARGS, "sgemm(a, b) -> a @ b via glae_sgemm (float32, 2-D)"},
     {NULL, NULL, 0, NULL},
 };

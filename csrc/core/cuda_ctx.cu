@@ -30,9 +30,9 @@ static void release(glae_cuda_ctx *c) {
     int prev = -1;
     cudaGetDevice(&prev);
     cudaSetDevice(c->device);
+    if (c->ws && c->stream) cudaFreeAsync(c->ws, c->stream); /* it came from cudaMallocAsync */
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
-    if (c->ws) cudaFree(c->ws);
     if (c->cublaslt) cublasLtDestroy(c->cublaslt);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cudnn) cudnnDestroy(c->cudnn);

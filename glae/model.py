@@ -5,9 +5,13 @@ Parameters, gradients, momentum and BN buffers are 1-D float32 views of the mode
 buffers (``params``, ``grads``, ``momentum``, ``buffers``); ``state_dict()`` gives
 torchvision-layout copies (conv weights OIHW) keyed by torchvision's names.
 """
+import os
+
+import numpy as np
+
 from ._lib import _C
 
-__all__ = ["CoreModel"]
+__all__ = ["CoreModel", "Model", "load"]
 
 
 class CoreModel(_C.Model):
@@ -34,3 +38,165 @@ class CoreModel(_C.Model):
             if k in state:
                 self.set(k, np.ascontiguousarray(state[k], dtype=np.float32))
         return missing, unexpected
+
+
+class Model:
+    """An age estimator: a ResNet-18/50 backbone with a vanilla and a balanced head.
+
+    >>> m = glae.Model(backbone="resnet18", head="fr+pa", image_size=112)
+    >>> m.fit(train, val)                  # both stages (glae.train.Dataset or packed files)
+    >>> ages = m.predict(["a.jpg", "b.jpg"])   # routed answer, test-time flip averaging
+    >>> m.save("model.safetensors"); m2 = glae.load("model.safetensors")
+
+    Every keyword is a field of glae.Config (the papers' defaults); pass config=Config(...)
+    to give them all at once. The engine object is ``model.core`` (glae._C.Model).
+    """
+
+    def __init__(self, config=None, **fields):
+        from .config import Config
+
+        if config is None:
+            config = Config(**fields)
+        elif fields:
+            config = config.replace(**fields)
+        config.validate()
+        self.config = config
+        self.stage2_trained = False
+        kw = {"proj_width": config.proj_width} if config.proj_width else {}  # 0: C default
+        self.core = CoreModel(backbone=config.backbone, head=config.head, r=config.r,
+                              k=config.k, s=config.s, proj_depth=config.proj_depth,
+                              num_classes=config.num_classes, lam=config.lam, seed=config.seed,
+                              input_size=config.image_size, **kw)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config=config)
+
+    def __repr__(self):
+        c = self.config
+        n = self.core.params.size
+        return (f"glae.Model(backbone={c.backbone!r}, head={c.head!r}, image_size={c.image_size}, "
+                f"params={n:,}, stage2_trained={self.stage2_trained})")
+
+    # -- training ------------------------------------------------------------------
+    def fit(self, train, val=None, out_dir=None, progress=True, log=print, **overrides):
+        """Train both stages (LAE/GLAE): `train`/`val` are glae.train.Dataset objects,
+        packed-file paths or (images uint8 (N,S,S,3), ages) tuples. Config overrides may
+        be given as keywords (e.g. stage1_epochs=4). Returns the Trainer (its log and
+        evaluate() are useful in notebooks)."""
+        from .train import Trainer, as_dataset
+
+        if overrides:
+            self.config = self.config.replace(**overrides)
+        t = Trainer(self, self.config, as_dataset(train), as_dataset(val) if val is not None else None,
+                    out_dir=out_dir, progress=progress, log=log)
+        return t.fit()
+
+    # -- inference -----------------------------------------------------------------
+    def preprocess(self, images):
+        """Images (paths, PIL images, uint8 arrays (H,W,3) or (N,H,W,3)) -> the network's
+        normalised float32 NHWC batch at config.image_size (centre crop + resize; faces
+        are expected to be aligned crops like the training data)."""
+        from .data.readers import load_image
+
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            batch = images
+        else:
+            if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or _is_pil(images):
+                images = [images]
+            crops = []
+            for im in images:
+                if isinstance(im, (str, bytes, os.PathLike)):
+                    im = load_image(im)
+                elif _is_pil(im):
+                    im = np.asarray(im.convert("RGB"))
+                im = np.asarray(im)
+                if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+                    raise ValueError(f"images must be uint8 RGB (H, W, 3); got {im.dtype} {im.shape}")
+                crops.append(_C.center_crop_resize(np.ascontiguousarray(im), self.config.image_size))
+            batch = np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"a batch must be uint8 (N, H, W, 3); got {batch.dtype} {batch.shape}")
+        if len(batch) == 0:
+            raise ValueError("no images given")
+        return _C.augment_batch(np.ascontiguousarray(batch), np.arange(len(batch), dtype=np.int64),
+                                self.config.image_size, 0, 0, **eval_augment(self.config))
+
+    def predict(self, images, route=None, flip=None, return_distribution=False,
+                return_head=False, batch_size=64):
+        """Ages of the given face images (expected age of the answering head).
+
+        route: "smaller" (Adaptive Routing, default), "bigger", "vanilla", "balanced";
+        flip: test-time flip averaging (default on, GLAE V-A). With return_distribution /
+        return_head, also the (N, 101) distributions and which head answered (0 vanilla,
+        1 balanced)."""
+        route = route or (self.config.route if self.stage2_trained else "vanilla")
+        flip = self.config.flip_test if flip is None else flip
+        x = self.preprocess(images)
+        ages, probs, heads = [], [], []
+        for s in range(0, len(x), batch_size):
+            a, p, h = self.core.predict(np.ascontiguousarray(x[s:s + batch_size]), route=route,
+                                        flip=flip)
+            ages.append(a), probs.append(p), heads.append(h)
+        out = [np.concatenate(ages)]
+        if return_distribution:
+            out.append(np.concatenate(probs))
+        if return_head:
+            out.append(np.concatenate(heads))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def evaluate_batch(self, x, route="smaller", flip=True):
+        """One normalised batch through both heads with and without its flip (two
+        backbone passes): the vanilla, balanced and routed ages and the routing choice."""
+        f = self.core.forward(x)
+        if flip:
+            g = self.core.forward(_C.hflip_forward(x))
+            pv, pb = 0.5 * (f["vanilla"] + g["vanilla"]), 0.5 * (f["balanced"] + g["balanced"])
+            mode = "bigger" if route == "bigger" else "smaller"
+            r = _C.adaptive_route(f["vanilla"], g["vanilla"], f["balanced"], g["balanced"],
+                                  mode=mode, flip_average=True)
+        else:
+            pv, pb = f["vanilla"], f["balanced"]
+            r = {"age": None, "choice": np.zeros(len(x), np.int32)}
+        van, bal = _C.expected_age(np.ascontiguousarray(pv)), _C.expected_age(np.ascontiguousarray(pb))
+        if route == "vanilla" or not flip:
+            age, choice = (bal, np.ones(len(x), np.int32)) if route == "balanced" else (van, r["choice"] * 0)
+        elif route == "balanced":
+            age, choice = bal, np.ones(len(x), np.int32)
+        else:
+            age, choice = r["age"], r["choice"]
+        return {"vanilla_age": van, "balanced_age": bal, "age": age, "head": choice}
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self, path):
+        """One safetensors file: both heads, BN statistics, momentum, the config."""
+        from .train import save_checkpoint
+
+        save_checkpoint(path, self, self.config, {"stage2_trained": self.stage2_trained})
+        return path
+
+    def state_dict(self):
+        return self.core.state_dict()
+
+    def load_state_dict(self, state, strict=True):
+        return self.core.load_state_dict(state, strict=strict)
+
+
+def load(path):
+    """A Model from a file written by Model.save or by the trainer (best/last)."""
+    from .train import load_checkpoint
+
+    model, cfg, state = load_checkpoint(path, Model)
+    model.stage2_trained = bool(state.get("stage2_trained", state.get("stage", 1) == 2
+                                          and state.get("epoch", 0) > 0))
+    return model
+
+
+def eval_augment(config):
+    """The loader/augment settings for evaluation: no randomness, the run's normalisation."""
+    return {"crop": False, "flip": False, "jitter": False, "randaugment": False,
+            "norm": config.normalization}
+
+
+def _is_pil(o):
+    return type(o).__module__.startswith("PIL.")

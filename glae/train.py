@@ -54,6 +54,22 @@ class Dataset:
         return cls(packed.images, packed.ages, packed.sigmas)
 
 
+def as_dataset(data):
+    """A Dataset from a Dataset, a PackedDataset, a packed-file path or (images, ages[, sigmas])."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        from .data import PackedDataset
+
+        data = PackedDataset(data)
+    if hasattr(data, "images") and hasattr(data, "ages"):
+        return Dataset(data.images, data.ages, getattr(data, "sigmas", None))
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        return Dataset(*data)
+    raise TypeError("data must be a glae.train.Dataset, a PackedDataset, a packed-file path "
+                    "or an (images, ages[, sigmas]) tuple")
+
+
 def _progress(iterable, total, desc, enabled):
     if not enabled:
         return iterable
@@ -76,7 +92,8 @@ class Trainer:
         config.validate()
         if len(train) == 0:
             raise ValueError("the training set is empty")
-        self.model = model
+        self.model = model  # the public glae.Model; the engine is model.core
+        self.core = model.core
         self.cfg = config
         self.train = train
         self.val = val
@@ -86,6 +103,8 @@ class Trainer:
         self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
                       "best": None}
         self.labels = np.rint(train.ages).astype(np.int64)
+        self.sigmas = train.sigmas if train.sigmas is not None else \
+            np.full(len(train), config.sigma, np.float32)
         self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
@@ -94,8 +113,8 @@ class Trainer:
 
     # -- bookkeeping -----------------------------------------------------------------
     def _no_decay_mask(self):
-        mask = np.zeros(self.model.params.size, dtype=np.uint8)
-        for name, shape, offset, numel, is_buffer, group, no_decay in self.model.param_table():
+        mask = np.zeros(self.core.params.size, dtype=np.uint8)
+        for name, shape, offset, numel, is_buffer, group, no_decay in self.core.param_table():
             if not is_buffer and no_decay:
                 mask[offset:offset + numel] = 1
         return mask
@@ -124,21 +143,43 @@ class Trainer:
         epoch = step // self.batches_per_epoch()
         return _C.multistep(epoch, max_lr, list(cfg.milestones), cfg.gamma), cfg.momentum
 
+    def augment_config(self, train=True):
+        """Config.augment in the loader's vocabulary (see docs/data-pipeline.md)."""
+        from .model import eval_augment
+
+        if not train:
+            return eval_augment(self.cfg)
+        a = self.cfg.augment
+        out = {"crop": bool(a.get("crop", True)), "flip": 0.5 if a.get("flip", True) else 0.0,
+               "jitter": bool(a.get("color_jitter", True)),
+               "randaugment": bool(a.get("randaugment", True)), "norm": self.cfg.normalization}
+        if "crop_scale" in a:
+            out["scale"] = tuple(a["crop_scale"])
+        if "randaugment_n" in a:
+            out["ra_n"] = int(a["randaugment_n"])
+        if "randaugment_m" in a:
+            out["ra_m"] = int(a["randaugment_m"])
+        return out
+
     def augment(self, dataset, indices, epoch, train=True):
-        cfg = self.cfg
-        aug = dict(cfg.augment) if train else {"crop": False, "flip": False,
-                                               "color_jitter": False, "randaugment": False}
         return _C.augment_batch(dataset.images, np.ascontiguousarray(indices, np.int64),
-                                cfg.image_size, cfg.seed, epoch, normalization=cfg.normalization,
-                                **aug)
+                                self.cfg.image_size, self.cfg.seed, epoch,
+                                **self.augment_config(train))
+
+    def loader(self, order, stage, epoch):
+        """The epoch's batches, augmented ahead by C worker threads. Always the whole
+        epoch (augmentations are keyed by position in it), so a resumed epoch skips the
+        batches already done rather than starting a shorter sequence."""
+        nb = self.batches_per_epoch()
+        order = np.ascontiguousarray(order[:nb * self.cfg.batch_size], np.int64)
+        return _C.Loader(self.train.images, self.train.ages, self.sigmas, order,
+                         self.cfg.batch_size, self.cfg.image_size,
+                         seed=self.cfg.seed * 2 + stage - 1, epoch=epoch, threads=1,
+                         drop_last=True, **self.augment_config(True))
 
     # -- one step --------------------------------------------------------------------
-    def step(self, indices, stage, epoch):
-        cfg, m = self.cfg, self.model
-        x = self.augment(self.train, indices, epoch)
-        ages = self.train.ages[indices]
-        sigma = self.train.sigmas[indices] if self.train.sigmas is not None else \
-            np.full(len(indices), cfg.sigma, np.float32)
+    def step(self, x, ages, sigma, stage):
+        cfg, m = self.cfg, self.core
         if stage == 1:
             loss_mode, mae = cfg.loss, 0.0
         elif cfg.stage2_loss == "lae":
@@ -146,8 +187,7 @@ class Trainer:
         else:
             loss_mode, mae = cfg.loss, 0.0
         m.zero_grad()
-        losses = m.train_step(x, np.ascontiguousarray(ages), np.ascontiguousarray(sigma),
-                              stage=stage, loss=loss_mode, mae=mae)
+        losses = m.train_step(x, ages, sigma, stage=stage, loss=loss_mode, mae=mae)
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])
@@ -166,7 +206,7 @@ class Trainer:
         for start in range(0, len(dataset), bs):
             idx = np.arange(start, min(start + bs, len(dataset)), dtype=np.int64)
             x = self.augment(dataset, idx, 0, train=False)
-            r = self.model.evaluate(x, route=self.cfg.route, flip=self.cfg.flip_test)
+            r = self.model.evaluate_batch(x, route=self.cfg.route, flip=self.cfg.flip_test)
             outs["vanilla"].append(r["vanilla_age"])
             outs["balanced"].append(r["balanced_age"])
             outs["routed"].append(r["age"])
@@ -207,11 +247,14 @@ class Trainer:
                 order = self.epoch_indices(stage, epoch)
                 t0 = time.perf_counter()
                 losses = []
-                it = range(self.state["batch"], nb)
-                for b in _progress(it, len(it), f"stage {stage} epoch {epoch + 1}/{epochs}",
-                                   self.progress):
-                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    losses.append(self.step(idx, stage, epoch))
+                skip = self.state["batch"]
+                batches = iter(self.loader(order, stage, epoch))
+                for _ in range(skip):
+                    next(batches)
+                for b, (x, ages, sigma) in _progress(enumerate(batches, skip), nb - skip,
+                                                      f"stage {stage} epoch {epoch + 1}/{epochs}",
+                                                      self.progress):
+                    losses.append(self.step(x, ages, sigma, stage))
                     self.state["batch"] = b + 1
                     done += 1
                     if max_steps is not None and done >= max_steps:
@@ -222,6 +265,8 @@ class Trainer:
                 self._end_epoch(stage, epoch, losses, time.perf_counter() - t0)
             if stage == 1:
                 self.state.update(stage=2, epoch=0, batch=0, step=0)
+        if cfg.stage2_epochs > 0:
+            self.model.stage2_trained = True
         return self
 
     def _start_stage2(self):
@@ -230,9 +275,9 @@ class Trainer:
             self.state["stage1_val_mae"] = rep["vanilla"]["mae"] if rep else None
         if self.cfg.stage2_loss == "lae" and self.state["stage1_val_mae"] is None:
             raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
-        self.model.copy_head_to_balanced()
-        b, e = self.model.group_range(G_BALANCED)
-        self.model.momentum[b:e] = 0.0
+        self.core.copy_head_to_balanced()
+        b, e = self.core.group_range(G_BALANCED)
+        self.core.momentum[b:e] = 0.0
 
     def _end_epoch(self, stage, epoch, losses, seconds):
         mean = {k: float(np.mean([l[k] for l in losses])) for k in losses[0]} if losses else {}
@@ -261,7 +306,9 @@ class Trainer:
         path = path or (os.path.join(self.out_dir, f"{which}.safetensors") if self.out_dir else None)
         if path is None:
             return None
-        save_checkpoint(path, self.model, self.cfg, self.state)
+        save_checkpoint(path, self.model, self.cfg,
+                        {**self.state, "stage2_trained": self.state["stage"] == 2 and
+                         self.state["epoch"] > 0})
         return path
 
     @classmethod
@@ -269,18 +316,20 @@ class Trainer:
         from .model import Model
 
         model, cfg, state = load_checkpoint(path, Model)
+        state.pop("stage2_trained", None)
         t = cls(model, cfg, train, val, out_dir=out_dir, **kw)
         t.state.update(state)
         return t
 
 
 def save_checkpoint(path, model, cfg, state):
-    tensors = {}
-    for name, shape, offset, numel, is_buffer, group, no_decay in model.param_table():
-        tensors[name] = model.get(name)
-    tensors["optimizer.momentum"] = np.array(model.momentum, copy=True)
-    meta = {"format": "glae-checkpoint-1", "config": cfg.to_json(),
-            "state": json.dumps(state, default=_json_default)}
+    """model: a glae.Model. Tensors in torchvision layout under their torchvision names
+    (so `safetensors`/PyTorch users can load the backbone), plus the flat momentum."""
+    core = model.core
+    tensors = {name: core.get(name) for name, *_ in core.param_table()}
+    tensors["optimizer.momentum"] = np.array(core.momentum, copy=True)
+    meta = {"format": "glae-checkpoint-1", "config": json.loads(cfg.to_json()),
+            "state": json.loads(json.dumps(state, default=_json_default))}
     ckpt.save(path, tensors, meta)
 
 
@@ -288,17 +337,23 @@ def load_checkpoint(path, model_factory):
     tensors, meta = ckpt.load(path)
     if meta.get("format") != "glae-checkpoint-1" or "config" not in meta:
         raise ckpt.CheckpointError(f"{path}: not a glae checkpoint (no glae metadata)")
-    cfg = Config.from_json(meta["config"])
+    cfg = meta["config"]
+    cfg = Config.from_dict(cfg) if isinstance(cfg, dict) else Config.from_json(cfg)
     model = model_factory.from_config(cfg)
-    for name, shape, offset, numel, is_buffer, group, no_decay in model.param_table():
+    core = model.core
+    for name, *_ in core.param_table():
         if name not in tensors:
             raise ckpt.CheckpointError(f"{path}: tensor {name!r} missing")
-        model.set(name, tensors[name])
+        try:
+            core.set(name, tensors[name])
+        except (ValueError, TypeError) as e:
+            raise ckpt.CheckpointError(f"{path}: tensor {name!r}: {e}") from None
     mom = tensors.get("optimizer.momentum")
-    if mom is None or mom.shape != model.momentum.shape:
+    if mom is None or mom.shape != core.momentum.shape or mom.dtype != np.float32:
         raise ckpt.CheckpointError(f"{path}: optimizer.momentum missing or of the wrong size")
-    model.momentum[:] = mom
-    state = json.loads(meta.get("state", "{}"))
+    core.momentum[:] = mom
+    state = meta.get("state", {})
+    state = json.loads(state) if isinstance(state, str) else dict(state)
     if isinstance(state.get("best"), list):
         state["best"] = tuple(state["best"])
     return model, cfg, state

@@ -1,0 +1,237 @@
+/* The CUDA context: creation and destruction with every call checked, the workspace,
+ * memory helpers. Errors become a status and a message, never an abort. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda.h"
+#include "cuda_ctx.h"
+
+#define DEFAULT_WS_LIMIT ((size_t)1 << 30)
+
+glae_cuda_ctx *glae_cuda_of(glae_ctx *ctx, const char *fn) {
+    if (!ctx || ctx->device != GLAE_CUDA || !ctx->cuda) {
+        glae_fail(GLAE_ERR_VALUE, "%s: not a CUDA context (create it with glae_cuda_ctx_create)",
+                  fn);
+        return NULL;
+    }
+    return (glae_cuda_ctx *)ctx->cuda;
+}
+
+/* cuBLAS math for the fp32 GEMMs; the compute type of each GEMM is chosen per call too
+ * (linear.cu), this keeps plain cublasSgemm callers consistent with the mode */
+static int apply_math(glae_cuda_ctx *c) {
+    cublasMath_t m = c->math == GLAE_MATH_FP32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH;
+    GLAE_CUBLAS_CHECK(cublasSetMathMode(c->cublas, m));
+    return GLAE_OK;
+}
+
+/* release what exists; every handle may be NULL (partial creation) */
+static void release(glae_cuda_ctx *c) {
+    int prev = -1;
+    cudaGetDevice(&prev);
+    cudaSetDevice(c->device);
+    if (c->ws && c->stream) cudaFreeAsync(c->ws, c->stream); /* it came from cudaMallocAsync */
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
+    if (c->cublaslt) cublasLtDestroy(c->cublaslt);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->cudnn) cudnnDestroy(c->cudnn);
+    if (c->copy_done) cudaEventDestroy(c->copy_done);
+    if (c->copy_stream) cudaStreamDestroy(c->copy_stream);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->algos);
+    free(c);
+    cudaGetLastError(); /* errors while tearing down are not the caller's next error */
+    if (prev >= 0) cudaSetDevice(prev);
+}
+
+static int create(glae_cuda_ctx *c, int device, int math) {
+    int count = 0;
+    GLAE_TRY(glae_cuda_device_count(&count));
+    if (count == 0) return glae_fail(GLAE_ERR_CUDA, "cuda_ctx_create: no CUDA device is available");
+    if (device < 0 || device >= count)
+        return glae_fail(GLAE_ERR_VALUE, "cuda_ctx_create: device %d does not exist (%d device(s))",
+                         device, count);
+    c->device = device;
+    c->math = math;
+    c->ws_limit = DEFAULT_WS_LIMIT;
+    GLAE_CUDA_CHECK(cudaSetDevice(device));
+    GLAE_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    GLAE_CUDA_CHECK(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+    GLAE_CUDA_CHECK(cudaEventCreateWithFlags(&c->copy_done, cudaEventDisableTiming));
+    GLAE_CUDNN_CHECK(cudnnCreate(&c->cudnn));
+    GLAE_CUDNN_CHECK(cudnnSetStream(c->cudnn, c->stream));
+    GLAE_CUBLAS_CHECK(cublasCreate(&c->cublas));
+    GLAE_CUBLAS_CHECK(cublasSetStream(c->cublas, c->stream));
+    GLAE_CUBLAS_CHECK(cublasLtCreate(&c->cublaslt));
+    return apply_math(c);
+}
+
+static int check_math(const char *fn, int m) {
+    if (m != GLAE_MATH_FP32 && m != GLAE_MATH_TF32 && m != GLAE_MATH_BF16)
+        return glae_fail(GLAE_ERR_VALUE, "%s: unknown math mode %d (0 fp32, 1 tf32, 2 bf16)", fn, m);
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_ctx_create(glae_ctx *ctx, int device, int math_mode) {
+    if (!ctx) return glae_fail(GLAE_ERR_VALUE, "cuda_ctx_create: ctx is NULL");
+    memset(ctx, 0, sizeof *ctx);
+    GLAE_TRY(check_math("cuda_ctx_create", math_mode));
+    glae_cuda_ctx *c = (glae_cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) return glae_fail(GLAE_ERR_MEMORY, "cuda_ctx_create: out of host memory");
+    int st = create(c, device, math_mode);
+    if (st) {
+        /* keep the message of the failing call: release() never calls glae_fail */
+        release(c);
+        return st;
+    }
+    ctx->device = GLAE_CUDA;
+    ctx->nthreads = 1;
+    ctx->cuda = c;
+    return GLAE_OK;
+}
+
+extern "C" void glae_cuda_ctx_destroy(glae_ctx *ctx) {
+    if (!ctx) return;
+    if (ctx->device == GLAE_CUDA && ctx->cuda) release((glae_cuda_ctx *)ctx->cuda);
+    free(ctx->scratch);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+extern "C" int glae_cuda_set_math(glae_ctx *ctx, int math_mode) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_set_math");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_TRY(check_math("cuda_set_math", math_mode));
+    c->math = math_mode; /* the algorithm cache is keyed by math mode: no flush needed */
+    return apply_math(c);
+}
+
+extern "C" int glae_cuda_get_math(const glae_ctx *ctx) {
+    return ctx && ctx->device == GLAE_CUDA && ctx->cuda ? ((glae_cuda_ctx *)ctx->cuda)->math : -1;
+}
+
+extern "C" int glae_cuda_set_benchmark(glae_ctx *ctx, int benchmark) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_set_benchmark");
+    if (!c) return GLAE_ERR_VALUE;
+    c->benchmark = benchmark != 0;
+    c->n_algos = 0;
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_set_workspace_limit(glae_ctx *ctx, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_set_workspace_limit");
+    if (!c) return GLAE_ERR_VALUE;
+    c->ws_limit = bytes;
+    c->n_algos = 0; /* choices were made under the old limit */
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_algo_cache_size(const glae_ctx *ctx) {
+    return ctx && ctx->device == GLAE_CUDA && ctx->cuda ? ((glae_cuda_ctx *)ctx->cuda)->n_algos : 0;
+}
+
+extern "C" int glae_cuda_sync(glae_ctx *ctx) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_sync");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_CUDA_CHECK(cudaStreamSynchronize(c->copy_stream));
+    GLAE_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    GLAE_CUDA_CHECK(cudaGetLastError());
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_workspace(glae_ctx *ctx, size_t bytes, void **ptr) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_workspace");
+    if (!c) return GLAE_ERR_VALUE;
+    *ptr = NULL;
+    if (bytes == 0) bytes = 1;
+    if (bytes > c->ws_size) {
+        /* stream-ordered free / malloc: work already queued keeps the old buffer alive */
+        if (c->ws) GLAE_CUDA_CHECK(cudaFreeAsync(c->ws, c->stream));
+        c->ws = NULL;
+        c->ws_size = 0;
+        size_t grown = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1); /* 1 MiB steps */
+        GLAE_CUDA_CHECK(cudaMallocAsync(&c->ws, grown, c->stream));
+        c->ws_size = grown;
+    }
+    *ptr = c->ws;
+    return GLAE_OK;
+}
+
+/* ---- memory helpers ---------------------------------------------------------------- */
+
+extern "C" int glae_cuda_malloc(void **ptr, size_t bytes) {
+    *ptr = NULL;
+    if (bytes == 0) bytes = 1; /* a valid, distinct pointer even for empty tensors */
+    cudaError_t e = cudaMalloc(ptr, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        *ptr = NULL;
+        return glae_fail(e == cudaErrorMemoryAllocation ? GLAE_ERR_MEMORY : GLAE_ERR_CUDA,
+                         "cudaMalloc(%zu bytes) failed: %s", bytes, cudaGetErrorString(e));
+    }
+    return GLAE_OK;
+}
+
+extern "C" void glae_cuda_free(void *ptr) {
+    if (ptr) cudaFree(ptr);
+}
+
+extern "C" int glae_cuda_host_alloc(void **ptr, size_t bytes) {
+    *ptr = NULL;
+    if (bytes == 0) bytes = 1;
+    cudaError_t e = cudaMallocHost(ptr, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        *ptr = NULL;
+        return glae_fail(GLAE_ERR_MEMORY, "cudaMallocHost(%zu bytes) failed: %s", bytes,
+                         cudaGetErrorString(e));
+    }
+    return GLAE_OK;
+}
+
+extern "C" void glae_cuda_host_free(void *ptr) {
+    if (ptr) cudaFreeHost(ptr);
+}
+
+extern "C" int glae_cuda_h2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_h2d");
+    if (!c) return GLAE_ERR_VALUE;
+    if (bytes == 0) return GLAE_OK;
+    /* from pageable memory cudaMemcpyAsync returns once src has been staged, so the
+     * caller may reuse src right away; from pinned memory it is truly asynchronous and
+     * src must stay untouched until the stream reaches the copy */
+    GLAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_d2h(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_d2h");
+    if (!c) return GLAE_ERR_VALUE;
+    if (bytes) GLAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    GLAE_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_memset");
+    if (!c) return GLAE_ERR_VALUE;
+    if (bytes == 0) return GLAE_OK;
+    GLAE_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, c->stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_h2d_async(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_h2d_async");
+    if (!c) return GLAE_ERR_VALUE;
+    if (bytes == 0) return GLAE_OK;
+    GLAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_copy_wait(glae_ctx *ctx) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_copy_wait");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_CUDA_CHECK(cudaEventRecord(c->copy_done, c->copy_stream));
+    GLAE_CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->copy_done, 0));
+    return GLAE_OK;
+}

@@ -1,0 +1,106 @@
+/* The CUDA execution context held by glae_ctx->cuda (device == GLAE_CUDA): the device,
+ * a compute stream and a copy stream, cuDNN / cuBLAS / cuBLASLt handles bound to the
+ * compute stream, a device workspace grown on demand, the per-shape cache of cuDNN
+ * convolution algorithms, and the math mode. Every layer twin (`*_cuda`) runs on the
+ * compute stream and returns without synchronising; glae_cuda_sync waits for it.
+ *
+ * A context is not thread-safe: one per host thread. C callers see an opaque struct;
+ * the definition is only visible to nvcc (it needs the CUDA headers). */
+#ifndef GLAE_CUDA_CTX_H
+#define GLAE_CUDA_CTX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "ctx.h" /* a plain C header without its own extern "C" */
+#include "status.h"
+
+/* bfloat16 storage (the upper 16 bits of a float); the kernels use __nv_bfloat16 */
+typedef uint16_t glae_bf16;
+
+typedef enum {
+    GLAE_MATH_FP32 = 0, /* float32 FMA math in cuDNN and cuBLAS (no tensor cores)*/
+    GLAE_MATH_TF32 = 1, /* float32 tensors, TF32 tensor cores (10-bit mantissa products) */
+    GLAE_MATH_BF16 = 2  /* bf16 tensor cores: bf16 conv twins; fp32 GEMMs via bf16 inputs */
+} glae_math_mode;
+
+typedef struct glae_cuda_ctx glae_cuda_ctx;
+
+/* Make ctx a CUDA context on `device`: zeroes ctx, sets ctx->device = GLAE_CUDA and
+ * ctx->cuda. On failure everything created so far is released and ctx stays zeroed
+ * (so glae_cuda_ctx_destroy on it is harmless). */
+int glae_cuda_ctx_create(glae_ctx *ctx, int device, int math_mode);
+/* Waits for the streams, releases everything; safe on a zeroed or CPU ctx. */
+void glae_cuda_ctx_destroy(glae_ctx *ctx);
+int glae_cuda_set_math(glae_ctx *ctx, int math_mode);
+int glae_cuda_get_math(const glae_ctx *ctx);
+/* benchmark != 0: choose conv algorithms with cudnnFind* (times them, like PyTorch's
+ * cudnn.benchmark) instead of the cudnnGet*_v7 heuristics. Clears the algorithm cache. */
+int glae_cuda_set_benchmark(glae_ctx *ctx, int benchmark);
+/* Largest workspace a conv algorithm may ask for (bytes; default 1 GiB). */
+int glae_cuda_set_workspace_limit(glae_ctx *ctx, size_t bytes);
+/* Number of cached conv algorithm choices (for tests and reports). */
+int glae_cuda_algo_cache_size(const glae_ctx *ctx);
+/* Wait for the compute and copy streams; reports asynchronous kernel errors. */
+int glae_cuda_sync(glae_ctx *ctx);
+/* The context of ctx, or NULL with an error set when ctx is not a CUDA context. */
+glae_cuda_ctx *glae_cuda_of(glae_ctx *ctx, const char *fn);
+/* Device workspace of at least `bytes` (contents not preserved when it grows). The
+ * pointer stays valid until the next call that grows it; stream ordering makes reuse by
+ * consecutive ops on the compute stream safe. */
+int glae_cuda_workspace(glae_ctx *ctx, size_t bytes, void **ptr);
+
+/* ---- memory helpers (device pointers come from cudaMalloc) ------------------------- */
+int glae_cuda_malloc(void **ptr, size_t bytes);
+void glae_cuda_free(void *ptr);
+/* pinned (page-locked) host memory for fast, asynchronous copies */
+int glae_cuda_host_alloc(void **ptr, size_t bytes);
+void glae_cuda_host_free(void *ptr);
+/* Copies on the compute stream; the D2H copy waits for it so the host data is ready. */
+int glae_cuda_h2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
+int glae_cuda_d2h(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
+int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t bytes);
+/* Asynchronous H2D on the copy stream (src should be pinned); glae_cuda_copy_wait makes
+ * the compute stream wait for every copy issued so far (double-buffered input). */
+int glae_cuda_h2d_async(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
+int glae_cuda_copy_wait(glae_ctx *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __CUDACC__
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+/* one cached conv algorithm choice */
+typedef struct {
+    int key[16];  /* op, dtype, math, shape (see conv.cu: conv_key) */
+    int algo;     /* cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t */
+    int math;     /* cudnnMathType_t to set on the descriptor */
+    size_t ws;    /* workspace bytes */
+} glae_conv_algo;
+
+struct glae_cuda_ctx {
+    int device;
+    int math;      /* glae_math_mode */
+    int benchmark; /* cudnnFind instead of heuristics */
+    cudaStream_t stream, copy_stream;
+    cudaEvent_t copy_done;
+    cudnnHandle_t cudnn;
+    cublasHandle_t cublas;
+    cublasLtHandle_t cublaslt;
+    void *ws;
+    size_t ws_size, ws_limit;
+    glae_conv_algo *algos;
+    int n_algos, cap_algos;
+};
+#endif
+
+#endif

@@ -1,0 +1,101 @@
+/* CUDA twins of route.c: expected age (GLAE eq. 3), KL rows and Adaptive Routing (GLAE
+ * III-D, eq. 11, with the V-A flip average). One warp per row, sums and logs in double.
+ * The probabilities are not checked for negatives / NaN on the GPU (route.c does). */
+#include "../ops/kernels.cuh"
+
+__device__ static double row_expect(const float *p, int k) {
+    double a = 0.0;
+    for (int j = threadIdx.x; j < k; j += 32) a += j * (double)p[j];
+    return glae_warp_sum(a);
+}
+
+/* KL(p || q), 0 log 0 = 0, +inf where p > 0 and q = 0 */
+__device__ static double row_kl(const float *p, const float *q, int k) {
+    double s = 0.0;
+    for (int j = threadIdx.x; j < k; j += 32)
+        if (p[j] > 0.0f) s += p[j] * (log((double)p[j]) - log((double)q[j]));
+    return glae_warp_sum(s);
+}
+
+__global__ static void expected_age_k(float *age, const float *p, int64_t rows, int k) {
+    GLAE_FOR_ROWS(i, rows) {
+        const double a = row_expect(p + i * k, k);
+        if (threadIdx.x == 0) age[i] = (float)a;
+    }
+}
+
+__global__ static void kl_rows_k(float *out, const float *p, const float *q, int64_t rows, int k) {
+    GLAE_FOR_ROWS(i, rows) {
+        const double v = row_kl(p + i * k, q + i * k, k);
+        if (threadIdx.x == 0) out[i] = (float)v;
+    }
+}
+
+__global__ static void route_k(float *prob, float *age, int32_t *choice, float *ups,
+                               const float *pv, const float *pvf, const float *pb, const float *pbf,
+                               int64_t n, int k, int mode, int flip_average) {
+    GLAE_FOR_ROWS(i, n) {
+        const int64_t o = i * k;
+        const double u1 = row_kl(pv + o, pvf + o, k), u2 = row_kl(pb + o, pbf + o, k);
+        /* Algorithm 1 lines 26-29: vanilla iff Upsilon_1 < Upsilon_2 (ties: balanced) */
+        const int van = mode == GLAE_ROUTE_SMALLER ? (u1 < u2) : (u1 > u2);
+        const float *a = van ? pv + o : pb + o, *b = van ? pvf + o : pbf + o;
+        double yhat = 0.0;
+        for (int j = threadIdx.x; j < k; j += 32) {
+            const float v = flip_average ? 0.5f * (a[j] + b[j]) : a[j];
+            if (prob) prob[o + j] = v;
+            yhat += j * (double)v;
+        }
+        yhat = glae_warp_sum(yhat);
+        if (threadIdx.x == 0) {
+            choice[i] = van ? 0 : 1;
+            if (ups) {
+                ups[2 * i] = (float)u1;
+                ups[2 * i + 1] = (float)u2;
+            }
+            if (age) age[i] = (float)yhat;
+        }
+    }
+}
+
+static int check_rk(const char *fn, int64_t rows, int k) {
+    if (rows < 0) return glae_fail(GLAE_ERR_VALUE, "%s: negative rows %lld", fn, (long long)rows);
+    if (k < 1) return glae_fail(GLAE_ERR_VALUE, "%s: number of classes must be >= 1, got %d", fn, k);
+    return GLAE_OK;
+}
+
+extern "C" int glae_expected_age_cuda(glae_ctx *ctx, float *age, const float *p, int64_t rows, int k) {
+    GLAE_STREAM(ctx, "expected_age_cuda", st);
+    GLAE_TRY(check_rk("expected_age_cuda", rows, k));
+    if (rows == 0) return GLAE_OK;
+    expected_age_k<<<glae_warp_grid(rows), dim3(32, 8), 0, st>>>(age, p, rows, k);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+extern "C" int glae_kl_rows_cuda(glae_ctx *ctx, float *out, const float *p, const float *q,
+                                 int64_t rows, int k) {
+    GLAE_STREAM(ctx, "kl_rows_cuda", st);
+    GLAE_TRY(check_rk("kl_rows_cuda", rows, k));
+    if (rows == 0) return GLAE_OK;
+    kl_rows_k<<<glae_warp_grid(rows), dim3(32, 8), 0, st>>>(out, p, q, rows, k);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+extern "C" int glae_adaptive_route_cuda(glae_ctx *ctx, float *prob, float *age, int32_t *choice,
+                                        float *ups, const float *p_van, const float *p_van_flip,
+                                        const float *p_bal, const float *p_bal_flip, int64_t n,
+                                        int k, int mode, int flip_average) {
+    const char *fn = "adaptive_route_cuda";
+    GLAE_STREAM(ctx, fn, st);
+    GLAE_TRY(check_rk(fn, n, k));
+    if (mode != GLAE_ROUTE_SMALLER && mode != GLAE_ROUTE_BIGGER)
+        return glae_fail(GLAE_ERR_VALUE, "%s: unknown routing mode %d", fn, mode);
+    if (!choice) return glae_fail(GLAE_ERR_VALUE, "%s: choice must not be NULL", fn);
+    if (n == 0) return GLAE_OK;
+    route_k<<<glae_warp_grid(n), dim3(32, 8), 0, st>>>(prob, age, choice, ups, p_van, p_van_flip,
+                                                       p_bal, p_bal_flip, n, k, mode, flip_average);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}

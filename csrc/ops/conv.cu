@@ -1,0 +1,393 @@
+/* conv2d through cuDNN 9's legacy convolution API (cudnnConvolutionForward /
+ * BackwardData / BackwardFilter), NHWC activations, OHWI weights (= cuDNN's NHWC filter
+ * layout KRSC), cross-correlation like PyTorch. The algorithm for each (op, dtype, math
+ * mode, shape) is chosen once, by the cudnnGet*_v7 heuristics or, in benchmark mode, by
+ * timing with cudnnFind*, and cached in the context.
+ *
+ * Math: float32 tensors use FMA math (GLAE_MATH_FP32) or TF32 tensor cores (TF32 and BF16
+ * modes); the _bf16 twins take bf16 activations, convert the float32 master weights to
+ * bf16 per call (like autocast) and accumulate in float32 inside cuDNN. Bias add and bias
+ * gradient are our own kernels (per-channel, deterministic). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.cuh"
+
+enum { OP_FWD = 0, OP_BWD_DATA = 1, OP_BWD_FILTER = 2 };
+
+/* ---- conversions ----------------------------------------------------------------------- */
+
+__global__ static void f2bf_k(__nv_bfloat16 *out, const float *in, int64_t n) {
+    GLAE_FOR(i, n) out[i] = __float2bfloat16_rn(in[i]);
+}
+__global__ static void bf2f_k(float *out, const __nv_bfloat16 *in, int64_t n) {
+    GLAE_FOR(i, n) out[i] = __bfloat162float(in[i]);
+}
+__global__ static void add_bf_to_f_k(float *dst, const __nv_bfloat16 *src, int64_t n) {
+    GLAE_FOR(i, n) dst[i] += __bfloat162float(src[i]);
+}
+
+extern "C" int glae_f32_to_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const float *in, int64_t n) {
+    GLAE_STREAM(ctx, "f32_to_bf16_cuda", st);
+    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "f32_to_bf16_cuda: negative size %lld", (long long)n);
+    if (n == 0) return GLAE_OK;
+    f2bf_k<<<glae_grid(n), GLAE_BLOCK, 0, st>>>((__nv_bfloat16 *)out, in, n);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+extern "C" int glae_bf16_to_f32_cuda(glae_ctx *ctx, float *out, const glae_bf16 *in, int64_t n) {
+    GLAE_STREAM(ctx, "bf16_to_f32_cuda", st);
+    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "bf16_to_f32_cuda: negative size %lld", (long long)n);
+    if (n == 0) return GLAE_OK;
+    bf2f_k<<<glae_grid(n), GLAE_BLOCK, 0, st>>>(out, (const __nv_bfloat16 *)in, n);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+/* out[i] (+)= bias[i % c], out float32 or bf16; bias NULL: zeros (fill) */
+__global__ static void bias_k(void *out, const float *bias, int64_t total, int c, int bf16,
+                              int fill) {
+    GLAE_FOR(i, total) {
+        const float b = bias ? bias[i % c] : 0.0f;
+        if (bf16) {
+            __nv_bfloat16 *o = (__nv_bfloat16 *)out;
+            o[i] = __float2bfloat16_rn(fill ? b : __bfloat162float(o[i]) + b);
+        } else {
+            float *o = (float *)out;
+            o[i] = fill ? b : o[i] + b;
+        }
+    }
+}
+
+/* ---- descriptors ----------------------------------------------------------------------- */
+
+typedef struct {
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+} descs;
+
+static void descs_free(descs *d) {
+    if (d->x) cudnnDestroyTensorDescriptor(d->x);
+    if (d->y) cudnnDestroyTensorDescriptor(d->y);
+    if (d->w) cudnnDestroyFilterDescriptor(d->w);
+    if (d->conv) cudnnDestroyConvolutionDescriptor(d->conv);
+    memset(d, 0, sizeof *d);
+}
+
+static cudnnMathType_t desc_math(int math, int bf16) {
+    if (bf16) return CUDNN_TENSOR_OP_MATH;
+    /* DEFAULT math lets cuDNN use TF32 tensor cores for float32 on sm_80+; FMA forbids it */
+    return math == GLAE_MATH_FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+}
+
+static int descs_make(descs *d, const glae_conv2d_shape *s, int bf16, int math) {
+    const cudnnDataType_t dt = bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    GLAE_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d->x));
+    GLAE_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d->y));
+    GLAE_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d->w));
+    GLAE_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d->conv));
+    GLAE_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NHWC, dt, s->n, s->c_in, s->h, s->w));
+    GLAE_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NHWC, dt, s->n, s->c_out, s->oh, s->ow));
+    /* NHWC filter = KRSC = (Cout, KH, KW, Cin): our OHWI weights as they are */
+    GLAE_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d->w, dt, CUDNN_TENSOR_NHWC, s->c_out, s->c_in, s->kh, s->kw));
+    GLAE_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d->conv, s->pad_h, s->pad_w, s->stride_h,
+                                                     s->stride_w, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                     CUDNN_DATA_FLOAT));
+    GLAE_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv, desc_math(math, bf16)));
+    return GLAE_OK;
+}
+
+/* ---- algorithm choice and cache ------------------------------------------------------------ */
+
+static void conv_key(int key[16], int op, int bf16, int math, const glae_conv2d_shape *s) {
+    /* float32 tensors in BF16 mode behave as TF32 (desc_math): share their entries */
+    const int m = bf16 ? 2 : (math == GLAE_MATH_FP32 ? 0 : 1);
+    const int k[16] = {op, bf16, m, s->n, s->h, s->w, s->c_in, s->c_out, s->kh, s->kw,
+                       s->stride_h, s->stride_w, s->pad_h, s->pad_w, 0, 0};
+    memcpy(key, k, sizeof k);
+}
+
+/* the fields the three perf structs share */
+typedef struct {
+    int algo;
+    cudnnStatus_t status;
+    size_t memory;
+    cudnnMathType_t math;
+} perf;
+
+#define MAX_ALGOS 16
+
+static int query(glae_cuda_ctx *c, const descs *d, int op, perf *out, int *count) {
+    int n = 0;
+    *count = 0;
+    switch (op) {
+    case OP_FWD: {
+        cudnnConvolutionFwdAlgoPerf_t r[MAX_ALGOS];
+        if (c->benchmark)
+            GLAE_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(c->cudnn, d->x, d->w, d->conv, d->y,
+                                                                  MAX_ALGOS, &n, r));
+        else
+            GLAE_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, d->x, d->w, d->conv,
+                                                                    d->y, MAX_ALGOS, &n, r));
+        for (int i = 0; i < n; i++) out[i] = (perf){(int)r[i].algo, r[i].status, r[i].memory, r[i].mathType};
+    } break;
+    case OP_BWD_DATA: {
+        cudnnConvolutionBwdDataAlgoPerf_t r[MAX_ALGOS];
+        if (c->benchmark)
+            GLAE_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(c->cudnn, d->w, d->y, d->conv,
+                                                                       d->x, MAX_ALGOS, &n, r));
+        else
+            GLAE_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->cudnn, d->w, d->y, d->conv,
+                                                                         d->x, MAX_ALGOS, &n, r));
+        for (int i = 0; i < n; i++) out[i] = (perf){(int)r[i].algo, r[i].status, r[i].memory, r[i].mathType};
+    } break;
+    default: {
+        cudnnConvolutionBwdFilterAlgoPerf_t r[MAX_ALGOS];
+        if (c->benchmark)
+            GLAE_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(c->cudnn, d->x, d->y, d->conv,
+                                                                         d->w, MAX_ALGOS, &n, r));
+        else
+            GLAE_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->cudnn, d->x, d->y,
+                                                                           d->conv, d->w, MAX_ALGOS,
+                                                                           &n, r));
+        for (int i = 0; i < n; i++) out[i] = (perf){(int)r[i].algo, r[i].status, r[i].memory, r[i].mathType};
+    } break;
+    }
+    *count = n;
+    return GLAE_OK;
+}
+
+/* workspace the algorithm really needs with the math type we will set (the heuristics'
+ * `memory` can differ from what the call asks for) */
+static int ws_size(glae_cuda_ctx *c, const descs *d, int op, int algo, size_t *bytes) {
+    switch (op) {
+    case OP_FWD:
+        GLAE_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(
+            c->cudnn, d->x, d->w, d->conv, d->y, (cudnnConvolutionFwdAlgo_t)algo, bytes));
+        break;
+    case OP_BWD_DATA:
+        GLAE_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+            c->cudnn, d->w, d->y, d->conv, d->x, (cudnnConvolutionBwdDataAlgo_t)algo, bytes));
+        break;
+    default:
+        GLAE_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+            c->cudnn, d->x, d->y, d->conv, d->w, (cudnnConvolutionBwdFilterAlgo_t)algo, bytes));
+        break;
+    }
+    return GLAE_OK;
+}
+
+/* Set the cached (or newly chosen) algorithm's math type on d->conv and return it. */
+static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae_conv2d_shape *s,
+                  glae_conv_algo *chosen) {
+    int key[16];
+    conv_key(key, op, bf16, c->math, s);
+    for (int i = 0; i < c->n_algos; i++)
+        if (!memcmp(c->algos[i].key, key, sizeof key)) {
+            *chosen = c->algos[i];
+            GLAE_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv, (cudnnMathType_t)chosen->math));
+            return GLAE_OK;
+        }
+    perf r[MAX_ALGOS];
+    int n;
+    GLAE_TRY(query(c, d, op, r, &n));
+    const int strict = !bf16 && c->math == GLAE_MATH_FP32;
+    int pick = -1;
+    /* results come best first; in strict fp32 mode prefer an FMA-math entry, and never
+     * let float32 be converted to fp16 inside cuDNN (ALLOW_CONVERSION) */
+    for (int pass = 0; pass < 2 && pick < 0; pass++)
+        for (int i = 0; i < n; i++) {
+            if (r[i].status != CUDNN_STATUS_SUCCESS || r[i].memory > c->ws_limit) continue;
+            if (pass == 0 && strict && r[i].math != CUDNN_FMA_MATH) continue;
+            pick = i;
+            break;
+        }
+    if (pick < 0)
+        return glae_fail(GLAE_ERR_CUDA,
+                         "conv2d_cuda: cuDNN has no algorithm for op %d, %s, shape n=%d h=%d w=%d "
+                         "c_in=%d c_out=%d k=%dx%d stride=(%d,%d) pad=(%d,%d) within %zu bytes of "
+                         "workspace", op, bf16 ? "bf16" : "float32", s->n, s->h, s->w, s->c_in,
+                         s->c_out, s->kh, s->kw, s->stride_h, s->stride_w, s->pad_h, s->pad_w,
+                         c->ws_limit);
+    cudnnMathType_t m = r[pick].math;
+    if (strict) m = CUDNN_FMA_MATH; /* what PyTorch does with allow_tf32 off */
+    else if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) m = CUDNN_TENSOR_OP_MATH;
+    GLAE_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv, m));
+    glae_conv_algo e;
+    memcpy(e.key, key, sizeof key);
+    e.algo = r[pick].algo;
+    e.math = (int)m;
+    GLAE_TRY(ws_size(c, d, op, e.algo, &e.ws));
+    if (c->n_algos == c->cap_algos) {
+        int cap = c->cap_algos ? 2 * c->cap_algos : 64;
+        glae_conv_algo *grown = (glae_conv_algo *)realloc(c->algos, (size_t)cap * sizeof *grown);
+        if (!grown) return glae_fail(GLAE_ERR_MEMORY, "conv2d_cuda: cannot grow the algorithm cache");
+        c->algos = grown;
+        c->cap_algos = cap;
+    }
+    c->algos[c->n_algos++] = e;
+    *chosen = e;
+    return GLAE_OK;
+}
+
+/* ---- forward / backward -------------------------------------------------------------------- */
+
+static int check(const glae_conv2d_shape *s, const char *fn) {
+    if (!s) return glae_fail(GLAE_ERR_VALUE, "%s: shape is NULL", fn);
+    glae_conv2d_shape t;
+    GLAE_TRY(glae_conv2d_shape_init(&t, s->n, s->h, s->w, s->c_in, s->c_out, s->kh, s->kw,
+                                    s->stride_h, s->stride_w, s->pad_h, s->pad_w));
+    if (t.oh != s->oh || t.ow != s->ow)
+        return glae_fail(GLAE_ERR_VALUE, "%s: shape.oh/ow (%d, %d) do not match the sizes (%d, %d)",
+                         fn, s->oh, s->ow, t.oh, t.ow);
+    /* the legacy API describes tensors with int strides */
+    const long long big = 0x7fffffffLL;
+    if ((long long)s->n * s->h * s->w * s->c_in > big ||
+        (long long)s->n * s->oh * s->ow * s->c_out > big ||
+        (long long)s->c_out * s->kh * s->kw * s->c_in > big)
+        return glae_fail(GLAE_ERR_VALUE, "%s: a tensor has more than 2^31-1 elements (cuDNN limit)", fn);
+    return GLAE_OK;
+}
+
+static int64_t w_numel(const glae_conv2d_shape *s) { return (int64_t)s->c_out * s->kh * s->kw * s->c_in; }
+
+static int forward(glae_ctx *ctx, void *out, const void *in, const float *weight, const float *bias,
+                   const glae_conv2d_shape *s, int bf16, descs *d) {
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    const int64_t ototal = (int64_t)s->n * s->oh * s->ow * s->c_out;
+    if (s->c_in == 0) { /* empty sum: the output is the bias */
+        bias_k<<<glae_grid(ototal), GLAE_BLOCK, 0, c->stream>>>(out, bias, ototal, s->c_out, bf16, 1);
+        GLAE_LAUNCHED();
+        return GLAE_OK;
+    }
+    GLAE_TRY(descs_make(d, s, bf16, c->math));
+    glae_conv_algo a;
+    GLAE_TRY(choose(c, d, OP_FWD, bf16, s, &a));
+    const size_t wbytes = bf16 ? glae_align256((size_t)w_numel(s) * 2) : 0;
+    char *ws;
+    GLAE_TRY(glae_cuda_workspace(ctx, wbytes + a.ws, (void **)&ws));
+    const void *wd = weight;
+    if (bf16) {
+        f2bf_k<<<glae_grid(w_numel(s)), GLAE_BLOCK, 0, c->stream>>>((__nv_bfloat16 *)ws, weight, w_numel(s));
+        GLAE_LAUNCHED();
+        wd = ws;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    GLAE_CUDNN_CHECK(cudnnConvolutionForward(c->cudnn, &one, d->x, in, d->w, wd, d->conv,
+                                             (cudnnConvolutionFwdAlgo_t)a.algo, ws + wbytes, a.ws,
+                                             &zero, d->y, out));
+    if (bias) {
+        bias_k<<<glae_grid(ototal), GLAE_BLOCK, 0, c->stream>>>(out, bias, ototal, s->c_out, bf16, 0);
+        GLAE_LAUNCHED();
+    }
+    return GLAE_OK;
+}
+
+static int backward(glae_ctx *ctx, void *din, float *dweight, float *dbias, const void *dout,
+                    const void *in, const float *weight, const glae_conv2d_shape *s, int bf16,
+                    descs *d) {
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    const int64_t rows = (int64_t)s->n * s->oh * s->ow, itotal = (int64_t)s->n * s->h * s->w * s->c_in;
+    const size_t esz = bf16 ? 2 : 4;
+    if (dbias && rows > 0) { /* first: it uses the workspace the cuDNN calls reuse below */
+        double *part;
+        int nch;
+        GLAE_TRY(glae_cuda_workspace(ctx, glae_col_bytes(rows, s->c_out), (void **)&part));
+        GLAE_TRY(glae_colsum(c->stream, part, &nch, dout, NULL, NULL, rows, s->c_out,
+                             bf16 ? GLAE_COL_SUM_BF16 : GLAE_COL_SUM));
+        glae_col_add_kernel<<<(s->c_out + 255) / 256, 256, 0, c->stream>>>(dbias, part, nch, s->c_out);
+        GLAE_LAUNCHED();
+    }
+    if (s->c_in == 0 || (!din && !dweight)) return GLAE_OK;
+    if (s->c_out == 0) { /* nothing flows back */
+        if (din) GLAE_CUDA_CHECK(cudaMemsetAsync(din, 0, (size_t)itotal * esz, c->stream));
+        return GLAE_OK;
+    }
+    GLAE_TRY(descs_make(d, s, bf16, c->math));
+    const float one = 1.0f, zero = 0.0f;
+    const int64_t wn = w_numel(s);
+    const size_t wbytes = bf16 ? glae_align256((size_t)wn * 2) : 0;
+    if (din) {
+        glae_conv_algo a;
+        GLAE_TRY(choose(c, d, OP_BWD_DATA, bf16, s, &a));
+        char *ws;
+        GLAE_TRY(glae_cuda_workspace(ctx, wbytes + a.ws, (void **)&ws));
+        const void *wd = weight;
+        if (bf16) {
+            f2bf_k<<<glae_grid(wn), GLAE_BLOCK, 0, c->stream>>>((__nv_bfloat16 *)ws, weight, wn);
+            GLAE_LAUNCHED();
+            wd = ws;
+        }
+        GLAE_CUDNN_CHECK(cudnnConvolutionBackwardData(c->cudnn, &one, d->w, wd, d->y, dout, d->conv,
+                                                      (cudnnConvolutionBwdDataAlgo_t)a.algo,
+                                                      ws + wbytes, a.ws, &zero, d->x, din));
+    }
+    if (dweight) {
+        glae_conv_algo a;
+        GLAE_TRY(choose(c, d, OP_BWD_FILTER, bf16, s, &a));
+        char *ws;
+        GLAE_TRY(glae_cuda_workspace(ctx, wbytes + a.ws, (void **)&ws));
+        /* float32: accumulate in place (beta = 1); bf16: into a bf16 temporary, then
+         * added to the float32 gradient (autocast's cast backward does the same) */
+        void *dw = bf16 ? (void *)ws : (void *)dweight;
+        const float *beta = bf16 ? &zero : &one;
+        GLAE_CUDNN_CHECK(cudnnConvolutionBackwardFilter(c->cudnn, &one, d->x, in, d->y, dout, d->conv,
+                                                        (cudnnConvolutionBwdFilterAlgo_t)a.algo,
+                                                        ws + wbytes, a.ws, beta, d->w, dw));
+        if (bf16) {
+            add_bf_to_f_k<<<glae_grid(wn), GLAE_BLOCK, 0, c->stream>>>(dweight, (const __nv_bfloat16 *)ws, wn);
+            GLAE_LAUNCHED();
+        }
+    }
+    return GLAE_OK;
+}
+
+static int fwd_entry(glae_ctx *ctx, void *out, const void *in, const float *weight,
+                     const float *bias, const glae_conv2d_shape *s, int bf16, const char *fn) {
+    if (!glae_cuda_of(ctx, fn)) return GLAE_ERR_VALUE;
+    GLAE_TRY(check(s, fn));
+    if ((int64_t)s->n * s->oh * s->ow * s->c_out == 0) return GLAE_OK;
+    descs d = {0};
+    int st = forward(ctx, out, in, weight, bias, s, bf16, &d);
+    descs_free(&d);
+    return st;
+}
+
+static int bwd_entry(glae_ctx *ctx, void *din, float *dweight, float *dbias, const void *dout,
+                     const void *in, const float *weight, const glae_conv2d_shape *s, int bf16,
+                     const char *fn) {
+    if (!glae_cuda_of(ctx, fn)) return GLAE_ERR_VALUE;
+    GLAE_TRY(check(s, fn));
+    if (s->n == 0) return GLAE_OK; /* every tensor the backward writes or adds to is empty / unchanged */
+    descs d = {0};
+    int st = backward(ctx, din, dweight, dbias, dout, in, weight, s, bf16, &d);
+    descs_free(&d);
+    return st;
+}
+
+extern "C" int glae_conv2d_forward_cuda(glae_ctx *ctx, float *out, const float *in,
+                                        const float *weight, const float *bias,
+                                        const glae_conv2d_shape *s) {
+    return fwd_entry(ctx, out, in, weight, bias, s, 0, "conv2d_forward_cuda");
+}
+
+extern "C" int glae_conv2d_backward_cuda(glae_ctx *ctx, float *din, float *dweight, float *dbias,
+                                         const float *dout, const float *in, const float *weight,
+                                         const glae_conv2d_shape *s) {
+    return bwd_entry(ctx, din, dweight, dbias, dout, in, weight, s, 0, "conv2d_backward_cuda");
+}
+
+extern "C" int glae_conv2d_forward_cuda_bf16(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
+                                             const float *weight, const float *bias,
+                                             const glae_conv2d_shape *s) {
+    return fwd_entry(ctx, out, in, weight, bias, s, 1, "conv2d_forward_cuda_bf16");
+}
+
+extern "C" int glae_conv2d_backward_cuda_bf16(glae_ctx *ctx, glae_bf16 *din, float *dweight,
+                                              float *dbias, const glae_bf16 *dout,
+                                              const glae_bf16 *in, const float *weight,
+                                              const glae_conv2d_shape *s) {
+    return bwd_entry(ctx, din, dweight, dbias, dout, in, weight, s, 1, "conv2d_backward_cuda_bf16");
+}

@@ -287,3 +287,5 @@ def test_bad_input():
         g(y, x, w, 1, 1, True, db_accumulate=np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="x has 3 input channels"):
         g(y, x, w[..., :2].copy(), 1, 1, False)
+    with pytest.raises(ValueError, match="must not alias x, w or dy"):
+        g(y, x, w, 1, 1, False, dw_accumulate=w)

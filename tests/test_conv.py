@@ -267,6 +267,8 @@ def test_bad_input():
         f(x, w, None, 1, 1.5)
     with pytest.raises(ValueError, match="output size <= 0"):
         f(x, np.ones((4, 7, 3, 3), np.float32), None, 1, 0)
+    with pytest.raises(ValueError, match="padded input size too large"):
+        f(x, w, None, 1, 2**30)
     with pytest.raises(ValueError, match="b: dimension 0 must be 4"):
         f(x, w, np.ones(3, np.float32), 1, 1)
     with pytest.raises(TypeError, match="b must have dtype float32"):

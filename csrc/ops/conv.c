@@ -57,8 +57,10 @@ int glae_conv2d_shape_init(glae_conv2d_shape *s, int n, int h, int w, int c_in, 
                          "than the kernel %dx%d",
                          h, w, pad_h, pad_w, kh, kw);
     long long oh = eh / stride_h + 1, ow = ew / stride_w + 1;
-    if (oh > 0x7fffffff || ow > 0x7fffffff)
-        return glae_fail(GLAE_ERR_VALUE, "conv2d: output size too large");
+    /* oh*stride - pad and friends are computed in int below */
+    if ((long long)h + 2LL * pad_h + stride_h > 0x7fffffffLL ||
+        (long long)w + 2LL * pad_w + stride_w > 0x7fffffffLL)
+        return glae_fail(GLAE_ERR_VALUE, "conv2d: padded input size too large");
     /* every index computed below fits in 64 bits; the GEMM sizes must fit in int */
     long long k = (long long)kh * kw * c_in;
     if (k > 0x7fffffff || (long long)n * oh * ow > 0x7fffffffLL ||

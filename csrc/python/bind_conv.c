@@ -178,16 +178,22 @@ fail:
     return NULL;
 }
 
-/* sgemm(a (M, K), b (K, N)) -> a @ b through glae_sgemm (OpenBLAS), for benchmarks */
-static PyObject *py_sgemm(PyObject *self, PyObject *args) {
+/* sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) through glae_sgemm
+ * (OpenBLAS), for benchmarks; op(x) = x.T when trans_x (no copy: BLAS reads x transposed) */
+static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"a", "b", "trans_a", "trans_b", NULL};
     PyObject *ao, *bo;
-    if (!PyArg_ParseTuple(args, "OO:sgemm", &ao, &bo)) return NULL;
+    int ta = 0, tb = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pp:sgemm", kwlist, &ao, &bo, &ta, &tb))
+        return NULL;
     PyArrayObject *a = glae_arg_f32(ao, "a", 2);
     if (!a || fits_int(a, "a")) return NULL;
     PyArrayObject *b = glae_arg_f32(bo, "b", 2);
-    if (!b || fits_int(b, "b") || glae_check_dim(b, "b", 0, PyArray_DIM(a, 1))) return NULL;
-    int m = (int)PyArray_DIM(a, 0), k = (int)PyArray_DIM(a, 1), n = (int)PyArray_DIM(b, 1);
+    if (!b || fits_int(b, "b")) return NULL;
+    int m = (int)PyArray_DIM(a, ta ? 1 : 0), k = (int)PyArray_DIM(a, ta ? 0 : 1);
+    int n = (int)PyArray_DIM(b, tb ? 0 : 1);
+    if (glae_check_dim(b, "b", tb ? 1 : 0, k)) return NULL;
     npy_intp dims[2] = {m, n};
     PyArrayObject *c = glae_new_array(2, dims, NPY_FLOAT32);
     if (!c) return NULL;
@@ -198,8 +204,9 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args) {
     }
     const float *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
     float *pc = PyArray_DATA(c);
+    int lda = (int)PyArray_DIM(a, 1), ldb = (int)PyArray_DIM(b, 1);
     Py_BEGIN_ALLOW_THREADS;
-    glae_sgemm(0, 0, m, n, k, 1.0f, pa, k, pb, n, 0.0f, pc, n);
+    glae_sgemm(ta, tb, m, n, k, 1.0f, pa, lda, pb, ldb, 0.0f, pc, n);
     Py_END_ALLOW_THREADS;
     return (PyObject *)c;
 }
@@ -214,6 +221,7 @@ PyMethodDef glae_conv_methods[] = {
      "conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,\n"
      "                db_accumulate=None) -> (dx or None, dw, db or None)\n"
      "dw/db start from zero, or are the given *_accumulate arrays, added to in place."},
-    {"sgemm", py_sgemm, METH_VARARGS, "sgemm(a, b) -> a @ b via glae_sgemm (float32, 2-D)"},
+    {"sgemm", (PyCFunction)(void (*)(void))py_sgemm, METH_VARARGS | METH_KEYWORDS,
+     "sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) via glae_sgemm (float32, 2-D)"},
     {NULL, NULL, 0, NULL},
 };

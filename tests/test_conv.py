@@ -291,3 +291,17 @@ def test_bad_input():
         g(y, x, w[..., :2].copy(), 1, 1, False)
     with pytest.raises(ValueError, match="must not alias x, w or dy"):
         g(y, x, w, 1, 1, False, dw_accumulate=w)
+
+
+def test_concurrent_calls(rng):
+    """The binding keeps one scratch context; calls from several threads (GIL released)
+    must not share it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [make((2, 19, 17, 8, 6, (3, 3), 1, 1), rng) for _ in range(4)]
+    want = [_C.conv2d_forward(x, w, b, s, p) for x, w, b, s, p in jobs]
+    with ThreadPoolExecutor(4) as ex:
+        for _ in range(3):
+            got = list(ex.map(lambda j: _C.conv2d_forward(*j), jobs))
+            for g, r in zip(got, want):
+                np.testing.assert_array_equal(g, r)

@@ -27,7 +27,7 @@
 #ifndef CONV_CHUNK_BYTES
 #define CONV_CHUNK_BYTES (16u << 20)
 #endif
-/* A chunk never has fewer rows than this (unless M is smaller): tiny GEMMs are slow. */
+/* A chunk has at least this many rows (unless M is smaller, or that exceeds 64 MB). */
 #define CONV_MIN_ROWS 256
 
 /* OpenMP pays off above this many floats moved */
@@ -109,8 +109,15 @@ static int64_t chunk_rows(int64_t m, int64_t k) {
         long long kb = atoll(env);
         if (kb > 0 && kb <= 65536) bytes = kb * 1024;
     }
-    int64_t rows = bytes / (int64_t)sizeof(float) / (k > 0 ? k : 1);
-    if (rows < CONV_MIN_ROWS) rows = CONV_MIN_ROWS;
+    int64_t kk = k > 0 ? k : 1;
+    int64_t rows = bytes / (int64_t)sizeof(float) / kk;
+    /* tiny GEMMs are slow: take up to CONV_MIN_ROWS rows, but never past 64 MB unless a
+     * single row is larger */
+    if (rows < CONV_MIN_ROWS) {
+        int64_t cap = (int64_t)(64u << 20) / (int64_t)sizeof(float) / kk;
+        rows = cap < CONV_MIN_ROWS ? cap : CONV_MIN_ROWS;
+        if (rows < 1) rows = 1;
+    }
     return rows < m ? rows : m;
 }
 

@@ -2,6 +2,7 @@
  * bench/conv.py to measure the BLAS rate the convolutions are compared with. */
 #include "py.h"  /* Python.h first */
 #include <limits.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "../core/blas.h"
@@ -40,6 +41,27 @@ static int fits_int(PyArrayObject *a, const char *name) {
             return -1;
         }
     return 0;
+}
+
+/* One context kept across calls, so the im2col scratch (<= 16 MB + a chunk) is not
+ * allocated and page-faulted again on every call, as a model holding its ctx would not.
+ * Calls run without the GIL: a second concurrent call takes a fresh context instead. */
+static glae_ctx cached_ctx;
+static int cached_init;
+static atomic_flag cached_busy = ATOMIC_FLAG_INIT;
+
+static glae_ctx *ctx_acquire(glae_ctx *tmp) {
+    if (!atomic_flag_test_and_set(&cached_busy)) {
+        if (!cached_init && glae_ctx_init(&cached_ctx, GLAE_CPU) == GLAE_OK) cached_init = 1;
+        if (cached_init) return &cached_ctx;
+        atomic_flag_clear(&cached_busy);
+    }
+    return glae_ctx_init(tmp, GLAE_CPU) == GLAE_OK ? tmp : NULL;
+}
+
+static void ctx_release(glae_ctx *ctx) {
+    if (ctx == &cached_ctx) atomic_flag_clear(&cached_busy);
+    else if (ctx) glae_ctx_free(ctx);
 }
 
 /* Checks x (N, H, W, Cin) and w (Cout, KH, KW, Cin), parses stride/pad, fills *s. */
@@ -93,12 +115,12 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
     PyArrayObject *y = glae_new_array(4, dims, NPY_FLOAT32);
     if (!y) return NULL;
-    glae_ctx ctx;
-    int st = glae_ctx_init(&ctx, GLAE_CPU);
-    if (!st)
-        GLAE_NOGIL(st, glae_conv2d_forward(&ctx, PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w),
+    glae_ctx tmp, *ctx = ctx_acquire(&tmp);
+    int st = ctx ? GLAE_OK : GLAE_ERR_RUNTIME;
+    if (ctx)
+        GLAE_NOGIL(st, glae_conv2d_forward(ctx, PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w),
                                            b ? PyArray_DATA(b) : NULL, &s));
-    glae_ctx_free(&ctx);
+    ctx_release(ctx);
     if (st) {
         Py_DECREF(y);
         return glae_raise(st);
@@ -158,13 +180,13 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         }
     }
     if (need_dx && !(dx = glae_new_array(4, PyArray_DIMS(x), NPY_FLOAT32))) goto fail;
-    glae_ctx ctx;
-    int st = glae_ctx_init(&ctx, GLAE_CPU);
-    if (!st)
-        GLAE_NOGIL(st, glae_conv2d_backward(&ctx, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
+    glae_ctx tmp, *ctx = ctx_acquire(&tmp);
+    int st = ctx ? GLAE_OK : GLAE_ERR_RUNTIME;
+    if (ctx)
+        GLAE_NOGIL(st, glae_conv2d_backward(ctx, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
                                             db ? PyArray_DATA(db) : NULL, PyArray_DATA(dy),
                                             PyArray_DATA(x), PyArray_DATA(w), &s));
-    glae_ctx_free(&ctx);
+    ctx_release(ctx);
     if (st) {
         glae_raise(st);
         goto fail;

@@ -110,20 +110,37 @@ def test_backward_matches_reference(case, rng):
     np.testing.assert_array_equal(dw2, dw)
 
 
-def test_multi_chunk_matches_reference(rng):
-    """Enough rows (M = N*OH*OW) that the 16 MB column buffer is used in several chunks,
-    with a chunk boundary inside an image, for a 3x3 and a strided 1x1 conv."""
-    for case in [(3, 40, 40, 64, 8, (3, 3), 1, 1), (5, 64, 64, 64, 8, (1, 1), 1, 0),
-                 (4, 130, 130, 300, 4, (1, 1), 2, 0)]:
+@pytest.mark.parametrize("omp", ["0", "1"])
+def test_chunks_and_threads(omp, rng, monkeypatch):
+    """Tiny chunks (GLAE_CONV_CHUNK_KB=1 -> 256 rows, boundaries inside output rows and
+    images) with and without the OpenMP loops (GLAE_CONV_OMP) give the reference result,
+    exercising the chunked im2col, the chunk-restricted col2im gather and the row
+    gather/scatter of strided and padded 1x1 convs."""
+    monkeypatch.setenv("GLAE_CONV_CHUNK_KB", "1")
+    monkeypatch.setenv("GLAE_CONV_OMP", omp)
+    for case in [(3, 23, 21, 16, 5, (3, 3), 1, 1), (2, 30, 29, 8, 4, (5, 3), (2, 1), (2, 1)),
+                 (3, 33, 31, 40, 6, (1, 1), 2, 1), (2, 25, 27, 24, 3, (1, 1), 1, 0)]:
         x, w, b, s, p = make(case, rng)
         y = _C.conv2d_forward(x, w, b, s, p)
-        np.testing.assert_allclose(y, ref_forward(x, w, b, s, p), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(y, ref_forward(x, w, b, s, p), rtol=1e-5, atol=1e-4)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         dx, dw, db = _C.conv2d_backward(dy, x, w, s, p, True)
         rdx, rdw, rdb = ref_backward(dy, x, w, s, p)
-        np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(dw, rdw, rtol=1e-4, atol=1e-2)
-        np.testing.assert_allclose(db, rdb, rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(dx, rdx, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(dw, rdw, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(db, rdb, rtol=1e-5, atol=1e-3)
+
+
+def test_multi_chunk_default_size(rng):
+    """One shape big enough for several default-size (16 MB) chunks."""
+    x, w, b, s, p = make((4, 48, 48, 64, 8, (3, 3), 1, 1), rng)  # 21 MB of columns
+    y = _C.conv2d_forward(x, w, b, s, p)
+    np.testing.assert_allclose(y, ref_forward(x, w, b, s, p), rtol=1e-4, atol=1e-3)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, _ = _C.conv2d_backward(dy, x, w, s, p, False)
+    rdx, rdw, _ = ref_backward(dy, x, w, s, p)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-4, atol=1e-2)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5], CASES[8]])
@@ -250,6 +267,8 @@ def test_bad_input():
         f(x, w, None, 1, 1.5)
     with pytest.raises(ValueError, match="output size <= 0"):
         f(x, np.ones((4, 7, 3, 3), np.float32), None, 1, 0)
+    with pytest.raises(ValueError, match="padded input size too large"):
+        f(x, w, None, 1, 2**30)
     with pytest.raises(ValueError, match="b: dimension 0 must be 4"):
         f(x, w, np.ones(3, np.float32), 1, 1)
     with pytest.raises(TypeError, match="b must have dtype float32"):
@@ -270,3 +289,19 @@ def test_bad_input():
         g(y, x, w, 1, 1, True, db_accumulate=np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="x has 3 input channels"):
         g(y, x, w[..., :2].copy(), 1, 1, False)
+    with pytest.raises(ValueError, match="must not alias x, w or dy"):
+        g(y, x, w, 1, 1, False, dw_accumulate=w)
+
+
+def test_concurrent_calls(rng):
+    """The binding keeps one scratch context; calls from several threads (GIL released)
+    must not share it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [make((2, 19, 17, 8, 6, (3, 3), 1, 1), rng) for _ in range(4)]
+    want = [_C.conv2d_forward(x, w, b, s, p) for x, w, b, s, p in jobs]
+    with ThreadPoolExecutor(4) as ex:
+        for _ in range(3):
+            got = list(ex.map(lambda j: _C.conv2d_forward(*j), jobs))
+            for g, r in zip(got, want):
+                np.testing.assert_array_equal(g, r)

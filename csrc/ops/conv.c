@@ -13,8 +13,8 @@
  * each input pixel feeds at most one output pixel.
  * col2im is written as a gather over input pixels (each thread owns whole input rows),
  * so it needs no atomics and its summation order does not depend on the thread count.
- * im2col/col2im use OpenMP; sgemm is always called outside a parallel region (OpenBLAS
- * runs its own threads). */
+ * im2col/col2im have OpenMP loops (off by default, see conv_par); sgemm is always called
+ * outside a parallel region (OpenBLAS runs its own threads). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,7 +27,7 @@
 #ifndef CONV_CHUNK_BYTES
 #define CONV_CHUNK_BYTES (16u << 20)
 #endif
-/* A chunk never has fewer rows than this (unless M is smaller): tiny GEMMs are slow. */
+/* A chunk has at least this many rows (unless M is smaller, or that exceeds 64 MB). */
 #define CONV_MIN_ROWS 256
 
 /* OpenMP pays off above this many floats moved */
@@ -57,8 +57,10 @@ int glae_conv2d_shape_init(glae_conv2d_shape *s, int n, int h, int w, int c_in, 
                          "than the kernel %dx%d",
                          h, w, pad_h, pad_w, kh, kw);
     long long oh = eh / stride_h + 1, ow = ew / stride_w + 1;
-    if (oh > 0x7fffffff || ow > 0x7fffffff)
-        return glae_fail(GLAE_ERR_VALUE, "conv2d: output size too large");
+    /* oh*stride - pad and friends are computed in int below */
+    if ((long long)h + 2LL * pad_h + stride_h > 0x7fffffffLL ||
+        (long long)w + 2LL * pad_w + stride_w > 0x7fffffffLL)
+        return glae_fail(GLAE_ERR_VALUE, "conv2d: padded input size too large");
     /* every index computed below fits in 64 bits; the GEMM sizes must fit in int */
     long long k = (long long)kh * kw * c_in;
     if (k > 0x7fffffff || (long long)n * oh * ow > 0x7fffffffLL ||
@@ -82,16 +84,40 @@ static int check_shape(const glae_conv2d_shape *s, const char *fn) {
     return GLAE_OK;
 }
 
+/* OpenMP inside conv is off unless GLAE_CONV_OMP=1: the chunk loop alternates between
+ * OpenMP regions and OpenBLAS calls, and the two thread pools (each spinning for a while
+ * after its work) fight over the 2 cores; measured 2x (16 MB chunks) to 10x (2 MB) slower
+ * than a serial im2col with OpenBLAS owning both cores, on the shared dev machine (see
+ * docs/conv.md). The OpenMP code stays for machines where it pays. */
+static int conv_par(void) {
+    const char *e = getenv("GLAE_CONV_OMP");
+    return e && atoi(e) != 0;
+}
+
 static int is_pointwise(const glae_conv2d_shape *s) { return s->kh == 1 && s->kw == 1; }
 static int is_identity_1x1(const glae_conv2d_shape *s) {
     return is_pointwise(s) && s->stride_h == 1 && s->stride_w == 1 && s->pad_h == 0 &&
            s->pad_w == 0;
 }
 
-/* Rows per chunk for a column matrix of k floats per row. */
+/* Rows per chunk for a column matrix of k floats per row. GLAE_CONV_CHUNK_KB overrides
+ * the chunk size (a tuning knob for bench/conv.py; 64 MB at most). */
 static int64_t chunk_rows(int64_t m, int64_t k) {
-    int64_t rows = (int64_t)(CONV_CHUNK_BYTES / sizeof(float)) / (k > 0 ? k : 1);
-    if (rows < CONV_MIN_ROWS) rows = CONV_MIN_ROWS;
+    int64_t bytes = CONV_CHUNK_BYTES;
+    const char *env = getenv("GLAE_CONV_CHUNK_KB");
+    if (env) {
+        long long kb = atoll(env);
+        if (kb > 0 && kb <= 65536) bytes = kb * 1024;
+    }
+    int64_t kk = k > 0 ? k : 1;
+    int64_t rows = bytes / (int64_t)sizeof(float) / kk;
+    /* tiny GEMMs are slow: take up to CONV_MIN_ROWS rows, but never past 64 MB unless a
+     * single row is larger */
+    if (rows < CONV_MIN_ROWS) {
+        int64_t cap = (int64_t)(64u << 20) / (int64_t)sizeof(float) / kk;
+        rows = cap < CONV_MIN_ROWS ? cap : CONV_MIN_ROWS;
+        if (rows < 1) rows = 1;
+    }
     return rows < m ? rows : m;
 }
 
@@ -102,7 +128,7 @@ static void im2col(float *col, const float *in, const glae_conv2d_shape *s, int6
                    int64_t r1) {
     const int64_t kdim = (int64_t)s->kh * s->kw * s->c_in, cin = s->c_in;
     const int64_t rowlen = (int64_t)s->kw * cin; /* one kernel row in col */
-#pragma omp parallel for schedule(static) if ((r1 - r0) * kdim > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && (r1 - r0) * kdim > PAR_MIN)
     for (int64_t r = r0; r < r1; r++) {
         float *dst = col + (r - r0) * kdim;
         int64_t n = r / ((int64_t)s->oh * s->ow), p = r % ((int64_t)s->oh * s->ow);
@@ -152,7 +178,7 @@ static void col2im_add(float *din, const float *dcol, const glae_conv2d_shape *s
     const int64_t per_img = (int64_t)s->oh * s->ow;
     const int64_t n0 = r0 / per_img, n1 = (r1 - 1) / per_img + 1;
     const int64_t nrows = (n1 - n0) * s->h;
-#pragma omp parallel for schedule(static) if ((r1 - r0) * kdim > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && (r1 - r0) * kdim > PAR_MIN)
     for (int64_t t = 0; t < nrows; t++) {
         int64_t n = n0 + t / s->h;
         int ih = (int)(t % s->h);
@@ -184,7 +210,7 @@ static void col2im_add(float *din, const float *dcol, const glae_conv2d_shape *s
 static void zero_floats(float *p, int64_t n) {
     if (n <= 0) return;
     int64_t blk = 1 << 16, nb = (n + blk - 1) / blk;
-#pragma omp parallel for schedule(static) if (n > 4 * PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && n > 4 * PAR_MIN)
     for (int64_t b = 0; b < nb; b++) {
         int64_t e = (b + 1) * blk < n ? (b + 1) * blk : n;
         memset(p + b * blk, 0, (size_t)(e - b * blk) * sizeof(float));
@@ -212,7 +238,7 @@ int glae_conv2d_forward(glae_ctx *ctx, float *out, const float *in, const float 
         for (int64_t r0 = 0; r0 < m; r0 += rows) {
             int64_t r1 = r0 + rows < m ? r0 + rows : m;
             if (is_pointwise(s)) {
-#pragma omp parallel for schedule(static) if ((r1 - r0) * kdim > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && (r1 - r0) * kdim > PAR_MIN)
                 for (int64_t r = r0; r < r1; r++) {
                     int64_t src = pointwise_src(s, r);
                     float *dst = col + (r - r0) * kdim;
@@ -227,7 +253,7 @@ int glae_conv2d_forward(glae_ctx *ctx, float *out, const float *in, const float 
         }
     }
     if (bias) {
-#pragma omp parallel for schedule(static) if (m * cout > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && m * cout > PAR_MIN)
         for (int64_t r = 0; r < m; r++) {
             float *o = out + r * cout;
             for (int64_t c = 0; c < cout; c++) o[c] += bias[c];
@@ -243,7 +269,7 @@ static int bias_grad(float *dbias, const float *dout, int64_t m, int64_t cout) {
     double *part = calloc((size_t)(NB * cout), sizeof(double));
     if (!part) return glae_fail(GLAE_ERR_MEMORY, "conv2d_backward: cannot allocate bias sums");
     int64_t per = (m + NB - 1) / NB;
-#pragma omp parallel for schedule(static) if (m * cout > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && m * cout > PAR_MIN)
     for (int b = 0; b < NB; b++) {
         double *acc = part + b * cout;
         int64_t e = (b + 1) * per < m ? (b + 1) * per : m;
@@ -304,7 +330,7 @@ int glae_conv2d_backward(glae_ctx *ctx, float *din, float *dweight, float *dbias
         int mc = (int)(r1 - r0);
         if (dweight) {
             if (pw) {
-#pragma omp parallel for schedule(static) if ((r1 - r0) * kdim > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && (r1 - r0) * kdim > PAR_MIN)
                 for (int64_t r = r0; r < r1; r++) {
                     int64_t src = pointwise_src(s, r);
                     float *dst = col + (r - r0) * kdim;
@@ -322,7 +348,7 @@ int glae_conv2d_backward(glae_ctx *ctx, float *din, float *dweight, float *dbias
             glae_sgemm(0, 0, mc, (int)kdim, (int)cout, 1.0f, dchunk, (int)cout, weight,
                        (int)kdim, 0.0f, col, (int)kdim);
             if (pw) {
-#pragma omp parallel for schedule(static) if ((r1 - r0) * kdim > PAR_MIN)
+#pragma omp parallel for schedule(static) if (conv_par() && (r1 - r0) * kdim > PAR_MIN)
                 for (int64_t r = r0; r < r1; r++) {
                     int64_t dst = pointwise_src(s, r);
                     if (dst >= 0)

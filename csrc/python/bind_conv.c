@@ -2,6 +2,7 @@
  * bench/conv.py to measure the BLAS rate the convolutions are compared with. */
 #include "py.h"  /* Python.h first */
 #include <limits.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "../core/blas.h"
@@ -40,6 +41,27 @@ static int fits_int(PyArrayObject *a, const char *name) {
             return -1;
         }
     return 0;
+}
+
+/* One context kept across calls, so the im2col scratch (<= 16 MB + a chunk) is not
+ * allocated and page-faulted again on every call, as a model holding its ctx would not.
+ * Calls run without the GIL: a second concurrent call takes a fresh context instead. */
+static glae_ctx cached_ctx;
+static int cached_init;
+static atomic_flag cached_busy = ATOMIC_FLAG_INIT;
+
+static glae_ctx *ctx_acquire(glae_ctx *tmp) {
+    if (!atomic_flag_test_and_set(&cached_busy)) {
+        if (!cached_init && glae_ctx_init(&cached_ctx, GLAE_CPU) == GLAE_OK) cached_init = 1;
+        if (cached_init) return &cached_ctx;
+        atomic_flag_clear(&cached_busy);
+    }
+    return glae_ctx_init(tmp, GLAE_CPU) == GLAE_OK ? tmp : NULL;
+}
+
+static void ctx_release(glae_ctx *ctx) {
+    if (ctx == &cached_ctx) atomic_flag_clear(&cached_busy);
+    else if (ctx) glae_ctx_free(ctx);
 }
 
 /* Checks x (N, H, W, Cin) and w (Cout, KH, KW, Cin), parses stride/pad, fills *s. */
@@ -93,12 +115,12 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
     PyArrayObject *y = glae_new_array(4, dims, NPY_FLOAT32);
     if (!y) return NULL;
-    glae_ctx ctx;
-    int st = glae_ctx_init(&ctx, GLAE_CPU);
-    if (!st)
-        GLAE_NOGIL(st, glae_conv2d_forward(&ctx, PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w),
+    glae_ctx tmp, *ctx = ctx_acquire(&tmp);
+    int st = ctx ? GLAE_OK : GLAE_ERR_RUNTIME;
+    if (ctx)
+        GLAE_NOGIL(st, glae_conv2d_forward(ctx, PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w),
                                            b ? PyArray_DATA(b) : NULL, &s));
-    glae_ctx_free(&ctx);
+    ctx_release(ctx);
     if (st) {
         Py_DECREF(y);
         return glae_raise(st);
@@ -133,6 +155,11 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     if (!ok || (dwa && glae_check_same_shape(dwa, "dw_accumulate", w, "w"))) return NULL;
     dba = glae_arg_array_opt(dbo, "db_accumulate", NPY_FLOAT32, 1, &ok);
     if (!ok || (dba && glae_check_dim(dba, "db_accumulate", 0, s.c_out))) return NULL;
+    if ((dwa && (PyArray_DATA(dwa) == PyArray_DATA(w) || PyArray_DATA(dwa) == PyArray_DATA(x))) ||
+        (dba && (PyArray_DATA(dba) == PyArray_DATA(w) || PyArray_DATA(dba) == PyArray_DATA(dy)))) {
+        PyErr_SetString(PyExc_ValueError, "dw_accumulate/db_accumulate must not alias x, w or dy");
+        return NULL;
+    }
     if (dba && !has_bias) {
         PyErr_SetString(PyExc_ValueError, "db_accumulate given but has_bias is False");
         return NULL;
@@ -153,13 +180,13 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         }
     }
     if (need_dx && !(dx = glae_new_array(4, PyArray_DIMS(x), NPY_FLOAT32))) goto fail;
-    glae_ctx ctx;
-    int st = glae_ctx_init(&ctx, GLAE_CPU);
-    if (!st)
-        GLAE_NOGIL(st, glae_conv2d_backward(&ctx, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
+    glae_ctx tmp, *ctx = ctx_acquire(&tmp);
+    int st = ctx ? GLAE_OK : GLAE_ERR_RUNTIME;
+    if (ctx)
+        GLAE_NOGIL(st, glae_conv2d_backward(ctx, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
                                             db ? PyArray_DATA(db) : NULL, PyArray_DATA(dy),
                                             PyArray_DATA(x), PyArray_DATA(w), &s));
-    glae_ctx_free(&ctx);
+    ctx_release(ctx);
     if (st) {
         glae_raise(st);
         goto fail;
@@ -173,16 +200,22 @@ fail:
     return NULL;
 }
 
-/* sgemm(a (M, K), b (K, N)) -> a @ b through glae_sgemm (OpenBLAS), for benchmarks */
-static PyObject *py_sgemm(PyObject *self, PyObject *args) {
+/* sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) through glae_sgemm
+ * (OpenBLAS), for benchmarks; op(x) = x.T when trans_x (no copy: BLAS reads x transposed) */
+static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"a", "b", "trans_a", "trans_b", NULL};
     PyObject *ao, *bo;
-    if (!PyArg_ParseTuple(args, "OO:sgemm", &ao, &bo)) return NULL;
+    int ta = 0, tb = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pp:sgemm", kwlist, &ao, &bo, &ta, &tb))
+        return NULL;
     PyArrayObject *a = glae_arg_f32(ao, "a", 2);
     if (!a || fits_int(a, "a")) return NULL;
     PyArrayObject *b = glae_arg_f32(bo, "b", 2);
-    if (!b || fits_int(b, "b") || glae_check_dim(b, "b", 0, PyArray_DIM(a, 1))) return NULL;
-    int m = (int)PyArray_DIM(a, 0), k = (int)PyArray_DIM(a, 1), n = (int)PyArray_DIM(b, 1);
+    if (!b || fits_int(b, "b")) return NULL;
+    int m = (int)PyArray_DIM(a, ta ? 1 : 0), k = (int)PyArray_DIM(a, ta ? 0 : 1);
+    int n = (int)PyArray_DIM(b, tb ? 0 : 1);
+    if (glae_check_dim(b, "b", tb ? 1 : 0, k)) return NULL;
     npy_intp dims[2] = {m, n};
     PyArrayObject *c = glae_new_array(2, dims, NPY_FLOAT32);
     if (!c) return NULL;
@@ -193,8 +226,9 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args) {
     }
     const float *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
     float *pc = PyArray_DATA(c);
+    int lda = (int)PyArray_DIM(a, 1), ldb = (int)PyArray_DIM(b, 1);
     Py_BEGIN_ALLOW_THREADS;
-    glae_sgemm(0, 0, m, n, k, 1.0f, pa, k, pb, n, 0.0f, pc, n);
+    glae_sgemm(ta, tb, m, n, k, 1.0f, pa, lda, pb, ldb, 0.0f, pc, n);
     Py_END_ALLOW_THREADS;
     return (PyObject *)c;
 }
@@ -209,6 +243,7 @@ PyMethodDef glae_conv_methods[] = {
      "conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,\n"
      "                db_accumulate=None) -> (dx or None, dw, db or None)\n"
      "dw/db start from zero, or are the given *_accumulate arrays, added to in place."},
-    {"sgemm", py_sgemm, METH_VARARGS, "sgemm(a, b) -> a @ b via glae_sgemm (float32, 2-D)"},
+    {"sgemm", (PyCFunction)(void (*)(void))py_sgemm, METH_VARARGS | METH_KEYWORDS,
+     "sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) via glae_sgemm (float32, 2-D)"},
     {NULL, NULL, 0, NULL},
 };

@@ -141,7 +141,7 @@ def cmd_eval(args):
 
 
 def cmd_predict(args):
-    from . import load
+    from .model import load
 
     model = load(args.checkpoint)
     if not args.detect:

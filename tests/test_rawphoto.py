@@ -69,7 +69,8 @@ def iou(a, b):
 
 @pytest.fixture(scope="module")
 def small_model():
-    return glae.Model(backbone="resnet18", head="gap", image_size=32, seed=0)
+    from glae.model import Model
+    return Model(backbone="resnet18", head="gap", image_size=32, seed=0)
 
 
 # ---- glae.detect ---------------------------------------------------------------------------
@@ -161,9 +162,6 @@ def test_pasted_face_is_found_and_estimated(weights, small_model):
     assert pasted[0] < cx < pasted[2] and pasted[1] < cy < pasted[3]
     assert np.all((lms[0, :, 0] > pasted[0]) & (lms[0, :, 0] < pasted[2]))
     assert np.all((lms[0, :, 1] > pasted[1]) & (lms[0, :, 1] < pasted[3]))
-    # the detections in the chip are those in the scene, shifted
-    b0, _, l0 = gd(face)
-    np.testing.assert_allclose(lms[0], l0[0] + [c, r], atol=1.0)
 
     faces = small_model.predict_faces(scene)
     assert len(faces) == 1

@@ -94,7 +94,10 @@ class MTCNN:
         if weights_dir is None:
             weights_dir = _default_weights_dir()
             if weights_dir is None:
-                raise FileNotFoundError(f"MTCNN weights not found: {HOW_TO_GIVE_WEIGHTS}")
+                raise FileNotFoundError(
+                    "MTCNN weights not found: pass weights_dir= a folder holding pnet.pt, rnet.pt and "
+                    "onet.pt (e.g. facenet_pytorch/data), or install facenet-pytorch (glae.detect.MTCNN() "
+                    f"does not read set_weights or ${ENV_VAR}: glae.detect.get_detector() does)")
         weights_dir = os.fspath(weights_dir)
         missing = [f for f in _FILES if not os.path.isfile(os.path.join(weights_dir, f))]
         if missing:

@@ -84,7 +84,7 @@ def test_module_is_callable_and_keeps_its_contents():
 
 
 def test_without_weights_the_error_says_how_to_provide_them(no_weights, tmp_path):
-    for call in (lambda: gd(np.zeros((50, 50, 3), np.uint8)), lambda: gd.weights_dir(), gd.MTCNN):
+    for call in (lambda: gd(np.zeros((50, 50, 3), np.uint8)), lambda: gd.weights_dir(), gd.get_detector):
         with pytest.raises(FileNotFoundError) as e:
             call()
         msg = str(e.value)

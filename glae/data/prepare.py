@@ -144,7 +144,7 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
             landmarks = lms[i]
             if len(boxes) > 1:
                 note = (f"{len(boxes)} faces found; kept the {pick.replace('_', ' ')} one, box "
-                        f"{np.round(boxes[i], 1).tolist()}, score {float(scores[i]):.3f}")
+                        f"{[round(float(v), 1) for v in boxes[i]]}, score {float(scores[i]):.3f}")
         try:
             crop = np.asarray(fn(img, landmarks, size, margin))
         except (ValueError, RuntimeError) as e:

@@ -86,7 +86,8 @@ def cmd_prepare(args):
     from .data import prepare
 
     report = prepare(args.source, args.out, size=args.size, margin=args.margin,
-                     workers=args.workers)
+                     workers=args.workers, detect=args.detect, detector_weights=args.mtcnn_weights,
+                     pick=args.pick)
     print(report)
     return 0
 
@@ -140,13 +141,27 @@ def cmd_eval(args):
 
 
 def cmd_predict(args):
-    from . import load
+    from .model import load
 
     model = load(args.checkpoint)
-    ages = model.predict(args.images, route=args.route)
-    for path, age in zip(args.images, ages):
-        print(f"{path}\t{age:.1f}")
-    return 0
+    if not args.detect:
+        ages = model.predict(args.images, route=args.route)
+        for path, age in zip(args.images, ages):
+            print(f"{path}\t{age:.1f}")
+        return 0
+    from . import detect as gd
+
+    detector = gd.get_detector(args.mtcnn_weights)  # fails early when no weights are found
+    no_face = 0
+    for path in args.images:
+        faces = model.predict_faces(path, route=args.route, margin=args.margin, weights=detector)
+        if not faces:
+            no_face += 1
+            print(f"glae predict: no face found in {path}", file=sys.stderr)
+        for i, f in enumerate(faces):
+            box = ",".join(f"{v:.0f}" for v in f.box)
+            print(f"{path}\t{i}\t{box}\t{f.age:.1f}")
+    return 1 if no_face == len(args.images) else 0
 
 
 def cmd_export(args):
@@ -181,6 +196,14 @@ def build_parser():
     pr.add_argument("--size", type=int, default=224)
     pr.add_argument("--margin", type=float, default=0.0)
     pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--detect", default="never", choices=("never", "missing", "always"),
+                    help="run MTCNN on images without landmarks (missing) or on all (always); "
+                         "one face per image, images with no face are skipped and reported")
+    pr.add_argument("--pick", default="most_confident", choices=("most_confident", "largest"),
+                    help="which face to keep when MTCNN finds several (default most_confident)")
+    pr.add_argument("--mtcnn-weights", default=None, metavar="DIR",
+                    help="folder with pnet.pt, rnet.pt, onet.pt (default: $GLAE_MTCNN_WEIGHTS "
+                         "or an installed facenet-pytorch)")
     pr.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", help="two-stage training from packed files and a TOML config")
@@ -198,10 +221,18 @@ def build_parser():
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(func=cmd_eval)
 
-    pd = sub.add_parser("predict", help="print one age per image file")
+    pd = sub.add_parser("predict", help="print one age per image file (aligned crops), or with "
+                                           "--detect one line per face found in raw photos")
     pd.add_argument("checkpoint")
     pd.add_argument("images", nargs="+")
     pd.add_argument("--route", default="smaller", choices=("smaller", "bigger", "vanilla", "balanced"))
+    pd.add_argument("--detect", action="store_true",
+                    help="detect every face (MTCNN), align it and print: file, face index, "
+                         "box x1,y1,x2,y2, age")
+    pd.add_argument("--margin", type=float, default=0.0,
+                    help="alignment margin with --detect: use the one the training data was prepared with")
+    pd.add_argument("--mtcnn-weights", default=None, metavar="DIR",
+                    help="with --detect: folder with pnet.pt, rnet.pt, onet.pt")
     pd.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="write an ONNX graph of the inference model")

@@ -1,25 +1,41 @@
 """MTCNN face detection and 5-point landmarks on glae's C engine (CPU).
 
+    boxes, scores, landmarks = glae.detect("photo.jpg")    # the module itself is callable
+    glae.detect.set_weights("/path/to/mtcnn")              # once, if not found on its own
+
     det = glae.detect.MTCNN("/path/to/mtcnn")     # folder with pnet.pt, rnet.pt, onet.pt
     boxes, scores, landmarks = det.detect("face.jpg")
     i = largest_face(boxes)                        # or most_confident(scores)
 
 Weights: the three published MTCNN networks (facenet-pytorch's ``pnet.pt``, ``rnet.pt``,
-``onet.pt``, legacy ``torch.save`` files read by :mod:`glae.torchfile`). With no folder
-given, the ``data`` folder of an installed ``facenet_pytorch`` package is used. The whole
+``onet.pt``, legacy ``torch.save`` files read by :mod:`glae.torchfile`). The default
+detector used by ``glae.detect(image)`` takes its folder from, in this order: the
+``weights=`` argument, :func:`set_weights`, the ``GLAE_MTCNN_WEIGHTS`` environment
+variable, the ``data`` folder of an installed ``facenet_pytorch`` package. The whole
 pipeline (pyramid, three networks, NMS) runs in C; see docs/mtcnn.md.
 """
+import collections
+import copy
 import importlib.util
 import os
+import sys
+import threading
+import types
 
 import numpy as np
 
 from ._lib import _C
 from . import torchfile
 
-__all__ = ["MTCNN", "largest_face", "most_confident", "to_rgb"]
+__all__ = ["Face", "MTCNN", "PICKS", "detect", "get_detector", "largest_face", "most_confident",
+           "pick_face", "set_weights", "to_rgb", "weights_dir"]
 
 _FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+ENV_VAR = "GLAE_MTCNN_WEIGHTS"
+HOW_TO_GIVE_WEIGHTS = (
+    "give a folder holding pnet.pt, rnet.pt and onet.pt (facenet-pytorch's MTCNN weights) by "
+    f"glae.detect.set_weights(path), the {ENV_VAR} environment variable, a weights= argument "
+    "(--mtcnn-weights on the command line), or install facenet-pytorch")
 
 
 def _default_weights_dir():
@@ -79,8 +95,9 @@ class MTCNN:
             weights_dir = _default_weights_dir()
             if weights_dir is None:
                 raise FileNotFoundError(
-                    "MTCNN weights not found: pass weights_dir= a folder holding pnet.pt, "
-                    "rnet.pt and onet.pt (e.g. facenet_pytorch/data), or install facenet-pytorch")
+                    "MTCNN weights not found: pass weights_dir= a folder holding pnet.pt, rnet.pt and "
+                    "onet.pt (e.g. facenet_pytorch/data), or install facenet-pytorch (glae.detect.MTCNN() "
+                    f"does not read set_weights or ${ENV_VAR}: glae.detect.get_detector() does)")
         weights_dir = os.fspath(weights_dir)
         missing = [f for f in _FILES if not os.path.isfile(os.path.join(weights_dir, f))]
         if missing:
@@ -132,3 +149,106 @@ def most_confident(scores):
     if len(scores) == 0:
         return None
     return int(np.argmax(scores))
+
+
+# --------------------------------------------------------------------------- one face per image
+
+PICKS = {"most_confident": lambda boxes, scores: most_confident(scores),
+         "largest": lambda boxes, scores: largest_face(boxes)}
+
+
+def pick_face(boxes, scores, pick="most_confident"):
+    """Index of the one face to keep: pick "most_confident" (highest score) or "largest"
+    (largest box area); None without faces."""
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {sorted(PICKS)}, got {pick!r}")
+    return PICKS[pick](boxes, scores)
+
+
+# A face found and estimated by glae.Model.predict_faces: box (4,) x1, y1, x2, y2 pixels;
+# landmarks (5, 2); age (expected age of the answering head); head (0 vanilla, 1 balanced).
+Face = collections.namedtuple("Face", ["box", "landmarks", "age", "head"])
+
+
+# --------------------------------------------------------------------------- default detector
+
+_lock = threading.Lock()
+_set_dir = None         # from set_weights()
+_cache = {}             # real path of a weights folder -> MTCNN
+
+
+def _check_dir(path, what):
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"MTCNN weights folder {path!r} (from {what}) does not exist; "
+                                f"{HOW_TO_GIVE_WEIGHTS}")
+    missing = [f for f in _FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise FileNotFoundError(f"MTCNN weights folder {path!r} (from {what}) lacks {', '.join(missing)}")
+    return path
+
+
+def set_weights(path):
+    """Use the MTCNN weights in folder `path` (pnet.pt, rnet.pt, onet.pt) for every later
+    glae.detect(...) call, prepare(detect=...) and Model.predict_faces without weights=.
+    None forgets the setting. The folder is checked now (FileNotFoundError)."""
+    global _set_dir
+    with _lock:
+        _set_dir = None if path is None else _check_dir(path, "set_weights")
+
+
+def weights_dir(weights=None):
+    """The weights folder the default detector uses: `weights`, else set_weights's folder,
+    else $GLAE_MTCNN_WEIGHTS, else an installed facenet_pytorch's data folder. Raises
+    FileNotFoundError saying how to provide one when none is found."""
+    if weights is not None:
+        return _check_dir(weights, "the weights argument")
+    if _set_dir is not None:
+        return _set_dir
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _check_dir(env, f"${ENV_VAR}")
+    d = _default_weights_dir()
+    if d is None:
+        raise FileNotFoundError(f"MTCNN weights not found: {HOW_TO_GIVE_WEIGHTS}")
+    return d
+
+
+def get_detector(weights=None):
+    """The cached MTCNN (default settings, 1 thread) for a weights folder (resolved by
+    weights_dir); an MTCNN instance is returned as is. Loaded once per folder."""
+    if isinstance(weights, MTCNN):
+        return weights
+    d = weights_dir(weights)
+    key = os.path.realpath(d)
+    with _lock:
+        det = _cache.get(key)
+        if det is None:
+            det = _cache[key] = MTCNN(d)
+    return det
+
+
+def detect(image, weights=None):
+    """Faces in one image with the default MTCNN: returns boxes (n, 4) float32 x1, y1, x2,
+    y2; scores (n,); landmarks (n, 5, 2) (x, y), most confident first; n = 0 without faces.
+    image: a path, PIL image or array (grayscale / RGBA converted, see to_rgb). weights: a
+    folder or an MTCNN to use instead of the default (see weights_dir)."""
+    return get_detector(weights).detect(image)
+
+
+def _unthreaded(det):
+    """A view of `det` sharing its networks that leaves the thread count alone: for callers
+    that run several detections at once and set the thread count around all of them."""
+    d = copy.copy(det)
+    d.num_threads = None
+    return d
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``glae.detect(image)`` work while ``glae.detect.MTCNN`` etc. stay reachable."""
+
+    def __call__(self, image, weights=None):
+        return detect(image, weights)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -145,6 +145,30 @@ class Model:
             out.append(np.concatenate(heads))
         return out[0] if len(out) == 1 else tuple(out)
 
+    def predict_faces(self, image, route=None, flip=None, margin=0.0, align_size=224, weights=None):
+        """Every face in a raw photo (path, PIL image or array): MTCNN finds the faces
+        (glae.detect), each is aligned with its 5 landmarks by the same kernel and template
+        as glae.data.prepare (align_face at align_size with margin: give the values the
+        training data was prepared with; prepare's defaults are 224 and 0.0), then
+        estimated like predict (route, flip). weights: MTCNN folder or glae.detect.MTCNN
+        (default: glae.detect.weights_dir()). Returns a list of glae.detect.Face(box,
+        landmarks, age, head), most confident face first; [] when no face is found."""
+        from . import detect as gd
+        from .data.readers import load_image
+
+        if isinstance(image, (str, bytes, os.PathLike)):
+            img = load_image(image)  # EXIF orientation and alpha handling as prepare
+        else:
+            img = gd.to_rgb(image)
+        boxes, scores, landmarks = gd.get_detector(weights).detect(img)
+        if len(boxes) == 0:
+            return []
+        crops = [_C.align_face(img, np.ascontiguousarray(lm, dtype=np.float32), int(align_size), float(margin))
+                 for lm in landmarks]
+        ages, heads = self.predict(crops, route=route, flip=flip, return_head=True)
+        return [gd.Face(boxes[i].copy(), landmarks[i].copy(), float(ages[i]), int(heads[i]))
+                for i in range(len(boxes))]
+
     def evaluate_batch(self, x, route="smaller", flip=True):
         """One normalised batch through both heads with and without its flip (two
         backbone passes): the vanilla, balanced and routed ages and the routing choice."""

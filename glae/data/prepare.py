@@ -1,5 +1,6 @@
 """The prepare step: decode every image once, align it (5 landmarks: glae._C.align_face;
-none: glae._C.center_crop_resize), and write one packed file that training memory-maps.
+none: glae._C.center_crop_resize, or MTCNN's landmarks with detect="missing"/"always"), and
+write one packed file that training memory-maps.
 
 Decoding runs on a thread pool: Pillow, hashlib and the C kernels release the GIL, so the
 threads decode in parallel. The output order is the input order whatever the number of
@@ -16,7 +17,9 @@ from .packed import PackedWriter, pixel_hash
 from .readers import (DecodeError, Record, Report, load_image, read_age_folders, read_chalearn, read_csv,
                       read_mivia, read_utkface)
 
-__all__ = ["prepare", "read_source", "SOURCE_KINDS"]
+__all__ = ["prepare", "read_source", "DETECT_MODES", "SOURCE_KINDS"]
+
+DETECT_MODES = ("never", "missing", "always")
 
 SOURCE_KINDS = {
     "csv": read_csv,
@@ -61,7 +64,8 @@ def _c_transform():
 
 
 def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int | None = None,
-            transform=None, meta: dict | None = None, progress: bool = False, chunk: int = 256) -> Report:
+            transform=None, meta: dict | None = None, progress: bool = False, chunk: int = 256,
+            detect: str = "never", detector_weights=None, pick: str = "most_confident") -> Report:
     """Decode + align each image once and write the packed dataset `out_path`.
 
     source: a list of Record, or a source spec (see read_source). size: crop side in pixels
@@ -71,6 +75,17 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     transform: advanced; a callable (img uint8 (H,W,3), landmarks (5,2) or None, size,
     margin) -> uint8 (size, size, 3) used instead of the C kernels (for data that is
     already aligned, or tests). meta: extra JSON-able facts stored in the file's header.
+
+    detect: "never" (default; records without landmarks are centre-cropped), "missing"
+    (records without landmarks go through MTCNN) or "always" (every record does; given
+    landmarks are ignored). A detected image keeps ONE face, chosen by pick:
+    "most_confident" (default, highest MTCNN score) or "largest" (largest box), and is
+    aligned with that face's 5 landmarks exactly as given landmarks would be. An image in
+    which MTCNN finds no face is skipped and reported ("no face found"); one with several
+    faces is kept and reported as a warning. detector_weights: a folder with pnet.pt,
+    rnet.pt, onet.pt or a glae.detect.MTCNN (default: glae.detect.weights_dir()). While
+    detecting, the process-wide thread count is 1 (the workers run images in parallel) and
+    is restored afterwards.
 
     Returns the Report: the reader's problems (when a spec was given) plus every image that
     could not be decoded or aligned (skipped, with the reason). Raises ValueError when no
@@ -86,6 +101,12 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if detect not in DETECT_MODES:
+        raise ValueError(f"detect must be one of {DETECT_MODES}, got {detect!r}")
+    from .. import detect as _detect
+
+    if pick not in _detect.PICKS:
+        raise ValueError(f"pick must be one of {sorted(_detect.PICKS)}, got {pick!r}")
     report = Report(what=f"prepare({os.fspath(out_path)})")
     if isinstance(source, (str, dict)):
         records, read_report = read_source(source)
@@ -98,24 +119,52 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
             raise TypeError(f"source must hold Record objects, found {bad[0]}")
         src_desc = f"{len(records)} records"
     fn = transform if transform is not None else _c_transform()
+    wants_detection = [detect == "always" or (detect == "missing" and r.landmarks is None) for r in records]
+    detector = None
+    if any(wants_detection):
+        # resolved before any work: missing weights fail here, with no file written
+        detector = _detect._unthreaded(_detect.get_detector(detector_weights))
 
-    def work(rec: Record):
+    def work(item):
+        rec, detect_it = item
         try:
             img = load_image(rec.path)
         except (FileNotFoundError, DecodeError) as e:
             return None, str(e)
         h = pixel_hash(img)
+        landmarks, note = rec.landmarks, None
+        if detect_it:
+            try:
+                boxes, scores, lms = detector.detect(img)
+            except (ValueError, RuntimeError) as e:
+                return None, f"face detection failed: {e}"
+            i = _detect.pick_face(boxes, scores, pick)
+            if i is None:
+                return None, "no face found (MTCNN)"
+            landmarks = lms[i]
+            if len(boxes) > 1:
+                note = (f"{len(boxes)} faces found; kept the {pick.replace('_', ' ')} one, box "
+                        f"{[round(float(v), 1) for v in boxes[i]]}, score {float(scores[i]):.3f}")
         try:
-            crop = np.asarray(fn(img, rec.landmarks, size, margin))
+            crop = np.asarray(fn(img, landmarks, size, margin))
         except (ValueError, RuntimeError) as e:
             return None, f"alignment failed: {e}"
         if crop.dtype != np.uint8 or crop.shape != (size, size, 3):
             return None, f"alignment returned {crop.dtype} {crop.shape}, expected uint8 ({size}, {size}, 3)"
-        return (crop, h), None
+        return (crop, h, landmarks is not None, note), None
 
-    header_meta = {"source": src_desc, "size": size, "margin": margin,
-                   "aligned": "transform" if transform is not None else "glae._C align_face / center_crop_resize",
-                   **(meta or {})}
+    if transform is not None:
+        aligned = "transform"
+    else:
+        aligned = "glae._C align_face / center_crop_resize"
+    if detect != "never":
+        aligned += f"; MTCNN landmarks ({detect}, one face per image: {pick})"
+    header_meta = {"source": src_desc, "size": size, "margin": margin, "aligned": aligned,
+                   "detect": detect, **(meta or {})}
+    if detect != "never":
+        header_meta["pick"] = pick
+        if detector is not None:
+            header_meta["mtcnn_weights"] = detector.weights_dir
     bar = None
     if progress:
         try:
@@ -123,26 +172,43 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
             bar = tqdm(total=len(records), desc="prepare", unit="img")
         except ImportError:
             bar = None
-    n_landmarks = 0
-    with PackedWriter(out_path, size, meta=header_meta) as w, ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(records), chunk):
-            part = records[start:start + chunk]
-            # map keeps input order: the file does not depend on thread scheduling
-            for rec, (res, err) in zip(part, pool.map(work, part)):
-                report.n_seen += 1
-                if err is not None:
-                    report.skip(rec.path, err)
-                    continue
-                crop, h = res
-                n_landmarks += rec.landmarks is not None
-                w.append(crop, rec.age, sigma=rec.sigma, identity=rec.identity, path=rec.path, hash=h)
-            if bar is not None:
-                bar.update(len(part))
-        if len(w) == 0:
-            raise ValueError(f"prepare: no image could be prepared out of {len(records)}:\n{report}")
-        w.meta["n_aligned_with_landmarks"] = n_landmarks
-        w.meta["n_skipped"] = len(report.skipped)
-    if bar is not None:
-        bar.close()
+    n_landmarks = n_detected = n_no_face = 0
+    old_threads = None
+    if detector is not None:
+        from .. import _C
+
+        old_threads = _C.get_num_threads()
+        _C.set_num_threads(1)
+    try:
+        with PackedWriter(out_path, size, meta=header_meta) as w, ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(records), chunk):
+                part = list(zip(records[start:start + chunk], wants_detection[start:start + chunk]))
+                # map keeps input order: the file does not depend on thread scheduling
+                for (rec, detected), (res, err) in zip(part, pool.map(work, part)):
+                    report.n_seen += 1
+                    if err is not None:
+                        n_no_face += err.startswith("no face found")
+                        report.skip(rec.path, err)
+                        continue
+                    crop, h, with_landmarks, note = res
+                    n_landmarks += with_landmarks
+                    n_detected += detected
+                    if note is not None:
+                        report.warn(rec.path, note)
+                    w.append(crop, rec.age, sigma=rec.sigma, identity=rec.identity, path=rec.path, hash=h)
+                if bar is not None:
+                    bar.update(len(part))
+            if len(w) == 0:
+                raise ValueError(f"prepare: no image could be prepared out of {len(records)}:\n{report}")
+            w.meta["n_aligned_with_landmarks"] = n_landmarks
+            w.meta["n_skipped"] = len(report.skipped)
+            if detect != "never":
+                w.meta["n_detected"] = n_detected
+                w.meta["n_no_face"] = n_no_face
+    finally:
+        if old_threads is not None:
+            _C.set_num_threads(old_threads)
+        if bar is not None:
+            bar.close()
     report.n_used = len(w)
     return report

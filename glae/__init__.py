@@ -19,7 +19,7 @@ Five-minute tour::
     model.save("model.safetensors"); model = glae.load("model.safetensors")
 """
 from ._lib import _C
-from . import metrics
+from . import detect, metrics
 from .config import Config
 from .losses import label_distribution
 from .model import Model, load
@@ -31,5 +31,5 @@ HAS_CUDA = bool(_C.HAS_CUDA)
 set_num_threads = _C.set_num_threads
 get_num_threads = _C.get_num_threads
 
-__all__ = ["Config", "Dataset", "HAS_CUDA", "Model", "Trainer", "__version__", "get_num_threads",
-           "label_distribution", "load", "metrics", "set_num_threads"]
+__all__ = ["Config", "Dataset", "HAS_CUDA", "Model", "Trainer", "__version__", "detect",
+           "get_num_threads", "label_distribution", "load", "metrics", "set_num_threads"]

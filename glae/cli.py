@@ -167,7 +167,11 @@ def cmd_predict(args):
 def cmd_export(args):
     from .export import export_onnx
 
-    export_onnx(args.checkpoint, args.output, head=args.head)
+    try:
+        export_onnx(args.checkpoint, args.output, head=args.head)
+    except ImportError as e:  # the optional onnx package
+        print(f"glae export: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}")
     return 0
 

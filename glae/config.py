@@ -66,6 +66,7 @@ class Config:
     flip_test: bool = True
     # bookkeeping
     seed: int = 0
+    pretrained: str = ""  # ImageNet backbone weights (.pth / .safetensors), glae.weights
     threads: int = 0  # 0: all cores
     eval_every: int = 1
 
@@ -99,6 +100,8 @@ class Config:
         for name in ("stage1_epochs", "stage2_epochs", "proj_depth", "proj_width", "threads",
                      "seed"):
             positive(name, allow_zero=True)
+        if not isinstance(self.pretrained, str):
+            raise ValueError(f"pretrained must be a file path (str); got {self.pretrained!r}")
         if self.proj_depth > 2:
             raise ValueError(f"proj_depth must be 0, 1 or 2; got {self.proj_depth}")
         for name in ("base_lr1", "base_lr2", "sigma", "div_factor", "final_div_factor"):

@@ -52,7 +52,7 @@ class Model:
     to give them all at once. The engine object is ``model.core`` (glae._C.Model).
     """
 
-    def __init__(self, config=None, **fields):
+    def __init__(self, config=None, init_pretrained=True, **fields):
         from .config import Config
 
         if config is None:
@@ -67,6 +67,12 @@ class Model:
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
                               input_size=config.image_size, **kw)
+        # pretrained=PATH: ImageNet backbone (glae.weights); a checkpoint restore skips it
+        self.pretrained_report = None
+        if config.pretrained and init_pretrained:
+            from .weights import load_pretrained
+
+            self.pretrained_report = load_pretrained(self.core, config.pretrained)
 
     @classmethod
     def from_config(cls, config):
@@ -210,10 +216,19 @@ def load(path):
     """A Model from a file written by Model.save or by the trainer (best/last)."""
     from .train import load_checkpoint
 
-    model, cfg, state = load_checkpoint(path, Model)
+    model, cfg, state = load_checkpoint(path, _Restore)
     model.stage2_trained = bool(state.get("stage2_trained", state.get("stage", 1) == 2
                                           and state.get("epoch", 0) > 0))
     return model
+
+
+class _Restore:
+    """Factory for load_checkpoint: the file holds every tensor, so config.pretrained is
+    kept for the record but not read again."""
+
+    @staticmethod
+    def from_config(config):
+        return Model(config=config, init_pretrained=False)
 
 
 def eval_augment(config):

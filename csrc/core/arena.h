@@ -21,6 +21,14 @@ int glae_arena_reserve(glae_arena *a, size_t bytes); /* (re)allocate `bytes`, ze
  * measuring it returns a dummy non-NULL pointer that must not be dereferenced. */
 void *glae_arena_alloc(glae_arena *a, size_t bytes);
 void glae_arena_reset(glae_arena *a);
+
+/* In a function returning a status with a `glae_arena *a` in scope: ptr = `count` floats
+ * from the arena, or return GLAE_ERR_MEMORY (the arena has set the message). */
+#define ALLOC_F(ptr, count)                                             \
+    do {                                                                \
+        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));   \
+        if (!(ptr)) return GLAE_ERR_MEMORY;                             \
+    } while (0)
 void glae_arena_free(glae_arena *a);
 
 #endif

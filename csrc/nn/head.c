@@ -117,11 +117,6 @@ int glae_head_out_size(const glae_head *hd, int fh, int fw, int *hp, int *wp) {
     return GLAE_OK;
 }
 
-#define ALLOC_F(ptr, count)                                                   \
-    do {                                                                      \
-        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));         \
-        if (!(ptr)) return GLAE_ERR_MEMORY;                                   \
-    } while (0)
 
 int glae_head_plan(glae_head *hd, glae_arena *a, int n, int fh, int fw, int grads) {
     const int K = hd->k_cls;

@@ -65,11 +65,6 @@ int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *
     return GLAE_OK;
 }
 
-#define ALLOC_F(ptr, count)                                                   \
-    do {                                                                      \
-        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));         \
-        if (!(ptr)) return GLAE_ERR_MEMORY;                                   \
-    } while (0)
 
 /* The one allocation sequence, replayed on a measuring arena and then on the real one. */
 static int plan_into(glae_model *m, glae_arena *a, int kind, int n, int h, int w) {

@@ -196,11 +196,6 @@ small:
                      h, w);
 }
 
-#define ALLOC_F(ptr, count)                                                         \
-    do {                                                                            \
-        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));               \
-        if (!(ptr)) return GLAE_ERR_MEMORY;                                         \
-    } while (0)
 
 static int plan_bn(glae_bn_layer *l, glae_arena *a) {
     ALLOC_F(l->mean, l->c);

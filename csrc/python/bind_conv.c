@@ -34,15 +34,6 @@ static int parse_pair(PyObject *o, const char *name, int *h, int *w) {
     return -1;
 }
 
-static int fits_int(PyArrayObject *a, const char *name) {
-    for (int i = 0; i < PyArray_NDIM(a); i++)
-        if (PyArray_DIM(a, i) > INT_MAX) {
-            PyErr_Format(PyExc_ValueError, "%s: dimension %d is too large", name, i);
-            return -1;
-        }
-    return 0;
-}
-
 /* One context kept across calls, so the im2col scratch (<= 16 MB + a chunk) is not
  * allocated and page-faulted again on every call, as a model holding its ctx would not.
  * Calls run without the GIL: a second concurrent call takes a fresh context instead. */
@@ -69,9 +60,9 @@ static int conv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
                       PyArrayObject **x, PyArrayObject **w, glae_conv2d_shape *s) {
     int sh, sw, ph, pw;
     *x = glae_arg_f32(xo, "x", 4);
-    if (!*x || fits_int(*x, "x")) return -1;
+    if (!*x || glae_check_fits_int(*x, "x")) return -1;
     *w = glae_arg_f32(wo, "w", 4);
-    if (!*w || fits_int(*w, "w")) return -1;
+    if (!*w || glae_check_fits_int(*w, "w")) return -1;
     if (PyArray_DIM(*x, 3) != PyArray_DIM(*w, 3)) {
         PyErr_Format(PyExc_ValueError,
                      "conv2d: x has %zd input channels (axis 3) but w (Cout, KH, KW, Cin) "
@@ -210,9 +201,9 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pp:sgemm", kwlist, &ao, &bo, &ta, &tb))
         return NULL;
     PyArrayObject *a = glae_arg_f32(ao, "a", 2);
-    if (!a || fits_int(a, "a")) return NULL;
+    if (!a || glae_check_fits_int(a, "a")) return NULL;
     PyArrayObject *b = glae_arg_f32(bo, "b", 2);
-    if (!b || fits_int(b, "b")) return NULL;
+    if (!b || glae_check_fits_int(b, "b")) return NULL;
     int m = (int)PyArray_DIM(a, ta ? 1 : 0), k = (int)PyArray_DIM(a, ta ? 0 : 1);
     int n = (int)PyArray_DIM(b, tb ? 0 : 1);
     if (glae_check_dim(b, "b", tb ? 1 : 0, k)) return NULL;

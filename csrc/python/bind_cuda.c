@@ -241,14 +241,6 @@ static PyObject *job_finish(job *j, int st) {
         return job_finish(&J, st_);          \
     } while (0)
 
-static int fits_int(PyArrayObject *a, const char *name) {
-    for (int i = 0; i < PyArray_NDIM(a); i++)
-        if (PyArray_DIM(a, i) > INT_MAX) {
-            PyErr_Format(PyExc_ValueError, "%s: dimension %d is too large", name, i);
-            return -1;
-        }
-    return 0;
-}
 static int64_t lead_rows(PyArrayObject *a) {
     int64_t r = 1;
     for (int i = 0; i < PyArray_NDIM(a) - 1; i++) r *= PyArray_DIM(a, i);
@@ -327,7 +319,7 @@ static PyObject *py_cuda_hflip_forward(PyObject *self, PyObject *args) {
     PyObject *co, *xo;
     if (!PyArg_ParseTuple(args, "OO:cuda_hflip_forward", &co, &xo)) return NULL;
     F32(x, xo, "x", 4);
-    if (fits_int(x, "x")) return NULL;
+    if (glae_check_fits_int(x, "x")) return NULL;
     JOB_START(co);
     npy_intp *d = PyArray_DIMS(x);
     float *dx = job_in(&J, x), *dy = job_out(&J, DIMS(x), NPY_FLOAT32, 0);
@@ -339,7 +331,7 @@ static PyObject *py_cuda_prelu_forward(PyObject *self, PyObject *args) {
     PyObject *co, *xo, *wo;
     if (!PyArg_ParseTuple(args, "OOO:cuda_prelu_forward", &co, &xo, &wo)) return NULL;
     F32(x, xo, "x", -1);
-    if (min_ndim(x, "x", 1) || fits_int(x, "x")) return NULL;
+    if (min_ndim(x, "x", 1) || glae_check_fits_int(x, "x")) return NULL;
     F32(w, wo, "weight", 1);
     DIM(w, "weight", 0, last_dim(x));
     JOB_START(co);
@@ -354,7 +346,7 @@ static PyObject *py_cuda_prelu_backward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOO:cuda_prelu_backward", &co, &dyo, &xo, &wo)) return NULL;
     F32(dy, dyo, "dy", -1);
     F32(x, xo, "x", -1);
-    if (min_ndim(x, "x", 1) || fits_int(x, "x")) return NULL;
+    if (min_ndim(x, "x", 1) || glae_check_fits_int(x, "x")) return NULL;
     SAME(dy, "dy", x, "x");
     F32(w, wo, "weight", 1);
     DIM(w, "weight", 0, last_dim(x));
@@ -377,7 +369,7 @@ static PyObject *py_cuda_batchnorm_forward(PyObject *self, PyObject *args) {
                           &rvo, &momentum, &eps, &training))
         return NULL;
     F32(x, xo, "x", -1);
-    if (min_ndim(x, "x", 2) || fits_int(x, "x")) return NULL;
+    if (min_ndim(x, "x", 2) || glae_check_fits_int(x, "x")) return NULL;
     const int c = last_dim(x);
     F32(g, go, "gamma", 1);
     DIM(g, "gamma", 0, c);
@@ -412,7 +404,7 @@ static PyObject *py_cuda_batchnorm_backward(PyObject *self, PyObject *args) {
         return NULL;
     F32(dy, dyo, "dy", -1);
     F32(x, xo, "x", -1);
-    if (min_ndim(x, "x", 2) || fits_int(x, "x")) return NULL;
+    if (min_ndim(x, "x", 2) || glae_check_fits_int(x, "x")) return NULL;
     SAME(dy, "dy", x, "x");
     const int c = last_dim(x);
     F32(m, mo, "save_mean", 1);
@@ -442,7 +434,7 @@ static PyObject *py_cuda_maxpool2d_forward(PyObject *self, PyObject *args) {
                           &ceil_mode))
         return NULL;
     F32(x, xo, "x", 4);
-    if (fits_int(x, "x")) return NULL;
+    if (glae_check_fits_int(x, "x")) return NULL;
     npy_intp *d = PyArray_DIMS(x);
     glae_pool_shape s;
     int st = glae_pool_shape_init(&s, (int)d[0], (int)d[1], (int)d[2], (int)d[3], k, stride, pad,
@@ -464,7 +456,7 @@ static PyObject *py_cuda_maxpool2d_backward(PyObject *self, PyObject *args) {
                           &stride, &pad, &ceil_mode))
         return NULL;
     F32(dy, dyo, "dy", 4);
-    if (fits_int(dy, "dy")) return NULL;
+    if (glae_check_fits_int(dy, "dy")) return NULL;
     PyArrayObject *a = glae_arg_array(ao, "argmax", NPY_INT32, 4);
     if (!a) return NULL;
     SAME(dy, "dy", a, "argmax");
@@ -489,7 +481,7 @@ static PyObject *py_cuda_avgpool_forward(PyObject *self, PyObject *args) {
     PyObject *co, *xo;
     if (!PyArg_ParseTuple(args, "OO:cuda_avgpool_forward", &co, &xo)) return NULL;
     F32(x, xo, "x", 4);
-    if (fits_int(x, "x")) return NULL;
+    if (glae_check_fits_int(x, "x")) return NULL;
     npy_intp *d = PyArray_DIMS(x);
     if ((int64_t)d[1] * d[2] > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "x: H*W is too large");
@@ -508,7 +500,7 @@ static PyObject *py_cuda_avgpool_backward(PyObject *self, PyObject *args) {
     int h, w;
     if (!PyArg_ParseTuple(args, "OOii:cuda_avgpool_backward", &co, &dyo, &h, &w)) return NULL;
     F32(dy, dyo, "dy", 2);
-    if (fits_int(dy, "dy") || glae_check_min(h, "h", 0) || glae_check_min(w, "w", 0)) return NULL;
+    if (glae_check_fits_int(dy, "dy") || glae_check_min(h, "h", 0) || glae_check_min(w, "w", 0)) return NULL;
     if ((int64_t)h * w > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "h*w is too large");
         return NULL;
@@ -527,7 +519,7 @@ static PyObject *py_cuda_linear_forward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOO|O:cuda_linear_forward", &co, &xo, &wo, &bo)) return NULL;
     F32(x, xo, "x", 2);
     F32(w, wo, "w", 2);
-    if (fits_int(x, "x") || fits_int(w, "w")) return NULL;
+    if (glae_check_fits_int(x, "x") || glae_check_fits_int(w, "w")) return NULL;
     DIM(w, "w", 1, PyArray_DIM(x, 1));
     F32_OPT(b, bo, "b", 1);
     if (b) DIM(b, "b", 0, PyArray_DIM(w, 0));
@@ -549,7 +541,7 @@ static PyObject *py_cuda_linear_backward(PyObject *self, PyObject *args) {
     F32(dy, dyo, "dy", 2);
     F32(x, xo, "x", 2);
     F32(w, wo, "w", 2);
-    if (fits_int(x, "x") || fits_int(w, "w")) return NULL;
+    if (glae_check_fits_int(x, "x") || glae_check_fits_int(w, "w")) return NULL;
     DIM(w, "w", 1, PyArray_DIM(x, 1));
     DIM(dy, "dy", 0, PyArray_DIM(x, 0));
     DIM(dy, "dy", 1, PyArray_DIM(w, 0));
@@ -572,7 +564,7 @@ static PyObject *py_cuda_pixel_shuffle_forward(PyObject *self, PyObject *args) {
     int r;
     if (!PyArg_ParseTuple(args, "OOi:cuda_pixel_shuffle_forward", &co, &xo, &r)) return NULL;
     F32(x, xo, "x", 4);
-    if (fits_int(x, "x") || glae_check_min(r, "r", 1)) return NULL;
+    if (glae_check_fits_int(x, "x") || glae_check_min(r, "r", 1)) return NULL;
     npy_intp *d = PyArray_DIMS(x);
     if (d[3] % ((npy_intp)r * r)) {
         PyErr_Format(PyExc_ValueError, "x: channels %zd not divisible by r*r = %d", (Py_ssize_t)d[3], r * r);
@@ -590,7 +582,7 @@ static PyObject *py_cuda_pixel_shuffle_backward(PyObject *self, PyObject *args) 
     int r;
     if (!PyArg_ParseTuple(args, "OOi:cuda_pixel_shuffle_backward", &co, &dyo, &r)) return NULL;
     F32(dy, dyo, "dy", 4);
-    if (fits_int(dy, "dy") || glae_check_min(r, "r", 1)) return NULL;
+    if (glae_check_fits_int(dy, "dy") || glae_check_min(r, "r", 1)) return NULL;
     npy_intp *d = PyArray_DIMS(dy);
     if (d[1] % r || d[2] % r) {
         PyErr_Format(PyExc_ValueError, "dy: spatial size %zdx%zd not divisible by r = %d",
@@ -610,7 +602,7 @@ static PyObject *softmax_fwd(PyObject *args, const char *fmt, int logsm) {
     PyObject *co, *xo;
     if (!PyArg_ParseTuple(args, fmt, &co, &xo)) return NULL;
     F32(x, xo, "x", -1);
-    if (min_ndim(x, "x", 1) || fits_int(x, "x")) return NULL;
+    if (min_ndim(x, "x", 1) || glae_check_fits_int(x, "x")) return NULL;
     JOB_START(co);
     float *dx = job_in(&J, x), *dy = job_out(&J, DIMS(x), NPY_FLOAT32, 0);
     if (logsm) RUN(glae_log_softmax_forward_cuda(J.ctx, dy, dx, lead_rows(x), last_dim(x)));
@@ -622,7 +614,7 @@ static PyObject *softmax_bwd(PyObject *args, const char *fmt, int logsm) {
     if (!PyArg_ParseTuple(args, fmt, &co, &dyo, &yo)) return NULL;
     F32(dy, dyo, "dy", -1);
     F32(y, yo, "y", -1);
-    if (min_ndim(y, "y", 1) || fits_int(y, "y")) return NULL;
+    if (min_ndim(y, "y", 1) || glae_check_fits_int(y, "y")) return NULL;
     SAME(dy, "dy", y, "y");
     JOB_START(co);
     float *g = job_in(&J, dy), *o = job_in(&J, y), *gx = job_out(&J, DIMS(y), NPY_FLOAT32, 0);
@@ -650,7 +642,7 @@ static PyObject *py_cuda_log_softmax_backward(PyObject *self, PyObject *args) {
 /* ---- conv2d ------------------------------------------------------------------------------- */
 
 static int conv_shape(PyArrayObject *x, PyArrayObject *w, int stride, int pad, glae_conv2d_shape *s) {
-    if (fits_int(x, "x") || fits_int(w, "w")) return -1;
+    if (glae_check_fits_int(x, "x") || glae_check_fits_int(w, "w")) return -1;
     if (PyArray_DIM(x, 3) != PyArray_DIM(w, 3)) {
         PyErr_Format(PyExc_ValueError, "conv2d: x has %zd input channels (axis 3) but w expects %zd",
                      (Py_ssize_t)PyArray_DIM(x, 3), (Py_ssize_t)PyArray_DIM(w, 3));
@@ -832,7 +824,7 @@ static PyObject *py_cuda_expected_age(PyObject *self, PyObject *args) {
     PyObject *co, *po;
     if (!PyArg_ParseTuple(args, "OO:cuda_expected_age", &co, &po)) return NULL;
     F32(p, po, "p", 2);
-    if (fits_int(p, "p")) return NULL;
+    if (glae_check_fits_int(p, "p")) return NULL;
     JOB_START(co);
     npy_intp rows = PyArray_DIM(p, 0);
     float *dp = job_in(&J, p), *a = job_out(&J, 1, &rows, NPY_FLOAT32, 0);
@@ -845,7 +837,7 @@ static PyObject *py_cuda_kl_rows(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOO:cuda_kl_rows", &co, &po, &qo)) return NULL;
     F32(p, po, "p", 2);
     F32(q, qo, "q", 2);
-    if (fits_int(p, "p")) return NULL;
+    if (glae_check_fits_int(p, "p")) return NULL;
     SAME(p, "p", q, "q");
     JOB_START(co);
     npy_intp rows = PyArray_DIM(p, 0);
@@ -868,7 +860,7 @@ static PyObject *py_cuda_adaptive_route(PyObject *self, PyObject *args) {
         if (!(p[i] = glae_arg_f32(o[i], names[i], 2))) return NULL;
         if (i && glae_check_same_shape(p[0], names[0], p[i], names[i])) return NULL;
     }
-    if (fits_int(p[0], "p_van")) return NULL;
+    if (glae_check_fits_int(p[0], "p_van")) return NULL;
     JOB_START(co);
     npy_intp n = PyArray_DIM(p[0], 0), ud[2] = {n, 2};
     float *d[4];

@@ -23,21 +23,6 @@ static glae_mtcnn *get_model(PyObject *o) {
 }
 
 /* a tuple of new references, or NULL (all released) on a failed status */
-static PyObject *finish(int st, int n, PyArrayObject **outs) {
-    if (st) {
-        for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
-        return glae_raise(st);
-    }
-    if (n == 1) return (PyObject *)outs[0];
-    PyObject *t = PyTuple_New(n);
-    if (!t) {
-        for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++) PyTuple_SET_ITEM(t, i, (PyObject *)outs[i]);
-    return t;
-}
-
 static int all_made(int n, PyArrayObject **outs) {
     for (int i = 0; i < n; i++)
         if (!outs[i]) {
@@ -159,7 +144,7 @@ static PyObject *py_pnet_forward(PyObject *self, PyObject *args) {
     GLAE_NOGIL(st, glae_mtcnn_pnet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                            PyArray_DATA(x), m, n, h, w));
     glae_ctx_free(&ctx);
-    return finish(st, 2, outs);
+    return glae_return_arrays(st, 2, outs);
 }
 
 /* mtcnn_rnet_forward(model, x (N, 24, 24, 3)) -> (prob (N), reg (N, 4)) */
@@ -180,7 +165,7 @@ static PyObject *py_rnet_forward(PyObject *self, PyObject *args) {
     GLAE_NOGIL(st, glae_mtcnn_rnet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                            PyArray_DATA(x), m, n));
     glae_ctx_free(&ctx);
-    return finish(st, 2, outs);
+    return glae_return_arrays(st, 2, outs);
 }
 
 /* mtcnn_onet_forward(model, x (N, 48, 48, 3)) -> (prob (N), reg (N, 4), landmarks (N, 10)) */
@@ -202,7 +187,7 @@ static PyObject *py_onet_forward(PyObject *self, PyObject *args) {
     GLAE_NOGIL(st, glae_mtcnn_onet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                            PyArray_DATA(outs[2]), PyArray_DATA(x), m, n));
     glae_ctx_free(&ctx);
-    return finish(st, 3, outs);
+    return glae_return_arrays(st, 3, outs);
 }
 
 /* boxes (n, k) float32 with k >= kmin */
@@ -268,7 +253,7 @@ static PyObject *py_bbreg(PyObject *self, PyObject *args) {
     GLAE_NOGIL(st, glae_mtcnn_bbreg(PyArray_DATA(out), PyArray_DIM(b, 0), (int)PyArray_DIM(b, 1),
                                     PyArray_DATA(r)));
     PyArrayObject *outs[1] = {out};
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* mtcnn_rerec(boxes (n, >=4)) -> squared copy */
@@ -283,7 +268,7 @@ static PyObject *py_rerec(PyObject *self, PyObject *args) {
     int st;
     GLAE_NOGIL(st, glae_mtcnn_rerec(PyArray_DATA(out), PyArray_DIM(b, 0), (int)PyArray_DIM(b, 1)));
     PyArrayObject *outs[1] = {out};
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* mtcnn_resize_area(img (H, W, C) float32, oh, ow) -> (oh, ow, C) */
@@ -308,7 +293,7 @@ static PyObject *py_resize_area(PyObject *self, PyObject *args) {
     int st;
     GLAE_NOGIL(st, glae_mtcnn_resize_area(PyArray_DATA(outs[0]), oh, ow, PyArray_DATA(im), h, w,
                                           c, (int64_t)w * c));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* mtcnn_detect(model, img (H, W, 3) uint8, min_face, factor, (t1, t2, t3), nms_scale,
@@ -352,7 +337,7 @@ static PyObject *py_detect(PyObject *self, PyObject *args) {
         for (int k = 0; k < 10; k++) p[10 * i + k] = res.points[10 * i + k];
     }
     glae_mtcnn_result_free(&res);
-    return finish(GLAE_OK, 3, outs);
+    return glae_return_arrays(GLAE_OK, 3, outs);
 }
 
 PyMethodDef glae_mtcnn_methods[] = {

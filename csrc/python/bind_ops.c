@@ -101,24 +101,6 @@ static int64_t leading_rows(PyArrayObject *a) {
 static int last_dim(PyArrayObject *a) { return (int)PyArray_DIM(a, PyArray_NDIM(a) - 1); }
 
 /* a tuple of new references, or NULL (all released) on a failed status */
-static PyObject *finish(int st, int n, PyArrayObject **outs) {
-    if (st) {
-        for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
-        return glae_raise(st);
-    }
-    if (n == 1) return (PyObject *)outs[0];
-    PyObject *t = PyTuple_New(n);
-    if (!t) {
-        for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++) {
-        PyObject *o = outs[i] ? (PyObject *)outs[i] : Py_NewRef(Py_None);
-        PyTuple_SET_ITEM(t, i, o);
-    }
-    return t;
-}
-
 static void release(int n, PyArrayObject **outs) {
     for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
 }
@@ -171,7 +153,7 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args) {
                                           PyArray_DATA(b), rm ? PyArray_DATA(rm) : NULL,
                                           rv ? PyArray_DATA(rv) : NULL, leading_rows(x), c,
                                           momentum, eps, training));
-    return finish(st, 3, outs);
+    return glae_return_arrays(st, 3, outs);
 }
 
 /* batchnorm_backward(dy, x, save_mean, save_invstd, gamma, training) -> (dx, dgamma, dbeta) */
@@ -207,7 +189,7 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args) {
                                            PyArray_DATA(outs[2]), PyArray_DATA(dy), PyArray_DATA(x),
                                            PyArray_DATA(m), PyArray_DATA(is), PyArray_DATA(g),
                                            leading_rows(x), c, training));
-    return finish(st, 3, outs);
+    return glae_return_arrays(st, 3, outs);
 }
 
 /* ---- pooling ------------------------------------------------------------------------ */
@@ -235,7 +217,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_maxpool2d_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                           PyArray_DATA(x), &s));
-    return finish(st, 2, outs);
+    return glae_return_arrays(st, 2, outs);
 }
 
 /* maxpool2d_backward(dy (N, OH, OW, C), argmax (N, OH, OW, C) int32, h, w, k, stride, pad,
@@ -263,7 +245,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_maxpool2d_backward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(dy),
                                            PyArray_DATA(a), &s));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* avgpool_forward(x (N, H, W, C)) -> (N, C) */
@@ -289,7 +271,7 @@ static PyObject *py_avgpool_forward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_avgpool_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x), (int)d[0],
                                         (int)(d[1] * d[2]), (int)d[3]));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* avgpool_backward(dy (N, C), h, w) -> dx (N, H, W, C) */
@@ -312,7 +294,7 @@ static PyObject *py_avgpool_backward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_avgpool_backward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(dy),
                                          (int)xd[0], h * w, (int)xd[3]));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* ---- linear ------------------------------------------------------------------------- */
@@ -337,7 +319,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args) {
     GLAE_NOGIL(st, glae_linear_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x), PyArray_DATA(w),
                                        b ? PyArray_DATA(b) : NULL, (int)od[0],
                                        (int)PyArray_DIM(x, 1), (int)od[1]));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* linear_backward(dy (N, OUT), x (N, IN), w (OUT, IN), has_bias) -> (dx, dw, db | None) */
@@ -368,7 +350,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args) {
                                         outs[2] ? PyArray_DATA(outs[2]) : NULL, PyArray_DATA(dy),
                                         PyArray_DATA(x), PyArray_DATA(w), (int)PyArray_DIM(x, 0),
                                         (int)PyArray_DIM(x, 1), (int)PyArray_DIM(w, 0)));
-    return finish(st, 3, outs);
+    return glae_return_arrays(st, 3, outs);
 }
 
 /* ---- pixel shuffle ------------------------------------------------------------------ */
@@ -398,7 +380,7 @@ static PyObject *py_pixel_shuffle_forward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_pixel_shuffle_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x),
                                               (int)d[0], (int)d[1], (int)d[2], (int)d[3], r));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* pixel_shuffle_backward(dy (N, H*r, W*r, C), r) -> dx (N, H, W, C*r*r) */
@@ -426,7 +408,7 @@ static PyObject *py_pixel_shuffle_backward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_pixel_shuffle_backward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(dy),
                                                (int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], r));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* ---- softmax / log-softmax over the last axis --------------------------------------- */
@@ -444,7 +426,7 @@ static PyObject *softmax_fwd(PyObject *args, const char *fmt, rowwise_fwd fn) {
     int st;
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, fn(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x), leading_rows(x), last_dim(x)));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 static PyObject *softmax_bwd(PyObject *args, const char *fmt, rowwise_bwd fn) {
@@ -462,7 +444,7 @@ static PyObject *softmax_bwd(PyObject *args, const char *fmt, rowwise_bwd fn) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, fn(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(dy), PyArray_DATA(y),
                       leading_rows(y), last_dim(y)));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 static PyObject *py_softmax_forward(PyObject *self, PyObject *args) {
@@ -499,7 +481,7 @@ static PyObject *py_prelu_forward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_prelu_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x), PyArray_DATA(w),
                                       leading_rows(x), last_dim(x)));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 /* prelu_backward(dy, x, weight) -> (dx, dweight) */
@@ -526,7 +508,7 @@ static PyObject *py_prelu_backward(PyObject *self, PyObject *args) {
     GLAE_NOGIL(st, glae_prelu_backward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                        PyArray_DATA(dy), PyArray_DATA(x), PyArray_DATA(w),
                                        leading_rows(x), last_dim(x)));
-    return finish(st, 2, outs);
+    return glae_return_arrays(st, 2, outs);
 }
 
 /* ---- horizontal flip ---------------------------------------------------------------- */
@@ -545,7 +527,7 @@ static PyObject *py_hflip_forward(PyObject *self, PyObject *args) {
     glae_ctx ctx = {0};
     GLAE_NOGIL(st, glae_hflip_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x), (int)d[0],
                                       (int)d[1], (int)d[2], (int)d[3]));
-    return finish(st, 1, outs);
+    return glae_return_arrays(st, 1, outs);
 }
 
 PyMethodDef glae_ops_methods[] = {

@@ -1,4 +1,6 @@
-#include "py.h"  /* Python.h first */
+#include "py.h"
+
+#include <limits.h>  /* Python.h first */
 #include <math.h>
 #include <string.h>
 
@@ -89,6 +91,36 @@ PyArrayObject *glae_new_array(int ndim, const npy_intp *dims, int typenum) {
 
 PyArrayObject *glae_zeros(int ndim, const npy_intp *dims, int typenum) {
     return (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, typenum, 0);
+}
+
+/* Return the outputs of a binding: on a failed status release them and raise; one array
+ * is returned as is, several as a tuple (a NULL entry becomes None). Steals `outs`. */
+PyObject *glae_return_arrays(int st, int n, PyArrayObject **outs) {
+    if (st) {
+        for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
+        return glae_raise(st);
+    }
+    if (n == 1) return (PyObject *)outs[0];
+    PyObject *t = PyTuple_New(n);
+    if (!t) {
+        for (int i = 0; i < n; i++) Py_XDECREF(outs[i]);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        PyObject *o = outs[i] ? (PyObject *)outs[i] : Py_NewRef(Py_None);
+        PyTuple_SET_ITEM(t, i, o);
+    }
+    return t;
+}
+
+/* ValueError unless every dimension of `a` fits a C int (the kernels' size type). */
+int glae_check_fits_int(PyArrayObject *a, const char *name) {
+    for (int i = 0; i < PyArray_NDIM(a); i++)
+        if (PyArray_DIM(a, i) > INT_MAX) {
+            PyErr_Format(PyExc_ValueError, "%s: dimension %d is too large", name, i);
+            return -1;
+        }
+    return 0;
 }
 
 PyObject *glae_raise(int status) {

@@ -37,6 +37,12 @@ PyArrayObject *glae_new_array(int ndim, const npy_intp *dims, int typenum);
 PyArrayObject *glae_zeros(int ndim, const npy_intp *dims, int typenum);
 int glae_poison_enabled(void);
 
+/* Outputs of a binding: raise on a failed status (releasing them), else the one array or a
+ * tuple (NULL entries -> None). Steals the references in `outs`. */
+PyObject *glae_return_arrays(int st, int n, PyArrayObject **outs);
+/* ValueError unless every dimension of `a` fits a C int. 0 on success, -1 on error. */
+int glae_check_fits_int(PyArrayObject *a, const char *name);
+
 /* Raise the Python exception for a failed glae_status using the thread's message. */
 PyObject *glae_raise(int status);
 

@@ -1,27 +1,45 @@
 """The papers' own views of a model, with matplotlib (imported lazily, Agg-safe).
 
-- per_age_mae: per-age MAE curves over the training-set age histogram (GLAE Fig. 1)
+- per_age_mae: per-age MAE curves over the training-set age histogram, with each curve's
+  CMAE as a dashed line (GLAE Fig. 1)
 - routing_usage: share of images answered by each head per age group (GLAE Fig. 4)
-- scatter: predicted vs true age
-- training_curves: loss and validation MAE from a trainer's log.jsonl
+- scatter: predicted vs true age (optionally coloured by the head that answered)
+- training_curves: training losses and validation MAE / CMAE from a trainer's log.jsonl
 - faces: a grid of example faces with true and predicted ages (GLAE Fig. 3)
-Each returns the matplotlib Figure; pass `path` to also save it (written then renamed).
+- table: group MAE / CMAE of several reports as text (GLAE Tables VIII-IX)
+
+Every figure function returns the matplotlib Figure; pass `path` to also save it (written
+under a temporary name, then renamed). Inputs are what glae produces: arrays of ages, the
+0/1 head choices of ``Model.predict(return_head=True)`` / ``Trainer.predict``, the
+dictionaries of ``glae.metrics.report`` / ``Trainer.evaluate`` and the trainer's log.
+Without a display (and no MPLBACKEND) the Agg backend is chosen, so nothing here needs a
+screen. In a notebook, end the call with ``;`` (the figure is shown once by the backend).
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
 from . import metrics as M
 
+__all__ = ["faces", "per_age_mae", "routing_usage", "scatter", "table", "training_curves"]
+
+#: GLAE Fig. 3 / Fig. 4 colours: vanilla (the baseline) blue, balanced / ours red.
+COLORS = {"vanilla": "tab:blue", "balanced": "tab:red", "routed": "tab:green"}
+_CYCLE = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
 
 def _plt():
     import matplotlib
 
-    if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
-        matplotlib.use("Agg", force=False)
+    chosen = getattr(matplotlib.rcParams, "_get_backend_or_none", lambda: "?")()
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                         or os.environ.get("WAYLAND_DISPLAY"))
+    if chosen is None and headless and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")  # nobody chose a backend and there is no screen
     import matplotlib.pyplot as plt
 
     return plt
@@ -29,104 +47,242 @@ def _plt():
 
 def _save(fig, path):
     if path:
+        path = os.fspath(path)
         base, ext = os.path.splitext(path)
         tmp = f"{base}.tmp{os.getpid()}{ext}"
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        try:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return fig
 
 
-def per_age_mae(results: dict, train_ages=None, num_classes=101, path=None, title=None):
-    """results: {label: (y_true, y_pred)}. Curves of MAE per true age, over the histogram
-    of training ages (grey bars, right axis), like GLAE Fig. 1."""
+def _color(label, k):
+    return COLORS.get(str(label).lower(), _CYCLE[k % len(_CYCLE)])
+
+
+def _ages(a, name):
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    return a
+
+
+def per_age_mae(results: dict, train_ages=None, num_classes=None, path=None, title=None,
+                cmae_lines=True):
+    """GLAE Fig. 1. results: {label: (y_true, y_pred)}, e.g. {"vanilla": (y, p_v),
+    "balanced": (y, p_b), "routed": (y, p_r)}. Solid curves: MAE per integer true age
+    (ages without a test image are left out); dashed: each curve's CMAE; grey bars (right
+    axis): the training images per age. num_classes: ages 0..num_classes-1 (default:
+    101, or more when a true or training age is above 100)."""
+    if not results:
+        raise ValueError("results is empty: give {label: (y_true, y_pred)}")
+    pairs = {k: (_ages(y, f"{k}: y"), _ages(p, f"{k}: y_pred")) for k, (y, p) in results.items()}
+    if num_classes is None:
+        top = max(float(y.max()) for y, _ in pairs.values())
+        if train_ages is not None and len(train_ages):
+            top = max(top, float(np.max(train_ages)))
+        num_classes = max(101, int(np.floor(top + 0.5)) + 1)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))
     ages = np.arange(num_classes)
     if train_ages is not None:
         ax2 = ax.twinx()
-        hist = np.bincount(np.clip(np.rint(train_ages).astype(int), 0, num_classes - 1),
-                           minlength=num_classes)
-        ax2.bar(ages, hist, color="0.85", width=1.0, zorder=0)
+        t = np.floor(np.asarray(train_ages, dtype=np.float64).reshape(-1) + 0.5).astype(np.int64)
+        hist = np.bincount(np.clip(t, 0, num_classes - 1), minlength=num_classes)
+        ax2.bar(ages, hist, color="0.82", width=1.0, zorder=0, label="training images")
         ax2.set_ylabel("training images per age")
-        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.set_zorder(ax2.get_zorder() + 1)  # curves above the bars
         ax.patch.set_visible(False)
-    for label, (y, yhat) in results.items():
+    for k, (label, (y, yhat)) in enumerate(pairs.items()):
         mae, count = M.per_age_mae(y, yhat, num_classes=num_classes)
         present = count > 0
-        ax.plot(ages[present], np.asarray(mae)[present], marker=".", lw=1.2, label=label)
+        c = _color(label, k)
+        ax.plot(ages[present], np.asarray(mae)[present], marker=".", lw=1.2, color=c,
+                label=f"{label} (MAE {M.mae(y, yhat):.2f})")
+        if cmae_lines:
+            cm = M.cmae(y, yhat)
+            ax.axhline(cm, color=c, ls="--", lw=1.0, label=f"{label} CMAE {cm:.2f}")
     ax.set_xlabel("true age")
     ax.set_ylabel("MAE (years)")
-    ax.set_xlim(0, num_classes - 1)
-    ax.legend(loc="upper center")
+    ax.set_xlim(-0.5, num_classes - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper center", fontsize=8, ncol=2)
     ax.set_title(title or "MAE per age over the training age histogram")
     return _save(fig, path)
 
 
-def routing_usage(y, choice, edges=((0, 17), (18, 65), (66, 100)), path=None):
-    """Share of images answered by the vanilla (blue) and balanced (red) head per group."""
+def routing_usage(y, choice, edges=M.TAIL_HEAD_GROUPS, path=None, title=None):
+    """GLAE Fig. 4: per group of true ages, the share of images that Adaptive Routing
+    answered with the vanilla head (blue, choice 0) and the balanced head (red, choice 1),
+    with the number of images under each bar. `choice`: the 0/1 array from
+    Model.predict(..., return_head=True) or Trainer.predict(...)["choice"]."""
+    usage = M.routing_usage(y, np.asarray(choice).astype(np.int32, copy=False), edges=edges)
+    labels = list(usage)  # the metrics' own labels ("0-17", ..., "100" for a one-age group)
+    van = [usage[g]["vanilla"] if usage[g] else 0.0 for g in labels]
+    bal = [usage[g]["balanced"] if usage[g] else 0.0 for g in labels]
+    counts = [usage[g]["count"] if usage[g] else 0 for g in labels]
     plt = _plt()
-    usage = M.routing_usage(y, choice, edges=edges)
-    labels = [f"{a}-{b}" for a, b in edges]
-    van = [usage[g]["vanilla"] if usage.get(g) else 0.0 for g in labels]
-    bal = [usage[g]["balanced"] if usage.get(g) else 0.0 for g in labels]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(labels, van, color="tab:blue", label="vanilla")
-    ax.bar(labels, bal, bottom=van, color="tab:red", label="balanced")
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 3.5))
+    x = np.arange(len(labels))
+    ax.bar(x, van, color=COLORS["vanilla"], label="vanilla")
+    ax.bar(x, bal, bottom=van, color=COLORS["balanced"], label="balanced")
+    ax.set_xticks(x, [f"{g}\nn={n}" for g, n in zip(labels, counts)])
     ax.set_ylabel("usage ratio")
     ax.set_xlabel("age group")
     ax.set_ylim(0, 1)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "Adaptive Routing: which head answered")
     return _save(fig, path)
 
 
-def scatter(y, yhat, path=None, title=None):
+def scatter(y, yhat, choice=None, path=None, title=None):
+    """Predicted vs true age with the identity line; with `choice` (0/1 per image) the
+    points are coloured by the head that answered (blue vanilla, red balanced)."""
+    y, yhat = _ages(y, "y"), _ages(yhat, "yhat")
+    if y.shape != yhat.shape:
+        raise ValueError(f"y and yhat must have the same length, got {y.size} and {yhat.size}")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(y, yhat, s=6, alpha=0.5)
-    hi = float(max(np.max(y), np.max(yhat))) + 2
-    ax.plot([0, hi], [0, hi], color="k", lw=0.8)
+    if choice is None:
+        ax.scatter(y, yhat, s=6, alpha=0.5)
+    else:
+        c = np.asarray(choice).reshape(-1)
+        if c.shape != y.shape:
+            raise ValueError(f"choice must have the length of y ({y.size}), got {c.size}")
+        for v, name in ((0, "vanilla"), (1, "balanced")):
+            m = c == v
+            if m.any():
+                ax.scatter(y[m], yhat[m], s=6, alpha=0.5, color=COLORS[name], label=name)
+        ax.legend(loc="upper left", fontsize=8)
+    hi = float(max(y.max(), yhat.max())) + 2
+    lo = min(0.0, float(yhat.min()))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
     ax.set_xlabel("true age")
     ax.set_ylabel("predicted age")
     ax.set_title(title or f"MAE {M.mae(y, yhat):.2f}")
     return _save(fig, path)
 
 
-def training_curves(log_path, path=None):
-    """Training loss and validation MAE per epoch from a trainer's log.jsonl."""
-    plt = _plt()
-    with open(log_path) as f:
-        entries = [json.loads(line) for line in f if line.strip()]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+def _log_entries(log):
+    """A trainer log as a list of entries: a log.jsonl path, a folder holding one, or
+    already a list of dicts."""
+    if isinstance(log, (str, bytes, os.PathLike)):
+        p = os.fspath(log)
+        if os.path.isdir(p):
+            p = os.path.join(p, "log.jsonl")
+        with open(p) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+    else:
+        entries = list(log)
+    if not entries:
+        raise ValueError("the training log has no entries")
+    return entries
+
+
+def training_curves(log, path=None, title=None):
+    """Training losses (left: total and each part the engine reports) and validation MAE
+    (solid) and CMAE (dashed) per head (right), per epoch, stage 1 then stage 2 (the
+    dotted line marks the start of stage 2). `log`: a log.jsonl path, the trainer's
+    out_dir, or a list of entries."""
+    entries = _log_entries(log)
     x = np.arange(1, len(entries) + 1)
-    a1.plot(x, [e["train"].get("total", np.nan) for e in entries], marker=".")
-    a1.set_xlabel("epoch (stage 1 then stage 2)")
-    a1.set_ylabel("training loss")
-    for head in ("vanilla", "balanced", "routed"):
-        ys = [e.get("val", {}).get(head, {}).get("mae", np.nan) if e.get("val") else np.nan
-              for e in entries]
-        if not np.all(np.isnan(ys)):
-            a2.plot(x, ys, marker=".", label=head)
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("validation MAE")
-    a2.legend()
-    return _save(fig, path)
-
-
-def faces(images, y, preds: dict, n=8, path=None):
-    """A row of faces in ascending true age with the true age and each model's prediction
-    (GLAE Fig. 3). images uint8 (N, S, S, 3); preds {label: predicted ages}."""
+    ticks = [f"{e.get('stage', '?')}.{e.get('epoch', '?')}" for e in entries]
     plt = _plt()
-    order = np.argsort(y)
-    pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).astype(int)]
-    fig, axes = plt.subplots(1, len(pick), figsize=(1.6 * len(pick), 2.2))
-    axes = np.atleast_1d(axes)
-    colors = ["tab:red", "tab:blue", "tab:green", "tab:orange"]
-    for ax, i in zip(axes, pick):
-        ax.imshow(images[i])
-        ax.axis("off")
-        text = f"T: {y[i]:.0f}"
-        ax.set_title(text, fontsize=8)
-        for j, (label, p) in enumerate(preds.items()):
-            ax.text(0.5, -0.08 - 0.12 * j, f"{label}: {p[i]:.1f}", transform=ax.transAxes,
-                    ha="center", fontsize=7, color=colors[j % len(colors)])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    keys = []
+    for e in entries:
+        for k in (e.get("train") or {}):
+            if k != "lr" and k not in keys:
+                keys.append(k)
+    for k in keys:
+        ys = [(e.get("train") or {}).get(k, np.nan) for e in entries]
+        a1.plot(x, ys, marker=".", lw=1.6 if k == "total" else 0.9, label=k)
+    a1.set_ylabel("training loss")
+    if keys:
+        a1.legend(fontsize=8)
+    any_val = False
+    for k, head in enumerate(("vanilla", "balanced", "routed")):
+        for metric, ls in (("mae", "-"), ("cmae", "--")):
+            ys = np.array([((e.get("val") or {}).get(head) or {}).get(metric, np.nan)
+                           if (e.get("val") or {}).get(head) else np.nan for e in entries],
+                          dtype=np.float64)
+            if not np.all(np.isnan(ys)):
+                any_val = True
+                a2.plot(x, ys, marker=".", ls=ls, color=_color(head, k),
+                        label=f"{head} {metric.upper()}")
+    a2.set_ylabel("validation error (years)")
+    if any_val:
+        a2.legend(fontsize=8, ncol=2)
+    else:
+        a2.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=a2.transAxes)
+    stage2 = [i for i, e in enumerate(entries) if e.get("stage") == 2]
+    for ax in (a1, a2):
+        ax.set_xticks(x, ticks, fontsize=7)
+        ax.set_xlabel("stage.epoch")
+        if stage2 and stage2[0] > 0:
+            ax.axvline(stage2[0] + 0.5, color="0.5", ls=":", lw=1)
+    fig.suptitle(title or "training curves")
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def faces(images, y, preds: dict, n=8, ncols=None, pick=None, path=None, title=None):
+    """GLAE Fig. 3: a grid of faces with the true age (T) and each model's prediction (P,
+    one colour per entry of `preds`, {label: predicted ages}). By default `n` faces spread
+    over the range of true ages (ascending); `pick` gives explicit indices instead.
+    images: uint8 (N, S, S, 3) (an array, a memmap or a PackedDataset's images)."""
+    y = _ages(y, "y")
+    if pick is None:
+        order = np.argsort(y, kind="stable")
+        pick = order[np.unique(np.linspace(0, len(order) - 1, min(n, len(order))).astype(int))]
+    pick = np.asarray(pick, dtype=np.int64).reshape(-1)
+    if pick.size == 0:
+        raise ValueError("no face to show")
+    preds = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in (preds or {}).items()}
+    ncols = int(ncols or min(len(pick), 8))
+    nrows = -(-len(pick) // ncols)
+    plt = _plt()
+    row_h = 1.75 + 0.22 * len(preds)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, row_h * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), pick):
+        ax.imshow(np.asarray(images[int(i)]))
+        ax.set_title(f"T: {y[i]:.0f}", fontsize=8)
+        for j, (label, p) in enumerate(preds.items()):
+            ax.text(0.5, -0.06 - 0.13 * j, f"{label}: {p[i]:.1f}", transform=ax.transAxes,
+                    ha="center", va="top", fontsize=7, color=_color(label, j))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def table(reports: dict, metrics=("mae", "cmae")) -> str:
+    """GLAE Tables VIII-IX as text: one row per report ({name: glae.metrics.report(...)},
+    e.g. Trainer.evaluate()'s {"vanilla", "balanced", "routed"}), columns: overall MAE,
+    CMAE, AAR (LAE groups), then `metrics` of every age group of the reports ("-" for
+    an empty group)."""
+    if not reports:
+        raise ValueError("reports is empty")
+    groups = []
+    for rep in reports.values():
+        for g in rep.get("group") or {}:
+            if g not in groups:
+                groups.append(g)
+    cols = ["MAE", "CMAE", "AAR"] + [f"{m.upper()} {g}" for g in groups for m in metrics]
+    w = max(12, max(len(c) for c in cols) + 2)
+    name_w = max(10, max(len(str(k)) for k in reports) + 2)
+    lines = [f"{'':<{name_w}}" + "".join(f"{c:>{w}}" for c in cols)]
+    lines.append("-" * len(lines[0]))
+    for name, rep in reports.items():
+        cells = [rep["mae"], rep["cmae"], rep["aar_lae"]["aar"]]
+        for g in groups:
+            v = (rep.get("group") or {}).get(g)
+            cells += [(v or {}).get(m) for m in metrics]
+        lines.append(f"{str(name):<{name_w}}" + "".join(
+            f"{c:>{w}.2f}" if c is not None else f"{'-':>{w}}" for c in cells))
+    return "\n".join(lines)

@@ -42,9 +42,16 @@ class Dataset:
         if not np.all(np.isfinite(self.ages)) or self.ages.min(initial=0) < 0:
             raise ValueError("ages must be finite and >= 0")
         if self.sigmas is not None:
+            # NaN = no sigma for that image (packed files store NaN where the data set gives
+            # none): all NaN -> None; some NaN -> Config.sigma for those in training
             self.sigmas = np.ascontiguousarray(self.sigmas, dtype=np.float32)
-            if self.sigmas.shape != self.ages.shape or not np.all(self.sigmas > 0):
-                raise ValueError("sigmas must be positive, one per image")
+            if self.sigmas.shape != self.ages.shape:
+                raise ValueError(f"sigmas must have shape {self.ages.shape}; got {self.sigmas.shape}")
+            given = ~np.isnan(self.sigmas)
+            if not given.any():
+                self.sigmas = None
+            elif not np.all(np.isfinite(self.sigmas[given]) & (self.sigmas[given] > 0)):
+                raise ValueError("sigmas must be positive and finite (NaN: none for that image)")
 
     def __len__(self):
         return len(self.images)
@@ -115,8 +122,8 @@ class Trainer:
         self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
                       "best": None, "loss_sums": {}, "loss_count": 0, "n_train": len(train)}
         self.labels = np.rint(train.ages).astype(np.int64)
-        self.sigmas = train.sigmas if train.sigmas is not None else \
-            np.full(len(train), config.sigma, np.float32)
+        self.sigmas = np.full(len(train), config.sigma, np.float32) if train.sigmas is None \
+            else np.where(np.isnan(train.sigmas), np.float32(config.sigma), train.sigmas)
         self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
         self._check_schedules()
         if out_dir:
@@ -250,12 +257,15 @@ class Trainer:
         stage = stage or self.state["stage"]
         p = self.predict(dataset)
         y = dataset.ages
-        rep = {"vanilla": M.report(y, p["vanilla"], sigma=dataset.sigmas,
+        # epsilon-error only where every image has its sigma (Chalearn)
+        sigma = dataset.sigmas if dataset.sigmas is not None and \
+            not np.isnan(dataset.sigmas).any() else None
+        rep = {"vanilla": M.report(y, p["vanilla"], sigma=sigma,
                                    train_ages=self.train.ages)}
         if stage == 2:
-            rep["balanced"] = M.report(y, p["balanced"], sigma=dataset.sigmas,
+            rep["balanced"] = M.report(y, p["balanced"], sigma=sigma,
                                        train_ages=self.train.ages)
-            rep["routed"] = M.report(y, p["routed"], sigma=dataset.sigmas,
+            rep["routed"] = M.report(y, p["routed"], sigma=sigma,
                                      train_ages=self.train.ages, choice=p["choice"])
         return rep
 

@@ -336,3 +336,16 @@ def test_model_save_load_and_predict_inputs(data, reference_run, tmp_path):
         m.predict(np.zeros((2, SIZE, SIZE), np.uint8))
     with pytest.raises(ValueError):
         m.predict(batch.astype(np.float32))
+
+
+def test_dataset_sigmas_nan_means_none():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    ages = np.array([1, 2, 3, 4], np.float32)
+    assert Dataset(images, ages, np.full(4, np.nan, np.float32)).sigmas is None
+    d = Dataset(images, ages, np.array([1.5, np.nan, 2.0, np.nan], np.float32))
+    assert np.isnan(d.sigmas).sum() == 2
+    for bad in ([1, 2, 0, 1], [1, 2, -1, 1], [1, np.inf, 1, 1]):
+        with pytest.raises(ValueError, match="sigmas"):
+            Dataset(images, ages, np.array(bad, np.float32))
+    with pytest.raises(ValueError, match="sigmas"):
+        Dataset(images, ages, np.ones(3, np.float32))

@@ -15,6 +15,7 @@ STAGE2_LOSSES = ("glae", "lae")
 SCHEDULES = ("onecycle", "multistep")
 NORMALIZATIONS = ("glae", "imagenet")
 ROUTES = ("smaller", "bigger", "vanilla", "balanced")
+TOML_TABLES = ("model", "data", "optim", "eval", "run")
 
 
 @dataclass
@@ -100,6 +101,12 @@ class Config:
         for name in ("stage1_epochs", "stage2_epochs", "proj_depth", "proj_width", "threads",
                      "seed"):
             positive(name, allow_zero=True)
+            if int(getattr(self, name)) != getattr(self, name):
+                raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
+        for name in ("linear_scaling", "cycle_momentum", "nesterov", "wd_exclude_bn_bias",
+                     "flip_test"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if not isinstance(self.pretrained, str):
             raise ValueError(f"pretrained must be a file path (str); got {self.pretrained!r}")
         if self.proj_depth > 2:
@@ -112,14 +119,36 @@ class Config:
             raise ValueError(f"pct_start must be in (0, 1); got {self.pct_start}")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be < 1; got {self.momentum}")
+        if self.nesterov and self.momentum == 0 and not self.cycle_momentum:
+            raise ValueError("nesterov needs momentum > 0 (set nesterov = false for plain SGD)")
         if self.num_classes != 101 and self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2; got {self.num_classes}")
+        if not isinstance(self.milestones, (tuple, list)) or any(
+                isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in self.milestones):
+            raise ValueError(f"milestones must be a list of epochs (integers >= 0); "
+                             f"got {self.milestones!r}")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing; got {self.milestones}")
+        if not isinstance(self.augment, dict):
+            raise ValueError(f"augment must be a table of options; got {self.augment!r}")
         unknown = set(self.augment) - {"crop", "flip", "color_jitter", "randaugment",
                                        "crop_scale", "randaugment_n", "randaugment_m"}
         if unknown:
             raise ValueError(f"augment: unknown option(s) {sorted(unknown)}")
+        for name in ("crop", "flip", "color_jitter", "randaugment"):
+            if name in self.augment and not isinstance(self.augment[name], bool):
+                raise ValueError(f"augment.{name} must be true or false; got {self.augment[name]!r}")
+        for name in ("randaugment_n", "randaugment_m"):
+            v = self.augment.get(name, 0)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"augment.{name} must be an integer >= 0; got {v!r}")
+        if "crop_scale" in self.augment:
+            cs = self.augment["crop_scale"]
+            ok = isinstance(cs, (list, tuple)) and len(cs) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in cs)
+            if not ok or not 0 < cs[0] <= cs[1] <= 1:
+                raise ValueError(f"augment.crop_scale must be [low, high] with "
+                                 f"0 < low <= high <= 1; got {cs!r}")
         return self
 
     def lr(self, stage: int) -> float:
@@ -134,6 +163,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a table of fields; got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -152,11 +183,19 @@ class Config:
         """A TOML file whose keys are Config fields, flat or under [model], [data],
         [optim], [eval] tables (the tables are only for readability)."""
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            try:
+                raw = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: not valid TOML: {e}") from None
         flat = {}
         for key, value in raw.items():
-            if isinstance(value, dict) and key in ("model", "data", "optim", "eval", "run"):
-                flat.update(value)
-            else:
-                flat[key] = value
-        return cls.from_dict(flat)
+            items = value.items() if isinstance(value, dict) and key in TOML_TABLES else \
+                [(key, value)]
+            for k, v in items:
+                if k in flat:
+                    raise ValueError(f"{path}: {k!r} is given twice")
+                flat[k] = v
+        try:
+            return cls.from_dict(flat)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None

@@ -42,16 +42,29 @@ class Dataset:
         if not np.all(np.isfinite(self.ages)) or self.ages.min(initial=0) < 0:
             raise ValueError("ages must be finite and >= 0")
         if self.sigmas is not None:
+            # NaN = no sigma for that image (packed files store NaN where the data set gives
+            # none): all NaN -> None; some NaN -> Config.sigma for those in training
             self.sigmas = np.ascontiguousarray(self.sigmas, dtype=np.float32)
-            if self.sigmas.shape != self.ages.shape or not np.all(self.sigmas > 0):
-                raise ValueError("sigmas must be positive, one per image")
+            if self.sigmas.shape != self.ages.shape:
+                raise ValueError(f"sigmas must have shape {self.ages.shape}; got {self.sigmas.shape}")
+            given = ~np.isnan(self.sigmas)
+            if not given.any():
+                self.sigmas = None
+            elif not np.all(np.isfinite(self.sigmas[given]) & (self.sigmas[given] > 0)):
+                raise ValueError("sigmas must be positive and finite (NaN: none for that image)")
 
     def __len__(self):
         return len(self.images)
 
     @classmethod
     def from_packed(cls, packed):
-        return cls(packed.images, packed.ages, packed.sigmas)
+        """A whole packed file stays memory-mapped; a PackedDataset.subset(...) is gathered
+        into memory (the C loader indexes one contiguous array), so for very large data
+        sets prepare one packed file per split instead."""
+        images = packed.images
+        if not isinstance(images, np.ndarray):
+            images = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
+        return cls(images, packed.ages, packed.sigmas)
 
 
 def as_dataset(data):
@@ -63,7 +76,7 @@ def as_dataset(data):
 
         data = PackedDataset(data)
     if hasattr(data, "images") and hasattr(data, "ages"):
-        return Dataset(data.images, data.ages, getattr(data, "sigmas", None))
+        return Dataset.from_packed(data)
     if isinstance(data, tuple) and len(data) in (2, 3):
         return Dataset(*data)
     raise TypeError("data must be a glae.train.Dataset, a PackedDataset, a packed-file path "
@@ -92,6 +105,16 @@ class Trainer:
         config.validate()
         if len(train) == 0:
             raise ValueError("the training set is empty")
+        if config.batch_size > len(train):
+            raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
+                             f"({len(train)} images): no full batch to train on")
+        if config.batch_size < 2 and config.stage1_epochs + config.stage2_epochs > 0:
+            raise ValueError("batch_size must be >= 2 to train (batch normalisation needs "
+                             "more than one value per channel)")
+        if (config.stage2_loss == "lae" and config.stage2_epochs > 0
+                and (val is None or len(val) == 0)):
+            raise ValueError("stage2_loss='lae' needs a validation set (its loss uses the "
+                             "stage-1 validation MAE)")
         self.model = model  # the public glae.Model; the engine is model.core
         self.core = model.core
         self.cfg = config
@@ -100,16 +123,36 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.log = log or (lambda *a, **k: None)
+        # everything besides the model's tensors and momentum that an exact resume needs;
+        # loss_sums/loss_count: the running sums of the current epoch (for its log line)
         self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
-                      "best": None}
+                      "best": None, "loss_sums": {}, "loss_count": 0, "n_train": len(train)}
         self.labels = np.rint(train.ages).astype(np.int64)
-        self.sigmas = train.sigmas if train.sigmas is not None else \
-            np.full(len(train), config.sigma, np.float32)
+        self.sigmas = np.full(len(train), config.sigma, np.float32) if train.sigmas is None \
+            else np.where(np.isnan(train.sigmas), np.float32(config.sigma), train.sigmas)
         self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
+        self._check_schedules()
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
         if config.threads:
             _C.set_num_threads(config.threads)
+
+    def _check_schedules(self):
+        """Evaluate the lr schedule at every step of both stages now, so that a schedule
+        the run cannot follow (e.g. a OneCycle phase of zero length) fails before any
+        work, not hours into it."""
+        for stage in (1, 2):
+            total = self.total_steps(stage)
+            try:
+                if self.cfg.schedule == "onecycle" and total > 0:
+                    _C.onecycle_steps(np.arange(total, dtype=np.int64), total, self.cfg.lr(stage),
+                                      self.cfg.pct_start, self.cfg.div_factor,
+                                      self.cfg.final_div_factor)
+                elif total > 0:
+                    self.lr_momentum(stage, 0)
+            except ValueError as e:
+                raise ValueError(f"stage {stage}: the {self.cfg.schedule} schedule cannot run "
+                                 f"{total} steps with this config: {e}") from None
 
     # -- bookkeeping -----------------------------------------------------------------
     def _no_decay_mask(self):
@@ -214,18 +257,21 @@ class Trainer:
         return {k: np.concatenate(v) for k, v in outs.items()}
 
     def evaluate(self, dataset=None, stage=None):
-        dataset = dataset or self.val
+        dataset = self.val if dataset is None else dataset
         if dataset is None or len(dataset) == 0:
             return None
         stage = stage or self.state["stage"]
         p = self.predict(dataset)
         y = dataset.ages
-        rep = {"vanilla": M.report(y, p["vanilla"], sigma=dataset.sigmas,
+        # epsilon-error only where every image has its sigma (Chalearn)
+        sigma = dataset.sigmas if dataset.sigmas is not None and \
+            not np.isnan(dataset.sigmas).any() else None
+        rep = {"vanilla": M.report(y, p["vanilla"], sigma=sigma,
                                    train_ages=self.train.ages)}
         if stage == 2:
-            rep["balanced"] = M.report(y, p["balanced"], sigma=dataset.sigmas,
+            rep["balanced"] = M.report(y, p["balanced"], sigma=sigma,
                                        train_ages=self.train.ages)
-            rep["routed"] = M.report(y, p["routed"], sigma=dataset.sigmas,
+            rep["routed"] = M.report(y, p["routed"], sigma=sigma,
                                      train_ages=self.train.ages, choice=p["choice"])
         return rep
 
@@ -233,36 +279,59 @@ class Trainer:
     def fit(self, max_steps: int | None = None):
         """Train (or continue) both stages. max_steps stops early after that many
         optimizer steps in this call (a checkpoint is written), for exact-resume tests."""
+        if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) != max_steps
+                                      or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
         done = 0
         cfg = self.cfg
+        st = self.state
+        if (self.out_dir and st["stage"] == 1 and st["epoch"] == 0 and st["batch"] == 0
+                and st["step"] == 0):  # a fresh run: no lines of an earlier run in the log
+            log_path = os.path.join(self.out_dir, "log.jsonl")
+            if os.path.exists(log_path):
+                os.remove(log_path)
         for stage in (1, 2):
             if self.state["stage"] > stage:
                 continue
             epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
-            if stage == 2 and self.state["epoch"] == 0 and self.state["batch"] == 0:
+            if stage == 2 and self.state["epoch"] == 0 and self.state["batch"] == 0 \
+                    and not self.state.get("stage2_started"):
                 self._start_stage2()
             nb = self.batches_per_epoch()
             while self.state["epoch"] < epochs:
                 epoch = self.state["epoch"]
                 order = self.epoch_indices(stage, epoch)
                 t0 = time.perf_counter()
-                losses = []
                 skip = self.state["batch"]
+                if skip == 0:
+                    self.state["loss_sums"], self.state["loss_count"] = {}, 0
+                # the loader always runs the whole epoch (augmentations are keyed by the
+                # position in it); a resumed epoch draws and drops the batches already done
                 batches = iter(self.loader(order, stage, epoch))
                 for _ in range(skip):
                     next(batches)
+                stop = False
                 for b, (x, ages, sigma) in _progress(enumerate(batches, skip), nb - skip,
                                                       f"stage {stage} epoch {epoch + 1}/{epochs}",
                                                       self.progress):
-                    losses.append(self.step(x, ages, sigma, stage))
+                    losses = self.step(x, ages, sigma, stage)
+                    sums = self.state["loss_sums"]
+                    for key, v in losses.items():
+                        sums[key] = sums.get(key, 0.0) + float(v)
+                    self.state["loss_count"] += 1
                     self.state["batch"] = b + 1
                     done += 1
                     if max_steps is not None and done >= max_steps:
-                        self.save("last")
-                        return self
+                        stop = True
+                        break
+                if stop and self.state["batch"] < nb:
+                    self.save("last")
+                    return self
                 self.state["epoch"] = epoch + 1
                 self.state["batch"] = 0
-                self._end_epoch(stage, epoch, losses, time.perf_counter() - t0)
+                self._end_epoch(stage, epoch, nb - skip, time.perf_counter() - t0)
+                if stop:  # stopped on an epoch's last batch: the epoch is logged and saved
+                    return self
             if stage == 1:
                 self.state.update(stage=2, epoch=0, batch=0, step=0)
         if cfg.stage2_epochs > 0:
@@ -273,16 +342,21 @@ class Trainer:
         if self.state["stage1_val_mae"] is None and self.val is not None:
             rep = self.evaluate(stage=1)
             self.state["stage1_val_mae"] = rep["vanilla"]["mae"] if rep else None
-        if self.cfg.stage2_loss == "lae" and self.state["stage1_val_mae"] is None:
+        if (self.cfg.stage2_loss == "lae" and self.cfg.stage2_epochs > 0
+                and self.state["stage1_val_mae"] is None):
             raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
         self.core.copy_head_to_balanced()
         b, e = self.core.group_range(G_BALANCED)
         self.core.momentum[b:e] = 0.0
+        self.state["stage2_started"] = True
 
-    def _end_epoch(self, stage, epoch, losses, seconds):
-        mean = {k: float(np.mean([l[k] for l in losses])) for k in losses[0]} if losses else {}
+    def _end_epoch(self, stage, epoch, batches_here, seconds):
+        n = self.state["loss_count"]
+        mean = {k: v / n for k, v in self.state["loss_sums"].items()} if n else {}
+        # seconds / images_per_s: this process's part of the epoch (all of it unless resumed)
+        is_best = False
         entry = {"stage": stage, "epoch": epoch + 1, "seconds": round(seconds, 3),
-                 "images_per_s": round(len(losses) * self.cfg.batch_size / max(seconds, 1e-9), 1),
+                 "images_per_s": round(batches_here * self.cfg.batch_size / max(seconds, 1e-9), 1),
                  "train": mean}
         if self.val is not None and ((epoch + 1) % self.cfg.eval_every == 0):
             entry["val"] = self.evaluate(stage=stage)
@@ -293,8 +367,10 @@ class Trainer:
             best = self.state["best"]
             if best is None or stage > best[0] or score <= best[1]:
                 self.state["best"] = (stage, score)
-                self.save("best")
-        self.save("last")
+                is_best = True
+        last = self.save("last")
+        if is_best and last:
+            _same_file(last, os.path.join(self.out_dir, "best.safetensors"))
         if self.out_dir:
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(entry, default=_json_default) + "\n")
@@ -313,9 +389,28 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, train, val=None, out_dir=None, **kw):
-        from .model import Model
+        """A Trainer that continues the run saved in `path` (a last/best checkpoint)
+        exactly: model tensors, BN buffers, momentum, stage/epoch/batch/step, the running
+        epoch losses. `train` must be the same training set (its size is checked)."""
+        from .model import _Restore
 
-        model, cfg, state = load_checkpoint(path, Model)
+        # every tensor comes from the file: config.pretrained is not read again
+        model, cfg, state = load_checkpoint(path, _Restore)
+        missing = [k for k in ("stage", "epoch", "batch", "step") if k not in state]
+        if missing:
+            raise ckpt.CheckpointError(
+                f"{path}: no trainer state ({', '.join(missing)} missing): written by "
+                "Model.save? Train from it with a new Trainer instead of resuming")
+        if state.get("stage") not in (1, 2) or any(
+                isinstance(state[k], bool) or not isinstance(state[k], int) or state[k] < 0
+                for k in ("epoch", "batch", "step")):
+            raise ckpt.CheckpointError(f"{path}: corrupt trainer state {state!r}")
+        train = as_dataset(train)
+        if val is not None:
+            val = as_dataset(val)
+        if "n_train" in state and state["n_train"] != len(train):
+            raise ValueError(f"{path} was trained on {state['n_train']} images; the training set "
+                             f"given has {len(train)}: resume needs the same training set")
         state.pop("stage2_trained", None)
         t = cls(model, cfg, train, val, out_dir=out_dir, **kw)
         t.state.update(state)
@@ -334,12 +429,19 @@ def save_checkpoint(path, model, cfg, state):
 
 
 def load_checkpoint(path, model_factory):
+    """(model, config, trainer state) from a file of save_checkpoint. Every problem is a
+    CheckpointError (a ValueError) naming the file; a missing file is FileNotFoundError."""
     tensors, meta = ckpt.load(path)
-    if meta.get("format") != "glae-checkpoint-1" or "config" not in meta:
-        raise ckpt.CheckpointError(f"{path}: not a glae checkpoint (no glae metadata)")
+    if not isinstance(meta, dict) or meta.get("format") != "glae-checkpoint-1" \
+            or "config" not in meta:
+        raise ckpt.CheckpointError(f"{path}: not a glae checkpoint (no glae metadata; "
+                                   "a plain state_dict loads with Model.load_state_dict)")
     cfg = meta["config"]
-    cfg = Config.from_dict(cfg) if isinstance(cfg, dict) else Config.from_json(cfg)
-    model = model_factory.from_config(cfg)
+    try:
+        cfg = Config.from_dict(cfg) if isinstance(cfg, dict) else Config.from_json(cfg)
+        model = model_factory.from_config(cfg)
+    except (ValueError, TypeError) as e:
+        raise ckpt.CheckpointError(f"{path}: unusable config in the checkpoint: {e}") from None
     core = model.core
     for name, *_ in core.param_table():
         if name not in tensors:
@@ -357,6 +459,24 @@ def load_checkpoint(path, model_factory):
     if isinstance(state.get("best"), list):
         state["best"] = tuple(state["best"])
     return model, cfg, state
+
+
+def _same_file(src, dst):
+    """dst becomes a file with src's content: a hard link when the filesystem allows it
+    (no second write of ~90 MB; src is later replaced by a new file, never rewritten in
+    place, so dst keeps this content), else a copy. Atomic: built aside, then renamed."""
+    import shutil
+
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _json_default(o):

@@ -1,0 +1,366 @@
+"""The two-stage trainer (glae/train.py) and the public Model's save/load/predict.
+
+Small ResNet-18 models at 32 px on glae.data.synthetic_faces. The learning test is the only
+slow one (marked); the others train a few steps on a few dozen images."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import glae
+from glae import _C
+from glae import checkpoint as ckpt
+from glae.config import Config
+from glae.data import random_split, synthetic_faces
+from glae.model import Model, load
+from glae.train import G_BACKBONE, G_BALANCED, G_HEAD, Dataset, Trainer
+
+SIZE = 32
+AUG = {"crop": True, "flip": True, "color_jitter": False, "randaugment": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lean_machine():
+    """One engine thread (on the shared 2-core machine the fastest) and no fsync in the
+    checkpoint writes (each ResNet-18 checkpoint is ~90 MB; durability is tested in
+    test_checkpoint.py, here only the content matters)."""
+    threads = glae.get_num_threads()
+    glae.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ckpt.os, "fsync", lambda fd: None)
+        yield
+    glae.set_num_threads(threads)
+
+
+def small_cfg(**kw):
+    base = dict(backbone="resnet18", head="fr+pa", image_size=SIZE, proj_depth=1, proj_width=32,
+                batch_size=8, stage1_epochs=2, stage2_epochs=1, base_lr1=0.002, base_lr2=0.002,
+                linear_scaling=False, augment=AUG, seed=3)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, ages = synthetic_faces(56, size=SIZE, seed=5)
+    tr, va = np.arange(40), np.arange(40, 56)  # 5 batches of 8 per epoch
+    return Dataset(images[tr], ages[tr]), Dataset(images[va], ages[va])
+
+
+def snapshot(core):
+    """Every tensor (parameters and BN buffers) by name, the momentum, and the groups."""
+    tensors = {name: core.get(name).copy() for name, *_ in core.param_table()}
+    groups = {name: group for name, _s, _o, _n, _b, group, _nd in core.param_table()}
+    buffers = {name for name, _s, _o, _n, is_buf, _g, _nd in core.param_table() if is_buf}
+    return tensors, np.array(core.momentum, copy=True), groups, buffers
+
+
+def assert_same_state(a, b):
+    ta, ma = a[:2]
+    tb, mb = b[:2]
+    assert ta.keys() == tb.keys()
+    diff = [k for k in ta if not np.array_equal(ta[k], tb[k])]
+    assert not diff, f"tensors differ: {diff[:5]}"
+    assert np.array_equal(ma, mb), "momentum differs"
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def strip_timing(entries):
+    return [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in entries]
+
+
+@pytest.fixture(scope="module")
+def reference_run(data, tmp_path_factory):
+    """The uninterrupted run: 2 + 1 epochs of 5 batches (15 optimizer steps)."""
+    train, val = data
+    out = str(tmp_path_factory.mktemp("ref"))
+    cfg = small_cfg()
+    t = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=out, progress=False, log=None)
+    t.fit()
+    return t, out, snapshot(t.core)
+
+
+# -- learning ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_learns_on_synthetic_faces():
+    """Validation MAE below half of always predicting the training mean (stage 1 only;
+    about 20 s on a quiet machine, 60 s under heavy load)."""
+    glae.set_num_threads(1)  # on the shared 2-core machine 1 thread is the fastest
+    images, ages = synthetic_faces(600, size=SIZE, seed=0)
+    tr, va = random_split(600, (0.8, 0.2), seed=0)
+    train, val = Dataset(images[tr], ages[tr]), Dataset(images[va], ages[va])
+    cfg = Config(backbone="resnet18", head="gap", image_size=SIZE, batch_size=16,
+                 stage1_epochs=8, stage2_epochs=0, base_lr1=0.01, linear_scaling=False, seed=0,
+                 augment={"crop": False, "flip": True, "color_jitter": False, "randaugment": False})
+    t = Trainer(Model.from_config(cfg), cfg, train, val, progress=False, log=None)
+    t.fit()
+    mae = t.evaluate(stage=1)["vanilla"]["mae"]
+    baseline = float(np.mean(np.abs(val.ages - train.ages.mean())))
+    assert mae < 0.5 * baseline, (mae, baseline)
+
+
+# -- stage 2 -------------------------------------------------------------------------------
+def test_stage2_changes_only_the_balanced_head(data):
+    train, val = data
+    # an imbalanced label set: 28 images of age 30, 4 each of 5, 60 and 90
+    ages = np.array([30.0] * 28 + [5.0] * 4 + [60.0] * 4 + [90.0] * 4, np.float32)
+    train = Dataset(train.images, ages)
+    cfg = small_cfg(stage1_epochs=1, stage2_epochs=2)
+    t = Trainer(Model.from_config(cfg), cfg, train, None, progress=False, log=None)
+    orders = {1: [], 2: []}
+    loader = t.loader
+
+    def spy(order, stage, epoch):
+        orders[stage].append(np.array(order))
+        return loader(order, stage, epoch)
+
+    t.loader = spy
+    t.fit(max_steps=t.batches_per_epoch())  # all of stage 1 (one epoch)
+    before = snapshot(t.core)
+    t.fit()  # stage 2
+    after = snapshot(t.core)
+    tensors0, mom0, groups, buffers = before
+    tensors1, mom1 = after[:2]
+    changed = {name for name in tensors0 if not np.array_equal(tensors0[name], tensors1[name])}
+    backbone = {n for n, g in groups.items() if g == G_BACKBONE}
+    head = {n for n, g in groups.items() if g == G_HEAD}
+    balanced = {n for n, g in groups.items() if g == G_BALANCED}
+    assert backbone & buffers, "the backbone's BN buffers are part of the check"
+    assert not changed & backbone, sorted(changed & backbone)[:5]
+    assert not changed & head, sorted(changed & head)[:5]
+    # stage 2 starts from a copy of the vanilla head; every tensor of the balanced head then
+    # moved away from it (FR conv, projection with its BN1d statistics, classifier)
+    assert balanced == {"balanced." + n for n in head}
+    same = [n for n in head if np.array_equal(tensors1[n], tensors1["balanced." + n])]
+    assert not same, same
+    assert head & buffers, "the head's BN1d running statistics are part of the check"
+    # backbone and vanilla-head momentum untouched too
+    b, e = t.core.group_range(G_BALANCED)
+    assert np.array_equal(np.delete(mom0, np.s_[b:e]), np.delete(mom1, np.s_[b:e]))
+    # sampling: stage 1 a permutation; stage 2 class-balanced (each present age ~1/4 of draws)
+    assert all(np.array_equal(np.sort(o), np.arange(len(train))) for o in orders[1])
+    drawn = np.concatenate(orders[2])
+    assert len(orders[2]) == 2 and len(drawn) == 2 * len(train)
+    freq = np.array([np.mean(ages[drawn] == a) for a in (5, 30, 60, 90)])
+    assert np.all(np.abs(freq - 0.25) < 0.15), freq  # instance-balanced: 0.7 for age 30
+    for epoch, order in enumerate(orders[2]):
+        assert np.array_equal(order, _C.sample_class_balanced(
+            np.rint(ages).astype(np.int64), cfg.seed * 2 + 1, epoch, len(train)))
+    assert t.model.stage2_trained
+
+
+# -- exact resume ----------------------------------------------------------------------------
+def test_exact_resume(data, reference_run, tmp_path):
+    """Stopped after k steps (Trainer.fit(max_steps=k) writes last.safetensors), resumed
+    from that file and run to the end: bitwise the uninterrupted run (parameters, BN
+    buffers, momentum, log). k = 7: mid-epoch in stage 1's second epoch; 10: the last step
+    of stage 1; 12: mid-epoch in stage 2. One run makes all three stops (fit in pieces)."""
+    import shutil
+
+    train, val = data
+    ref, ref_out, ref_state = reference_run
+    cfg = small_cfg()
+    first = tmp_path / "first"
+    t = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=str(first), progress=False, log=None)
+    stops = {7: (1, 1, 2), 10: (1, 2, 0), 12: (2, 0, 2)}  # k -> (stage, epoch, batch) saved
+    done = 0
+    for k, where in stops.items():
+        t.fit(max_steps=k - done)
+        done = k
+        saved = Trainer.resume(str(first / "last.safetensors"), train, val, progress=False, log=None)
+        assert (saved.state["stage"], saved.state["epoch"], saved.state["batch"]) == where
+        out = tmp_path / f"stop{k}"
+        out.mkdir()
+        shutil.copy(first / "last.safetensors", out / "last.safetensors")
+        shutil.copy(first / "log.jsonl", out / "log.jsonl")
+    del t, saved
+    for k in stops:
+        out = tmp_path / f"stop{k}"
+        t2 = Trainer.resume(str(out / "last.safetensors"), train, val, out_dir=str(out),
+                            progress=False, log=None)
+        t2.fit()
+        assert_same_state(snapshot(t2.core), ref_state)
+        assert t2.state["step"] == ref.state["step"] and t2.state["stage"] == 2
+        assert t2.model.stage2_trained
+        # the log of the interrupted run is the same, line for line (timings aside)
+        assert strip_timing(read_log(out)) == strip_timing(read_log(ref_out)), k
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [
+    {"base_lr1": -0.1}, {"base_lr2": 0.0}, {"batch_size": 0}, {"batch_size": 2.5},
+    {"head": "mlp"}, {"backbone": "resnet34"}, {"loss": "l2"}, {"stage2_loss": "x"},
+    {"stage1_epochs": -1}, {"stage1_epochs": 1.5}, {"weight_decay": -1e-4},
+    {"momentum": 1.0}, {"momentum": 0.0}, {"pct_start": 0.0}, {"sigma": float("nan")},
+    {"image_size": 0}, {"milestones": (30, 10)}, {"milestones": (1.5,)},
+    {"augment": {"mixup": True}}, {"augment": {"crop": "yes"}},
+    {"augment": {"crop_scale": [0.9, 0.1]}}, {"nesterov": "true"}, {"route": "random"},
+    {"proj_depth": 3}, {"threads": -1}, {"lam": -1.0},
+])
+def test_bad_config_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        small_cfg(**bad)
+
+
+def test_bad_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('head = "fr+pa"\n[optim]\nbatch_size = 32\nlearning_rate = 0.1\n')
+    with pytest.raises(ValueError, match="learning_rate"):
+        Config.from_toml(p)
+    p.write_text('[optimizer]\nbatch_size = 32\n')  # unknown table
+    with pytest.raises(ValueError, match="optimizer"):
+        Config.from_toml(p)
+    p.write_text('batch_size = 32\n[optim]\nbatch_size = 64\n')
+    with pytest.raises(ValueError, match="twice"):
+        Config.from_toml(p)
+    p.write_text('batch_size = -4\n')
+    with pytest.raises(ValueError, match="batch_size"):
+        Config.from_toml(p)
+    p.write_text('batch_size = \n')
+    with pytest.raises(ValueError, match="TOML"):
+        Config.from_toml(p)
+    p.write_text('[model]\nhead = "gap"\n[optim]\nbatch_size = 32\nmilestones = [2, 4]\n')
+    c = Config.from_toml(p)
+    assert (c.head, c.batch_size, c.milestones) == ("gap", 32, (2, 4))
+
+
+def test_bad_trainer_arguments_fail_before_work(data, tmp_path):
+    train, val = data
+    out = tmp_path / "out"
+    cfg = small_cfg()
+    m = Model.from_config(cfg)
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(m, cfg.replace(batch_size=64), train, val, out_dir=str(out), progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(m, cfg.replace(batch_size=1), train, val, out_dir=str(out), progress=False)
+    with pytest.raises(ValueError, match="validation"):
+        Trainer(m, cfg.replace(stage2_loss="lae"), train, None, out_dir=str(out), progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        Trainer(m, cfg, Dataset(train.images[:0], train.ages[:0]), val, out_dir=str(out))
+    # a OneCycle that cannot run this many steps (pct_start * total = 1: zero-length phase)
+    with pytest.raises(ValueError, match="schedule"):
+        Trainer(m, cfg.replace(pct_start=1 / 10, stage1_epochs=2), train, val,
+                out_dir=str(out), progress=False)
+    with pytest.raises(ValueError, match="max_steps"):
+        Trainer(m, cfg, train, val, progress=False).fit(max_steps=0)
+    assert not out.exists(), "nothing written before the arguments were checked"
+
+
+def test_resume_rejects_bad_checkpoints(data, reference_run, tmp_path):
+    train, val = data
+    _, ref_out, _ = reference_run
+    last = os.path.join(ref_out, "last.safetensors")
+    blob = open(last, "rb").read()
+    trunc = tmp_path / "truncated.safetensors"
+    trunc.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated"):
+        Trainer.resume(str(trunc), train, val)
+    foreign = tmp_path / "foreign.safetensors"
+    ckpt.save(str(foreign), {"fc.weight": np.zeros((3, 4), np.float32)}, {"format": "pt"})
+    with pytest.raises(ckpt.CheckpointError, match="not a glae checkpoint"):
+        Trainer.resume(str(foreign), train, val)
+    saved = tmp_path / "model.safetensors"
+    load(last).save(str(saved))  # a Model.save file has no trainer state
+    with pytest.raises(ckpt.CheckpointError, match="trainer state"):
+        Trainer.resume(str(saved), train, val)
+    with pytest.raises(ValueError, match="same training set"):
+        Trainer.resume(last, Dataset(train.images[:32], train.ages[:32]), val)
+    with pytest.raises(FileNotFoundError):
+        Trainer.resume(str(tmp_path / "nope.safetensors"), train, val)
+
+
+# -- log and checkpoints --------------------------------------------------------------------
+def test_log_and_checkpoints(data, reference_run):
+    train, val = data
+    ref, out, _ = reference_run
+    log = read_log(out)
+    assert [(e["stage"], e["epoch"]) for e in log] == [(1, 1), (1, 2), (2, 1)]
+    full = {"n", "mae", "cmae", "aar_lae", "aar_glae", "group", "cs", "per_age", "shot"}
+    for e in log:
+        assert set(e["train"]) >= {"total", "lr"} and np.isfinite(e["train"]["total"])
+        heads = {"vanilla"} if e["stage"] == 1 else {"vanilla", "balanced", "routed"}
+        assert set(e["val"]) == heads
+        for h in heads:
+            assert full <= set(e["val"][h]), (h, full - set(e["val"][h]))
+            assert set(e["val"][h]["group"]) == {"0-17", "18-65", "66-100"}
+        if e["stage"] == 2:
+            assert "routing" in e["val"]["routed"]
+    for name in ("best", "last"):
+        m = load(os.path.join(out, f"{name}.safetensors"))
+        assert m.stage2_trained and m.config == ref.cfg
+    m = load(os.path.join(out, "last.safetensors"))
+    assert_same_state(snapshot(m.core), snapshot(ref.core))
+    x = val.images[:5]
+    assert np.array_equal(m.predict(x), ref.model.predict(x))
+
+
+# -- the public Model ---------------------------------------------------------------------------
+def test_model_save_load_and_predict_inputs(data, reference_run, tmp_path):
+    from PIL import Image
+
+    _, val = data
+    ref = reference_run[0].model
+    path = str(tmp_path / "m.safetensors")
+    assert ref.save(path) == path
+    m = load(path)
+    assert m.stage2_trained == ref.stage2_trained and m.config == ref.config
+    batch = np.ascontiguousarray(val.images[:4])
+    want = ref.predict(batch)
+    assert want.shape == (4,) and np.all(np.isfinite(want))
+    assert np.array_equal(m.predict(batch), want)
+    for route in ("vanilla", "balanced", "smaller"):
+        assert np.array_equal(m.predict(batch, route=route), ref.predict(batch, route=route))
+    files = []
+    for i, im in enumerate(batch):
+        f = tmp_path / f"face{i}.png"
+        Image.fromarray(im).save(f)
+        files.append(str(f))
+    # a path, a PIL image, an (H, W, 3) array: the same answer; a list of paths: the batch's
+    # (a batch of 1 runs other GEMM shapes than a batch of 4: equal to rounding)
+    for i in range(2):
+        one = m.predict(batch[i])
+        assert one.shape == (1,)
+        assert np.array_equal(m.predict(files[i]), one)
+        assert np.array_equal(m.predict(Image.open(files[i])), one)
+        np.testing.assert_allclose(one, want[i:i + 1], rtol=0, atol=1e-3)
+    assert np.array_equal(m.predict(files), want)
+    ages, probs, head = m.predict(batch, return_distribution=True, return_head=True)
+    assert probs.shape == (4, 101) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert np.allclose(ages, probs @ np.arange(101), atol=1e-3) and set(head) <= {0, 1}
+    with pytest.raises(ValueError):
+        m.predict(np.zeros((2, SIZE, SIZE), np.uint8))
+    with pytest.raises(ValueError):
+        m.predict(batch.astype(np.float32))
+
+
+def test_dataset_sigmas_nan_means_none():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    ages = np.array([1, 2, 3, 4], np.float32)
+    assert Dataset(images, ages, np.full(4, np.nan, np.float32)).sigmas is None
+    d = Dataset(images, ages, np.array([1.5, np.nan, 2.0, np.nan], np.float32))
+    assert np.isnan(d.sigmas).sum() == 2
+    for bad in ([1, 2, 0, 1], [1, 2, -1, 1], [1, np.inf, 1, 1]):
+        with pytest.raises(ValueError, match="sigmas"):
+            Dataset(images, ages, np.array(bad, np.float32))
+    with pytest.raises(ValueError, match="sigmas"):
+        Dataset(images, ages, np.ones(3, np.float32))
+
+
+def test_packed_subset_is_accepted_as_training_data(tmp_path):
+    """A PackedDataset.subset (a lazy index view into the memmap) becomes a Dataset."""
+    from glae.data import PackedDataset, synthetic_faces, write_packed
+    from glae.train import as_dataset
+
+    images, ages = synthetic_faces(12, size=16, seed=1)
+    path = str(tmp_path / "s.glae")
+    write_packed(path, images, ages)
+    sub = PackedDataset(path).subset([1, 5, 7])
+    ds = as_dataset(sub)
+    assert len(ds) == 3 and ds.sigmas is None
+    np.testing.assert_array_equal(ds.images, images[[1, 5, 7]])
+    np.testing.assert_array_equal(ds.ages, ages[[1, 5, 7]])

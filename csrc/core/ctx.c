@@ -41,7 +41,7 @@ void glae_set_num_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    glae_blas_set_num_threads(n);
+    glae_blas_set_num_threads(1); /* glae_sgemm does the splitting: see blas.h */
 }
 
 int glae_get_num_threads(void) {

@@ -1,5 +1,5 @@
 /* Fully connected layer, PyTorch layout: out (N, OUT) = in (N, IN) W^T + b, W (OUT, IN).
- * The products go through glae_sgemm (OpenBLAS threads on its own: no OpenMP around it). */
+ * The products go through glae_sgemm, which splits them over the OpenMP threads. */
 #include <string.h>
 
 #include "../core/blas.h"

@@ -2,6 +2,8 @@
 #define GLAE_IMPORT_ARRAY
 #include "py.h"
 
+#include "../core/ctx.h"
+
 static PyMethodDef *const families[] = {
     glae_core_methods, glae_ops_methods,   glae_conv_methods, glae_loss_methods,
     glae_metrics_methods, glae_train_methods, glae_data_methods, glae_nn_methods,
@@ -29,6 +31,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
+    /* one thread pool (OpenMP); OpenBLAS would otherwise start one thread per core */
+    glae_set_num_threads(glae_get_num_threads());
     if (!all_methods && !(all_methods = merge_tables())) return PyErr_NoMemory();
     module.m_methods = all_methods;
     PyObject *m = PyModule_Create(&module);

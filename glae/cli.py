@@ -251,6 +251,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:
         print(f"glae {args.command}: error: {e}", file=sys.stderr)
         return 2

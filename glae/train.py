@@ -231,6 +231,17 @@ class Trainer:
             loss_mode, mae = cfg.loss, 0.0
         m.zero_grad()
         losses = m.train_step(x, ages, sigma, stage=stage, loss=loss_mode, mae=mae)
+        if not math.isfinite(losses["total"]):
+            # stop before the optimiser spreads it and before a checkpoint records it
+            raise FloatingPointError(
+                f"training diverged in stage {stage}, epoch {self.state['epoch'] + 1}, step "
+                f"{self.state['step']} (loss {losses['total']}): lower the peak learning rate "
+                f"(peak lr in this stage: {cfg.lr(stage):g}). "
+                + ("In stage 2 the backbone's BN runs on its running statistics; after a short "
+                   "stage 1 they are far from the batch statistics and the head sees much "
+                   "larger features, so stage 2 needs a longer stage 1 or a smaller rate."
+                   if stage == 2 else "The L1 term's gradient scales with ages (up to 100), "
+                   "so from-scratch training needs rates around 0.005 or less."))
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])

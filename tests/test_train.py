@@ -364,3 +364,19 @@ def test_packed_subset_is_accepted_as_training_data(tmp_path):
     assert len(ds) == 3 and ds.sigmas is None
     np.testing.assert_array_equal(ds.images, images[[1, 5, 7]])
     np.testing.assert_array_equal(ds.ages, ages[[1, 5, 7]])
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    """A non-finite loss stops training at once with advice, instead of NaN weights."""
+    images, ages = synthetic_faces(64, size=32, seed=3)
+    # fr+pa's holistic branch is a chain of linear layers without normalisation: a rate
+    # far too high sends its loss to inf/NaN within a few steps
+    m = Model(head="fr+pa", image_size=32, batch_size=8, stage1_epochs=3, stage2_epochs=0,
+              base_lr1=10.0, linear_scaling=False)
+    t = Trainer(m, m.config, Dataset(images, ages), None, out_dir=str(tmp_path), progress=False,
+                log=None)
+    with pytest.raises(FloatingPointError, match="training diverged in stage 1"):
+        t.fit()
+    # it stopped inside the first epoch: no checkpoint holds the diverged weights
+    assert t.state["epoch"] == 0
+    assert not (tmp_path / "last.safetensors").exists()

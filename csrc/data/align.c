@@ -1,6 +1,9 @@
 /* Face alignment (5-point similarity onto the ArcFace template), affine warps and the
  * antialiased box resampler shared with the augmentations. */
 #include "align.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -207,6 +210,25 @@ static void gather_axpy(float *restrict o, const float *restrict v, const float 
                         const int *restrict ik, int n) {
     for (int e = 0; e < n; e++) o[e] += wk[e] * v[ik[e]];
 }
+#if defined(__AVX512F__)
+/* gather2 without gathers: 16 output elements at a time read a window of 32 consecutive
+ * acc values starting at base[b] and pick their taps with two-register permutes (off0/off1
+ * are the tap indices minus base, in [0, 32)). Same products and sum as gather2 (mul, mul,
+ * add; no FMA), so the result is bitwise identical. */
+static void gather2_perm(float *restrict o, const float *restrict v, const float *restrict w0,
+                         const float *restrict w1, const int *restrict off0,
+                         const int *restrict off1, const int *restrict base, int nblk) {
+    for (int b = 0; b < nblk; b++) {
+        const float *src = v + base[b];
+        __m512 lo = _mm512_loadu_ps(src), hi = _mm512_loadu_ps(src + 16);
+        __m512 a = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(off0 + 16 * b), hi);
+        __m512 c = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(off1 + 16 * b), hi);
+        __m512 r = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(w0 + 16 * b), a),
+                                 _mm512_mul_ps(_mm512_loadu_ps(w1 + 16 * b), c));
+        _mm512_storeu_ps(o + 16 * b, r);
+    }
+}
+#endif
 static void round_u8(uint8_t *restrict o, const float *restrict v, int n) {
     for (int i = 0; i < n; i++) {
         float t = v[i];
@@ -214,6 +236,8 @@ static void round_u8(uint8_t *restrict o, const float *restrict v, int n) {
         o[i] = (uint8_t)(t + 0.5f);
     }
 }
+
+#define APAD 40 /* zeroed floats after the acc row: gather2 reads 3 past it, gather2_perm 32 */
 
 /* Separable resampling: per output row, the vertical pass over the uint8 input rows
  * (contiguous, vectorised) gives one interleaved float row of the needed columns; the
@@ -235,8 +259,9 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
     int tx = (int)ceil(2.0 * fsx) + 2, ty = (int)ceil(2.0 * fsy) + 2;
     const size_t n3o = (size_t)ow * 3;
     /* workspace: per-axis tables, the per-element tables (ntx <= tx), one input row (+ pad), one output row */
+    const int nblk = (int)(n3o / 16);
     size_t need = (size_t)ow * tx + (size_t)oh * ty + (size_t)ow + oh + 2 * (size_t)tx * n3o +
-                  (size_t)3 * w + 8 + n3o + 64;
+                  (size_t)3 * w + APAD + n3o + 2 * (size_t)nblk * 16 + nblk + 64;
     if (*cap < need) {
         float *nb = realloc(*buf, need * sizeof(float));
         if (!nb) return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
@@ -247,7 +272,8 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
     int *fx = (int *)(wy + (size_t)oh * ty), *fy = fx + ow;
     float *We = (float *)(fy + oh);
     int *Ie = (int *)(We + (size_t)tx * n3o);
-    float *acc = (float *)(Ie + (size_t)tx * n3o), *orow = acc + (size_t)3 * w + 8;
+    float *acc = (float *)(Ie + (size_t)tx * n3o), *orow = acc + (size_t)3 * w + APAD;
+    int *poff = (int *)(orow + n3o), *pbase = poff + 2 * (size_t)nblk * 16;
     axis_coeffs(ow, x0, bw, w, tx, fx, wx);
     axis_coeffs(oh, y0, bh, h, ty, fy, wy);
     /* effective tap counts and the column range the horizontal pass reads */
@@ -276,7 +302,33 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
                 Ie[(size_t)k * n3o + 3 * x + c] = 3 * j + c;
             }
         }
-    for (int i = n3; i < n3 + 8; i++) acc[i] = 0.0f; /* gather2 may read 3 past the last column */
+    for (int i = n3; i < n3 + APAD; i++) acc[i] = 0.0f; /* gather2 may read 3 past the last column */
+    /* permute tables for the 2-tap pass: usable when every block's taps fit a 32-float
+     * window (always when enlarging or mildly shrinking). A zero-weight tap may read any
+     * lane: acc is finite and >= 0, so its product is +0 either way. */
+    int perm = 0;
+#if defined(__AVX512F__)
+    if (ntx == 2 && nblk > 0) {
+        perm = 1;
+        for (int b = 0; perm && b < nblk; b++) {
+            int lo = 1 << 30, hi = -1;
+            for (int k = 0; k < 2; k++)
+                for (int e = 16 * b; e < 16 * b + 16; e++)
+                    if (We[(size_t)k * n3o + e] != 0.0f) {
+                        int ix = Ie[(size_t)k * n3o + e];
+                        if (ix < lo) lo = ix;
+                        if (ix > hi) hi = ix;
+                    }
+            if (hi < 0) lo = hi = 0;
+            if (hi - lo >= 32 || lo + 32 > n3 + APAD) { perm = 0; break; }
+            pbase[b] = lo;
+            for (int k = 0; k < 2; k++)
+                for (int e = 16 * b; e < 16 * b + 16; e++)
+                    poff[(size_t)k * nblk * 16 + e] =
+                        We[(size_t)k * n3o + e] != 0.0f ? Ie[(size_t)k * n3o + e] - lo : 0;
+        }
+    }
+#endif
     const size_t rs = (size_t)w * 3;
     for (int y = 0; y < oh; y++) {
         const float *wi = wy + (size_t)y * ty;
@@ -286,7 +338,13 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
             if (wi[k] == 0.0f || yy >= h) continue;
             axpy_u8(acc, in + (size_t)yy * rs + (size_t)clo * 3, wi[k], n3);
         }
-        if (ntx == 2) {
+        if (perm) {
+#if defined(__AVX512F__)
+            gather2_perm(orow, acc, We, We + n3o, poff, poff + (size_t)nblk * 16, pbase, nblk);
+            int e0 = 16 * nblk;
+            gather2(orow + e0, acc, We + e0, Ie + e0, We + n3o + e0, (int)n3o - e0);
+#endif
+        } else if (ntx == 2) {
             /* the common case (mild scaling): taps k and k + 1 are neighbours */
             gather2(orow, acc, We, Ie, We + n3o, (int)n3o);
         } else {

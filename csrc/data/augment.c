@@ -92,15 +92,17 @@ static int scratch_reserve(glae_aug_scratch *s, size_t n) {
 
 static inline float clamp255(float v) { return v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v; }
 
-static void to_planes(float *restrict P, const uint8_t *restrict img, size_t n) {
-    float *restrict R = P, *restrict G = P + n, *restrict B = P + 2 * n;
+/* Planes are R = P[0..n), G = P[ps..), B = P[2 ps..): ps is the full image's pixel count,
+ * so the pipeline can run each function on a chunk of pixels (P offset by the chunk start). */
+static void to_planes(float *restrict P, size_t ps, const uint8_t *restrict img, size_t n) {
+    float *restrict R = P, *restrict G = P + ps, *restrict B = P + 2 * ps;
     for (size_t i = 0; i < n; i++) {
         R[i] = img[3 * i]; G[i] = img[3 * i + 1]; B[i] = img[3 * i + 2];
     }
 }
 
-static void from_planes(uint8_t *restrict img, const float *restrict P, size_t n) {
-    const float *restrict R = P, *restrict G = P + n, *restrict B = P + 2 * n;
+static void from_planes(uint8_t *restrict img, const float *restrict P, size_t ps, size_t n) {
+    const float *restrict R = P, *restrict G = P + ps, *restrict B = P + 2 * ps;
     for (size_t i = 0; i < n; i++) {
         img[3 * i] = (uint8_t)(clamp255(R[i]) + 0.5f);
         img[3 * i + 1] = (uint8_t)(clamp255(G[i]) + 0.5f);
@@ -113,22 +115,24 @@ static void f_blend_const(float *restrict P, size_t n, float f, float c) {
     for (size_t i = 0; i < n; i++) P[i] = clamp255(f * P[i] + k);
 }
 
-static double f_mean_gray(const float *P, size_t n) {
+/* Sum of the grey values in blocks of 1024 pixels (block boundaries relative to P, so chunks
+ * must start at multiples of 1024 for the sum to be the whole image's, bit for bit). */
+static double f_gray_sum(const float *P, size_t ps, size_t n) {
     double s = 0;
     for (size_t i0 = 0; i0 < n; i0 += 1024) { /* float partial sums vectorise, double across */
         size_t i1 = i0 + 1024 < n ? i0 + 1024 : n;
         float t[16] = {0};
         size_t i = i0;
         for (; i + 16 <= i1; i += 16)
-            for (int j = 0; j < 16; j++) t[j] += GR * P[i + j] + GG * P[n + i + j] + GB * P[2 * n + i + j];
-        for (; i < i1; i++) t[0] += GR * P[i] + GG * P[n + i] + GB * P[2 * n + i];
+            for (int j = 0; j < 16; j++) t[j] += GR * P[i + j] + GG * P[ps + i + j] + GB * P[2 * ps + i + j];
+        for (; i < i1; i++) t[0] += GR * P[i] + GG * P[ps + i] + GB * P[2 * ps + i];
         for (int j = 0; j < 16; j++) s += t[j];
     }
-    return n ? s / (double)n : 0.0;
+    return s;
 }
 
-static void f_saturation(float *P, size_t n, float f) {
-    float *restrict R = P, *restrict G = P + n, *restrict B = P + 2 * n;
+static void f_saturation(float *P, size_t ps, size_t n, float f) {
+    float *restrict R = P, *restrict G = P + ps, *restrict B = P + 2 * ps;
     for (size_t i = 0; i < n; i++) {
         float g = (1.0f - f) * (GR * R[i] + GG * G[i] + GB * B[i]);
         R[i] = clamp255(f * R[i] + g); G[i] = clamp255(f * G[i] + g); B[i] = clamp255(f * B[i] + g);
@@ -147,8 +151,8 @@ static void f_saturation(float *P, size_t n, float f) {
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("finite-math-only", "no-signed-zeros", "no-trapping-math")))
 #endif
-static void f_hue(float *P, size_t n, float shift) {
-    float *restrict R = P, *restrict G = P + n, *restrict B = P + 2 * n;
+static void f_hue(float *P, size_t ps, size_t n, float shift) {
+    float *restrict R = P, *restrict G = P + ps, *restrict B = P + 2 * ps;
     const float s6 = 6.0f * shift;
     for (size_t i = 0; i < n; i++) {
         float r = R[i], g = G[i], b = B[i];
@@ -314,9 +318,9 @@ int glae_augment_op(uint8_t *img, int h, int w, int op, double p, uint8_t *tmp) 
         {
             float *P = malloc(sizeof(float) * n);
             if (!P) { st = glae_fail(GLAE_ERR_MEMORY, "augment_op: out of memory"); break; }
-            to_planes(P, img, npix);
-            f_hue(P, npix, (float)p);
-            from_planes(img, P, npix);
+            to_planes(P, npix, img, npix);
+            f_hue(P, npix, npix, (float)p);
+            from_planes(img, P, npix, npix);
             free(P);
         }
         break;
@@ -412,6 +416,22 @@ static void normalise(float *restrict out, const uint8_t *restrict in, size_t np
     for (size_t j = j0; j < n; j++) out[j] = (float)in[j] * sc[j - j0] + off[j - j0];
 }
 
+#define JCHUNK 2048 /* pixels; a multiple of 1024 (f_gray_sum blocks) and of 16 (normalise rows) */
+
+/* colour jitter adjustments order[k0..k1) on a chunk of m pixels (contrast excluded: it
+ * needs the whole image's mean grey and is applied by the caller) */
+static void jitter_ops(float *P, size_t ps, size_t m, const int order[4], int k0, int k1,
+                       const double val[4], const glae_aug_config *cfg) {
+    for (int k = k0; k < k1; k++) {
+        int o = order[k];
+        float v = (float)val[o];
+        if (o == 0 && cfg->brightness > 0)
+            for (int ch = 0; ch < 3; ch++) f_blend_const(P + ch * ps, m, v, 0.0f);
+        else if (o == 2 && cfg->saturation > 0) f_saturation(P, ps, m, v);
+        else if (o == 3 && cfg->hue > 0) f_hue(P, ps, m, v);
+    }
+}
+
 int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
                         const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int64_t index,
                         uint32_t rep, glae_aug_scratch *s) {
@@ -447,17 +467,34 @@ int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
             val[k] = lo + (hi - lo) * glae_rng_uniform(&r);
         }
         val[3] = cfg->hue * (2.0 * glae_rng_uniform(&r) - 1.0);
+        /* Chunks of JCHUNK pixels stay in L1/L2 across the adjustments: pass 1 runs those
+         * before contrast (and sums the grey values contrast needs), pass 2 the rest, the
+         * rounding to uint8 and, without RandAugment, the normalisation. Each pixel sees the
+         * same operations in the same order as whole-image passes, so the output is
+         * bitwise the same. */
         float *P = s->f;
-        to_planes(P, a, npix);
-        for (int k = 0; k < 4; k++) {
-            int o = order[k];
-            float v = (float)val[o];
-            if (o == 0 && cfg->brightness > 0) f_blend_const(P, 3 * npix, v, 0.0f);
-            else if (o == 1 && cfg->contrast > 0) f_blend_const(P, 3 * npix, v, (float)f_mean_gray(P, npix));
-            else if (o == 2 && cfg->saturation > 0) f_saturation(P, npix, v);
-            else if (o == 3 && cfg->hue > 0) f_hue(P, npix, v);
+        int kc = 4; /* position of contrast in the order (4: none) */
+        for (int k = 0; k < 4; k++)
+            if (order[k] == 1 && cfg->contrast > 0) kc = k;
+        double gsum = 0;
+        for (size_t c0 = 0; c0 < npix; c0 += JCHUNK) {
+            size_t m = npix - c0 < JCHUNK ? npix - c0 : JCHUNK;
+            to_planes(P + c0, npix, a + 3 * c0, m);
+            jitter_ops(P + c0, npix, m, order, 0, kc, val, cfg);
+            if (kc < 4) gsum += f_gray_sum(P + c0, npix, m);
         }
-        from_planes(a, P, npix);
+        const float mean = (float)(npix ? gsum / (double)npix : 0.0);
+        const int fuse_norm = !(cfg->randaug && cfg->ra_n > 0);
+        for (size_t c0 = 0; c0 < npix; c0 += JCHUNK) {
+            size_t m = npix - c0 < JCHUNK ? npix - c0 : JCHUNK;
+            if (kc < 4) {
+                for (int ch = 0; ch < 3; ch++) f_blend_const(P + c0 + ch * npix, m, (float)val[1], mean);
+                jitter_ops(P + c0, npix, m, order, kc + 1, 4, val, cfg);
+            }
+            from_planes(a + 3 * c0, P + c0, npix, m);
+            if (fuse_norm) normalise(out + 3 * c0, a + 3 * c0, m, cfg->norm);
+        }
+        if (fuse_norm) return GLAE_OK;
     }
     /* 3. RandAugment: N ops drawn uniformly, magnitude bin M, random sign */
     if (cfg->randaug && cfg->ra_n > 0) {

@@ -211,6 +211,28 @@ def test_randaugment_and_jitter_change_images(images):
     assert 0.55 < ratio.min() and ratio.max() < 1.45 and ratio.std() > 0.01
 
 
+def test_contrast_uses_whole_image_mean(rng):
+    # Colour jitter runs in chunks of 2,048 pixels (two passes around contrast); 70 x 70 =
+    # 4,900 pixels spans chunks and a tail, and the image is dark on top and bright below, so
+    # a mean taken over one chunk instead of the image would show as a large residual.
+    img = smooth(rng, 70, 70).astype(np.int32)
+    img[35:] += 60
+    img = np.clip(img, 0, 255).astype(np.uint8)[None]
+    cfg = dict(OFF, jitter=True, brightness=0.0, contrast=0.4, saturation=0.0, hue=0.0, norm="none")
+    x = img[0].astype(np.float64)
+    m = (0.2989 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]).mean()
+    checked = 0
+    for epoch in range(12):
+        out = _C.augment_batch(img, np.zeros(1, np.int64), 70, 3, epoch, **cfg)[0].astype(np.float64)
+        ok = (out > 0) & (out < 255)
+        f = ((out - m) * (x - m))[ok].sum() / ((x - m) ** 2)[ok].sum()
+        if abs(1 - f) < 0.1:
+            continue
+        checked += 1
+        assert np.abs(out - (f * x + (1 - f) * m))[ok].max() <= 0.55, (epoch, f)
+    assert checked >= 4
+
+
 # ---- configuration and bad input --------------------------------------------------------
 
 def test_config_dict_and_kwargs(images):

@@ -307,7 +307,9 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
      * window (always when enlarging or mildly shrinking). A zero-weight tap may read any
      * lane: acc is finite and >= 0, so its product is +0 either way. */
     int perm = 0;
-#if defined(__AVX512F__)
+#if !defined(__AVX512F__)
+    (void)poff; (void)pbase;
+#else
     if (ntx == 2 && nblk > 0) {
         perm = 1;
         for (int b = 0; perm && b < nblk; b++) {

@@ -18,8 +18,9 @@ from ._lib import _C
 
 #: LAE Table 1: the eight AAR groups of the Guess The Age contest (MIVIA).
 LAE_GROUPS = ((1, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 70), (71, 81))
-#: GLAE eq. 16: 10-year groups 0-9, ..., 90-99 and 100.
-GLAE_GROUPS = tuple((lo, lo + 9) for lo in range(0, 100, 10)) + ((100, 100),)
+#: GLAE eq. 15-16: n = 10 groups of 10 years, 0-9, ..., 80-89 and 90-100 (the label range
+#: ends at 100, so the last group takes it rather than leaving a one-age 11th group).
+GLAE_GROUPS = tuple((lo, lo + 9) for lo in range(0, 90, 10)) + ((90, 100),)
 #: GLAE V-D, Tables VIII-IX: children and teenagers / adults / elderly.
 TAIL_HEAD_GROUPS = ((0, 17), (18, 65), (66, 100))
 #: DIR (Yang et al. 2021) shot thresholds on the number of training images of an age.
@@ -119,7 +120,7 @@ def aar(y, yhat, groups="lae"):
     """Age Accuracy and Regularity, AAR = max(0, 7 - MAE) + max(0, 3 - sigma).
 
     groups="lae": LAE eq. 6-7 with Table 1's eight groups 1-10, ..., 61-70, 71-81.
-    groups="glae": GLAE eq. 15-16 with 10-year groups 0-9, ..., 90-99, 100.
+    groups="glae": GLAE eq. 15-16 with 10-year groups 0-9, ..., 80-89, 90-100.
     Or contiguous (low, high) pairs. Ages are rounded half up; an age outside the table goes
     to the nearest end group. sigma = sqrt(sum_j (MAE^j - MAE)^2 / n) over the n groups
     that hold images (an empty group is left out and listed in ``missing``).

@@ -127,21 +127,34 @@ def test_aar_lae_by_hand():
 
 def test_aar_glae_by_hand():
     y, yhat = (np.array(v, np.float32) for v in zip(*AAR_CASE))
-    # GLAE eq. 16, 10-year groups 0-9, ..., 90-99, 100:
+    # GLAE eq. 15-16, 10 groups of 10 years 0-9, ..., 80-89, 90-100:
     #   0-9: 2.5 (ages 5, 0)   10-19: 1   20-29: 0   30-39: 1 (30, 35, 31: errors 1, 2, 0)
-    #   40-49: 0   50-59: 1   60-69: 4   70-79: 0   80-89: empty   90-99: 6   100: empty
+    #   40-49: 0   50-59: 1   60-69: 4   70-79: 0   80-89: empty   90-100: 6
     # n = 9 groups present; (MAE^j - 5/3)^2 in 36ths: 25, 16, 100, 16, 100, 16, 196, 100, 676
     # sum = 1245/36; sigma = sqrt(1245/36/9) = sqrt(1245/324) = 1.96025...
     # AAR = 16/3 + 3 - sigma = 6.37308...
     r = M.aar(y, yhat, groups="glae")
     assert r["sigma"] == pytest.approx(math.sqrt(1245 / 324), abs=1e-12)
     assert r["aar"] == pytest.approx(16 / 3 + 3 - math.sqrt(1245 / 324), abs=1e-12)
+    assert len(r["group_mae"]) == 10
     assert r["groups_present"] == 9
-    assert r["missing"] == ["80-89", "100"]
-    assert r["group_mae"]["80-89"] is None and r["group_mae"]["100"] is None
+    assert r["missing"] == ["80-89"]
+    assert r["group_mae"]["80-89"] is None
     assert r["group_count"]["80-89"] == 0
     assert r["group_mae"]["30-39"] == pytest.approx(1.0)
-    assert r["group_mae"]["90-99"] == pytest.approx(6.0)
+    assert r["group_mae"]["90-100"] == pytest.approx(6.0)
+
+
+def test_aar_glae_has_ten_groups_and_100_joins_the_last():
+    # GLAE eq. 16: "10 years for a group" -> n = 10; age 100 (and above) is in 90-100
+    assert len(M.GLAE_GROUPS) == 10
+    assert M.GLAE_GROUPS[0] == (0, 9) and M.GLAE_GROUPS[-1] == (90, 100)
+    y, yhat = f32(5, 92, 100, 103), f32(5, 92, 96, 101)
+    r = M.aar(y, yhat, groups="glae")
+    assert r["group_count"]["90-100"] == 3 and r["group_count"]["0-9"] == 1
+    assert r["group_mae"]["90-100"] == pytest.approx(2.0)  # (0 + 4 + 2) / 3
+    # sigma over the 2 groups present: MAE = 1.5, group MAEs 0 and 2
+    assert r["sigma"] == pytest.approx(math.sqrt((1.5 ** 2 + 0.5 ** 2) / 2), abs=1e-7)
 
 
 def test_aar_clipped_at_zero():

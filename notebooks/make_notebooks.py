@@ -308,10 +308,10 @@ LONG_TAIL = [
     ("md", """\
 # Long-tail analysis: the papers' views
 
-The figures and tables of GLAE (and LAE) for one trained model, drawn with `glae.plots`
-from `glae.metrics`:
+The figures and tables of GLAE (and LAE) for a GLAE model ("fr+pa", both stages) against
+the l_base baseline (a "gap" model), drawn with `glae.plots` from `glae.metrics`:
 
-- **Fig. 1**: MAE per age for the vanilla, balanced and routed answers, over the training
+- **Fig. 1**: MAE per age for l_base and the vanilla, balanced and routed answers, over the training
   age histogram, with each answer's CMAE as a dashed line;
 - **Fig. 4**: which head Adaptive Routing used, per age group;
 - predicted vs true age; training curves from the trainer's `log.jsonl`;
@@ -336,18 +336,31 @@ model = glae.Model(image_size=SIZE, batch_size=32, stage1_epochs=EPOCHS1, stage2
 RUN = os.path.join(WORK, "run")
 trainer = model.fit(train, test, out_dir=RUN, progress=False)"""),
     ("md", """\
+The baseline the papers compare against: the standard network of LAE / row l_base of GLAE
+Table II, global average pooling + a linear classifier trained with l_base = KL + L1 for the
+same stage-1 epochs, without Feature Rearrangement, Pixel-level Auxiliary learning or a
+second stage."""),
+    ("code", """\
+baseline = glae.Model(image_size=SIZE, head="gap", loss="base", batch_size=32,
+                      stage1_epochs=EPOCHS1, stage2_epochs=0, base_lr1=0.005,
+                      linear_scaling=False,
+                      augment={"crop": True, "flip": True, "color_jitter": False, "randaugment": False})
+baseline.fit(train, test, progress=False)
+p_base = baseline.predict(test.images, route="vanilla")"""),
+    ("md", """\
 `trainer.predict` gives, for every test image, the vanilla head's age, the balanced head's,
 the routed answer and which head answered (0 vanilla, 1 balanced); `trainer.evaluate` the
 full metric report of each."""),
     ("code", """\
 p = trainer.predict(test)
 y = test.ages
-reports = trainer.evaluate(test, stage=2)
-for head in ("vanilla", "balanced", "routed"):
+reports = {"l_base (gap)": glae.metrics.report(test.ages, p_base, train_ages=train.ages),
+           **trainer.evaluate(test, stage=2)}
+for head in ("l_base (gap)", "vanilla", "balanced", "routed"):
     print(f"{head:<9} MAE {reports[head]['mae']:.2f}  CMAE {reports[head]['cmae']:.2f}")"""),
     ("md", "## Fig. 1: MAE per age over the training histogram"),
     ("code", """\
-plots.per_age_mae({h: (y, p[h]) for h in ("vanilla", "balanced", "routed")},
+plots.per_age_mae({"l_base (gap)": (y, p_base), **{h: (y, p[h]) for h in ("vanilla", "balanced", "routed")}},
                   train_ages=train.ages, path=os.path.join(WORK, "fig1_per_age_mae.png"));"""),
     ("md", """\
 ## Fig. 4: routing usage per age group

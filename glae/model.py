@@ -177,23 +177,29 @@ class Model:
 
     def evaluate_batch(self, x, route="smaller", flip=True):
         """One normalised batch through both heads with and without its flip (two
-        backbone passes): the vanilla, balanced and routed ages and the routing choice."""
+        backbone passes): the vanilla, balanced and routed ages and the routing choice.
+
+        Same rules as ``core.predict`` (docs/losses.md): routing ("smaller"/"bigger")
+        always needs the flipped image (Upsilon compares each head's distributions on the
+        image and its flip); ``flip`` only decides whether the answers are averaged over
+        the two. With flip=False the routed answer is the chosen head's unflipped age."""
+        if route not in ("smaller", "bigger", "vanilla", "balanced"):
+            raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
+        routed = route in ("smaller", "bigger")
         f = self.core.forward(x)
+        g = self.core.forward(_C.hflip_forward(x)) if (flip or routed) else None
         if flip:
-            g = self.core.forward(_C.hflip_forward(x))
             pv, pb = 0.5 * (f["vanilla"] + g["vanilla"]), 0.5 * (f["balanced"] + g["balanced"])
-            mode = "bigger" if route == "bigger" else "smaller"
-            r = _C.adaptive_route(f["vanilla"], g["vanilla"], f["balanced"], g["balanced"],
-                                  mode=mode, flip_average=True)
         else:
             pv, pb = f["vanilla"], f["balanced"]
-            r = {"age": None, "choice": np.zeros(len(x), np.int32)}
         van, bal = _C.expected_age(np.ascontiguousarray(pv)), _C.expected_age(np.ascontiguousarray(pb))
-        if route == "vanilla" or not flip:
-            age, choice = (bal, np.ones(len(x), np.int32)) if route == "balanced" else (van, r["choice"] * 0)
+        if route == "vanilla":
+            age, choice = van, np.zeros(len(x), np.int32)
         elif route == "balanced":
             age, choice = bal, np.ones(len(x), np.int32)
         else:
+            r = _C.adaptive_route(f["vanilla"], g["vanilla"], f["balanced"], g["balanced"],
+                                  mode=route, flip_average=bool(flip))
             age, choice = r["age"], r["choice"]
         return {"vanilla_age": van, "balanced_age": bal, "age": age, "head": choice}
 

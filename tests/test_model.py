@@ -242,3 +242,36 @@ def test_batch_shape_change_replans(images):
     np.testing.assert_array_equal(m.predict(images)[1], a)
     # another batch size: same numbers up to the GEMM's summation order
     np.testing.assert_allclose(m.predict(images[:2])[1], a[:2], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_evaluate_batch_routes_like_predict(images, flip):
+    """The trainer's evaluation path (Model.evaluate_batch) routes with and without flip
+    averaging, exactly as the C predict does (routing always needs the flipped image)."""
+    import glae
+
+    m = glae.Model(backbone="resnet18", head="gap", image_size=64, seed=4)
+    core = m.core
+    # a balanced head that differs from the vanilla one, so the choice is per image
+    core.copy_head_to_balanced()
+    rng = np.random.default_rng(1)
+    w = core.get("balanced.fc.weight")
+    core.set("balanced.fc.weight", (w + rng.standard_normal(w.shape) * 0.05).astype(np.float32))
+    for route in ("smaller", "bigger", "vanilla", "balanced"):
+        r = m.evaluate_batch(images, route=route, flip=flip)
+        age, _, head = core.predict(images, route=route, flip=flip)
+        np.testing.assert_array_equal(r["head"], head)
+        np.testing.assert_allclose(r["age"], age, rtol=1e-5, atol=1e-4)
+    # a flip-invariant (uniform) balanced head always wins "smaller": not the vanilla answer
+    core.set("balanced.fc.weight", np.zeros((K, 512), np.float32))
+    core.set("balanced.fc.bias", np.zeros(K, np.float32))
+    r = m.evaluate_batch(images, route="smaller", flip=flip)
+    np.testing.assert_array_equal(r["head"], 1)
+    np.testing.assert_allclose(r["age"], 50, rtol=1e-4)
+    np.testing.assert_allclose(r["balanced_age"], 50, rtol=1e-4)
+    assert not np.allclose(r["vanilla_age"], 50, atol=1e-3)
+    r = m.evaluate_batch(images, route="bigger", flip=flip)
+    np.testing.assert_array_equal(r["head"], 0)
+    np.testing.assert_array_equal(r["age"], r["vanilla_age"])
+    with pytest.raises(ValueError, match="route"):
+        m.evaluate_batch(images, route="best")

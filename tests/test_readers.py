@@ -139,6 +139,34 @@ def test_read_chalearn_and_mivia(tmp_path):
     assert len(rep.skipped) == 1 and rep.skipped[0].source.endswith(":3")
 
 
+def test_malformed_first_row_is_reported_not_taken_for_a_header(tmp_path):
+    save(tmp_path / "a.jpg", rgb())
+    save(tmp_path / "b.jpg", rgb())
+    cases = [
+        (read_mivia, "a.jpg,abc\nb.jpg,30\n", "age 'abc' is not a number"),
+        (read_mivia, "broken\nb.jpg,30\n", "1 fields"),
+        (read_chalearn, "a.jpg,abc,2\nb.jpg,30,1\n", "age 'abc' is not a number"),
+        (read_chalearn, "a.jpg;25;x\nb.jpg;30;1\n", "std 'x' is not a number"),
+        (read_chalearn, "broken\nb.jpg,30,1\n", "1 fields"),
+    ]
+    for reader, text, reason in cases:
+        recs, rep = reader(write(tmp_path / "l.csv", text))
+        assert [r.age for r in recs] == [30], (reader, text)
+        assert rep.n_seen == 2 and rep.n_used == 1 and len(rep.skipped) == 1, rep
+        assert rep.skipped[0].source.endswith("l.csv:1") and reason in rep.skipped[0].reason, rep
+    # a real header is still recognised and skipped (line numbers stay the file's own)
+    for reader, text in [(read_mivia, "path,age\na.jpg,abc\nb.jpg,30\n"),
+                         (read_chalearn, "image;mean;stdv\na.jpg;abc;1\nb.jpg;30;1\n")]:
+        recs, rep = reader(write(tmp_path / "l.csv", text))
+        assert [r.age for r in recs] == [30] and rep.n_seen == 2 and len(rep.skipped) == 1, rep
+        assert rep.skipped[0].source.endswith("l.csv:2")
+    # a lone malformed row is a bad row, not a header with no data after it
+    recs, rep = read_mivia(write(tmp_path / "l.csv", "a.jpg,abc\n"))
+    assert recs == [] and rep.n_seen == 1 and "not a number" in rep.skipped[0].reason
+    with pytest.raises(ValueError, match="no data rows"):
+        read_mivia(write(tmp_path / "l.csv", "path,age\n"))
+
+
 def test_read_utkface(tmp_path):
     d = tmp_path / "utk"
     names = ["25_0_1_20170116220224657.jpg.chip.jpg",
@@ -170,9 +198,13 @@ def test_read_age_folders(tmp_path):
     (tmp_path / "r" / "7.5" / "notes.txt").write_text("x")
     (tmp_path / "r" / "old").mkdir()
     (tmp_path / "r" / "loose.jpg").write_bytes(b"")
+    (tmp_path / "r" / "-4").mkdir()
     recs, rep = read_age_folders(tmp_path / "r")
     assert sorted(r.age for r in recs) == [7.5, 23.0]
-    assert len(rep.skipped) == 3
+    assert len(rep.skipped) == 4
+    # every entry is counted: 2 images, notes.txt, loose.jpg and the folders old and -4
+    assert rep.n_seen == 6 and rep.n_seen == rep.n_used + len(rep.skipped)
+    assert "0 skipped" not in rep.summary() and "6 seen, 2 used, 4 skipped" in rep.summary()
     with pytest.raises(NotADirectoryError):
         read_age_folders(tmp_path / "r" / "loose.jpg")
 

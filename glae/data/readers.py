@@ -359,13 +359,15 @@ def read_csv(path, columns: Mapping | None = None, *, header: bool = True, delim
 def read_chalearn(path, images=None, *, max_age: float | None = MAX_AGE, errors: str = "raise",
                   check_files: bool = True) -> tuple[list[Record], Report]:
     """Chalearn LAP 2015 style labels: rows of (image, mean apparent age, standard
-    deviation), comma- or semicolon-separated, with or without a header line. The mean
+    deviation), comma- or semicolon-separated, with or without a header line (the first row
+    is a header only when no field is a number and the first names no image file; see
+    _looks_like_header: a malformed first data row is reported, not dropped). The mean
     becomes the age and the standard deviation the record's sigma. Images are looked up in
     `images` (default: the CSV's folder)."""
     _check_errors_arg(errors)
     path = os.fspath(path)
     rows = _read_rows(path)
-    header = not _is_number(rows[0][1][1].strip()) if len(rows[0][1]) > 1 else True
+    header = _looks_like_header(rows[0][1], 3)
     return _read_positional(path, rows[1:] if header else rows, images, ("image", "mean", "std"),
                             max_age, errors, check_files, "read_chalearn")
 
@@ -373,14 +375,25 @@ def read_chalearn(path, images=None, *, max_age: float | None = MAX_AGE, errors:
 def read_mivia(path, images=None, *, max_age: float | None = MAX_AGE, errors: str = "raise",
                check_files: bool = True) -> tuple[list[Record], Report]:
     """MIVIA Age (CAIP 2021 Guess The Age) style labels: rows of `path,age` without a
-    header (a header line, if present, is recognised and skipped). Images are looked up in
-    `images` (default: the CSV's folder)."""
+    header (a header line, if present, is recognised as in read_chalearn and skipped).
+    Images are looked up in `images` (default: the CSV's folder)."""
     _check_errors_arg(errors)
     path = os.fspath(path)
     rows = _read_rows(path)
-    header = len(rows[0][1]) > 1 and not _is_number(rows[0][1][1].strip())
+    header = _looks_like_header(rows[0][1], 2)
     return _read_positional(path, rows[1:] if header else rows, images, ("path", "age"),
                             max_age, errors, check_files, "read_mivia")
+
+
+def _looks_like_header(row, n_fields):
+    """Whether the first row of a positional label file (image, number, ...) is a header
+    line: it has all `n_fields` fields, none of them parses as a number, and the image
+    field does not name an image file. Anything else is data, so a malformed first row
+    (`a.jpg,abc`, `broken`) is parsed and reported like any other row, never dropped."""
+    fields = [c.strip() for c in row]
+    if len(fields) < n_fields or not all(fields[:n_fields]) or any(_is_number(c) for c in fields[:n_fields]):
+        return False
+    return not _is_image_name(fields[0])
 
 
 def _read_positional(path, rows, images, fields, max_age, errors, check_files, what):
@@ -513,6 +526,7 @@ def read_age_folders(root, *, max_age: float | None = MAX_AGE) -> tuple[list[Rec
             if not math.isfinite(age) or age < 0:
                 raise ValueError
         except ValueError:
+            report.n_seen += 1  # counted like a loose file: n_seen = n_used + skipped
             report.skip(d, f"folder name {sub!r} is not an age (a number >= 0)")
             continue
         for name in sorted(os.listdir(d)):

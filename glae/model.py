@@ -102,11 +102,18 @@ class Model:
     def preprocess(self, images):
         """Images (paths, PIL images, uint8 arrays (H,W,3) or (N,H,W,3)) -> the network's
         normalised float32 NHWC batch at config.image_size (centre crop + resize; faces
-        are expected to be aligned crops like the training data)."""
+        are expected to be aligned crops like the training data). A 4-D batch of another
+        size, square or not, gets the same centre crop as a list of its images would."""
         from .data.readers import load_image
 
+        size = self.config.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = images
+            if batch.dtype == np.uint8 and batch.shape[3:] == (3,) and batch.shape[1:3] != (size, size):
+                # the loader's resize alone would stretch a non-square batch: crop each
+                # image exactly as the list path below does
+                batch = np.stack([_C.center_crop_resize(np.ascontiguousarray(im), size)
+                                  for im in batch]) if len(batch) else batch
         else:
             if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or _is_pil(images):
                 images = [images]
@@ -119,7 +126,7 @@ class Model:
                 im = np.asarray(im)
                 if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
                     raise ValueError(f"images must be uint8 RGB (H, W, 3); got {im.dtype} {im.shape}")
-                crops.append(_C.center_crop_resize(np.ascontiguousarray(im), self.config.image_size))
+                crops.append(_C.center_crop_resize(np.ascontiguousarray(im), size))
             batch = np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8)
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ValueError(f"a batch must be uint8 (N, H, W, 3); got {batch.dtype} {batch.shape}")

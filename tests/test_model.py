@@ -275,3 +275,22 @@ def test_evaluate_batch_routes_like_predict(images, flip):
     np.testing.assert_array_equal(r["age"], r["vanilla_age"])
     with pytest.raises(ValueError, match="route"):
         m.evaluate_batch(images, route="best")
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 50, 3), (3, 32, 48, 3), (3, 64, 40, 3), (2, 32, 32, 3)])
+def test_predict_batch_of_another_size_equals_list(shape):
+    """A 4-D uint8 batch of any size gets the centre crop a list of the same images gets
+    (a non-square batch used to be stretched to the square instead)."""
+    import glae
+
+    m = glae.Model(backbone="resnet18", head="gap", image_size=32, seed=3)
+    batch = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    x_batch = assert_unmodified(m.preprocess, batch)
+    np.testing.assert_array_equal(x_batch, m.preprocess(list(batch)))
+    np.testing.assert_array_equal(m.predict(batch, flip=False), m.predict(list(batch), flip=False))
+    _, h, w, _ = shape
+    if h != w and min(h, w) == 32:  # no resize: the centre square cut by hand, exactly
+        c = min(h, w)
+        top, left = (h - c) // 2, (w - c) // 2
+        sq = np.ascontiguousarray(batch[:, top:top + c, left:left + c])
+        np.testing.assert_array_equal(x_batch, m.preprocess(sq))

@@ -50,15 +50,21 @@ def _default_weights_dir():
 
 
 def to_rgb(image):
-    """uint8 (H, W, 3) RGB array from a path, a PIL image or an array: (H, W) grayscale
-    is replicated, (H, W, 4) RGBA drops alpha, (H, W, 1) is replicated; float arrays must
-    already hold 0..255 values and are rounded."""
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """uint8 (H, W, 3) RGB array from a path, a PIL image or an array.
+
+    A path is decoded by glae.data.load_image, the decoder prepare and predict_faces use
+    (EXIF orientation applied, alpha composited onto mid grey; DecodeError for a corrupt
+    file), so a face is detected on the same pixels it is aligned and trained on. A PIL
+    image is converted as load_image converts (alpha onto mid grey) but taken as it is
+    displayed: apply PIL.ImageOps.exif_transpose first if it still carries an EXIF
+    orientation. Arrays: (H, W) grayscale and (H, W, 1) are replicated, (H, W, 4) RGBA
+    drops alpha; float arrays must already hold 0..255 values and are rounded."""
+    if isinstance(image, (str, bytes, os.PathLike)):
+        from .data.readers import load_image
+        return load_image(image)  # one decoder for every path in glae
     if not isinstance(image, np.ndarray) and hasattr(image, "convert") and hasattr(image, "mode"):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # PIL image
+        from .data.readers import _to_rgb
+        return _to_rgb(image)  # PIL image: load_image's mode conversion
     a = np.asarray(image)
     if a.dtype == np.bool_ or a.dtype.kind not in "uif":
         raise TypeError(f"image must be numeric, got dtype {a.dtype}")
@@ -231,8 +237,9 @@ def get_detector(weights=None):
 def detect(image, weights=None):
     """Faces in one image with the default MTCNN: returns boxes (n, 4) float32 x1, y1, x2,
     y2; scores (n,); landmarks (n, 5, 2) (x, y), most confident first; n = 0 without faces.
-    image: a path, PIL image or array (grayscale / RGBA converted, see to_rgb). weights: a
-    folder or an MTCNN to use instead of the default (see weights_dir)."""
+    image: a path (decoded by glae.data.load_image: EXIF orientation applied), PIL image
+    or array (grayscale / RGBA converted, see to_rgb). weights: a folder or an MTCNN to
+    use instead of the default (see weights_dir)."""
     return get_detector(weights).detect(image)
 
 

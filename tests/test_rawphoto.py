@@ -146,6 +146,42 @@ def test_bad_images_give_no_face_or_convert(weights):
         gd(np.array([["a"]]))
 
 
+@needs_data
+def test_detect_on_a_path_decodes_like_load_image(weights, tmp_path):
+    """glae.detect(path) sees the pixels prepare and predict_faces see: EXIF orientation
+    applied (an upright face stored sideways with Orientation 6), alpha on mid grey."""
+    from PIL import Image
+    from glae.data import load_image
+
+    face = rgb(photos(1, start=7)[0])
+    r, c = 50, 150
+    scene = paste(face, at=(r, c))
+    im = Image.fromarray(np.ascontiguousarray(np.rot90(scene, 1)))  # stored sideways (counter-clockwise)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the upright scene again
+    path = tmp_path / "sideways.jpg"
+    im.save(path, exif=exif, quality=95)
+    shown = load_image(path)
+    assert shown.shape == scene.shape
+    got, want = gd(path), gd(shown)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert len(got[0]) == 1 and iou(got[0][0], (c, r, c + face.shape[1], r + face.shape[0])) > 0.6
+    assert [np.asarray(a).shape for a in gd(str(path))] == [np.asarray(a).shape for a in got]
+
+    rgba = np.concatenate([scene, np.full(scene.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    rgba[:, :100, 3] = 0  # transparent left strip: mid grey in load_image, black if alpha were dropped
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    shown = load_image(tmp_path / "alpha.png")
+    assert (shown[:, :100] == 128).all()
+    with Image.open(tmp_path / "alpha.png") as pil:
+        as_pil = gd.to_rgb(pil)
+    np.testing.assert_array_equal(gd.to_rgb(tmp_path / "alpha.png"), shown)
+    np.testing.assert_array_equal(as_pil, shown)
+    for g, w in zip(gd(tmp_path / "alpha.png"), gd(shown)):
+        np.testing.assert_array_equal(g, w)
+
+
 # ---- predict on a raw photo ----------------------------------------------------------------
 
 

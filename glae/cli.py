@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,14 @@ stage 1 (whole network, instance-balanced), stage 2 (balanced head on the frozen
 class-balanced), then print MAE, CMAE, AAR and group MAE for the vanilla head, the balanced
 head and Adaptive Routing, and write the log, the checkpoint and a figure. The synthetic
 faces are a stand-in that lets the pipeline run anywhere, not a benchmark of real accuracy."""
+
+EVAL_HELP = """Evaluate a checkpoint on a packed set and print every metric: MAE, CMAE, AAR
+(LAE and GLAE groups), group MAE/CMAE, cumulative score, per-age MAE, epsilon-error when
+every image has a sigma (Chalearn), MAE by shot when --train gives the training set, and
+routing usage. A stage-2 checkpoint is reported for the vanilla head, the balanced head and
+the routed answer (the checkpoint's route and flip_test); a stage-1 one for the vanilla head."""
+
+HEAD_NAMES = ("vanilla", "balanced")  # the C engine's head index -> name
 
 
 def _table(rows: dict) -> str:
@@ -29,6 +38,115 @@ def _table(rows: dict) -> str:
         lines.append(f"{name:<10}{rep['mae']:>7.2f}{rep['cmae']:>7.2f}"
                      f"{rep['aar_lae']['aar']:>7.2f}" + "".join(cells))
     return "\n".join(lines)
+
+
+def _f(v, width=7, fmt=".2f"):
+    """A number right-aligned in `width`, or '-' for a metric that has no value (None)."""
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}{fmt}}"
+
+
+def format_report(rep: dict) -> str:
+    """The whole report of _evaluate ({head: glae.metrics.report(...)}) as text: a summary
+    row per head, then every metric of each head."""
+    heads = list(rep)
+    first = rep[heads[0]]
+    has_eps = "epsilon_error" in first
+    shots = ("many", "medium", "few")
+    cols = f"{'':<10}{'MAE':>7}{'CMAE':>7}{'AAR-LAE':>9}{'AAR-GLAE':>9}"
+    if has_eps:
+        cols += f"{'eps-err':>9}"
+    if "shot" in first:
+        cols += "".join(f"{'MAE ' + s:>12}" for s in shots)
+    lines = [cols, "-" * len(cols)]
+    for name in heads:
+        r = rep[name]
+        row = (f"{name:<10}{_f(r['mae'])}{_f(r['cmae'])}{_f(r['aar_lae']['aar'], 9)}"
+               f"{_f(r['aar_glae']['aar'], 9)}")
+        if has_eps:
+            row += _f(r["epsilon_error"], 9, ".4f")
+        if "shot" in r:
+            row += "".join(_f((r["shot"][s] or {}).get("mae"), 12) for s in shots)
+        lines.append(row)
+    for name in heads:
+        lines += [""] + _head_details(name, rep[name])
+    return "\n".join(lines)
+
+
+def _head_details(name, r):
+    out = [f"== {name}: {r['n']} images, {r['ages_present']} integer ages present =="]
+    out.append(f"MAE {r['mae']:.3f}  CMAE {r['cmae']:.3f}"
+               + (f"  epsilon-error {r['epsilon_error']:.4f}" if "epsilon_error" in r else ""))
+    for key, title in (("aar_lae", "LAE groups"), ("aar_glae", "GLAE groups")):
+        a = r[key]
+        out.append(f"AAR ({title}) {a['aar']:.3f}: MAE {a['mae']:.3f}, sigma {a['sigma']:.3f}"
+                   f" over {a['groups_present']} groups"
+                   + (f" (empty: {', '.join(a['missing'])})" if a["missing"] else ""))
+        labels = list(a["group_mae"])
+        out.append("  group " + "".join(f"{g:>7}" for g in labels))
+        out.append("  MAE   " + "".join(_f(a["group_mae"][g]) for g in labels))
+        out.append("  n     " + "".join(f"{a['group_count'][g]:>7d}" for g in labels))
+    out.append(f"{'group':<10}{'MAE':>7}{'CMAE':>7}{'n':>7}{'ages':>6}")
+    for g, v in r["group"].items():
+        v = v or {}
+        out.append(f"{g:<10}{_f(v.get('mae'))}{_f(v.get('cmae'))}"
+                   f"{v.get('count', 0):>7d}{v.get('n_ages', 0):>6d}")
+    if "shot" in r:
+        out.append(f"{'shot':<10}{'MAE':>7}{'CMAE':>7}{'n':>7}{'ages':>6}"
+                   "   (training images of an age: many > 100, few < 20)")
+        for s, v in r["shot"].items():
+            v = v or {}
+            out.append(f"{s:<10}{_f(v.get('mae'))}{_f(v.get('cmae'))}"
+                       f"{v.get('count', 0):>7d}{v.get('n_ages', 0):>6d}")
+    theta, cs = r["cs"]["theta"], r["cs"]["cs"]
+    out.append("CS theta " + "".join(f"{t:>6g}" for t in theta))
+    out.append("CS       " + "".join(f"{c:>6.3f}" for c in cs))
+    if "routing" in r:
+        out.append(f"{'routing':<10}{'vanilla':>9}{'balanced':>9}{'n':>7}")
+        for g, v in r["routing"].items():
+            v = v or {}
+            out.append(f"{g:<10}{_f(v.get('vanilla'), 9, '.3f')}{_f(v.get('balanced'), 9, '.3f')}"
+                       f"{v.get('count', 0):>7d}")
+    m, c = r["per_age"]["mae"], r["per_age"]["count"]
+    cells = [f"{k}:{float(m[k]):.1f}/{int(c[k])}" for k in range(len(c)) if c[k]]
+    out.append("per-age MAE (age:MAE/images):")
+    for i in range(0, len(cells), 8):
+        out.append("  " + " ".join(f"{x:<14}" for x in cells[i:i + 8]).rstrip())
+    return out
+
+
+def _evaluate(model, data, train_ages=None, batch_size=64):
+    """Predictions of both heads and the routed answer on `data` (a glae.train.Dataset),
+    and their metric reports, in one pass over the images. The model is evaluated
+    directly: no Trainer, so no training-set checks; the images go through the same
+    deterministic resize and normalisation as the Trainer's evaluation. train_ages (the
+    training set's ages, or None): the histogram that MAE by shot needs."""
+    from . import metrics as M
+    from ._lib import _C
+    from .model import eval_augment
+
+    if len(data) == 0:
+        raise ValueError("the evaluation set is empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    cfg = model.config
+    aug = eval_augment(cfg)
+    parts = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(data)), dtype=np.int64)
+        x = _C.augment_batch(data.images, idx, cfg.image_size, cfg.seed, 0, **aug)
+        r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test)
+        for key, src in (("vanilla", "vanilla_age"), ("balanced", "balanced_age"),
+                         ("routed", "age"), ("choice", "head")):
+            parts[key].append(r[src])
+    pred = {k: np.concatenate(v) for k, v in parts.items()}
+    # epsilon-error only where every image has its sigma (as the Trainer reports it)
+    sigma = data.sigmas if data.sigmas is not None and not np.isnan(data.sigmas).any() else None
+    kw = {"sigma": sigma, "train_ages": train_ages}
+    rep = {"vanilla": M.report(data.ages, pred["vanilla"], **kw)}
+    if model.stage2_trained:  # an untrained balanced head would only add noise
+        rep["balanced"] = M.report(data.ages, pred["balanced"], **kw)
+        rep["routed"] = M.report(data.ages, pred["routed"], choice=pred["choice"], **kw)
+    return pred, rep
 
 
 def cmd_demo(args):
@@ -58,26 +176,29 @@ def cmd_demo(args):
     model = Model.from_config(cfg)
     trainer = Trainer(model, cfg, train, val, out_dir=out, progress=not args.no_progress)
     trainer.fit()
-    rep = trainer.evaluate(stage=2)
-    p = trainer.predict(val)
+    # one pass over the validation set gives both the table and the figure's predictions;
+    # they describe the model as it is after the last epoch, i.e. last.safetensors
+    p, rep = _evaluate(model, val, train_ages=train.ages)
     print()
-    print(_table({"vanilla": rep["vanilla"], "balanced": rep["balanced"], "routed": rep["routed"]}))
+    print(_table(rep))
     mean_mae = float(np.mean(np.abs(val.ages - train.ages.mean())))
     print(f"\n(always predicting the training mean: MAE {mean_mae:.2f})")
     fig = os.path.join(out, "per_age_mae.png")
-    plots.per_age_mae({"vanilla": (val.ages, p["vanilla"]), "balanced": (val.ages, p["balanced"]),
-                       "routed": (val.ages, p["routed"])}, train_ages=train.ages, path=fig)
+    plots.per_age_mae({k: (val.ages, p[k]) for k in rep}, train_ages=train.ages, path=fig)
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=1, default=_jsonable)
-    print(f"log {os.path.join(out, 'log.jsonl')}\ncheckpoint {os.path.join(out, 'best.safetensors')}"
-          f"\nfigure {fig}\ntotal {time.perf_counter() - t0:.0f} s")
+    print(f"log {os.path.join(out, 'log.jsonl')}"
+          f"\ncheckpoint {os.path.join(out, 'last.safetensors')} (the model above; "
+          f"best.safetensors: the epoch with the best validation MAE)"
+          f"\nfigure {fig}\nreport {os.path.join(out, 'report.json')}"
+          f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def _jsonable(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
-    if isinstance(o, np.ndarray):
+    if isinstance(o, np.ndarray):  # a masked per-age array gives None where masked
         return o.tolist()
     raise TypeError(type(o).__name__)
 
@@ -99,16 +220,52 @@ def _load_packed(path):
     return Dataset.from_packed(PackedDataset(path))
 
 
+def parse_overrides(items, config=None) -> dict:
+    """`--set KEY=VALUE` items -> {field: value}. A value is read as JSON when it parses
+    (numbers, true/false, lists, tables) and kept as the plain string otherwise, so
+    `head=fr+pa` and `pretrained=tv.pth` need no quotes; a text field (head, pretrained,
+    ...) always gets the text as given (`pretrained=2024`). `augment.KEY=VALUE` changes one
+    augmentation option of `config` (a Config) and keeps the others."""
+    from .config import Config
+
+    text_fields = {f.name for f in dataclasses.fields(Config) if isinstance(f.default, str)}
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set batch_size=64")
+        if value == "":
+            raise ValueError(f"--set {key}=: no value given (for an empty text write "
+                             f"--set {key}='\"\"')")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        if key in text_fields and not isinstance(parsed, str):
+            parsed = value
+        table, dot, sub = key.partition(".")
+        if dot:
+            if table != "augment" or not sub:
+                raise ValueError(f"--set {key}: only augment.OPTION can be set by a dotted key")
+            base = out.get("augment", dict(config.augment if config is not None else
+                                           Config().augment))
+            out["augment"] = {**base, sub: parsed}
+        else:
+            out[key] = parsed
+    return out
+
+
 def cmd_train(args):
     from .config import Config
     from .model import Model
     from .train import Trainer
 
+    if args.resume and (args.config or args.set):
+        raise ValueError("--resume continues with the checkpoint's own config: "
+                         "--config and --set cannot change it")
     cfg = Config.from_toml(args.config) if args.config else Config()
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
+    overrides = parse_overrides(args.set, cfg)
     if overrides:
         cfg = Config.from_dict({**json.loads(cfg.to_json()), **overrides})
     train = _load_packed(args.train)
@@ -124,43 +281,66 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from . import load
-    from .train import Trainer
+    from .data import PackedDataset
 
     model = load(args.checkpoint)
     data = _load_packed(args.data)
-    trainer = Trainer(model, model.config, data, data, out_dir=None, progress=False)
-    rep = trainer.evaluate(stage=2 if model.stage2_trained else 1)
-    print(_table(rep))
+    # MAE by shot needs the training set's age histogram; checkpoints do not store it
+    train_ages = PackedDataset(args.train).ages if args.train else None
+    _, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
+    cfg = model.config
+    how = (f"stage 2 (routed: {cfg.route})" if model.stage2_trained
+           else "stage 1 only (vanilla head)")
+    print(f"{args.checkpoint}: {cfg.backbone} {cfg.head}, {how}, flip test "
+          f"{'on' if cfg.flip_test else 'off'}; {args.data}: {len(data)} images")
+    if train_ages is None:
+        print("(MAE by shot: give the training set with --train to report it)")
+    if data.sigmas is not None and np.isnan(data.sigmas).any():
+        print("(epsilon-error: not reported, some images have no sigma)")
+    print()
+    print(format_report(rep))
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(rep, f, indent=1, default=_jsonable)
         os.replace(tmp, args.json)
-        print(f"report written to {args.json}")
+        print(f"\nreport written to {args.json}")
     return 0
+
+
+def _route_for(model, route):
+    """Model.predict's default (the config's route once stage 2 has trained the balanced
+    head, else the vanilla head); a balanced route asked of a stage-1 model is an error."""
+    if route is None:
+        return model.config.route if model.stage2_trained else "vanilla"
+    if route != "vanilla" and not model.stage2_trained:
+        raise ValueError(f"--route {route}: this checkpoint's balanced head was never trained "
+                         "(stage 1 only); use --route vanilla or leave --route out")
+    return route
 
 
 def cmd_predict(args):
     from .model import load
 
     model = load(args.checkpoint)
+    route = _route_for(model, args.route)
     if not args.detect:
-        ages = model.predict(args.images, route=args.route)
-        for path, age in zip(args.images, ages):
-            print(f"{path}\t{age:.1f}")
+        ages, heads = model.predict(args.images, route=route, return_head=True)
+        for path, age, head in zip(args.images, ages, heads):
+            print(f"{path}\t{age:.1f}\t{HEAD_NAMES[int(head)]}")
         return 0
     from . import detect as gd
 
     detector = gd.get_detector(args.mtcnn_weights)  # fails early when no weights are found
     no_face = 0
     for path in args.images:
-        faces = model.predict_faces(path, route=args.route, margin=args.margin, weights=detector)
+        faces = model.predict_faces(path, route=route, margin=args.margin, weights=detector)
         if not faces:
             no_face += 1
             print(f"glae predict: no face found in {path}", file=sys.stderr)
         for i, f in enumerate(faces):
             box = ",".join(f"{v:.0f}" for v in f.box)
-            print(f"{path}\t{i}\t{box}\t{f.age:.1f}")
+            print(f"{path}\t{i}\t{box}\t{f.age:.1f}\t{HEAD_NAMES[int(f.head)]}")
     return 1 if no_face == len(args.images) else 0
 
 
@@ -215,24 +395,35 @@ def build_parser():
     t.add_argument("--train", required=True, help="packed training set")
     t.add_argument("--val", help="packed validation set")
     t.add_argument("--out", required=True, help="output folder (log, checkpoints)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (repeatable): VALUE is JSON when it parses "
+                        "(64, 1e-3, true, [10, 20]), else plain text (head=fr+pa, "
+                        "pretrained=resnet18.pth); augment.OPTION=VALUE changes one "
+                        "augmentation option")
     t.add_argument("--resume", help="checkpoint to resume from (exactly)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="full metric report of a checkpoint on a packed set")
+    e = sub.add_parser("eval", help="full metric report of a checkpoint on a packed set",
+                       description=EVAL_HELP)
     e.add_argument("checkpoint")
-    e.add_argument("data", help="packed file")
-    e.add_argument("--json", help="also write the report here")
+    e.add_argument("data", help="packed file to evaluate on (any size)")
+    e.add_argument("--train", metavar="PACK",
+                   help="packed training set: its age histogram gives the many/medium/few-shot "
+                        "MAE (left out without it)")
+    e.add_argument("--json", help="also write the report here (JSON)")
+    e.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     e.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("predict", help="print one age per image file (aligned crops), or with "
                                            "--detect one line per face found in raw photos")
     pd.add_argument("checkpoint")
     pd.add_argument("images", nargs="+")
-    pd.add_argument("--route", default="smaller", choices=("smaller", "bigger", "vanilla", "balanced"))
+    pd.add_argument("--route", default=None, choices=("smaller", "bigger", "vanilla", "balanced"),
+                    help="which head answers (default: the checkpoint's route after stage 2, "
+                         "the vanilla head for a stage-1 checkpoint)")
     pd.add_argument("--detect", action="store_true",
                     help="detect every face (MTCNN), align it and print: file, face index, "
-                         "box x1,y1,x2,y2, age")
+                         "box x1,y1,x2,y2, age, head")
     pd.add_argument("--margin", type=float, default=0.0,
                     help="alignment margin with --detect: use the one the training data was prepared with")
     pd.add_argument("--mtcnn-weights", default=None, metavar="DIR",
@@ -248,6 +439,8 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run one command; argv defaults to sys.argv[1:]. Returns the exit status (0 ok,
+    2 a clear error printed on stderr) so tests can call it in-process."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

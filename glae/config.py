@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (pyproject's marker)
+    import tomli as tomllib
 
 BACKBONES = ("resnet18", "resnet50")
 HEADS = ("gap", "fr", "fr+pa")

@@ -53,3 +53,33 @@ def test_prepare_a_few_hundred(utk, tmp_path):
     assert len(kept) == 300  # the dev subset was deduplicated already
     tr, te = random_split(ds.subset(kept), (0.8, 0.2), seed=0)
     assert len(tr) == 240 and len(te) == 60
+    loader_epoch(ds)
+
+
+def loader_epoch(ds):
+    """One epoch of the C Loader over the memory-mapped file, as training drives it."""
+    n = len(ds)
+    order = np.random.default_rng(1).permutation(n).astype(np.int64)
+    tags = np.arange(n, dtype=np.float32)  # passed as "ages": the labels name the sample
+    # training augmentations (crop, flip, jitter, RandAugment), GLAE normalisation
+    L = _C.Loader(ds.images, tags, ds.ages, order, 32, out_size=64, seed=5, epoch=1, threads=2,
+                  norm="glae")
+    assert len(L) == 10
+    batches = [(x.copy(), t.copy(), a.copy()) for x, t, a in L]
+    assert [len(t) for _, t, _ in batches] == [32] * 9 + [12]
+    seen = np.concatenate([t for _, t, _ in batches]).astype(np.int64)
+    np.testing.assert_array_equal(seen, order)  # every index, once, in the sampler's order
+    np.testing.assert_array_equal(np.bincount(seen, minlength=n), np.ones(n))
+    np.testing.assert_array_equal(np.concatenate([a for _, _, a in batches]), ds.ages[order])
+    x = np.concatenate([b for b, _, _ in batches])
+    assert x.shape == (n, 64, 64, 3) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert x.min() >= -127.5 / 128 and x.max() <= 127.5 / 128  # (x - 127.5) / 128 of uint8
+    assert -0.6 < x.mean() < 0.6 and x.std() > 0.1  # real photographs, not blank
+    # the same batches as the reference augment_batch on those indices (determinism)
+    np.testing.assert_array_equal(x[:32], _C.augment_batch(ds.images, order[:32], 64, 5, 1, norm="glae"))
+    # augmentations off, ImageNet normalisation: exactly the stored crops, normalised
+    off = dict(crop=False, flip=0.0, jitter=False, randaugment=False, norm="imagenet")
+    L = _C.Loader(ds.images, tags, None, order, 64, out_size=64, threads=2, **off)
+    x = np.concatenate([b for b, _, _ in L])
+    ref = (np.asarray(ds.images)[order] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(x, ref, rtol=1e-6, atol=1e-6)

@@ -13,8 +13,11 @@
 
 enum { GLAE_NORM_GLAE = 0, GLAE_NORM_IMAGENET = 1, GLAE_NORM_NONE = 2 };
 
-/* The 14 RandAugment ops in torchvision's order, then the extra single ops that colour
- * jitter and the flip use (for the per-op test binding). */
+/* The 14 RandAugment ops in the order the RandAugment paper lists them (Cubuk et al.
+ * 2020), not torchvision's (identity, shear x/y, translate x/y, rotate, brightness,
+ * colour, contrast, sharpness, posterize, solarize, autocontrast, equalize); only the
+ * magnitude ranges follow torchvision. Then the extra single ops that colour jitter and
+ * the flip use (for the per-op test binding). */
 enum {
     GLAE_OP_IDENTITY = 0, GLAE_OP_AUTOCONTRAST, GLAE_OP_EQUALIZE, GLAE_OP_ROTATE,
     GLAE_OP_SOLARIZE, GLAE_OP_COLOR, GLAE_OP_POSTERIZE, GLAE_OP_CONTRAST, GLAE_OP_BRIGHTNESS,

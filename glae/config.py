@@ -73,6 +73,7 @@ class Config:
     seed: int = 0
     pretrained: str = ""  # ImageNet backbone weights (.pth / .safetensors), glae.weights
     threads: int = 0  # 0: all cores
+    loader_threads: int = 0  # augmentation workers, 0: min(cores, 8); batches never depend on it
     eval_every: int = 1
 
     def __post_init__(self):
@@ -103,7 +104,7 @@ class Config:
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
         for name in ("stage1_epochs", "stage2_epochs", "proj_depth", "proj_width", "threads",
-                     "seed"):
+                     "loader_threads", "seed"):
             positive(name, allow_zero=True)
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")

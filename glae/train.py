@@ -125,8 +125,10 @@ class Trainer:
         self.log = log or (lambda *a, **k: None)
         # everything besides the model's tensors and momentum that an exact resume needs;
         # loss_sums/loss_count: the running sums of the current epoch (for its log line)
+        # stage1_val_epoch: the stage-1 epoch whose model gave stage1_val_mae
         self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
-                      "best": None, "loss_sums": {}, "loss_count": 0, "n_train": len(train)}
+                      "stage1_val_epoch": None, "best": None, "loss_sums": {}, "loss_count": 0,
+                      "n_train": len(train)}
         self.labels = np.rint(train.ages).astype(np.int64)
         self.sigmas = np.full(len(train), config.sigma, np.float32) if train.sigmas is None \
             else np.where(np.isnan(train.sigmas), np.float32(config.sigma), train.sigmas)
@@ -217,8 +219,14 @@ class Trainer:
         order = np.ascontiguousarray(order[:nb * self.cfg.batch_size], np.int64)
         return _C.Loader(self.train.images, self.train.ages, self.sigmas, order,
                          self.cfg.batch_size, self.cfg.image_size,
-                         seed=self.cfg.seed * 2 + stage - 1, epoch=epoch, threads=1,
-                         drop_last=True, **self.augment_config(True))
+                         seed=self.cfg.seed * 2 + stage - 1, epoch=epoch,
+                         threads=self.loader_threads(), drop_last=True,
+                         **self.augment_config(True))
+
+    def loader_threads(self):
+        """Config.loader_threads, 0 meaning min(cores, 8). Only speed depends on it: every
+        augmentation is keyed by (seed, epoch, sample), so the batches are bitwise the same."""
+        return self.cfg.loader_threads or min(os.cpu_count() or 1, 8)
 
     # -- one step --------------------------------------------------------------------
     def step(self, x, ages, sigma, stage):
@@ -350,11 +358,16 @@ class Trainer:
         return self
 
     def _start_stage2(self):
-        if self.state["stage1_val_mae"] is None and self.val is not None:
+        # LAE's stage-2 loss needs the MAE of the *final* stage-1 model; the last evaluation
+        # may be epochs old (eval_every not dividing stage1_epochs), so evaluate again
+        # unless it was on stage 1's last epoch (nothing else reads this MAE)
+        lae = self.cfg.stage2_loss == "lae" and self.cfg.stage2_epochs > 0
+        if lae and self.val is not None and len(self.val) and \
+                self.state.get("stage1_val_epoch") != self.cfg.stage1_epochs:
             rep = self.evaluate(stage=1)
-            self.state["stage1_val_mae"] = rep["vanilla"]["mae"] if rep else None
-        if (self.cfg.stage2_loss == "lae" and self.cfg.stage2_epochs > 0
-                and self.state["stage1_val_mae"] is None):
+            self.state["stage1_val_mae"] = rep["vanilla"]["mae"]
+            self.state["stage1_val_epoch"] = self.cfg.stage1_epochs
+        if lae and self.state["stage1_val_mae"] is None:
             raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
         self.core.copy_head_to_balanced()
         b, e = self.core.group_range(G_BALANCED)
@@ -373,6 +386,7 @@ class Trainer:
             entry["val"] = self.evaluate(stage=stage)
             if stage == 1:
                 self.state["stage1_val_mae"] = entry["val"]["vanilla"]["mae"]
+                self.state["stage1_val_epoch"] = epoch + 1
             key = "routed" if stage == 2 else "vanilla"
             score = entry["val"][key]["mae"]
             best = self.state["best"]

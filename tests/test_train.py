@@ -200,7 +200,8 @@ def test_exact_resume(data, reference_run, tmp_path):
     {"image_size": 0}, {"milestones": (30, 10)}, {"milestones": (1.5,)},
     {"augment": {"mixup": True}}, {"augment": {"crop": "yes"}},
     {"augment": {"crop_scale": [0.9, 0.1]}}, {"nesterov": "true"}, {"route": "random"},
-    {"proj_depth": 3}, {"threads": -1}, {"lam": -1.0},
+    {"proj_depth": 3}, {"threads": -1}, {"lam": -1.0}, {"loader_threads": -1},
+    {"loader_threads": 1.5},
 ])
 def test_bad_config_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -380,3 +381,61 @@ def test_divergence_stops_with_a_clear_error(tmp_path):
     # it stopped inside the first epoch: no checkpoint holds the diverged weights
     assert t.state["epoch"] == 0
     assert not (tmp_path / "last.safetensors").exists()
+
+
+# -- LAE stage 2: the stage-1 MAE of the final stage-1 model ------------------------------------
+def test_lae_stage2_uses_the_final_stage1_val_mae(data, tmp_path):
+    """eval_every = 2 does not divide stage1_epochs = 3: the last stage-1 evaluation (epoch 2)
+    is of an older model. The mae in KL + (L1 - mae)^2 must be the final stage-1 model's."""
+    train, val = data
+    cfg = small_cfg(head="gap", stage1_epochs=3, stage2_epochs=1, eval_every=2,
+                    stage2_loss="lae")
+    t = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=str(tmp_path), progress=False,
+                log=None)
+    seen = []
+    train_step = t.core.train_step
+
+    def spy(*args, **kw):
+        if kw.get("stage") == 2:
+            seen.append((kw["loss"], kw["mae"]))
+        return train_step(*args, **kw)
+
+    t.core.train_step = spy
+    t.fit()
+    assert len(seen) == t.batches_per_epoch()
+    # stage 2 leaves the backbone and the vanilla head alone: evaluating the vanilla head now
+    # gives the final stage-1 model's validation MAE
+    final = t.evaluate(stage=1)["vanilla"]["mae"]
+    assert all(loss == "lae_cls" for loss, _ in seen)
+    assert all(mae == final for _, mae in seen), (seen[0], final)
+    assert t.state["stage1_val_mae"] == final and t.state["stage1_val_epoch"] == 3
+    stale = [e["val"]["vanilla"]["mae"] for e in read_log(str(tmp_path)) if e["stage"] == 1
+             and "val" in e]
+    assert len(stale) == 1 and stale[0] != final  # epoch 2's: what the bug passed
+
+
+# -- loader threads ------------------------------------------------------------------------------
+def test_loader_threads_do_not_change_training(data):
+    """Config.loader_threads changes only speed: every augmentation is keyed by (seed, epoch,
+    sample), so 1 and 2 worker threads give bitwise the same batches, losses and weights."""
+    train, _ = data
+    aug = {"crop": True, "flip": True, "color_jitter": True, "randaugment": True}
+    runs = []
+    for threads in (1, 2):
+        cfg = small_cfg(head="gap", augment=aug, loader_threads=threads)
+        t = Trainer(Model.from_config(cfg), cfg, train, None, progress=False, log=None)
+        assert t.loader_threads() == threads
+        batches = [x for x, _a, _s in t.loader(t.epoch_indices(1, 0), 1, 0)]
+        losses = []
+        step = t.step
+        t.step = lambda *a: losses.append(step(*a)) or losses[-1]
+        t.fit(max_steps=3)
+        runs.append((batches, losses, t.core.params.copy()))
+    (b1, l1, p1), (b2, l2, p2) = runs
+    assert len(b1) == len(b2) == 5 and all(np.array_equal(x, y) for x, y in zip(b1, b2))
+    assert len(l1) == 3 and l1 == l2
+    assert np.array_equal(p1, p2)
+    assert Config().loader_threads == 0
+    cfg = small_cfg(loader_threads=0)
+    assert Trainer(Model.from_config(cfg), cfg, train, None, progress=False,
+                   log=None).loader_threads() == min(os.cpu_count() or 1, 8)

@@ -1,0 +1,245 @@
+"""`python -m glae`: every subcommand's --help, a tiny demo, and train -> eval -> predict on
+small synthetic packed files, run in-process through glae.cli.main (no interpreter start
+per command). Sizes are tiny (32 px, 40 training images) so the whole file takes seconds."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import glae
+from glae import metrics
+from glae.cli import build_parser, main, parse_overrides
+from glae.data import synthetic_faces, write_packed
+
+SIZE = 32
+COMMANDS = ("demo", "prepare", "train", "eval", "predict", "export")
+
+# a tiny fr+pa run: 40 images, batch 8 (5 steps per epoch), 2 + 1 epochs; strings that
+# start with f/t/digits are given through --set on purpose (they used to reach json.loads)
+TOML = """
+[model]
+backbone = "resnet18"
+proj_depth = 1
+proj_width = 32
+[data]
+image_size = 32
+augment = { crop = true, flip = true, color_jitter = false, randaugment = false }
+[optim]
+batch_size = 8
+stage1_epochs = 2
+stage2_epochs = 1
+base_lr1 = 0.002
+base_lr2 = 0.002
+linear_scaling = false
+"""
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of one in-process command."""
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Packed training / test sets (the test set, 6 images, is smaller than the batch of 8),
+    a test set with sigmas, and two aligned-crop PNG files."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("cli")
+    images, ages = synthetic_faces(46, size=SIZE, seed=4)
+    f = {"dir": d, "train": write_packed(d / "train.glae", images[:40], ages[:40]),
+         "test": write_packed(d / "test.glae", images[40:], ages[40:]),
+         "test_sigma": write_packed(d / "test_sigma.glae", images[40:], ages[40:],
+                                    sigmas=np.full(6, 3.0)),
+         "pngs": [], "test_images": images[40:], "test_ages": ages[40:]}
+    for i in range(2):
+        p = d / f"face{i}.png"
+        Image.fromarray(images[40 + i]).save(p)
+        f["pngs"].append(str(p))
+    (d / "tiny.toml").write_text(TOML)
+    f["toml"] = d / "tiny.toml"
+    return f
+
+
+@pytest.fixture(scope="module")
+def trained(files):
+    """One `train --config ... --set ...` run; its last checkpoint (after stage 2) and a
+    stage-1-only copy of it (balanced head never trained)."""
+    out = files["dir"] / "run"
+    rc = main(["train", "--config", str(files["toml"]), "--train", files["train"],
+               "--out", str(out), "--set", "head=fr+pa", "--set", "route=smaller",
+               "--set", "flip_test=true", "--set", "seed=3", "--set", "augment.flip=false"])
+    assert rc == 0
+    last = out / "last.safetensors"
+    m = glae.load(last)
+    m.stage2_trained = False  # what a stage-1 run leaves behind
+    stage1 = m.save(str(files["dir"] / "stage1.safetensors"))
+    return {"out": out, "last": str(last), "stage1": stage1}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_of_each_command_exits_0(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: python -m glae " + cmd in capsys.readouterr().out
+
+
+def test_module_entry_point_runs():
+    """`python -m glae --help` through the interpreter, as users call it."""
+    r = subprocess.run([sys.executable, "-m", "glae", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and all(c in r.stdout for c in COMMANDS)
+
+
+def test_demo_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc, text, err = run_cli(capsys, "demo", "--out", out, "--n", 50, "--size", SIZE,
+                            "--batch", 8, "--epochs1", 1, "--epochs2", 1, "--no-progress")
+    assert rc == 0, err
+    for row in ("vanilla", "balanced", "routed"):
+        assert any(line.startswith(row) for line in text.splitlines())
+    assert "MAE" in text and "CMAE" in text and "AAR" in text
+    for name in ("log.jsonl", "last.safetensors", "best.safetensors", "per_age_mae.png",
+                 "report.json"):
+        assert (out / name).is_file(), name
+    # the table is the model after the last epoch, and the checkpoint it names is that one
+    assert f"checkpoint {out / 'last.safetensors'}" in text
+    rep = json.loads((out / "report.json").read_text())
+    last_epoch = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert abs(rep["routed"]["mae"] - last_epoch["val"]["routed"]["mae"]) < 1e-6
+    assert f"{rep['routed']['mae']:.2f}" in text
+
+
+def test_parse_overrides():
+    from glae.config import Config
+
+    got = parse_overrides(["head=fr+pa", "pretrained=tv.pth", "route=smaller",
+                           "batch_size=64", "lam=1e-3", "flip_test=false",
+                           "milestones=[10, 20]", "pretrained=2024", "augment.flip=false"],
+                          Config())
+    assert got["head"] == "fr+pa" and got["route"] == "smaller"
+    assert got["pretrained"] == "2024"  # a text field keeps the text, even when it is a number
+    assert got["batch_size"] == 64 and got["lam"] == 1e-3 and got["flip_test"] is False
+    assert got["milestones"] == [10, 20]
+    assert got["augment"] == {**Config().augment, "flip": False}
+    assert parse_overrides(['pretrained=""'])["pretrained"] == ""
+    with pytest.raises(ValueError, match="no value given"):
+        parse_overrides(["head="])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["head"])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["=3"])
+    with pytest.raises(ValueError, match="augment.OPTION"):
+        parse_overrides(["optim.lr=3"])
+
+
+def test_train_took_the_string_overrides(trained):
+    cfg = glae.load(trained["last"]).config
+    assert cfg.head == "fr+pa" and cfg.route == "smaller" and cfg.seed == 3
+    assert cfg.augment["flip"] is False and cfg.augment["crop"] is True
+    assert glae.load(trained["last"]).stage2_trained
+
+
+def test_train_errors_are_clear(files, trained, tmp_path, capsys):
+    base = ["train", "--config", files["toml"], "--train", files["train"], "--out", tmp_path]
+    rc, _, err = run_cli(capsys, *base, "--set", "head=")
+    assert rc == 2 and "head=: no value given" in err
+    rc, _, err = run_cli(capsys, *base, "--set", "colour=1")
+    assert rc == 2 and "unknown config key(s): colour" in err
+    rc, _, err = run_cli(capsys, *base, "--set", "pretrained=missing-weights.pth")
+    assert rc == 2 and "missing-weights.pth" in err and "Expecting value" not in err
+    rc, _, err = run_cli(capsys, *base, "--resume", trained["last"], "--set", "seed=1")
+    assert rc == 2 and "--resume" in err
+
+
+def test_eval_small_test_set_json(files, trained, tmp_path, capsys):
+    """6 test images with a batch size of 8 in the checkpoint: evaluated, full report."""
+    js = tmp_path / "report.json"
+    rc, text, err = run_cli(capsys, "eval", trained["last"], files["test"],
+                            "--train", files["train"], "--json", js)
+    assert rc == 0, err
+    rep = json.loads(js.read_text())
+    assert set(rep) == {"vanilla", "balanced", "routed"}
+    for head in rep.values():
+        assert head["n"] == 6
+        for key in ("mae", "cmae", "aar_lae", "aar_glae", "group", "cs", "per_age", "shot"):
+            assert key in head, key
+        assert "epsilon_error" not in head  # no sigmas in this set
+    assert "routing" in rep["routed"]
+    # every image is few-shot: the training set has fewer than 20 images of any age
+    assert rep["vanilla"]["shot"]["few"]["count"] == 6
+    for words in ("AAR (LAE groups)", "AAR (GLAE groups)", "CS theta", "per-age MAE",
+                  "MAE few", "routing"):
+        assert words in text, words
+    # the same numbers as predicting the images directly with the model
+    m = glae.load(trained["last"])
+    for route, name in (("vanilla", "vanilla"), ("balanced", "balanced"), (None, "routed")):
+        p = m.predict(files["test_images"], route=route)
+        assert abs(metrics.mae(files["test_ages"], p) - rep[name]["mae"]) < 1e-3
+
+
+def test_eval_without_train_set_omits_shots(files, trained, tmp_path, capsys):
+    js = tmp_path / "r.json"
+    rc, text, err = run_cli(capsys, "eval", trained["stage1"], files["test_sigma"],
+                            "--json", js, "--batch", 4)
+    assert rc == 0, err
+    rep = json.loads(js.read_text())
+    assert list(rep) == ["vanilla"]  # stage 1 only: no balanced head to report
+    assert "shot" not in rep["vanilla"] and "--train" in text
+    assert 0 <= rep["vanilla"]["epsilon_error"] <= 1 and "eps-err" in text
+
+
+def test_eval_bad_input(files, trained, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "eval", trained["last"], tmp_path / "absent.glae")
+    assert rc == 2 and "absent.glae" in err
+    rc, _, err = run_cli(capsys, "eval", tmp_path / "absent.safetensors", files["test"])
+    assert rc == 2 and "absent.safetensors" in err
+    rc, _, err = run_cli(capsys, "eval", trained["last"], files["test"], "--batch", 0)
+    assert rc == 2 and "batch_size" in err
+
+
+def test_predict_one_line_per_file_with_head(files, trained, capsys):
+    rc, text, err = run_cli(capsys, "predict", trained["last"], *files["pngs"])
+    assert rc == 0, err
+    lines = text.strip().splitlines()
+    assert len(lines) == 2
+    m = glae.load(trained["last"])
+    ages, heads = m.predict(files["pngs"], return_head=True)
+    for line, path, age, head in zip(lines, files["pngs"], ages, heads):
+        p, a, h = line.split("\t")
+        assert p == path and abs(float(a) - age) < 0.051
+        assert h == ("vanilla", "balanced")[int(head)]
+    rc, text, _ = run_cli(capsys, "predict", trained["last"], files["pngs"][0],
+                          "--route", "balanced")
+    assert rc == 0 and text.strip().endswith("\tbalanced")
+
+
+def test_predict_stage1_checkpoint_uses_the_vanilla_head(files, trained, capsys):
+    rc, text, err = run_cli(capsys, "predict", trained["stage1"], *files["pngs"])
+    assert rc == 0, err
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 and all(line.endswith("\tvanilla") for line in lines)
+    m = glae.load(trained["stage1"])
+    want = m.predict(files["pngs"], route="vanilla")
+    got = [float(line.split("\t")[1]) for line in lines]
+    np.testing.assert_allclose(got, want, atol=0.051)
+    rc, _, err = run_cli(capsys, "predict", trained["stage1"], files["pngs"][0],
+                         "--route", "smaller")
+    assert rc == 2 and "never trained" in err
+
+
+def test_predict_missing_image(trained, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "predict", trained["last"], tmp_path / "nope.png")
+    assert rc == 2 and "nope.png" in err
+
+
+def test_parser_knows_every_command():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)

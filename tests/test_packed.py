@@ -35,6 +35,7 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(ds.identities, ids)
     assert ds.ages.dtype == np.float32 and ds.identities.dtype == np.int64
     assert ds.paths == paths and ds.meta == {"k": 3}
+    assert ds.align_size is None and ds.align_margin is None  # not written by prepare
     # default hash: sha256 over (h, w) and the pixels, independently recomputed here
     want = hashlib.sha256(struct.pack("<II", 8, 8) + images[3].tobytes()).digest()
     assert ds.hashes.shape == (7, 32) and ds.hashes[3].tobytes() == want
@@ -180,6 +181,7 @@ def test_prepare_bookkeeping(tmp_path):
         np.testing.assert_array_equal(ds.images[i], _pil_center(arrays[i], None, 16, 0))
         assert ds.hashes[i].tobytes() == pixel_hash(arrays[i])  # hash of the decoded source
     assert ds.meta["n_skipped"] == 2 and ds.meta["n_aligned_with_landmarks"] == 4
+    assert ds.align_size == 16 and ds.align_margin == 0.0  # what inference must align with
     # the same with one worker: byte-identical file
     prepare(recs, tmp_path / "q.glae", size=16, workers=1, transform=_pil_center)
     assert (tmp_path / "q.glae").read_bytes() == out.read_bytes()
@@ -198,6 +200,9 @@ def test_prepare_errors(tmp_path):
         prepare("nonsense", tmp_path / "x.glae", transform=_pil_center)
     with pytest.raises(TypeError, match="Record"):
         prepare(["a.jpg"], tmp_path / "x.glae", transform=_pil_center)
+    with pytest.raises(ValueError, match=r"meta: keys \['margin'\] are written by prepare"):
+        prepare(recs, tmp_path / "x.glae", transform=_pil_center, meta={"margin": 0.3, "note": "x"})
+    assert not (tmp_path / "x.glae").exists()
     # a transform that fails or returns the wrong thing is reported per image, not a crash
     def picky(img, lm, size, margin):
         if lm is not None:
@@ -221,6 +226,9 @@ def test_prepare_with_c_alignment(tmp_path):
     # images without landmarks went through center_crop_resize, those with through align_face
     np.testing.assert_array_equal(ds.images[0], _C.center_crop_resize(arrays[0], 32))
     np.testing.assert_array_equal(ds.images[1], _C.align_face(arrays[1], recs[1].landmarks, 32, 0.1))
+    # the alignment travels with the file, also through a subset
+    assert ds.align_size == 32 and ds.align_margin == pytest.approx(0.1)
+    assert ds.subset([0, 1]).align_margin == pytest.approx(0.1)
 
 
 @pytest.mark.skipif(not HAS_ALIGN, reason="glae._C has no align_face/center_crop_resize in this build")

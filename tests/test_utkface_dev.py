@@ -46,6 +46,7 @@ def test_prepare_a_few_hundred(utk, tmp_path):
     assert rep.n_used == 300 and not rep.skipped
     ds = PackedDataset(tmp_path / "utk64.glae")
     assert ds.images.shape == (300, 64, 64, 3)
+    assert ds.align_size == 64 and ds.align_margin == 0.0  # for predict_faces on raw photos
     np.testing.assert_array_equal(ds.ages, [r.age for r in sel])
     assert ds.paths == [r.path for r in sel]
     assert 40 < ds.images.mean() < 220 and ds.images.std() > 20  # real photographs, not blank

@@ -262,6 +262,25 @@ class PackedDataset:
     def meta(self) -> dict:
         return self._meta
 
+    # prepare stores the alignment it used; inference must align raw photos the same way
+    # (Model.predict_faces(..., align_size=ds.align_size, margin=ds.align_margin))
+    @property
+    def align_size(self) -> int | None:
+        """Crop side in pixels prepare aligned the faces at (its `size`), or None when the
+        file was not written by prepare (write_packed, synthetic data: no alignment known)."""
+        if "margin" not in self._meta:
+            return None
+        return int(self._meta.get("size", self.size))
+
+    @property
+    def align_margin(self) -> float | None:
+        """The `margin` prepare passed to align_face, or None when the file was not written
+        by prepare. Only the images aligned with landmarks (meta n_aligned_with_landmarks)
+        used it; the others were centre-cropped."""
+        if "margin" not in self._meta:
+            return None
+        return float(self._meta["margin"])
+
     def __len__(self):
         return len(self.ages)
 

@@ -20,6 +20,9 @@ from .readers import (DecodeError, Record, Report, load_image, read_age_folders,
 __all__ = ["prepare", "read_source", "DETECT_MODES", "SOURCE_KINDS"]
 
 DETECT_MODES = ("never", "missing", "always")
+# header keys prepare writes itself
+_PREPARE_META = ("source", "size", "margin", "aligned", "detect", "pick", "mtcnn_weights",
+                 "n_aligned_with_landmarks", "n_skipped", "n_detected", "n_no_face")
 
 SOURCE_KINDS = {
     "csv": read_csv,
@@ -74,7 +77,8 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     side; ignored for images without landmarks (center_crop_resize). workers: decoding threads (default: os.cpu_count()).
     transform: advanced; a callable (img uint8 (H,W,3), landmarks (5,2) or None, size,
     margin) -> uint8 (size, size, 3) used instead of the C kernels (for data that is
-    already aligned, or tests). meta: extra JSON-able facts stored in the file's header.
+    already aligned, or tests). meta: extra JSON-able facts stored in the file's header
+    (ValueError if a key is one prepare writes itself, e.g. size or margin).
 
     detect: "never" (default; records without landmarks are centre-cropped), "missing"
     (records without landmarks go through MTCNN) or "always" (every record does; given
@@ -107,6 +111,10 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
 
     if pick not in _detect.PICKS:
         raise ValueError(f"pick must be one of {sorted(_detect.PICKS)}, got {pick!r}")
+    # the user's facts must not overwrite prepare's own (PackedDataset.align_margin reads them)
+    clash = sorted(set(meta or {}) & set(_PREPARE_META))
+    if clash:
+        raise ValueError(f"meta: keys {clash} are written by prepare itself; use other names")
     report = Report(what=f"prepare({os.fspath(out_path)})")
     if isinstance(source, (str, dict)):
         records, read_report = read_source(source)

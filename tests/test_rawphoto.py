@@ -339,8 +339,9 @@ def test_cli_prepare_detect_and_predict_detect(weights, tmp_path, capsys, small_
     cap = capsys.readouterr()
     lines = cap.out.strip().splitlines()
     assert rc == 0 and len(lines) == 1
-    path, idx, box, age = lines[0].split("\t")
+    path, idx, box, age, head = lines[0].split("\t")  # cli bde6595 added the answering head
     assert path == str(scene) and idx == "0" and len(box.split(",")) == 4 and np.isfinite(float(age))
+    assert head == "vanilla"
     assert "no face found" in cap.err
     rc = main(["predict", str(ckpt), str(scene), "--route", "vanilla"])  # without --detect: as before
     assert rc == 0 and len(capsys.readouterr().out.strip().splitlines()) == 1

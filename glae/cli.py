@@ -283,10 +283,11 @@ def cmd_eval(args):
     from . import load
     from .data import PackedDataset
 
-    model = load(args.checkpoint)
+    # the packed files first: a wrong path fails before the model is built
     data = _load_packed(args.data)
     # MAE by shot needs the training set's age histogram; checkpoints do not store it
     train_ages = PackedDataset(args.train).ages if args.train else None
+    model = load(args.checkpoint)
     _, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
     cfg = model.config
     how = (f"stage 2 (routed: {cfg.route})" if model.stage2_trained
@@ -322,6 +323,9 @@ def _route_for(model, route):
 def cmd_predict(args):
     from .model import load
 
+    for path in args.images:  # a wrong path fails before the model is built
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
     model = load(args.checkpoint)
     route = _route_for(model, args.route)
     if not args.detect:

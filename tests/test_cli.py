@@ -80,7 +80,9 @@ def trained(files):
     m = glae.load(last)
     m.stage2_trained = False  # what a stage-1 run leaves behind
     stage1 = m.save(str(files["dir"] / "stage1.safetensors"))
-    return {"out": out, "last": str(last), "stage1": stage1}
+    # the models as loaded, kept for comparisons (loading costs about a second each)
+    return {"out": out, "last": str(last), "stage1": stage1, "model": glae.load(last),
+            "model1": glae.load(stage1)}
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -100,7 +102,7 @@ def test_module_entry_point_runs():
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc, text, err = run_cli(capsys, "demo", "--out", out, "--n", 50, "--size", SIZE,
+    rc, text, err = run_cli(capsys, "demo", "--out", out, "--n", 40, "--size", SIZE,
                             "--batch", 8, "--epochs1", 1, "--epochs2", 1, "--no-progress")
     assert rc == 0, err
     for row in ("vanilla", "balanced", "routed"):
@@ -141,10 +143,10 @@ def test_parse_overrides():
 
 
 def test_train_took_the_string_overrides(trained):
-    cfg = glae.load(trained["last"]).config
+    cfg = trained["model"].config
     assert cfg.head == "fr+pa" and cfg.route == "smaller" and cfg.seed == 3
     assert cfg.augment["flip"] is False and cfg.augment["crop"] is True
-    assert glae.load(trained["last"]).stage2_trained
+    assert trained["model"].stage2_trained and not trained["model1"].stage2_trained
 
 
 def test_train_errors_are_clear(files, trained, tmp_path, capsys):
@@ -179,7 +181,7 @@ def test_eval_small_test_set_json(files, trained, tmp_path, capsys):
                   "MAE few", "routing"):
         assert words in text, words
     # the same numbers as predicting the images directly with the model
-    m = glae.load(trained["last"])
+    m = trained["model"]
     for route, name in (("vanilla", "vanilla"), ("balanced", "balanced"), (None, "routed")):
         p = m.predict(files["test_images"], route=route)
         assert abs(metrics.mae(files["test_ages"], p) - rep[name]["mae"]) < 1e-3
@@ -210,7 +212,7 @@ def test_predict_one_line_per_file_with_head(files, trained, capsys):
     assert rc == 0, err
     lines = text.strip().splitlines()
     assert len(lines) == 2
-    m = glae.load(trained["last"])
+    m = trained["model"]
     ages, heads = m.predict(files["pngs"], return_head=True)
     for line, path, age, head in zip(lines, files["pngs"], ages, heads):
         p, a, h = line.split("\t")
@@ -226,7 +228,7 @@ def test_predict_stage1_checkpoint_uses_the_vanilla_head(files, trained, capsys)
     assert rc == 0, err
     lines = text.strip().splitlines()
     assert len(lines) == 2 and all(line.endswith("\tvanilla") for line in lines)
-    m = glae.load(trained["stage1"])
+    m = trained["model1"]
     want = m.predict(files["pngs"], route="vanilla")
     got = [float(line.split("\t")[1]) for line in lines]
     np.testing.assert_allclose(got, want, atol=0.051)

@@ -5,7 +5,7 @@ import pytest
 
 from glae import _C
 
-from helpers import assert_unmodified
+from helpers import assert_unmodified, numeric_grad
 
 K = 101
 
@@ -294,3 +294,116 @@ def test_predict_batch_of_another_size_equals_list(shape):
         top, left = (h - c) // 2, (w - c) // 2
         sq = np.ascontiguousarray(batch[:, top:top + c, left:left + c])
         np.testing.assert_array_equal(x_batch, m.preprocess(sq))
+
+
+# -- the FR and FR+PA heads' backward against central differences ---------------------------
+FD_AGES = np.array([5.0, 30.0, 62.0, 90.0], np.float32)
+
+
+def _fd_images():
+    # 48 px: a 2 x 2 x 512 last map, so the pixel shuffle interleaves 4 source pixels
+    return np.random.default_rng(11).standard_normal((4, 48, 48, 3)).astype(np.float32)
+
+
+def check_head_gradients(m, loss, group, rng, n_dirs=2, n_elems=2):
+    """Every parameter tensor of `group` (1 vanilla head, 2 balanced): the analytic gradient
+    of loss() (m.grads after it) against central differences of the float32 model, along
+    n_dirs random unit directions over the whole tensor (every element takes part) and on
+    the n_elems elements of largest gradient. Returns the per-tensor worst errors."""
+    loss()
+    g = m.grads.copy()
+    p = m.params
+    gmax = np.abs(g).max()
+    table = m.param_table()
+    bn_layers = {t[0].rsplit(".", 1)[0] for t in table if t[0].endswith("running_mean")}
+    report = {}
+    for name, shape, off, numel, is_buf, grp, _nd in table:
+        if grp != group or is_buf:
+            continue
+        x, gx = p[off:off + numel], g[off:off + numel].astype(np.float64)
+        # step: ~0.2 x the tensor's typical entry (1e-2 for BN's weight/bias, whose entries
+        # are 1 and 0); bigger steps meet the curvature, smaller ones float32's rounding
+        is_bn = name.rsplit(".", 1)[0] in bn_layers
+        eps = 1e-2 if is_bn else float(np.clip(0.2 * np.abs(x).mean(), 1e-3, 5e-3))
+        gnorm = np.linalg.norm(gx)
+        worst = 0.0
+        for _ in range(n_dirs):
+            v = rng.standard_normal(numel)
+            v /= np.linalg.norm(v)
+            x0 = x.copy()
+            x[:] = x0 + eps * v
+            fp = loss()
+            x[:] = x0 - eps * v
+            fm = loss()
+            x[:] = x0
+            num, ana = (fp - fm) / (2 * eps), float(gx @ v)
+            if gnorm < 1e-5 * gmax:
+                # e.g. a linear layer's bias before training-mode BN: exactly no gradient
+                assert abs(num) < 2e-3 * gmax, (name, num, ana)
+                continue
+            err = abs(num - ana) / gnorm  # an error e in g shows as about |e| / |g|
+            worst = max(worst, err)
+            assert err < 2e-2, (name, "direction", num, ana, gnorm)
+        if gnorm >= 1e-5 * gmax:
+            idx = np.argsort(-np.abs(gx))[:n_elems]
+            num = numeric_grad(loss, x, eps=eps, idx=idx)[idx]
+            rel = np.abs(num - gx[idx]) / np.abs(gx[idx])
+            worst = max(worst, rel.max())
+            assert (rel < 3e-2).all(), (name, idx, num, gx[idx])
+        report[name] = worst
+    return report
+
+
+@pytest.mark.parametrize("head,depth,rks", [("fr", 0, (4, 4, 4)), ("fr+pa", 0, (8, 10, 6)),
+                                            ("fr+pa", 2, (8, 10, 6))])
+def test_fr_heads_gradient_finite_differences(head, depth, rks):
+    """Stage 1 (train_step, loss 'base': KL + L1 on both PA branches): the FR conv (k > s:
+    overlapping windows), the projection with its BN1d and ReLU, and the classifier."""
+    r, k, s = rks
+    m = _C.Model("resnet18", head, r=r, k=k, s=s, proj_depth=depth, proj_width=12,
+                 input_size=48, seed=1)
+    x = _fd_images()
+
+    def loss():
+        m.zero_grad()
+        return m.train_step(x, FD_AGES, loss="base")["total"]
+
+    rep = check_head_gradients(m, loss, 1, np.random.default_rng(depth))
+    want = {"fr.weight", "fr.bias"}
+    if head == "fr+pa":
+        want |= {"cls.weight", "cls.bias"} | {f"proj.{i}.{t}" for i in
+                                               (0, 1, 3, 4, 6)[:1 + 2 * depth]
+                                               for t in ("weight", "bias")}
+    assert set(rep) == want
+
+
+def test_frpa_stage2_gradient_finite_differences():
+    """Stage 2 (LAE's KL + (L1 - mae)^2): only the balanced head has gradient, and it
+    matches central differences; the vanilla head does not change the stage-2 loss."""
+    m = _C.Model("resnet18", "fr+pa", r=8, k=10, s=6, proj_depth=1, proj_width=12,
+                 input_size=48, seed=2)
+    x = _fd_images()
+    for _ in range(5):  # backbone BN running statistics nearer the data's (eval mode here)
+        m.forward(x, training=True)
+    m.copy_head_to_balanced()
+
+    def loss():
+        m.zero_grad()
+        return m.train_step(x, FD_AGES, stage=2, loss="lae_cls", mae=3.0)["total"]
+
+    l0 = loss()
+    g = m.grads
+    for grp in ("backbone", "head"):
+        b, e = m.group_range(grp)
+        assert not g[b:e].any(), grp
+    b, e = m.group_range("balanced")
+    assert np.abs(g[b:e]).sum() > 0
+    p = m.params
+    hb, he = m.group_range("head")
+    p[hb:he] += 0.01  # the vanilla head is not in the stage-2 loss
+    assert loss() == l0
+    p[hb:he] -= 0.01
+    rep = check_head_gradients(m, loss, 2, np.random.default_rng(5))
+    assert set(rep) == {f"balanced.{n}" for n in (
+        "fr.weight", "fr.bias", "proj.0.weight", "proj.0.bias", "proj.1.weight", "proj.1.bias",
+        "proj.3.weight", "proj.3.bias", "cls.weight", "cls.bias")}

@@ -18,8 +18,8 @@ faces are a stand-in that lets the pipeline run anywhere, not a benchmark of rea
 
 EVAL_HELP = """Evaluate a checkpoint on a packed set and print every metric: MAE, CMAE, AAR
 (LAE and GLAE groups), group MAE/CMAE, cumulative score, per-age MAE, epsilon-error when
-every image has a sigma (Chalearn), MAE by shot when --train gives the training set, and
-routing usage. A stage-2 checkpoint is reported for the vanilla head, the balanced head and
+every image has a sigma (Chalearn), MAE by shot (from the training-age histogram the
+trainer stores in the checkpoint, or the set --train gives), and routing usage. A stage-2 checkpoint is reported for the vanilla head, the balanced head and
 the routed answer (the checkpoint's route and flip_test); a stage-1 one for the vanilla head."""
 
 HEAD_NAMES = ("vanilla", "balanced")  # the C engine's head index -> name
@@ -285,9 +285,12 @@ def cmd_eval(args):
 
     # the packed files first: a wrong path fails before the model is built
     data = _load_packed(args.data)
-    # MAE by shot needs the training set's age histogram; checkpoints do not store it
+    # MAE by shot needs the training set's age histogram: --train, else the one the
+    # trainer stored in the checkpoint
     train_ages = PackedDataset(args.train).ages if args.train else None
     model = load(args.checkpoint)
+    if train_ages is None:
+        train_ages = model.train_ages
     _, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
     cfg = model.config
     how = (f"stage 2 (routed: {cfg.route})" if model.stage2_trained
@@ -295,7 +298,8 @@ def cmd_eval(args):
     print(f"{args.checkpoint}: {cfg.backbone} {cfg.head}, {how}, flip test "
           f"{'on' if cfg.flip_test else 'off'}; {args.data}: {len(data)} images")
     if train_ages is None:
-        print("(MAE by shot: give the training set with --train to report it)")
+        print("(MAE by shot: the checkpoint has no training histogram; give the training "
+              "set with --train)")
     if data.sigmas is not None and np.isnan(data.sigmas).any():
         print("(epsilon-error: not reported, some images have no sigma)")
     print()
@@ -413,7 +417,8 @@ def build_parser():
     e.add_argument("data", help="packed file to evaluate on (any size)")
     e.add_argument("--train", metavar="PACK",
                    help="packed training set: its age histogram gives the many/medium/few-shot "
-                        "MAE (left out without it)")
+                        "MAE (default: the histogram stored in the checkpoint by the trainer; "
+                        "left out when neither exists)")
     e.add_argument("--json", help="also write the report here (JSON)")
     e.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     e.set_defaults(func=cmd_eval)
@@ -428,8 +433,9 @@ def build_parser():
     pd.add_argument("--detect", action="store_true",
                     help="detect every face (MTCNN), align it and print: file, face index, "
                          "box x1,y1,x2,y2, age, head")
-    pd.add_argument("--margin", type=float, default=0.0,
-                    help="alignment margin with --detect: use the one the training data was prepared with")
+    pd.add_argument("--margin", type=float, default=None,
+                    help="alignment margin with --detect (default: the one the training data "
+                         "was prepared with, from the checkpoint; else 0)")
     pd.add_argument("--mtcnn-weights", default=None, metavar="DIR",
                     help="with --detect: folder with pnet.pt, rnet.pt, onet.pt")
     pd.set_defaults(func=cmd_predict)

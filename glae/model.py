@@ -62,6 +62,8 @@ class Model:
         config.validate()
         self.config = config
         self.stage2_trained = False
+        # set by the Trainer, saved in checkpoints: {"train_age_hist", "align"} (train.py)
+        self.data_info = None
         kw = {"proj_width": config.proj_width} if config.proj_width else {}  # 0: C default
         self.core = CoreModel(backbone=config.backbone, head=config.head, r=config.r,
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
@@ -158,17 +160,35 @@ class Model:
             out.append(np.concatenate(heads))
         return out[0] if len(out) == 1 else tuple(out)
 
-    def predict_faces(self, image, route=None, flip=None, margin=0.0, align_size=224, weights=None):
+    @property
+    def train_ages(self):
+        """The training set's ages rounded to whole years (from the histogram the Trainer
+        stores; for MAE by shot), or None when unknown."""
+        hist = (self.data_info or {}).get("train_age_hist")
+        if hist is None:
+            return None
+        return np.repeat(np.arange(len(hist), dtype=np.float32), hist)
+
+    @property
+    def align(self):
+        """(align_size, margin) the training faces were aligned with by prepare, or None."""
+        a = (self.data_info or {}).get("align")
+        return None if a is None else (int(a["size"]), float(a["margin"]))
+
+    def predict_faces(self, image, route=None, flip=None, margin=None, align_size=None, weights=None):
         """Every face in a raw photo (path, PIL image or array): MTCNN finds the faces
         (glae.detect), each is aligned with its 5 landmarks by the same kernel and template
-        as glae.data.prepare (align_face at align_size with margin: give the values the
-        training data was prepared with; prepare's defaults are 224 and 0.0), then
-        estimated like predict (route, flip). weights: MTCNN folder or glae.detect.MTCNN
+        as glae.data.prepare (align_face at align_size with margin: by default those the
+        training data was prepared with, recorded in the checkpoint; 224 and 0.0, prepare's
+        defaults, when unknown), then estimated like predict (route, flip). weights: MTCNN folder or glae.detect.MTCNN
         (default: glae.detect.weights_dir()). Returns a list of glae.detect.Face(box,
         landmarks, age, head), most confident face first; [] when no face is found."""
         from . import detect as gd
         from .data.readers import load_image
 
+        known = self.align or (224, 0.0)
+        align_size = known[0] if align_size is None else align_size
+        margin = known[1] if margin is None else margin
         if isinstance(image, (str, bytes, os.PathLike)):
             img = load_image(image)  # EXIF orientation and alpha handling as prepare
         else:

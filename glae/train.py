@@ -26,16 +26,22 @@ G_BACKBONE, G_HEAD, G_BALANCED = 0, 1, 2
 
 @dataclass
 class Dataset:
-    """Aligned uint8 crops (N, S, S, 3) (an array or a memmap), ages, optional sigmas."""
+    """Aligned uint8 crops (N, S, S, 3) (an array or a memmap), ages, optional sigmas;
+    align: {"size", "margin"} that prepare aligned the faces with (None: unknown), kept in
+    the checkpoints so raw photos are later aligned the same way."""
 
     images: np.ndarray
     ages: np.ndarray
     sigmas: np.ndarray | None = None
+    align: dict | None = None
 
     def __post_init__(self):
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 \
                 or self.images.ndim != 4 or self.images.shape[3] != 3:
             raise ValueError("images must be a uint8 array (N, S, S, 3)")
+        if self.images.shape[1] != self.images.shape[2]:
+            # evaluation resizes without cropping: a non-square set would be stretched
+            raise ValueError(f"images must be square crops (N, S, S, 3); got {self.images.shape}")
         self.ages = np.ascontiguousarray(self.ages, dtype=np.float32)
         if self.ages.shape != (len(self.images),):
             raise ValueError(f"ages must have shape ({len(self.images)},); got {self.ages.shape}")
@@ -64,7 +70,9 @@ class Dataset:
         images = packed.images
         if not isinstance(images, np.ndarray):
             images = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
-        return cls(images, packed.ages, packed.sigmas)
+        size, margin = getattr(packed, "align_size", None), getattr(packed, "align_margin", None)
+        align = None if size is None else {"size": int(size), "margin": float(margin)}
+        return cls(images, packed.ages, packed.sigmas, align)
 
 
 def as_dataset(data):
@@ -130,6 +138,10 @@ class Trainer:
                       "stage1_val_epoch": None, "best": None, "loss_sums": {}, "loss_count": 0,
                       "n_train": len(train)}
         self.labels = np.rint(train.ages).astype(np.int64)
+        # what inference needs to know of the training data, saved with every checkpoint:
+        # the age histogram (MAE by shot) and the alignment of the crops (raw photos)
+        model.data_info = {"train_age_hist": np.bincount(self.labels).tolist(),
+                           "align": train.align}
         self.sigmas = np.full(len(train), config.sigma, np.float32) if train.sigmas is None \
             else np.where(np.isnan(train.sigmas), np.float32(config.sigma), train.sigmas)
         self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
@@ -450,6 +462,8 @@ def save_checkpoint(path, model, cfg, state):
     tensors["optimizer.momentum"] = np.array(core.momentum, copy=True)
     meta = {"format": "glae-checkpoint-1", "config": json.loads(cfg.to_json()),
             "state": json.loads(json.dumps(state, default=_json_default))}
+    if getattr(model, "data_info", None) is not None:
+        meta["data"] = model.data_info
     ckpt.save(path, tensors, meta)
 
 
@@ -479,11 +493,28 @@ def load_checkpoint(path, model_factory):
     if mom is None or mom.shape != core.momentum.shape or mom.dtype != np.float32:
         raise ckpt.CheckpointError(f"{path}: optimizer.momentum missing or of the wrong size")
     core.momentum[:] = mom
+    model.data_info = _data_info(meta.get("data"), path)
     state = meta.get("state", {})
     state = json.loads(state) if isinstance(state, str) else dict(state)
     if isinstance(state.get("best"), list):
         state["best"] = tuple(state["best"])
     return model, cfg, state
+
+
+def _data_info(info, path):
+    """The checkpoint's "data" entry (written by a Trainer), checked; None when absent."""
+    if info is None:
+        return None
+    hist, align = (info.get("train_age_hist"), info.get("align")) if isinstance(info, dict) \
+        else (None, None)
+    ok = isinstance(info, dict) and isinstance(hist, list) and all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in hist)
+    ok = ok and (align is None or (isinstance(align, dict) and isinstance(align.get("size"), int)
+                                   and align["size"] > 0
+                                   and isinstance(align.get("margin"), (int, float))))
+    if not ok:
+        raise ckpt.CheckpointError(f"{path}: corrupt training-data metadata {info!r}")
+    return {"train_age_hist": hist, "align": align}
 
 
 def _same_file(src, dst):

@@ -187,15 +187,30 @@ def test_eval_small_test_set_json(files, trained, tmp_path, capsys):
         assert abs(metrics.mae(files["test_ages"], p) - rep[name]["mae"]) < 1e-3
 
 
-def test_eval_without_train_set_omits_shots(files, trained, tmp_path, capsys):
-    js = tmp_path / "r.json"
+def test_eval_shots_from_the_checkpoint_histogram(files, trained, tmp_path, capsys):
+    js, js2 = tmp_path / "r.json", tmp_path / "r2.json"
     rc, text, err = run_cli(capsys, "eval", trained["stage1"], files["test_sigma"],
                             "--json", js, "--batch", 4)
     assert rc == 0, err
     rep = json.loads(js.read_text())
     assert list(rep) == ["vanilla"]  # stage 1 only: no balanced head to report
-    assert "shot" not in rep["vanilla"] and "--train" in text
     assert 0 <= rep["vanilla"]["epsilon_error"] <= 1 and "eps-err" in text
+    # the trainer stored the training-age histogram: the same shots as with --train
+    rc, _, err = run_cli(capsys, "eval", trained["stage1"], files["test_sigma"],
+                         "--json", js2, "--batch", 4, "--train", files["train"])
+    assert rc == 0, err
+    assert rep["vanilla"]["shot"] == json.loads(js2.read_text())["vanilla"]["shot"]
+
+
+def test_eval_without_any_training_histogram_omits_shots(files, trained, tmp_path, capsys):
+    m = glae.load(trained["stage1"])
+    assert m.train_ages is not None
+    m.data_info = None  # as a model saved without a trainer
+    path = m.save(str(tmp_path / "bare.safetensors"))
+    js = tmp_path / "r.json"
+    rc, text, err = run_cli(capsys, "eval", path, files["test_sigma"], "--json", js, "--batch", 4)
+    assert rc == 0, err
+    assert "shot" not in json.loads(js.read_text())["vanilla"] and "--train" in text
 
 
 def test_eval_bad_input(files, trained, tmp_path, capsys):

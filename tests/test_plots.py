@@ -77,13 +77,13 @@ def test_routing_usage(run, tmp_path):
 
 
 def test_routing_usage_single_age_group_and_empty_group(tmp_path):
-    # GLAE's 10-year groups end with the one-age group "100"; 90-99 is empty here
+    # GLAE's 10-year groups end with 90-100 (age 100 belongs to it); 80-89 is empty here
     y = np.array([3, 15, 40, 100, 100], np.float32)
     choice = np.array([1, 1, 0, 1, 0])  # int64 from a user is fine
     fig = plots.routing_usage(y, choice, edges=glae.metrics.GLAE_GROUPS, path=tmp_path / "g.png")
     assert _is_png(tmp_path / "g.png")
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert labels[-1].startswith("100") and "n=2" in labels[-1]
+    assert labels[-1].startswith("90-100") and "n=2" in labels[-1]
     assert "n=0" in labels[-2]
 
 

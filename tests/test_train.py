@@ -296,6 +296,9 @@ def test_log_and_checkpoints(data, reference_run):
         assert m.stage2_trained and m.config == ref.cfg
     m = load(os.path.join(out, "last.safetensors"))
     assert_same_state(snapshot(m.core), snapshot(ref.core))
+    # the training set's age histogram travels with the checkpoint (eval's MAE by shot)
+    np.testing.assert_array_equal(m.train_ages, np.sort(np.rint(train.ages)))
+    assert m.align is None  # synthetic crops: no alignment recorded
     x = val.images[:5]
     assert np.array_equal(m.predict(x), ref.model.predict(x))
 
@@ -350,6 +353,37 @@ def test_dataset_sigmas_nan_means_none():
             Dataset(images, ages, np.array(bad, np.float32))
     with pytest.raises(ValueError, match="sigmas"):
         Dataset(images, ages, np.ones(3, np.float32))
+
+
+def test_dataset_images_must_be_square():
+    with pytest.raises(ValueError, match="square"):
+        Dataset(np.zeros((2, 8, 6, 3), np.uint8), np.array([1, 2], np.float32))
+
+
+def test_checkpoint_records_the_alignment_of_the_training_data(tmp_path):
+    """A packed file from prepare records its size and margin; the trainer's checkpoints
+    carry them, and predict_faces uses them as its defaults."""
+    from glae import checkpoint as ckpt
+    from glae.data import synthetic_faces, write_packed
+    from glae.train import as_dataset
+
+    images, ages = synthetic_faces(10, size=SIZE, seed=3)
+    path = str(tmp_path / "p.glae")
+    write_packed(path, images, ages, meta={"size": SIZE, "margin": 0.25})
+    cfg = small_cfg()
+    t = Trainer(Model.from_config(cfg), cfg, as_dataset(path), None, out_dir=str(tmp_path),
+                progress=False, log=None)
+    assert t.train.align == {"size": SIZE, "margin": 0.25}
+    ck = t.save("last")
+    m = load(ck)
+    assert m.align == (SIZE, 0.25)
+    assert sorted(m.train_ages.tolist()) == sorted(np.rint(ages).tolist())
+    # a corrupt entry is named, not half-used
+    tensors, meta = ckpt.load(ck)
+    meta["data"] = {"train_age_hist": [3, -1], "align": None}
+    ckpt.save(ck, tensors, meta)
+    with pytest.raises(ckpt.CheckpointError, match="training-data metadata"):
+        load(ck)
 
 
 def test_packed_subset_is_accepted_as_training_data(tmp_path):

@@ -135,8 +135,12 @@ def _head(B, feat, core, prefix):
 
 
 def _kl(B, p, q, base):
-    """KL(p || q) per row; terms with p = 0 count 0 (as glae_kl_rows)."""
-    term = B.op("Mul", [p, B.op("Sub", [B.op("Log", [p]), B.op("Log", [q])])])
+    """KL(p || q) per row; terms with p = 0 count 0 and probabilities below float32's
+    smallest normal count as it inside the logs (as glae_kl_rows: ONNX Runtime flushes
+    subnormal softmax outputs to 0, which must not change the routing)."""
+    tiny = B.const("flt_min", np.float32(np.finfo(np.float32).tiny))
+    term = B.op("Mul", [p, B.op("Sub", [B.op("Log", [B.op("Max", [p, tiny])]),
+                                        B.op("Log", [B.op("Max", [q, tiny])])])])
     zero = B.const("zero", np.float32(0))
     term = B.op("Where", [B.op("Greater", [p, zero]), term, zero])
     return B.op("ReduceSum", [term, B.const("axes", np.array([1], np.int64))], base, keepdims=0)

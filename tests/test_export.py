@@ -40,12 +40,15 @@ MODELS = {
     "fr+pa": dict(head="fr+pa", proj_depth=1, proj_width=48),
     "gap": dict(head="gap"),
     "fr": dict(head="fr", r=8, k=8, s=4),  # overlapping FR windows
+    "fr+pa/depth0": dict(head="fr+pa", proj_depth=0),  # the shipped default head
+    "fr+pa/resnet50": dict(backbone="resnet50", head="fr+pa", proj_depth=0),
 }
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def model(request):
-    core = CoreModel(backbone="resnet18", input_size=S, seed=7, **MODELS[request.param])
+    kw = {"backbone": "resnet18", **MODELS[request.param]}
+    core = CoreModel(input_size=S, seed=7, **kw)
     _stage2_like(core, 11)
     x = np.random.default_rng(1).standard_normal((6, S, S, 3)).astype(np.float32)
     return request.param, core, x

@@ -3,6 +3,7 @@
  * Choices (ties, flip averaging, KL direction) are explained in docs/losses.md. */
 #include "route.h"
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 
@@ -31,11 +32,15 @@ static inline double expect(const float *p, int k) {
     return a;
 }
 
-/* KL(p || q), 0 log 0 = 0; +inf where p > 0 and q = 0 */
+/* KL(p || q), 0 log 0 = 0. Inside the logs a probability below FLT_MIN counts as FLT_MIN:
+ * a softmax of sharp logits underflows to subnormals or to 0 depending on the engine
+ * (ONNX Runtime flushes subnormals), and the routing decision must not hinge on that;
+ * it also keeps KL finite where q = 0 (docs/losses.md). */
 static inline double kl(const float *p, const float *q, int k) {
     double s = 0.0;
     for (int j = 0; j < k; j++)
-        if (p[j] > 0.0f) s += p[j] * (log((double)p[j]) - log((double)q[j]));
+        if (p[j] > 0.0f)
+            s += p[j] * (log((double)fmaxf(p[j], FLT_MIN)) - log((double)fmaxf(q[j], FLT_MIN)));
     return s;
 }
 

@@ -1,6 +1,8 @@
 /* CUDA twins of route.c: expected age (GLAE eq. 3), KL rows and Adaptive Routing (GLAE
  * III-D, eq. 11, with the V-A flip average). One warp per row, sums and logs in double.
  * The probabilities are not checked for negatives / NaN on the GPU (route.c does). */
+#include <cfloat>
+
 #include "../ops/kernels.cuh"
 
 __device__ static double row_expect(const float *p, int k) {
@@ -9,11 +11,12 @@ __device__ static double row_expect(const float *p, int k) {
     return glae_warp_sum(a);
 }
 
-/* KL(p || q), 0 log 0 = 0, +inf where p > 0 and q = 0 */
+/* KL(p || q), 0 log 0 = 0, probabilities clamped at FLT_MIN inside the logs (route.c) */
 __device__ static double row_kl(const float *p, const float *q, int k) {
     double s = 0.0;
     for (int j = threadIdx.x; j < k; j += 32)
-        if (p[j] > 0.0f) s += p[j] * (log((double)p[j]) - log((double)q[j]));
+        if (p[j] > 0.0f)
+            s += p[j] * (log((double)fmaxf(p[j], FLT_MIN)) - log((double)fmaxf(q[j], FLT_MIN)));
     return glae_warp_sum(s);
 }
 

@@ -66,6 +66,47 @@ def gemm_rate(fn, m, k, n, reps, rng):
     return 2.0 * m * k * n / best_time(lambda: fn(a, b), reps, 2.0) / 1e9
 
 
+def sgemm_reference(rng, reps=3):
+    """glae's sgemm on a conv-like GEMM (M x 1152 x 128 = layer2's 3x3 at 224 px) and a
+    square one, GFLOP/s by label."""
+    ref = {}
+    for label, (m, k, n) in (("M x 1152 x 128", (12544, 1152, 128)), ("2048^3", (2048, 2048, 2048))):
+        ref[label] = gemm_rate(_C.sgemm, m, k, n, reps, rng)
+    return ref
+
+
+def conv_rates(sizes, batch, reps, rng):
+    """Times conv2d forward and backward on every distinct ResNet-18 conv shape. Returns
+    (rows, totals): rows [size, name, count, input, fwd GF/s, bwd GF/s, fwd s, bwd s,
+    (M, K, N) of the forward GEMM]; totals {size: [fwd flop, fwd s, bwd flop, bwd s]}, each
+    shape weighted by how often it occurs in the network."""
+    rows = []
+    tot = {}
+    for size in sizes:
+        for name, count, cin, cout, k, s, p, h in resnet18_convs(size):
+            n = batch
+            x = rng.standard_normal((n, h, h, cin)).astype(np.float32)
+            w = (rng.standard_normal((cout, k, k, cin)) * 0.05).astype(np.float32)
+            y = _C.conv2d_forward(x, w, None, s, p)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            need_dx = not name.startswith("stem")
+            oh, ow = y.shape[1:3]
+            flop = 2.0 * n * oh * ow * cout * k * k * cin
+            tf = best_time(lambda: _C.conv2d_forward(x, w, None, s, p), reps, 1.0)
+            tb = best_time(lambda: _C.conv2d_backward(dy, x, w, s, p, False, need_dx=need_dx),
+                           reps, 2.0)
+            fb = flop * (2 if need_dx else 1)
+            rows.append([size, name, count, f"{n}x{h}x{h}x{cin}", flop / tf / 1e9, fb / tb / 1e9,
+                         tf, tb, (n * oh * ow, k * k * cin, cout)])
+            t = tot.setdefault(size, [0.0, 0.0, 0.0, 0.0])
+            t[0] += count * flop
+            t[1] += count * tf
+            t[2] += count * fb
+            t[3] += count * tb
+            del x, w, y, dy
+    return rows, tot
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=16)
@@ -89,35 +130,10 @@ def main():
     # the reference: glae's sgemm on a conv-like GEMM (M x 1152 x 128 = layer2's 3x3 at
     # 224 px) and a square one; NumPy's matmul last, so its OpenBLAS threads (another
     # copy of the library) do not spin while ours run
-    ref = {}
-    for label, (m, k, n) in (("M x 1152 x 128", (12544, 1152, 128)), ("2048^3", (2048, 2048, 2048))):
-        ref[label] = gemm_rate(_C.sgemm, m, k, n, 3, rng)
+    ref = sgemm_reference(rng)
     sgemm = max(ref.values())
 
-    rows = []
-    tot = {}
-    for size in args.sizes:
-        for name, count, cin, cout, k, s, p, h in resnet18_convs(size):
-            n = args.batch
-            x = rng.standard_normal((n, h, h, cin)).astype(np.float32)
-            w = (rng.standard_normal((cout, k, k, cin)) * 0.05).astype(np.float32)
-            y = _C.conv2d_forward(x, w, None, s, p)
-            dy = rng.standard_normal(y.shape).astype(np.float32)
-            need_dx = not name.startswith("stem")
-            oh, ow = y.shape[1:3]
-            flop = 2.0 * n * oh * ow * cout * k * k * cin
-            tf = best_time(lambda: _C.conv2d_forward(x, w, None, s, p), args.reps, 1.0)
-            tb = best_time(lambda: _C.conv2d_backward(dy, x, w, s, p, False, need_dx=need_dx),
-                           args.reps, 2.0)
-            fb = flop * (2 if need_dx else 1)
-            rows.append([size, name, count, f"{n}x{h}x{h}x{cin}", flop / tf / 1e9, fb / tb / 1e9,
-                         tf * 1e3, tb * 1e3, (n * oh * ow, k * k * cin, cout)])
-            t = tot.setdefault(size, [0.0, 0.0, 0.0, 0.0])
-            t[0] += count * flop
-            t[1] += count * tf
-            t[2] += count * fb
-            t[3] += count * tb
-            del x, w, y, dy
+    rows, tot = conv_rates(args.sizes, args.batch, args.reps, rng)
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # the forward GEMM of each layer alone (M x KH*KW*Cin x Cout), same sgemm: what the
@@ -142,7 +158,7 @@ def main():
     print("-" * len(hdr))
     for size, name, count, shp, gf, gb, tf, tb, gg in rows:
         print(f"{size:>4} {name:<18} {count:>2} {shp:>16} {gf:9.1f} {gb:9.1f} {gf / sgemm:9.2f} "
-              f"{gb / sgemm:9.2f} {tf:8.1f} {tb:8.1f} {gg:9.1f}")
+              f"{gb / sgemm:9.2f} {tf * 1e3:8.1f} {tb * 1e3:8.1f} {gg:9.1f}")
     print()
     for size, (ff, tf, fb, tb) in tot.items():
         print(f"{size:>4} whole ResNet-18 convs (weighted by count): fwd {ff / tf / 1e9:6.1f} "

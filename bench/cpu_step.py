@@ -1,9 +1,12 @@
 """CPU throughput of a ResNet-18 training step (forward + backward + SGD over the flat
 buffer) and of inference, batch 16, at 112 and 224 px, heads "gap" and "fr+pa"; peak
-activation arena and process RSS. With PyTorch importable, the same model in PyTorch in
-the same run and the ratio. A benchmark, not a test: it prints a table.
+activation arena and peak RSS of each row. In the same run: the sgemm reference rate and the
+ResNet-18 conv layers' achieved GFLOP/s at the same batch and size (bench/conv.py's
+machinery, imported), and the conv FLOPs of one step divided by the step's time. With
+PyTorch importable, the same model in PyTorch and the ratio. A benchmark, not a test: it
+prints a table.
 
-    python bench/cpu_step.py [--iters 2] [--batch 16]
+    python bench/cpu_step.py [--iters 2] [--batch 16] [--conv-reps 2]
 """
 import argparse
 import os
@@ -16,6 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import glae  # noqa: E402
 from glae import _C  # noqa: E402
 
+import conv as conv_bench  # noqa: E402  (bench/conv.py: sgemm reference, conv rates)
+
 
 def rss_mib():
     cur = peak = 0.0
@@ -26,6 +31,17 @@ def rss_mib():
             elif line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) / 1024
     return cur, peak
+
+
+def reset_peak_rss():
+    """Restart the kernel's peak-RSS counter (VmHWM) so each row reports its own peak;
+    False where /proc/self/clear_refs cannot be written (then peaks are cumulative)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def timed(fn, iters):
@@ -55,8 +71,8 @@ def bench_glae(head, size, batch, iters):
     t_train = timed(step, iters)
     # inference: one forward pass of the batch (eval BN), the vanilla head, no flip
     t_inf = timed(lambda: m.predict(x, route="vanilla", flip=False), iters)
-    rss = rss_mib()[0]  # while the model is alive
-    return batch / t_train, batch / t_inf, m.arena_bytes / 2**20, rss, has_sgd
+    peak = rss_mib()[1]  # while the model is alive
+    return t_train, batch / t_inf, m.arena_bytes / 2**20, peak, has_sgd
 
 
 def bench_torch(head, size, batch, iters):
@@ -88,6 +104,7 @@ def main():
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sizes", default="112,224")
+    ap.add_argument("--conv-reps", type=int, default=2, help="best of N for each conv shape")
     ap.add_argument("--threads", type=int, default=0, help="0: the library's default")
     args = ap.parse_args()
     if args.threads > 0:
@@ -99,25 +116,49 @@ def main():
         torch.set_num_threads(glae.get_num_threads())
     except ImportError:
         have_torch = False
+    rng = np.random.default_rng(0)
+    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
+    per_row_peak = reset_peak_rss()
     print(f"glae {glae.__version__}, {glae.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.iters} timed iterations after one warm-up")
+          f"{args.iters} timed iterations after one warm-up; load average at start {load0:.2f}")
+    print("sgemm GF/s: the best of glae's _C.sgemm on M x 1152 x 128 and 2048^3, measured "
+          "just before the convs of each size (a busy machine moves both together); conv "
+          "GF/s: ResNet-18's conv shapes through conv2d forward + backward at this batch and "
+          f"size, weighted by count (best of {args.conv_reps}); ratio = conv / sgemm; step "
+          "conv GF/s = conv FLOPs of one training step / step time")
+    print("peak RSS: " + ("of the row (VmHWM reset before it)" if per_row_peak else
+                          "of the process so far (VmHWM could not be reset)"))
     if not have_torch:
         print("torch/torchvision not importable: PyTorch comparison skipped")
-    hdr = f"{'head':6} {'px':>4} {'train img/s':>12} {'infer img/s':>12} {'arena MiB':>10} {'RSS MiB':>8}"
+    hdr = (f"{'head':6} {'px':>4} {'train img/s':>12} {'infer img/s':>12} {'sgemm GF/s':>10} "
+           f"{'conv GF/s':>9} {'ratio':>6} {'step conv GF/s':>14} {'arena MiB':>10} "
+           f"{'peak RSS MiB':>12}")
     if have_torch:
         hdr += f" {'torch train':>11} {'torch inf':>10} {'ratio tr':>8} {'ratio inf':>9}"
     print(hdr)
     for size in [int(s) for s in args.sizes.split(",")]:
+        steps = []
         for head in ("gap", "fr+pa"):
-            tr, inf, arena, rss, has_sgd = bench_glae(head, size, args.batch, args.iters)
-            line = f"{head:6} {size:4d} {tr:12.2f} {inf:12.2f} {arena:10.1f} {rss:8.0f}"
+            reset_peak_rss()
+            steps.append((head, bench_glae(head, size, args.batch, args.iters)))
+        # the conv kernels at the same batch and size, after the steps (their arrays would
+        # otherwise count towards the steps' peak)
+        sgemm = max(conv_bench.sgemm_reference(rng).values())
+        _, tot = conv_bench.conv_rates([size], args.batch, args.conv_reps, rng)
+        ff, tf, fb, tb = tot[size]
+        conv_rate = (ff + fb) / (tf + tb) / 1e9
+        for head, (t_train, inf, arena, peak, has_sgd) in steps:
+            tr = args.batch / t_train
+            line = (f"{head:6} {size:4d} {tr:12.2f} {inf:12.2f} {sgemm:10.1f} {conv_rate:9.1f} "
+                    f"{conv_rate / sgemm:6.2f} {(ff + fb) / t_train / 1e9:14.1f} {arena:10.1f} "
+                    f"{peak:12.0f}")
             if have_torch:
                 ttr, tinf = bench_torch(head, size, args.batch, args.iters)
                 if ttr:
                     line += f" {ttr:11.2f} {tinf:10.2f} {tr / ttr:8.2f} {inf / tinf:9.2f}"
             print(line, flush=True)
-    print(f"optimiser: {'_C.sgd_step' if has_sgd else 'NumPy p -= lr * g'}; peak RSS "
-          f"{rss_mib()[1]:.0f} MiB")
+    print(f"optimiser: {'_C.sgd_step' if has_sgd else 'NumPy p -= lr * g'}; load average at "
+          f"end {os.getloadavg()[0]:.2f}; wall {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

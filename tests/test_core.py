@@ -1,9 +1,13 @@
-"""The core: counter-based RNG, threads, the build flags."""
+"""The core: counter-based RNG, threads, the build flags, the leak checker itself."""
+import ctypes
+
 import numpy as np
 import pytest
 
 import glae
 from glae import _C
+
+from helpers import assert_no_leak
 
 
 # Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
@@ -37,6 +41,38 @@ def test_rng_distributions():
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
     # fraction within one sigma of a standard normal
     assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.005
+
+
+def test_no_leaks_in_rng_bindings():
+    key, ctr = np.array([1, 2], np.uint32), np.array([3, 4, 5, 6], np.uint32)
+    assert_no_leak(_C.philox4x32, key, ctr)
+    assert_no_leak(_C.rng_uniform, 7, 1, 2, 3, 100)
+    assert_no_leak(_C.rng_normal, 7, 1, 2, 3, 100)
+    assert_no_leak(_C.rng_uniform, 7, 1, 2, 3, 0)
+    # the error paths release what they took
+    bad = np.zeros(3, np.uint32)
+    assert_no_leak(lambda: pytest.raises(ValueError, _C.philox4x32, key, bad))
+    assert_no_leak(lambda: pytest.raises(ValueError, _C.rng_normal, 1, 0, 0, 0, -5))
+
+
+def test_leak_checker_sees_a_leaked_output_and_a_leaked_argument():
+    incref = ctypes.pythonapi.Py_IncRef
+    incref.argtypes = [ctypes.py_object]
+
+    def leaks_output(x):
+        y = _C.rng_uniform(1, 0, 0, 0, 4)
+        incref(y)  # what a binding that returns a new reference twice would do
+        return y
+
+    def leaks_argument(x):
+        incref(x)
+
+    x = np.zeros(3)
+    for fn, what in [(leaks_output, "memory blocks"), (leaks_argument, "reference counts")]:
+        with pytest.raises(AssertionError, match=what):
+            assert_no_leak(fn, x, n=20)
+    with pytest.raises(AssertionError, match="memory blocks"):
+        assert_no_leak(leaks_output, x, n=5)
 
 
 def test_threads_roundtrip():

@@ -5,7 +5,9 @@
 
 #include <stddef.h>
 
-#include "tensor.h"
+/* Where a context runs its kernels. Kernels themselves take raw pointers and explicit
+ * sizes (see docs/architecture.md, "Kernels take pointers and sizes"). */
+typedef enum { GLAE_CPU = 0, GLAE_CUDA = 1 } glae_device;
 
 typedef struct glae_ctx {
     glae_device device;

@@ -567,7 +567,8 @@ static PyObject *py_cuda_pixel_shuffle_forward(PyObject *self, PyObject *args) {
     if (glae_check_fits_int(x, "x") || glae_check_min(r, "r", 1)) return NULL;
     npy_intp *d = PyArray_DIMS(x);
     if (d[3] % ((npy_intp)r * r)) {
-        PyErr_Format(PyExc_ValueError, "x: channels %zd not divisible by r*r = %d", (Py_ssize_t)d[3], r * r);
+        PyErr_Format(PyExc_ValueError, "x: channels %zd not divisible by r*r = %lld", (Py_ssize_t)d[3],
+                     (long long)r * r);
         return NULL;
     }
     JOB_START(co);

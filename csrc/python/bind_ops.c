@@ -68,6 +68,28 @@ static PyObject *py_add_forward(PyObject *self, PyObject *args) {
     return (PyObject *)y;
 }
 
+/* add_backward(dy) -> (da, db): the residual add passes dy to both inputs (the CPU twin
+ * of cuda_add_backward(ctx, dy)). */
+static PyObject *py_add_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo;
+    if (!PyArg_ParseTuple(args, "O:add_backward", &dyo)) return NULL;
+    PyArrayObject *dy = glae_arg_f32(dyo, "dy", -1);
+    if (!dy) return NULL;
+    PyArrayObject *outs[2] = {glae_new_array(PyArray_NDIM(dy), PyArray_DIMS(dy), NPY_FLOAT32),
+                              glae_new_array(PyArray_NDIM(dy), PyArray_DIMS(dy), NPY_FLOAT32)};
+    if (!outs[0] || !outs[1]) {
+        Py_XDECREF(outs[0]);
+        Py_XDECREF(outs[1]);
+        return NULL;
+    }
+    int st;
+    glae_ctx ctx = {0};
+    GLAE_NOGIL(st, glae_add_backward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
+                                     PyArray_DATA(dy), PyArray_SIZE(dy)));
+    return glae_return_arrays(st, 2, outs);
+}
+
 /* ---- helpers for the layers below ------------------------------------------------- */
 
 /* ValueError unless every dimension of a fits the C kernels' int sizes */
@@ -365,8 +387,8 @@ static PyObject *py_pixel_shuffle_forward(PyObject *self, PyObject *args) {
     if (!x || dims_fit_int(x, "x") || glae_check_min(r, "r", 1)) return NULL;
     npy_intp *d = PyArray_DIMS(x);
     if (d[3] % ((npy_intp)r * r) != 0) {
-        PyErr_Format(PyExc_ValueError, "x: channels %zd not divisible by r*r = %d",
-                     (Py_ssize_t)d[3], r * r);
+        PyErr_Format(PyExc_ValueError, "x: channels %zd not divisible by r*r = %lld",
+                     (Py_ssize_t)d[3], (long long)r * r);
         return NULL;
     }
     if ((int64_t)d[1] * r > INT_MAX || (int64_t)d[2] * r > INT_MAX) {
@@ -534,6 +556,7 @@ PyMethodDef glae_ops_methods[] = {
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(x) -> max(x, 0)"},
     {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dy, y) -> dx = dy * [y > 0]"},
     {"add_forward", py_add_forward, METH_VARARGS, "add_forward(a, b) -> a + b"},
+    {"add_backward", py_add_backward, METH_VARARGS, "add_backward(dy) -> (da, db), both equal to dy"},
     {"batchnorm_forward", py_batchnorm_forward, METH_VARARGS,
      "batchnorm_forward(x, gamma, beta, running_mean|None, running_var|None, momentum, eps, "
      "training) -> (y, save_mean, save_invstd); running stats updated in place when training"},

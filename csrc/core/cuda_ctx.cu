@@ -48,7 +48,11 @@ static void release(glae_cuda_ctx *c) {
 static int create(glae_cuda_ctx *c, int device, int math) {
     int count = 0;
     GLAE_TRY(glae_cuda_device_count(&count));
-    if (count == 0) return glae_fail(GLAE_ERR_CUDA, "cuda_ctx_create: no CUDA device is available");
+    if (count == 0) {
+        char why[512];
+        glae_cuda_probe(NULL, NULL, NULL, why, (int)sizeof why);
+        return glae_fail(GLAE_ERR_CUDA, "cuda_ctx_create: no CUDA device is available (%s)", why);
+    }
     if (device < 0 || device >= count)
         return glae_fail(GLAE_ERR_VALUE, "cuda_ctx_create: device %d does not exist (%d device(s))",
                          device, count);
@@ -235,3 +239,4 @@ extern "C" int glae_cuda_copy_wait(glae_ctx *ctx) {
     GLAE_CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->copy_done, 0));
     return GLAE_OK;
 }
+

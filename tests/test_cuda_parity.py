@@ -344,3 +344,13 @@ def test_bad_input_on_gpu(fp32):
         _C.cuda_set_math(fp32, 7)
     with pytest.raises(ValueError, match="device"):
         _C.cuda_context(len(DEVICES), 0)
+
+
+@needs_gpu
+def test_double_buffered_input_slots(fp32, rng):
+    """pinned -> device copies on the copy stream, two slots, the events of
+    glae_cuda_slot_*: every row arrives whole, after its copy, before being overwritten"""
+    x = f32(rng, 8, 1 << 21)
+    close(_C.cuda_double_buffer_relu(fp32, x), np.maximum(x, 0), rtol=0, atol=0)
+    one = f32(rng, 1, 7)
+    close(_C.cuda_double_buffer_relu(fp32, one), np.maximum(one, 0), rtol=0, atol=0)

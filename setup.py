@@ -134,10 +134,11 @@ def extension():
         home = cfg["home"]
         lib64 = os.path.join(home, "lib64")
         ext.define_macros.append(("GLAE_WITH_CUDA", "1"))
-        ext.include_dirs += [os.path.join(home, "include"), cfg["cudnn_inc"]]
-        ext.library_dirs += [lib64, cfg["cudnn_lib"]]
+        # the cuDNN found first, so a pip cuDNN's header and library win over a toolkit copy
+        ext.include_dirs += [cfg["cudnn_inc"], os.path.join(home, "include")]
+        ext.library_dirs += [cfg["cudnn_lib"], lib64]
         # rpath to both folders: a pip cuDNN is found at run time without LD_LIBRARY_PATH
-        ext.runtime_library_dirs += [lib64, cfg["cudnn_lib"]]
+        ext.runtime_library_dirs += [cfg["cudnn_lib"], lib64]
         # versioned-only libraries (pip wheels) are linked as -l:libX.so.N
         ext.libraries += [build_cuda.link_name(lib64, n) or n for n in ("cudart", "cublas", "cublasLt")]
         ext.libraries.append(cfg["cudnn_link"])

@@ -286,7 +286,10 @@ extern "C" int glae_cuda_slot_create(glae_ctx *ctx, glae_cuda_slot **slot) {
                          cudaGetErrorString(e));
     }
     int st = slot_events_create(s);
-    cudaSetDevice(prev);
+    e = cudaSetDevice(prev);
+    if (!st && e != cudaSuccess)
+        st = glae_fail(GLAE_ERR_CUDA, "cuda_slot_create: cannot restore device %d: %s", prev,
+                       cudaGetErrorString(e));
     if (st) {
         slot_release(s); /* keeps the message of the failing call */
         return st;

@@ -4,15 +4,14 @@ Environment switches:
   GLAE_CUDA=0|1   force the CUDA backend off / on (on: fail if nvcc or cuDNN is missing)
   CUDA_HOME       CUDA toolkit root (else the directory holding `nvcc` on PATH)
   CUDNN_HOME      cuDNN root (else CUDA_HOME, /usr, or a pip `nvidia/cudnn` folder)
+  GLAE_CUDA_ARCH  SASS targets, ';'-separated (default 80;90); PTX of the highest is added
   GLAE_NATIVE=0   do not pass -march=native (for wheels meant for other machines)
   GLAE_DEBUG=1    -O0 -g, no -march
 """
 import glob
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 
 import numpy
 import scipy_openblas32
@@ -21,55 +20,41 @@ from setuptools.command.build_ext import build_ext
 
 VERSION = "0.1.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import build_cuda  # noqa: E402  (the detection shared with tests/test_build.py)
 
 
 def log(msg):
     print(f"glae setup: {msg}", file=sys.stderr)
 
 
-def find_cuda():
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if not home:
-        nvcc = shutil.which("nvcc")
-        if nvcc:
-            home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return home
-    return None
-
-
-def find_cudnn(cuda_home):
-    roots = [os.environ.get("CUDNN_HOME"), cuda_home, "/usr", "/usr/local"]
-    # pip-installed CUDA libraries: site-packages/nvidia/cudnn/{include,lib}
-    for sp in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        roots.append(os.path.join(sp, "nvidia", "cudnn"))
-    for root in filter(None, roots):
-        for inc in ("include", "include/x86_64-linux-gnu", "targets/x86_64-linux/include"):
-            header = os.path.join(root, inc, "cudnn.h")
-            if not os.path.exists(header):
-                continue
-            for lib in ("lib64", "lib", "lib/x86_64-linux-gnu", "targets/x86_64-linux/lib"):
-                libdir = os.path.join(root, lib)
-                if glob.glob(os.path.join(libdir, "libcudnn.so*")):
-                    return os.path.join(root, inc), libdir
-    return None
-
-
 def cuda_config():
-    want = os.environ.get("GLAE_CUDA", "").strip()
-    if want == "0":
-        log("CUDA backend off (GLAE_CUDA=0)")
-        return None
-    home = find_cuda()
-    cudnn = find_cudnn(home) if home else None
-    if home and cudnn:
-        log(f"CUDA backend on: CUDA {home}, cuDNN {cudnn[0]}")
-        return {"home": home, "cudnn_inc": cudnn[0], "cudnn_lib": cudnn[1]}
-    why = "nvcc not found" if not home else "cuDNN not found"
-    if want == "1":
+    """The CUDA build configuration, or None; the reason is kept for _C.BUILD_INFO."""
+    cfg, why = build_cuda.detect()
+    if cfg:
+        log(f"CUDA backend on: CUDA {cfg['home']}, cuDNN {cfg['cudnn_inc']} "
+            f"(-l{cfg['cudnn_link']} from {cfg['cudnn_lib']})")
+        cfg["reason"] = why
+        return cfg, why
+    if os.environ.get("GLAE_CUDA", "").strip() == "1":
         raise SystemExit(f"glae setup: GLAE_CUDA=1 but {why} (set CUDA_HOME / CUDNN_HOME)")
     log(f"CUDA backend off ({why}); CPU only")
-    return None
+    return None, why
+
+
+def c_string(s):
+    """A C string literal holding s (paths may contain quotes, backslashes, '??')."""
+    out = []
+    for ch in str(s):
+        if ch in '\\"?':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 32:
+            continue
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 class BuildExt(build_ext):
@@ -77,6 +62,9 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         for ext in self.extensions:
+            info = getattr(ext, "glae_build_info", None)
+            if info is not None:
+                ext.include_dirs = list(ext.include_dirs) + [self.write_build_info(info)]
             cu = [s for s in ext.sources if s.endswith(".cu")]
             ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
             cfg = getattr(ext, "glae_cuda", None)
@@ -89,8 +77,7 @@ class BuildExt(build_ext):
         out_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(out_dir, exist_ok=True)
         incs = [f"-I{d}" for d in ext.include_dirs]
-        arch = os.environ.get("GLAE_CUDA_ARCH", "80;90").split(";")
-        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch]
+        gencode = build_cuda.gencode_flags(build_cuda.cuda_arch())
         objs = []
         for src in sources:
             obj = os.path.join(out_dir, os.path.relpath(src, HERE).replace(os.sep, "_") + ".o")
@@ -100,6 +87,22 @@ class BuildExt(build_ext):
             subprocess.check_call(cmd)
             objs.append(obj)
         return objs
+
+    def write_build_info(self, info):
+        """csrc/python/module.c includes glae_build_info.h: _C.BUILD_INFO, for diagnostics."""
+        out_dir = os.path.join(self.build_temp, "glae_generated")
+        os.makedirs(out_dir, exist_ok=True)
+        lines = ["/* generated by setup.py: how this glae._C was built */",
+                 "#define GLAE_BUILD_INFO_ITEMS \\"]
+        lines += [f"    X({c_string(k)}, {c_string(v)}) \\" for k, v in info.items()]
+        lines += ["", ""]
+        text = "\n".join(lines)
+        path = os.path.join(out_dir, "glae_build_info.h")
+        old = open(path).read() if os.path.exists(path) else None
+        if old != text:
+            with open(path, "w") as f:
+                f.write(text)
+        return out_dir
 
 
 def extension():
@@ -125,17 +128,33 @@ def extension():
         extra_compile_args=cflags,
         extra_link_args=["-fopenmp"],
     )
-    cfg = cuda_config() if cu_sources else None
+    cfg, why = cuda_config() if cu_sources else (None, "no .cu sources")
+    info = {"cuda": "1" if cfg else "0", "reason": why}
     if cfg:
-        lib64 = os.path.join(cfg["home"], "lib64")
+        home = cfg["home"]
+        lib64 = os.path.join(home, "lib64")
         ext.define_macros.append(("GLAE_WITH_CUDA", "1"))
-        ext.include_dirs += [os.path.join(cfg["home"], "include"), cfg["cudnn_inc"]]
-        ext.library_dirs += [lib64, cfg["cudnn_lib"]]
-        ext.runtime_library_dirs += [lib64, cfg["cudnn_lib"]]
-        ext.libraries += ["cudart", "cublas", "cublasLt", "cudnn"]
+        # the cuDNN found first, so a pip cuDNN's header and library win over a toolkit copy
+        ext.include_dirs += [cfg["cudnn_inc"], os.path.join(home, "include")]
+        ext.library_dirs += [cfg["cudnn_lib"], lib64]
+        # rpath to both folders: a pip cuDNN is found at run time without LD_LIBRARY_PATH
+        ext.runtime_library_dirs += [cfg["cudnn_lib"], lib64]
+        # versioned-only libraries (pip wheels) are linked as -l:libX.so.N
+        ext.libraries += [build_cuda.link_name(lib64, n) or n for n in ("cudart", "cublas", "cublasLt")]
+        ext.libraries.append(cfg["cudnn_link"])
         ext.glae_cuda = cfg
+        info.update({
+            "cuda_home": home,
+            "nvcc_version": build_cuda.nvcc_version(home),
+            "cuda_arch": build_cuda.arch_summary(build_cuda.cuda_arch()),
+            "cudnn_include": cfg["cudnn_inc"],
+            "cudnn_lib": cfg["cudnn_lib"],
+            "cudnn_link": "-l" + cfg["cudnn_link"],
+            "cudnn_header_version": build_cuda.cudnn_header_version(cfg["cudnn_inc"]),
+        })
     else:
         ext.sources = c_sources
+    ext.glae_build_info = info
     return ext
 
 

@@ -2,14 +2,42 @@
 random inputs. Tolerances fit the precision: float32 math ~1e-5 relative, TF32 / bf16
 ~1e-2. Everything but the first tests skips without a GPU; the first tests always run:
 the module imports, HAS_CUDA matches the build, and a CUDA binding fails with a clear
-RuntimeError (never a crash) when there is no device or no CUDA backend."""
+RuntimeError (never a crash) when there is no device or no CUDA backend. Where
+`nvidia-smi` shows a GPU that glae cannot use (built without CUDA, a driver too old for
+the runtime), the GPU tests fail with the driver's message instead of skipping."""
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
 from glae import _C
 
-DEVICES = _C.cuda_devices() if _C.HAS_CUDA else []
-needs_gpu = pytest.mark.skipif(not DEVICES, reason="no CUDA device (or built without CUDA)")
+
+def nvidia_smi_gpus():
+    """The GPU lines of `nvidia-smi -L`; [] without nvidia-smi or when it fails."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line for line in out.splitlines() if line.startswith("GPU ")]
+
+
+STATUS = _C.cuda_device_status()  # never raises; says why there is no device
+GPUS_SEEN = nvidia_smi_gpus()     # what the machine has, whatever glae can use
+DEVICES = _C.cuda_devices() if STATUS["state"] == "ready" else []
+# Skip only where the machine has no GPU. Where nvidia-smi shows one that glae cannot
+# use (a CPU-only build, a driver too old for the runtime), the GPU tests fail instead.
+needs_gpu = pytest.mark.skipif(not DEVICES and not GPUS_SEEN,
+                               reason=f"no CUDA device ({STATUS['message']})")
+
+
+def unusable_gpu_message():
+    return (f"nvidia-smi shows {GPUS_SEEN} but glae cannot use it: {STATUS['state']}: "
+            f"{STATUS['message']} (HAS_CUDA={_C.HAS_CUDA}, build: {_C.BUILD_INFO['reason']})")
 
 FP32, TF32, BF16 = 0, 1, 2
 LOSS_MODES = {"base": 0, "lae_cls": 1, "kl": 2}
@@ -19,12 +47,40 @@ LOSS_MODES = {"base": 0, "lae_cls": 1, "kl": 2}
 
 def test_module_flags():
     assert _C.HAS_CUDA in (0, 1)
-    assert isinstance(_C.cuda_devices(), list)
+    if STATUS["state"] != "driver_error":
+        assert isinstance(_C.cuda_devices(), list)
     if not _C.HAS_CUDA:
         assert _C.cuda_devices() == []
     for name in ("cuda_context", "cuda_conv2d_forward", "cuda_batchnorm_forward", "cuda_sgd_step",
                  "cuda_ldl_loss_forward", "cuda_adaptive_route", "cuda_metrics_mae"):
         assert callable(getattr(_C, name))
+
+
+def test_device_status_tells_no_device_from_a_broken_driver():
+    st = STATUS
+    assert set(st) == {"state", "count", "message", "driver_version", "runtime_version"}
+    assert st["state"] in ("ready", "no_device", "no_driver", "driver_error", "not_built")
+    assert st["message"]
+    assert (st["state"] == "not_built") == (not _C.HAS_CUDA)
+    if st["state"] == "ready":
+        assert st["count"] == len(_C.cuda_devices()) >= 1
+        return
+    assert st["count"] == 0
+    if st["state"] == "no_driver":
+        assert st["driver_version"] == 0
+    if st["state"] in ("no_device", "no_driver"):
+        assert _C.cuda_devices() == []  # a machine without a GPU is not an error
+    if st["state"] == "driver_error":
+        # a driver that is there but unusable is an error, never "0 devices"
+        with pytest.raises(RuntimeError, match="driver"):
+            _C.cuda_devices()
+        with pytest.raises(RuntimeError, match="driver"):
+            _C.cuda_context()
+
+
+@pytest.mark.skipif(not GPUS_SEEN, reason="nvidia-smi shows no GPU")
+def test_gpu_shown_by_nvidia_smi_is_usable():
+    assert _C.HAS_CUDA == 1 and STATUS["state"] == "ready", unusable_gpu_message()
 
 
 @pytest.mark.skipif(bool(DEVICES), reason="a CUDA device is present")
@@ -49,7 +105,9 @@ def test_bad_context_argument_is_a_type_error():
 @pytest.fixture(scope="module")
 def ctx():
     if not DEVICES:
-        pytest.skip("no CUDA device")
+        if GPUS_SEEN:
+            pytest.fail(unusable_gpu_message())
+        pytest.skip(f"no CUDA device ({STATUS['message']})")
     c = _C.cuda_context(0, FP32)
     yield c
     _C.cuda_set_math(c, FP32)
@@ -286,3 +344,13 @@ def test_bad_input_on_gpu(fp32):
         _C.cuda_set_math(fp32, 7)
     with pytest.raises(ValueError, match="device"):
         _C.cuda_context(len(DEVICES), 0)
+
+
+@needs_gpu
+def test_double_buffered_input_slots(fp32, rng):
+    """pinned -> device copies on the copy stream, two slots, the events of
+    glae_cuda_slot_*: every row arrives whole, after its copy, before being overwritten"""
+    x = f32(rng, 8, 1 << 21)
+    close(_C.cuda_double_buffer_relu(fp32, x), np.maximum(x, 0), rtol=0, atol=0)
+    one = f32(rng, 1, 7)
+    close(_C.cuda_double_buffer_relu(fp32, one), np.maximum(one, 0), rtol=0, atol=0)

@@ -7,7 +7,24 @@
 extern "C" {
 #endif
 
-/* Number of usable CUDA devices; 0 (and GLAE_OK) when there is no driver or device. */
+/* What the CUDA runtime says about this machine (glae_cuda_probe). */
+typedef enum {
+    GLAE_CUDA_READY = 0,       /* a driver and at least one usable device */
+    GLAE_CUDA_NO_DEVICE = 1,   /* a driver but no device (cudaErrorNoDevice) */
+    GLAE_CUDA_NO_DRIVER = 2,   /* no NVIDIA driver installed (or only the toolkit's stub) */
+    GLAE_CUDA_DRIVER_ERROR = 3 /* a driver that cannot be used: too old for this build's
+                                  runtime, a driver/library mismatch, an init failure */
+} glae_cuda_state;
+
+/* Ask the runtime for devices without failing: returns a glae_cuda_state, sets *count (0
+ * unless READY), the driver's and the runtime's CUDA versions (1000*major + 10*minor; the
+ * driver's is 0 without a driver) and a one-line explanation in msg (may be NULL). Never
+ * sets the thread's error message. */
+int glae_cuda_probe(int *count, int *driver_version, int *runtime_version, char *msg, int msg_len);
+/* Number of usable CUDA devices; 0 (and GLAE_OK) when there is no driver or no device.
+ * A driver that is present but unusable (GLAE_CUDA_DRIVER_ERROR: too old for this
+ * build, an init failure) is an error (GLAE_ERR_CUDA with the probe's message), never
+ * "0 devices", so a GPU machine with a broken driver does not pass as a CPU machine. */
 int glae_cuda_device_count(int *count);
 /* Name and compute capability of a device, for reports. */
 int glae_cuda_device_info(int device, char *name, int name_len, int *major, int *minor);

@@ -48,7 +48,11 @@ static void release(glae_cuda_ctx *c) {
 static int create(glae_cuda_ctx *c, int device, int math) {
     int count = 0;
     GLAE_TRY(glae_cuda_device_count(&count));
-    if (count == 0) return glae_fail(GLAE_ERR_CUDA, "cuda_ctx_create: no CUDA device is available");
+    if (count == 0) {
+        char why[512];
+        glae_cuda_probe(NULL, NULL, NULL, why, (int)sizeof why);
+        return glae_fail(GLAE_ERR_CUDA, "cuda_ctx_create: no CUDA device is available (%s)", why);
+    }
     if (device < 0 || device >= count)
         return glae_fail(GLAE_ERR_VALUE, "cuda_ctx_create: device %d does not exist (%d device(s))",
                          device, count);
@@ -233,5 +237,120 @@ extern "C" int glae_cuda_copy_wait(glae_ctx *ctx) {
     if (!c) return GLAE_ERR_VALUE;
     GLAE_CUDA_CHECK(cudaEventRecord(c->copy_done, c->copy_stream));
     GLAE_CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->copy_done, 0));
+    return GLAE_OK;
+}
+
+/* ---- double-buffered input slots ----------------------------------------------------- */
+
+struct glae_cuda_slot {
+    int device;
+    cudaEvent_t compute_done; /* compute stream is done reading the device buffer */
+    cudaEvent_t copy_done;    /* copy stream is done reading the pinned buffer */
+};
+
+/* run on the slot's device, restoring the caller's current device afterwards */
+static int slot_events_create(glae_cuda_slot *s) {
+    GLAE_CUDA_CHECK(cudaEventCreateWithFlags(&s->compute_done, cudaEventDisableTiming));
+    GLAE_CUDA_CHECK(cudaEventCreateWithFlags(&s->copy_done, cudaEventDisableTiming));
+    return GLAE_OK;
+}
+
+static void slot_release(glae_cuda_slot *s) {
+    if (s->copy_done) {
+        cudaEventSynchronize(s->copy_done);
+        cudaEventDestroy(s->copy_done);
+    }
+    if (s->compute_done) {
+        cudaEventSynchronize(s->compute_done);
+        cudaEventDestroy(s->compute_done);
+    }
+    cudaGetLastError(); /* errors while tearing down are not the caller's next error */
+    free(s);
+}
+
+extern "C" int glae_cuda_slot_create(glae_ctx *ctx, glae_cuda_slot **slot) {
+    if (!slot) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_create: slot is NULL");
+    *slot = NULL;
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_slot_create");
+    if (!c) return GLAE_ERR_VALUE;
+    glae_cuda_slot *s = (glae_cuda_slot *)calloc(1, sizeof *s);
+    if (!s) return glae_fail(GLAE_ERR_MEMORY, "cuda_slot_create: out of host memory");
+    s->device = c->device;
+    int prev = -1;
+    cudaError_t e = cudaGetDevice(&prev);
+    if (e == cudaSuccess) e = cudaSetDevice(c->device); /* events belong to the current device */
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        free(s);
+        return glae_fail(GLAE_ERR_CUDA, "cuda_slot_create: cannot select device %d: %s", c->device,
+                         cudaGetErrorString(e));
+    }
+    int st = slot_events_create(s);
+    e = cudaSetDevice(prev);
+    if (!st && e != cudaSuccess)
+        st = glae_fail(GLAE_ERR_CUDA, "cuda_slot_create: cannot restore device %d: %s", prev,
+                       cudaGetErrorString(e));
+    if (st) {
+        slot_release(s); /* keeps the message of the failing call */
+        return st;
+    }
+    *slot = s;
+    return GLAE_OK;
+}
+
+extern "C" void glae_cuda_slot_destroy(glae_cuda_slot *slot) {
+    if (slot) slot_release(slot);
+}
+
+static int slot_check(glae_cuda_ctx *c, glae_cuda_slot *s, const char *fn) {
+    if (!s) return glae_fail(GLAE_ERR_VALUE, "%s: slot is NULL", fn);
+    if (s->device != c->device)
+        return glae_fail(GLAE_ERR_VALUE, "%s: the slot belongs to device %d, the context to %d", fn,
+                         s->device, c->device);
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_slot_h2d(glae_ctx *ctx, glae_cuda_slot *slot, void *dst, const void *src,
+                                  size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_slot_h2d");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_TRY(slot_check(c, slot, "cuda_slot_h2d"));
+    /* the device buffer may still be read by queued compute: wait for its release */
+    GLAE_CUDA_CHECK(cudaStreamWaitEvent(c->copy_stream, slot->compute_done, 0));
+    if (bytes)
+        GLAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream));
+    GLAE_CUDA_CHECK(cudaEventRecord(slot->copy_done, c->copy_stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_slot_wait_copy(glae_ctx *ctx, glae_cuda_slot *slot) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_slot_wait_copy");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_TRY(slot_check(c, slot, "cuda_slot_wait_copy"));
+    GLAE_CUDA_CHECK(cudaStreamWaitEvent(c->stream, slot->copy_done, 0));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_slot_compute_done(glae_ctx *ctx, glae_cuda_slot *slot) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_slot_compute_done");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_TRY(slot_check(c, slot, "cuda_slot_compute_done"));
+    GLAE_CUDA_CHECK(cudaEventRecord(slot->compute_done, c->stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_slot_host_query(glae_cuda_slot *slot, int *ready) {
+    if (!slot || !ready) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_host_query: NULL argument");
+    *ready = 0;
+    cudaError_t e = cudaEventQuery(slot->copy_done);
+    if (e == cudaErrorNotReady) return GLAE_OK; /* still copying: not an error, not sticky */
+    GLAE_CUDA_CHECK(e);
+    *ready = 1;
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_slot_host_sync(glae_cuda_slot *slot) {
+    if (!slot) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_host_sync: slot is NULL");
+    GLAE_CUDA_CHECK(cudaEventSynchronize(slot->copy_done));
     return GLAE_OK;
 }

@@ -69,6 +69,43 @@ int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t bytes);
 int glae_cuda_h2d_async(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 int glae_cuda_copy_wait(glae_ctx *ctx);
 
+/* ---- double-buffered input: one slot per (pinned host buffer, device buffer) pair ---
+ * glae_cuda_h2d_async + glae_cuda_copy_wait order a copy before the compute that reads
+ * it, but not the other two hazards of double buffering: the copy stream overwriting a
+ * device buffer that queued compute still reads, and the host refilling a pinned buffer
+ * that a copy still reads. A slot holds the two events that close them:
+ *   compute_done  recorded on the compute stream after the last op reading the slot's
+ *                 device buffer; the copy stream waits on it before overwriting it;
+ *   copy_done     recorded on the copy stream after the slot's copies; the compute
+ *                 stream waits on it before reading, the host before refilling.
+ * One step with slots s[0], s[1] (i = step % 2; never-recorded events count as done):
+ *   glae_cuda_slot_host_sync(s[i]);                    host: pinned[i] may be refilled
+ *   fill pinned[i] with batch k;
+ *   glae_cuda_slot_h2d(ctx, s[i], dev[i], pinned[i], n);   waits compute_done, copies,
+ *                                                          records copy_done (repeatable)
+ *   glae_cuda_slot_wait_copy(ctx, s[i]);                compute stream waits copy_done
+ *   ... ops reading dev[i] ...
+ *   glae_cuda_slot_compute_done(ctx, s[i]);             compute stream records
+ * A slot belongs to the context (and device) it was created with; destroy slots before
+ * the context. Every call is checked; errors are statuses with a message. */
+typedef struct glae_cuda_slot glae_cuda_slot;
+int glae_cuda_slot_create(glae_ctx *ctx, glae_cuda_slot **slot);
+void glae_cuda_slot_destroy(glae_cuda_slot *slot); /* waits for its events; NULL is harmless */
+/* H2D of `bytes` on the copy stream after the slot's compute_done; records copy_done.
+ * Several copies into one slot may follow each other (copy_done covers all of them). */
+int glae_cuda_slot_h2d(glae_ctx *ctx, glae_cuda_slot *slot, void *dst, const void *src,
+                       size_t bytes);
+/* The compute stream waits for the slot's copies (copy_done). */
+int glae_cuda_slot_wait_copy(glae_ctx *ctx, glae_cuda_slot *slot);
+/* Records compute_done on the compute stream: every op queued so far that reads the
+ * slot's device buffer is before it. */
+int glae_cuda_slot_compute_done(glae_ctx *ctx, glae_cuda_slot *slot);
+/* Host side of copy_done: *ready = 1 when the slot's copies have finished reading the
+ * pinned buffer (query, does not block) ... */
+int glae_cuda_slot_host_query(glae_cuda_slot *slot, int *ready);
+/* ... or block until they have. */
+int glae_cuda_slot_host_sync(glae_cuda_slot *slot);
+
 #ifdef __cplusplus
 }
 #endif

@@ -64,7 +64,9 @@ static PyObject *py_rng_normal(PyObject *self, PyObject *args) {
     return rng_draw(args, "KIIIn:rng_normal", 1);
 }
 
-/* cuda_devices() -> list of (name, major, minor); [] without a GPU or CUDA backend */
+/* cuda_devices() -> list of (name, major, minor); [] without a GPU, a driver or the CUDA
+ * backend; RuntimeError when a driver is present but unusable (cuda_device_status says
+ * why without raising) */
 static PyObject *py_cuda_devices(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -91,7 +93,34 @@ static PyObject *py_cuda_devices(PyObject *self, PyObject *noargs) {
     return list;
 }
 
+/* cuda_device_status() -> {"state", "count", "message", "driver_version",
+ * "runtime_version"}; never raises for a missing or broken driver. state is "ready",
+ * "no_device", "no_driver", "driver_error" (a driver that cannot be used: too old for
+ * this build, an init failure) or "not_built". */
+static PyObject *py_cuda_device_status(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#ifdef GLAE_WITH_CUDA
+    static const char *const names[] = {"ready", "no_device", "no_driver", "driver_error"};
+    char msg[512];
+    int n = 0, drv = 0, rt = 0, state;
+    Py_BEGIN_ALLOW_THREADS
+    state = glae_cuda_probe(&n, &drv, &rt, msg, (int)sizeof msg);
+    Py_END_ALLOW_THREADS
+    if (state < 0 || state > 3) state = 3;
+    return Py_BuildValue("{s:s,s:i,s:s,s:i,s:i}", "state", names[state], "count", n, "message", msg,
+                         "driver_version", drv, "runtime_version", rt);
+#else
+    return Py_BuildValue("{s:s,s:i,s:s,s:i,s:i}", "state", "not_built", "count", 0, "message",
+                         "glae was built without CUDA (see glae._C.BUILD_INFO['reason'])",
+                         "driver_version", 0, "runtime_version", 0);
+#endif
+}
+
 PyMethodDef glae_core_methods[] = {
+    {"cuda_device_status", py_cuda_device_status, METH_NOARGS,
+     "cuda_device_status() -> {state, count, message, driver_version, runtime_version}; "
+     "state: ready, no_device, no_driver, driver_error, not_built"},
     {"cuda_devices", py_cuda_devices, METH_NOARGS, "cuda_devices() -> [(name, major, minor)]"},
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): CPU threads (OpenMP and BLAS)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},

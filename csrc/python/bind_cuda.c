@@ -16,7 +16,8 @@
     X(cuda_log_softmax_forward) X(cuda_log_softmax_backward) X(cuda_conv2d_forward)         \
     X(cuda_conv2d_backward) X(cuda_label_distribution) X(cuda_ldl_loss_forward)             \
     X(cuda_ldl_loss_backward) X(cuda_expected_age) X(cuda_kl_rows) X(cuda_adaptive_route)   \
-    X(cuda_sgd_step) X(cuda_metrics_mae) X(cuda_metrics_epsilon)
+    X(cuda_sgd_step) X(cuda_metrics_mae) X(cuda_metrics_epsilon)                            \
+    X(cuda_double_buffer_relu)
 
 #ifndef GLAE_WITH_CUDA
 
@@ -943,6 +944,70 @@ static PyObject *py_cuda_metrics_mae(PyObject *self, PyObject *args) {
 static PyObject *py_cuda_metrics_epsilon(PyObject *self, PyObject *args) {
     (void)self;
     return metric(args, "OOOO:cuda_metrics_epsilon", 1);
+}
+
+/* ---- double-buffered input (glae_cuda_slot_*) ------------------------------------------ */
+
+/* rows of x through two pinned and two device buffers, as a training loop would feed
+ * batches: the host refills pinned[i] once the slot's copy is done, the copy stream
+ * overwrites dev[i] once the compute stream released it, ReLU reads dev[i] after the copy */
+static int double_buffer_relu(glae_ctx *ctx, const float *x, float *y, int64_t steps, int64_t n) {
+    const size_t bytes = (size_t)n * sizeof(float);
+    void *pinned[2] = {NULL, NULL}, *dev[2] = {NULL, NULL}, *out = NULL;
+    glae_cuda_slot *slot[2] = {NULL, NULL};
+    int st = GLAE_OK;
+    for (int k = 0; k < 2 && !st; k++) {
+        st = glae_cuda_host_alloc(&pinned[k], bytes);
+        if (!st) st = glae_cuda_malloc(&dev[k], bytes);
+        if (!st) st = glae_cuda_slot_create(ctx, &slot[k]);
+    }
+    if (!st) st = glae_cuda_malloc(&out, (size_t)steps * bytes);
+    for (int64_t s = 0; s < steps && !st; s++) {
+        const int i = (int)(s & 1);
+        int ready = 0;
+        st = glae_cuda_slot_host_query(slot[i], &ready);
+        if (!st && !ready) st = glae_cuda_slot_host_sync(slot[i]);
+        if (st) break;
+        memcpy(pinned[i], x + s * n, bytes); /* the slot's previous copy has read it */
+        if ((st = glae_cuda_slot_h2d(ctx, slot[i], dev[i], pinned[i], bytes))) break;
+        if ((st = glae_cuda_slot_wait_copy(ctx, slot[i]))) break;
+        if ((st = glae_relu_forward_cuda(ctx, (float *)out + s * n, (const float *)dev[i], n))) break;
+        st = glae_cuda_slot_compute_done(ctx, slot[i]);
+    }
+    if (!st) st = glae_cuda_d2h(ctx, y, out, (size_t)steps * bytes);
+    int synced = glae_cuda_sync(ctx); /* nothing may still use the buffers freed below */
+    if (!st) st = synced;
+    for (int k = 0; k < 2; k++) {
+        glae_cuda_slot_destroy(slot[k]);
+        glae_cuda_free(dev[k]);
+        glae_cuda_host_free(pinned[k]);
+    }
+    glae_cuda_free(out);
+    return st;
+}
+
+/* cuda_double_buffer_relu(ctx, x (steps, n) float32) -> relu(x): a test of the slot events */
+static PyObject *py_cuda_double_buffer_relu(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *xo;
+    if (!PyArg_ParseTuple(args, "OO:cuda_double_buffer_relu", &co, &xo)) return NULL;
+    glae_ctx *ctx = get_ctx(co);
+    if (!ctx) return NULL;
+    F32(x, xo, "x", 2);
+    if (PyArray_DIM(x, 0) < 1 || PyArray_DIM(x, 1) < 1) {
+        PyErr_SetString(PyExc_ValueError, "x must have at least one row and one column");
+        return NULL;
+    }
+    PyArrayObject *y = glae_new_array(2, PyArray_DIMS(x), NPY_FLOAT32);
+    if (!y) return NULL;
+    int st;
+    GLAE_NOGIL(st, double_buffer_relu(ctx, PyArray_DATA(x), PyArray_DATA(y), PyArray_DIM(x, 0),
+                                      PyArray_DIM(x, 1)));
+    if (st) {
+        Py_DECREF(y);
+        return glae_raise(st);
+    }
+    return (PyObject *)y;
 }
 
 #define ENTRY(name) {#name, py_##name, METH_VARARGS, #name ": CUDA twin for parity tests (see docs/cuda.md)"},

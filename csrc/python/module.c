@@ -4,6 +4,36 @@
 
 #include "../core/ctx.h"
 
+/* setup.py writes glae_build_info.h (GLAE_BUILD_INFO_ITEMS: X(key, value) pairs) into the
+ * build folder: how this module was built, for diagnostics and tests/test_build.py. */
+#if defined(__has_include)
+#if __has_include("glae_build_info.h")
+#include "glae_build_info.h"
+#endif
+#endif
+#ifndef GLAE_BUILD_INFO_ITEMS
+#define GLAE_BUILD_INFO_ITEMS X("reason", "built without setup.py (no build information)")
+#endif
+
+/* _C.BUILD_INFO: {key: str}, e.g. cuda, reason, nvcc_version, cuda_arch, cudnn_lib */
+static PyObject *build_info(void) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+#define X(k, v)                                                                          \
+    do {                                                                                 \
+        PyObject *s_ = PyUnicode_DecodeUTF8((v), (Py_ssize_t)strlen(v), "replace");       \
+        int bad_ = !s_ || PyDict_SetItemString(d, (k), s_) < 0;                          \
+        Py_XDECREF(s_);                                                                  \
+        if (bad_) {                                                                      \
+            Py_DECREF(d);                                                                \
+            return NULL;                                                                 \
+        }                                                                                \
+    } while (0);
+    GLAE_BUILD_INFO_ITEMS
+#undef X
+    return d;
+}
+
 static PyMethodDef *const families[] = {
     glae_core_methods, glae_ops_methods,   glae_conv_methods, glae_loss_methods,
     glae_metrics_methods, glae_train_methods, glae_data_methods, glae_nn_methods,
@@ -42,6 +72,12 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
     const int has_cuda = 0;
 #endif
+    PyObject *info = build_info();
+    if (!info || PyModule_AddObject(m, "BUILD_INFO", info) < 0) {
+        Py_XDECREF(info);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "HAS_CUDA", has_cuda) < 0 ||
         PyModule_AddStringConstant(m, "__version__", GLAE_VERSION) < 0 ||
         glae_nn_add_types(m) < 0 || glae_data_add_types(m) < 0) {

@@ -41,7 +41,11 @@ typedef struct {
     glae_ctx ctx;
     glae_arena arena;
     int plan_kind, plan_n, plan_h, plan_w;
-    float *z, *y, *xflip; /* labels (n, K), ages (n); flipped batch for predict */
+    float *z, *y, *xflip; /* labels (n, K), ages (n); input + flipped batch (inference) */
+    float *xin, *sig;     /* the training batch and its sigmas, staged on the device */
+    float *losses;        /* total, local, holistic of the last step (device) */
+    float *o_prob, *o_age, *o_ups; /* predict's outputs before the copy back */
+    int32_t *o_choice;
     float *dfeat;
     size_t peak_bytes;    /* largest arena ever reserved */
 } glae_model;

@@ -3,10 +3,15 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/status.h"
+#ifdef GLAE_WITH_CUDA
+#include "core/cuda_ctx.h"
+#endif
 #include "nn/route.h"
+#include "train/optim.h"
 #include "ops/backend.h"
 #include "ops/loss.h"
 #include "ops/ops.h"
@@ -24,12 +29,27 @@ void glae_model_config_default(glae_model_config *cfg) {
     cfg->input_size = 224;
     cfg->lam = 1.0f;
     cfg->seed = 0;
+    cfg->device = GLAE_CPU;
+    cfg->cuda_device = 0;
+    cfg->math = 0;
+}
+
+static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
+    if (cfg->device == GLAE_CPU) return glae_ctx_init(ctx, GLAE_CPU);
+    if (cfg->device != GLAE_CUDA)
+        return glae_fail(GLAE_ERR_VALUE, "model: unknown device %d", cfg->device);
+#ifdef GLAE_WITH_CUDA
+    return glae_cuda_ctx_create(ctx, cfg->cuda_device, cfg->math);
+#else
+    return glae_fail(GLAE_ERR_RUNTIME, "model: glae was built without CUDA (device='cuda')");
+#endif
 }
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
-    GLAE_TRY(glae_ctx_init(&m->ctx, GLAE_CPU));
+    GLAE_TRY(make_ctx(&m->ctx, cfg));
+    if (m->ctx.device == GLAE_CUDA) m->arena.dev = &m->ctx; /* activations on the device */
     int fh, fw;
     if (cfg->input_size < 1)
         return glae_fail(GLAE_ERR_VALUE, "model: input_size must be >= 1, got %d", cfg->input_size);
@@ -44,13 +64,31 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     GLAE_TRY(glae_resnet_init(&m->net, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->head, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
-    return GLAE_OK;
+    /* initialised on the host (the Philox draws are plain C), then moved */
+    void *mask = NULL;
+    GLAE_TRY(m->ctx.ops->alloc(&m->ctx, &mask, m->p.n));
+    m->no_decay = mask;
+    uint8_t *host = malloc(m->p.n ? m->p.n : 1);
+    if (!host) return glae_fail(GLAE_ERR_MEMORY, "model: out of memory");
+    int st = glae_sgd_no_decay_mask(&m->p, host);
+    if (!st) st = m->ctx.ops->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
+    if (!st) st = m->ctx.ops->sync(&m->ctx);
+    free(host);
+    GLAE_TRY(st);
+    return glae_params_to_device(&m->p, &m->ctx);
 }
 
 void glae_model_free(glae_model *m) {
+    if (m->no_decay && m->ctx.ops) m->ctx.ops->free(&m->ctx, m->no_decay);
     glae_params_free(&m->p);
     glae_arena_free(&m->arena);
-    glae_ctx_free(&m->ctx);
+    if (m->ctx.device == GLAE_CUDA) {
+#ifdef GLAE_WITH_CUDA
+        glae_cuda_ctx_destroy(&m->ctx);
+#endif
+    } else {
+        glae_ctx_free(&m->ctx);
+    }
     memset(m, 0, sizeof *m);
 }
 
@@ -221,6 +259,17 @@ int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, fl
     }
     GLAE_TRY(copy_out(ctx, prob, m->o_prob, (size_t)nk * F));
     return copy_out(ctx, age, m->o_age, (size_t)n * F);
+}
+
+int glae_model_sgd_step(glae_model *m, float lr, float momentum, float dampening, float wd,
+                        int nesterov, int first_step, size_t begin, size_t end, int wd_exclude) {
+    if (begin > end || end > m->p.n)
+        return glae_fail(GLAE_ERR_VALUE, "sgd_step: need 0 <= begin <= end <= %zu, got %zu, %zu",
+                         m->p.n, begin, end);
+    glae_ctx *ctx = &m->ctx;
+    return ctx->ops->sgd_step(ctx, m->p.params, m->p.momentum, m->p.grads, begin, end,
+                              wd_exclude ? m->no_decay : NULL, lr, momentum, dampening, wd,
+                              nesterov, first_step);
 }
 
 int glae_model_copy_head_to_balanced(glae_model *m) {

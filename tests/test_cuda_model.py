@@ -26,6 +26,35 @@ def test_bad_device_string():
         _C.Model("resnet18", "gap", input_size=64, device="tpu")
 
 
+def test_cpu_model_sgd_step_and_write_flat_match_the_free_functions():
+    """The device-neutral API the trainer uses gives the CPU's bits exactly."""
+    kw = dict(backbone="resnet18", head="fr+pa", input_size=64, proj_depth=1, proj_width=16)
+    a, b = _C.Model(**kw), _C.Model(**kw)
+    assert a.device == "cpu"
+    g = np.random.default_rng(0).standard_normal(a.params.size).astype(np.float32)
+    a.write_flat("grads", g)
+    b.grads[:] = g
+    np.testing.assert_array_equal(a.grads, b.grads)
+    mask = np.zeros(a.params.size, np.uint8)
+    for name, shape, off, numel, is_buf, group, no_decay in a.param_table():
+        if not is_buf and no_decay:
+            mask[off:off + numel] = 1
+    for first, excl in ((True, True), (False, False)):
+        a.sgd_step(0.1, 0.9, 0.0, 1e-2, True, first, 0, a.params.size, excl)
+        _C.sgd_step(b.params, b.momentum, b.grads, 0.1, 0.9, 0.0, 1e-2, True, first, 0,
+                    b.params.size, mask if excl else None)
+        assert a.params.tobytes() == b.params.tobytes()
+        assert a.momentum.tobytes() == b.momentum.tobytes()
+    a.write_flat("momentum", np.zeros(3, np.float32), 7)
+    assert not a.momentum[7:10].any()
+    with pytest.raises(ValueError, match="do not fit"):
+        a.write_flat("momentum", np.zeros(3, np.float32), a.params.size - 2)
+    with pytest.raises(ValueError, match="role"):
+        a.write_flat("weights", np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="begin"):
+        a.sgd_step(0.1, 0.9, 0.0, 0.0, True, False, 5, 4)
+
+
 def pair(depth, math="fp32", **kw):
     cfg = dict(backbone=f"resnet{depth}", head="fr+pa", input_size=SIZE, proj_width=64, seed=3)
     cfg.update(kw)

@@ -27,11 +27,13 @@ def main():
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join("bench", "out"))
+    ap.add_argument("--device", default="cuda",
+                    help="the device compared with the CPU ('cpu': a dry run of this script)")
     a = ap.parse_args()
-    if not _C.HAS_CUDA or not _C.cuda_devices():
+    if a.device != "cpu" and (not _C.HAS_CUDA or not _C.cuda_devices()):
         sys.exit("gpu_agreement: needs a CUDA device and a CUDA build of glae")
     cfg = dict(backbone=a.backbone, head="fr+pa", input_size=a.size, seed=a.seed)
-    models = {"cpu": _C.Model(**cfg), "gpu": _C.Model(**cfg, device="cuda", math=a.math)}
+    models = {"cpu": _C.Model(**cfg), "gpu": _C.Model(**cfg, device=a.device, math=a.math)}
     rng = np.random.default_rng(a.seed)
     # a fixed pool of synthetic faces-sized batches: the point is agreement, not accuracy
     pool_x = rng.standard_normal((8, a.batch, a.size, a.size, 3)).astype(np.float32)

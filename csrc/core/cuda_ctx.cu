@@ -17,7 +17,19 @@ glae_cuda_ctx *glae_cuda_of(glae_ctx *ctx, const char *fn) {
                   fn);
         return NULL;
     }
-    return (glae_cuda_ctx *)ctx->cuda;
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    /* the current device is per host thread: a model made on cuda:N may be called from
+     * another thread (cudaGetDevice is a cheap query) */
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != c->device) {
+        cudaError_t e = cudaSetDevice(c->device);
+        if (e != cudaSuccess) {
+            glae_fail(GLAE_ERR_CUDA, "%s: cudaSetDevice(%d) failed: %s", fn, c->device,
+                      cudaGetErrorString(e));
+            return NULL;
+        }
+    }
+    return c;
 }
 
 /* cuBLAS math for the fp32 GEMMs; the compute type of each GEMM is chosen per call too

@@ -125,6 +125,8 @@ const glae_backend glae_backend_cpu = {
 /* ---- CUDA memory: cudaMalloc'd buffers, copies on the compute stream ----------------- */
 
 static int cuda_alloc(glae_ctx *ctx, void **ptr, size_t bytes) {
+    *ptr = NULL;
+    if (!glae_cuda_of(ctx, "alloc")) return GLAE_ERR_VALUE; /* also makes its device current */
     GLAE_TRY(glae_cuda_malloc(ptr, bytes));
     int st = glae_cuda_memset(ctx, *ptr, 0, bytes ? bytes : 1);
     if (st) {

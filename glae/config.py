@@ -74,6 +74,8 @@ class Config:
     pretrained: str = ""  # ImageNet backbone weights (.pth / .safetensors), glae.weights
     threads: int = 0  # 0: all cores
     loader_threads: int = 0  # augmentation workers, 0: min(cores, 8); batches never depend on it
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where the model's buffers and activations live
+    gpu_math: str = "fp32"  # CUDA float32 math: "fp32" (FMA) or "tf32" (tensor cores)
     eval_every: int = 1
 
     def __post_init__(self):
@@ -99,6 +101,11 @@ class Config:
         choice("schedule", SCHEDULES)
         choice("normalization", NORMALIZATIONS)
         choice("route", ROUTES)
+        choice("gpu_math", ("fp32", "tf32"))
+        if not isinstance(self.device, str) or not (
+                self.device in ("cpu", "cuda") or (self.device.startswith("cuda:")
+                                                   and self.device[5:].isdigit())):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
         for name in ("r", "k", "s", "num_classes", "image_size", "batch_size", "eval_every"):
             positive(name)
             if int(getattr(self, name)) != getattr(self, name):

@@ -68,7 +68,8 @@ class Model:
         self.core = CoreModel(backbone=config.backbone, head=config.head, r=config.r,
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
-                              input_size=config.image_size, **kw)
+                              input_size=config.image_size, device=config.device,
+                              math=config.gpu_math, **kw)
         # pretrained=PATH: ImageNet backbone (glae.weights); a checkpoint restore skips it
         self.pretrained_report = None
         if config.pretrained and init_pretrained:

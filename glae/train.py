@@ -265,8 +265,9 @@ class Trainer:
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])
-        _C.sgd_step(m.params, m.momentum, m.grads, lr, mom, 0.0, cfg.weight_decay, cfg.nesterov,
-                    step == 0, begin, end, self._no_decay)
+        # on the model's own buffers and device (its no-decay mask is _no_decay_mask's)
+        m.sgd_step(lr, mom, 0.0, cfg.weight_decay, cfg.nesterov, step == 0, begin, end,
+                   cfg.wd_exclude_bn_bias)
         self.state["step"] = step + 1
         losses["lr"] = lr
         return losses
@@ -383,7 +384,7 @@ class Trainer:
             raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
         self.core.copy_head_to_balanced()
         b, e = self.core.group_range(G_BALANCED)
-        self.core.momentum[b:e] = 0.0
+        self.core.write_flat("momentum", np.zeros(e - b, np.float32), b)
         self.state["stage2_started"] = True
 
     def _end_epoch(self, stage, epoch, batches_here, seconds):
@@ -492,7 +493,7 @@ def load_checkpoint(path, model_factory):
     mom = tensors.get("optimizer.momentum")
     if mom is None or mom.shape != core.momentum.shape or mom.dtype != np.float32:
         raise ckpt.CheckpointError(f"{path}: optimizer.momentum missing or of the wrong size")
-    core.momentum[:] = mom
+    core.write_flat("momentum", mom)
     model.data_info = _data_info(meta.get("data"), path)
     state = meta.get("state", {})
     state = json.loads(state) if isinstance(state, str) else dict(state)

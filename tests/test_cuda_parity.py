@@ -189,6 +189,19 @@ def test_maxpool(fp32, rng, k, stride, pad, ceil):
 
 
 @needs_gpu
+def test_model_util_ops(fp32, rng):
+    """fill, the NCHW flatten of the FR map and the flip average (exact: pure data moves
+    and one float32 add and multiply)"""
+    np.testing.assert_array_equal(_C.cuda_fill(fp32, 1000, 0.125), np.full(1000, 0.125, np.float32))
+    x = f32(rng, 3, 49, 101)
+    np.testing.assert_array_equal(_C.cuda_flatten_nchw_forward(fp32, x), x.transpose(0, 2, 1))
+    np.testing.assert_array_equal(_C.cuda_flatten_nchw_backward(fp32, x.transpose(0, 2, 1).copy()), x)
+    a, b = f32(rng, 7, 101), f32(rng, 7, 101)
+    np.testing.assert_array_equal(_C.cuda_avg2_forward(fp32, a, b),
+                                  np.float32(0.5) * (a + b))
+
+
+@needs_gpu
 def test_avgpool(fp32, rng):
     x = f32(rng, 3, 7, 7, 130)
     close(_C.cuda_avgpool_forward(fp32, x), _C.avgpool_forward(x))

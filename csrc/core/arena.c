@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../ops/backend.h"
 #include "status.h"
 
 static size_t round_up(size_t x) { return (x + GLAE_ALIGN - 1) / GLAE_ALIGN * GLAE_ALIGN; }
@@ -17,6 +18,13 @@ void glae_arena_measure(glae_arena *a) {
 int glae_arena_reserve(glae_arena *a, size_t bytes) {
     glae_arena_free(a);
     bytes = round_up(bytes ? bytes : GLAE_ALIGN);
+    if (a->dev) { /* device memory: cudaMalloc aligns to 256 bytes, the table zeroes it */
+        void *p = NULL;
+        GLAE_TRY(a->dev->ops->alloc(a->dev, &p, bytes));
+        a->base = p;
+        a->size = bytes;
+        return GLAE_OK;
+    }
     a->base = aligned_alloc(GLAE_ALIGN, bytes);
     if (!a->base) return glae_fail(GLAE_ERR_MEMORY, "arena: cannot allocate %zu bytes", bytes);
     memset(a->base, 0, bytes);
@@ -40,7 +48,11 @@ void *glae_arena_alloc(glae_arena *a, size_t bytes) {
 void glae_arena_reset(glae_arena *a) { a->used = 0; }
 
 void glae_arena_free(glae_arena *a) {
-    free(a->base);
+    if (a->dev) {
+        if (a->base) a->dev->ops->free(a->dev, a->base);
+    } else {
+        free(a->base);
+    }
     a->base = NULL;
     a->size = 0;
     a->used = 0;

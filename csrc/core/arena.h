@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include "ctx.h"
+
 #define GLAE_ALIGN 64
 
 typedef struct {
@@ -13,6 +15,9 @@ typedef struct {
     size_t size; /* capacity in bytes */
     size_t used; /* bytes handed out since the last reset */
     size_t peak; /* largest `used` seen */
+    /* a device context (ctx->device == GLAE_CUDA): base comes from ctx->ops->alloc and
+     * holds device memory; NULL: host memory. Kept across free/measure. */
+    glae_ctx *dev;
 } glae_arena;
 
 void glae_arena_measure(glae_arena *a); /* start a measuring pass */

@@ -9,12 +9,15 @@
  * sizes (see docs/architecture.md, "Kernels take pointers and sizes"). */
 typedef enum { GLAE_CPU = 0, GLAE_CUDA = 1 } glae_device;
 
+struct glae_backend; /* ops/backend.h */
+
 typedef struct glae_ctx {
     glae_device device;
     int nthreads;        /* CPU threads for OpenMP regions and BLAS */
     float *scratch;      /* CPU scratch, grown on demand, 64-byte aligned */
     size_t scratch_size; /* in floats */
     void *cuda;          /* CUDA handles (streams, cuDNN, cuBLAS) when device == GLAE_CUDA */
+    const struct glae_backend *ops; /* the op table of `device`: model code calls through it */
 } glae_ctx;
 
 int glae_ctx_init(glae_ctx *ctx, glae_device device);

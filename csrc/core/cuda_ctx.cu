@@ -5,6 +5,9 @@
 
 #include "cuda.h"
 #include "cuda_ctx.h"
+extern "C" {
+#include "../ops/backend.h" /* a plain C header */
+}
 
 #define DEFAULT_WS_LIMIT ((size_t)1 << 30)
 
@@ -14,7 +17,19 @@ glae_cuda_ctx *glae_cuda_of(glae_ctx *ctx, const char *fn) {
                   fn);
         return NULL;
     }
-    return (glae_cuda_ctx *)ctx->cuda;
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    /* the current device is per host thread: a model made on cuda:N may be called from
+     * another thread (cudaGetDevice is a cheap query) */
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != c->device) {
+        cudaError_t e = cudaSetDevice(c->device);
+        if (e != cudaSuccess) {
+            glae_fail(GLAE_ERR_CUDA, "%s: cudaSetDevice(%d) failed: %s", fn, c->device,
+                      cudaGetErrorString(e));
+            return NULL;
+        }
+    }
+    return c;
 }
 
 /* cuBLAS math for the fp32 GEMMs; the compute type of each GEMM is chosen per call too
@@ -90,6 +105,7 @@ extern "C" int glae_cuda_ctx_create(glae_ctx *ctx, int device, int math_mode) {
         return st;
     }
     ctx->device = GLAE_CUDA;
+    ctx->ops = &glae_backend_cuda;
     ctx->nthreads = 1;
     ctx->cuda = c;
     return GLAE_OK;
@@ -221,6 +237,14 @@ extern "C" int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t byte
     if (!c) return GLAE_ERR_VALUE;
     if (bytes == 0) return GLAE_OK;
     GLAE_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, c->stream));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_d2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_d2d");
+    if (!c) return GLAE_ERR_VALUE;
+    if (bytes == 0 || dst == src) return GLAE_OK;
+    GLAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
     return GLAE_OK;
 }
 

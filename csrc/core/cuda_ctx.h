@@ -64,6 +64,8 @@ void glae_cuda_host_free(void *ptr);
 int glae_cuda_h2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 int glae_cuda_d2h(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t bytes);
+/* device-to-device copy on the compute stream */
+int glae_cuda_d2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 /* Asynchronous H2D on the copy stream (src should be pinned); glae_cuda_copy_wait makes
  * the compute stream wait for every copy issued so far (double-buffered input). */
 int glae_cuda_h2d_async(glae_ctx *ctx, void *dst, const void *src, size_t bytes);

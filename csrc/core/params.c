@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../ops/backend.h"
 #include "status.h"
 
 int glae_params_add(glae_params *p, const char *name, int ndim, const int64_t *shape,
@@ -87,11 +88,41 @@ int glae_params_group_range(const glae_params *p, int group, size_t *begin, size
     return GLAE_OK;
 }
 
+int glae_params_to_device(glae_params *p, glae_ctx *ctx) {
+    if (ctx->device == GLAE_CPU || p->dev) return GLAE_OK;
+    float **arr[4] = {&p->params, &p->grads, &p->momentum, &p->buffers};
+    const size_t len[4] = {p->n, p->n, p->n, p->n_buffers};
+    void *d[4] = {NULL, NULL, NULL, NULL};
+    int st = GLAE_OK;
+    for (int i = 0; i < 4 && !st; i++) {
+        st = ctx->ops->alloc(ctx, &d[i], len[i] * sizeof(float));
+        if (!st) st = ctx->ops->copy(ctx, d[i], *arr[i], len[i] * sizeof(float), GLAE_COPY_H2D);
+    }
+    if (!st) st = ctx->ops->sync(ctx); /* the host arrays are freed next */
+    if (st) {
+        for (int i = 0; i < 4; i++)
+            if (d[i]) ctx->ops->free(ctx, d[i]);
+        return st;
+    }
+    for (int i = 0; i < 4; i++) {
+        free(*arr[i]);
+        *arr[i] = d[i];
+    }
+    p->dev = ctx;
+    return GLAE_OK;
+}
+
 void glae_params_free(glae_params *p) {
     free(p->info);
-    free(p->params);
-    free(p->grads);
-    free(p->momentum);
-    free(p->buffers);
+    if (p->dev) {
+        float *arr[4] = {p->params, p->grads, p->momentum, p->buffers};
+        for (int i = 0; i < 4; i++)
+            if (arr[i]) p->dev->ops->free(p->dev, arr[i]);
+    } else {
+        free(p->params);
+        free(p->grads);
+        free(p->momentum);
+        free(p->buffers);
+    }
     memset(p, 0, sizeof *p);
 }

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ctx.h"
+
 #define GLAE_NAME_LEN 96
 
 /* flags */
@@ -33,6 +35,9 @@ typedef struct {
     size_t n;         /* trainable floats */
     size_t n_buffers; /* buffer floats */
     float *params, *grads, *momentum, *buffers;
+    /* NULL: the four arrays are host memory. A device ctx: they were moved there by
+     * glae_params_to_device and every pointer above is a device pointer. */
+    glae_ctx *dev;
 } glae_params;
 
 /* Register a tensor; returns its index in `info` through *index (may be NULL). */
@@ -46,6 +51,9 @@ float *glae_params_grad(const glae_params *p, int index);      /* NULL for buffe
 /* Range [begin, end) in floats of one group's trainable tensors; tensors of a group are
  * registered contiguously, so a group is one range. */
 int glae_params_group_range(const glae_params *p, int group, size_t *begin, size_t *end);
+/* Move the four arrays (initialised on the host) to ctx's device: allocate there, copy,
+ * free the host arrays. A no-op for a CPU ctx. On failure the host arrays are kept. */
+int glae_params_to_device(glae_params *p, glae_ctx *ctx);
 void glae_params_free(glae_params *p);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/status.h"
+#include "ops/backend.h"
 #include "ops/loss.h"
 
 static int add_linear(glae_params *p, const char *prefix, const char *name, int in_f, int out_f,
@@ -140,6 +141,9 @@ int glae_head_plan(glae_head *hd, glae_arena *a, int n, int fh, int fw, int grad
     if (hd->fr.s.oh != hd->hp || hd->fr.s.ow != hd->wp)
         return glae_fail(GLAE_ERR_RUNTIME, "head: FR conv shape mismatch");
     int64_t P = (int64_t)hd->hp * hd->wp, mrows = (int64_t)n * P;
+    if (mrows > INT32_MAX) /* the loss means average over int-sized rows */
+        return glae_fail(GLAE_ERR_VALUE, "head: %lld FR positions in a batch is too many",
+                         (long long)mrows);
     ALLOC_F(hd->shuf, fm);
     ALLOC_F(hd->map, mrows * K);
     if (grads) {
@@ -172,19 +176,6 @@ int glae_head_plan(glae_head *hd, glae_arena *a, int n, int fh, int fw, int grad
     return GLAE_OK;
 }
 
-/* (n, P, K) NHWC -> (n, K, P) NCHW flatten order, and back */
-static void to_nchw(float *dst, const float *src, int n, int64_t P, int K) {
-    for (int i = 0; i < n; i++)
-        for (int64_t q = 0; q < P; q++)
-            for (int k = 0; k < K; k++) dst[((int64_t)i * K + k) * P + q] = src[((int64_t)i * P + q) * K + k];
-}
-
-static void from_nchw(float *dst, const float *src, int n, int64_t P, int K) {
-    for (int i = 0; i < n; i++)
-        for (int64_t q = 0; q < P; q++)
-            for (int k = 0; k < K; k++) dst[((int64_t)i * P + q) * K + k] = src[((int64_t)i * K + k) * P + q];
-}
-
 #define PP(i) glae_params_ptr(p, (i))
 #define PG(i) glae_params_grad(p, (i))
 
@@ -193,101 +184,98 @@ int glae_head_forward(glae_ctx *ctx, glae_head *hd, glae_params *p, const float 
     const int n = hd->n, K = hd->k_cls;
     if (!hd->logits) return glae_fail(GLAE_ERR_RUNTIME, "head_forward: not planned");
     if (hd->kind == GLAE_HEAD_GAP) {
-        GLAE_TRY(glae_avgpool_forward(ctx, hd->pooled, feat, n, hd->fh * hd->fw, hd->c));
-        GLAE_TRY(glae_linear_forward(ctx, hd->logits, hd->pooled, PP(hd->fc_w), PP(hd->fc_b), n,
+        GLAE_TRY(ctx->ops->avgpool_forward(ctx, hd->pooled, feat, n, hd->fh * hd->fw, hd->c));
+        GLAE_TRY(ctx->ops->linear_forward(ctx, hd->logits, hd->pooled, PP(hd->fc_w), PP(hd->fc_b), n,
                                      hd->c, K));
-        return glae_softmax_forward(ctx, hd->prob, hd->logits, n, K);
+        return ctx->ops->softmax_forward(ctx, hd->prob, hd->logits, n, K);
     }
     const int64_t P = (int64_t)hd->hp * hd->wp;
-    GLAE_TRY(glae_pixel_shuffle_forward(ctx, hd->shuf, feat, n, hd->fh, hd->fw, hd->c, hd->r));
-    GLAE_TRY(glae_conv2d_forward(ctx, hd->map, hd->shuf, PP(hd->fr.w), PP(hd->fr.b), &hd->fr.s));
+    GLAE_TRY(ctx->ops->pixel_shuffle_forward(ctx, hd->shuf, feat, n, hd->fh, hd->fw, hd->c, hd->r));
+    GLAE_TRY(ctx->ops->conv2d_forward(ctx, hd->map, hd->shuf, PP(hd->fr.w), PP(hd->fr.b), &hd->fr.s));
     if (hd->kind == GLAE_HEAD_FR) {
         /* "fr" alone: the image's logits are the H'W'-average of the FR map */
-        GLAE_TRY(glae_avgpool_forward(ctx, hd->logits, hd->map, n, (int)P, K));
-        return glae_softmax_forward(ctx, hd->prob, hd->logits, n, K);
+        GLAE_TRY(ctx->ops->avgpool_forward(ctx, hd->logits, hd->map, n, (int)P, K));
+        return ctx->ops->softmax_forward(ctx, hd->prob, hd->logits, n, K);
     }
-    GLAE_TRY(glae_softmax_forward(ctx, hd->loc_prob, hd->map, (int64_t)n * P, K)); /* eq. 6 */
-    to_nchw(hd->flatv, hd->map, n, P, K);
+    GLAE_TRY(ctx->ops->softmax_forward(ctx, hd->loc_prob, hd->map, (int64_t)n * P, K)); /* eq. 6 */
+    GLAE_TRY(ctx->ops->flatten_nchw_forward(ctx, hd->flatv, hd->map, n, P, K));
     const float *in = hd->flatv;
     int in_f = (int)hd->flat;
     for (int j = 0; j <= hd->depth; j++) { /* eq. 8: Proj(F') */
-        GLAE_TRY(glae_linear_forward(ctx, hd->h[j], in, PP(hd->lin_w[j]), PP(hd->lin_b[j]), n,
+        GLAE_TRY(ctx->ops->linear_forward(ctx, hd->h[j], in, PP(hd->lin_w[j]), PP(hd->lin_b[j]), n,
                                      in_f, hd->width));
         if (j == hd->depth) break;
         glae_bn_layer *b = &hd->bn[j];
-        GLAE_TRY(glae_batchnorm_forward(ctx, hd->hb[j], b->mean, b->invstd, hd->h[j], PP(b->g),
+        GLAE_TRY(ctx->ops->batchnorm_forward(ctx, hd->hb[j], b->mean, b->invstd, hd->h[j], PP(b->g),
                                         PP(b->b), PP(b->rm), PP(b->rv), n, hd->width,
                                         GLAE_BN_MOMENTUM, GLAE_BN_EPS, training));
-        GLAE_TRY(glae_relu_forward(ctx, hd->hb[j], hd->hb[j], (int64_t)n * hd->width));
+        GLAE_TRY(ctx->ops->relu_forward(ctx, hd->hb[j], hd->hb[j], (int64_t)n * hd->width));
         in = hd->hb[j];
         in_f = hd->width;
     }
-    GLAE_TRY(glae_linear_forward(ctx, hd->logits, hd->h[hd->depth], PP(hd->cls_w), PP(hd->cls_b),
+    GLAE_TRY(ctx->ops->linear_forward(ctx, hd->logits, hd->h[hd->depth], PP(hd->cls_w), PP(hd->cls_b),
                                  n, hd->width, K));
-    return glae_softmax_forward(ctx, hd->prob, hd->logits, n, K);
+    return ctx->ops->softmax_forward(ctx, hd->prob, hd->logits, n, K);
 }
 
-int glae_head_loss_backward(glae_ctx *ctx, glae_head *hd, glae_params *p, float losses[3],
+int glae_head_loss_backward(glae_ctx *ctx, glae_head *hd, glae_params *p, float *losses,
                             float *dfeat, const float *feat, const float *z, const float *y,
                             int mode, float lambda, float mae) {
     const int n = hd->n, K = hd->k_cls;
     if (!hd->dlogits) return glae_fail(GLAE_ERR_RUNTIME, "head: planned without gradients");
     /* image-level classifier (GAP fc, FR average, or PA holistic branch: eq. 9) */
-    GLAE_TRY(glae_ldl_loss_forward(ctx, hd->loss, hd->prob, hd->logits, z, y, n, 1, K, mode,
+    GLAE_TRY(ctx->ops->ldl_loss_forward(ctx, hd->loss, hd->prob, hd->logits, z, y, n, 1, K, mode,
                                    lambda, mae));
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += hd->loss[i];
-    losses[2] = (float)(sum / n);
-    losses[1] = 0.0f;
-    for (int i = 0; i < n; i++) hd->dloss[i] = 1.0f / (float)n;
-    GLAE_TRY(glae_ldl_loss_backward(ctx, hd->dlogits, hd->dloss, hd->prob, z, y, n, 1, K, mode,
+    /* batch means: an average "pool" over one column sums in double, as the loss wants */
+    GLAE_TRY(ctx->ops->avgpool_forward(ctx, losses + 2, hd->loss, 1, n, 1));
+    GLAE_TRY(ctx->ops->fill(ctx, losses + 1, 0.0f, 1));
+    GLAE_TRY(ctx->ops->fill(ctx, hd->dloss, 1.0f / (float)n, n));
+    GLAE_TRY(ctx->ops->ldl_loss_backward(ctx, hd->dlogits, hd->dloss, hd->prob, z, y, n, 1, K, mode,
                                     lambda, mae));
     if (hd->kind == GLAE_HEAD_GAP) {
-        GLAE_TRY(glae_linear_backward(ctx, hd->dpooled, PG(hd->fc_w), PG(hd->fc_b), hd->dlogits,
+        GLAE_TRY(ctx->ops->linear_backward(ctx, hd->dpooled, PG(hd->fc_w), PG(hd->fc_b), hd->dlogits,
                                       hd->pooled, PP(hd->fc_w), n, hd->c, K));
-        losses[0] = losses[2];
+        GLAE_TRY(ctx->ops->copy(ctx, losses, losses + 2, sizeof(float), GLAE_COPY_D2D));
         if (dfeat)
-            GLAE_TRY(glae_avgpool_backward(ctx, dfeat, hd->dpooled, n, hd->fh * hd->fw, hd->c));
+            GLAE_TRY(ctx->ops->avgpool_backward(ctx, dfeat, hd->dpooled, n, hd->fh * hd->fw, hd->c));
         return GLAE_OK;
     }
     const int64_t P = (int64_t)hd->hp * hd->wp, mrows = (int64_t)n * P;
     if (hd->kind == GLAE_HEAD_FR) {
-        GLAE_TRY(glae_avgpool_backward(ctx, hd->dmap, hd->dlogits, n, (int)P, K));
-        losses[0] = losses[2];
+        GLAE_TRY(ctx->ops->avgpool_backward(ctx, hd->dmap, hd->dlogits, n, (int)P, K));
+        GLAE_TRY(ctx->ops->copy(ctx, losses, losses + 2, sizeof(float), GLAE_COPY_D2D));
     } else {
         /* local branch, eq. 7: every position carries its image's label (group = H'W') */
-        GLAE_TRY(glae_ldl_loss_forward(ctx, hd->loc_loss, hd->loc_prob, hd->map, z, y, mrows,
+        GLAE_TRY(ctx->ops->ldl_loss_forward(ctx, hd->loc_loss, hd->loc_prob, hd->map, z, y, mrows,
                                        (int)P, K, mode, lambda, mae));
-        sum = 0.0;
-        for (int64_t i = 0; i < mrows; i++) sum += hd->loc_loss[i];
-        losses[1] = (float)(sum / (double)mrows);
-        losses[0] = losses[1] + losses[2]; /* eq. 10 */
-        for (int64_t i = 0; i < mrows; i++) hd->dloc_loss[i] = 1.0f / (float)mrows;
-        GLAE_TRY(glae_ldl_loss_backward(ctx, hd->dmap, hd->dloc_loss, hd->loc_prob, z, y, mrows,
+        GLAE_TRY(ctx->ops->avgpool_forward(ctx, losses + 1, hd->loc_loss, 1, (int)mrows, 1));
+        GLAE_TRY(ctx->ops->add_forward(ctx, losses, losses + 1, losses + 2, 1)); /* eq. 10 */
+        GLAE_TRY(ctx->ops->fill(ctx, hd->dloc_loss, 1.0f / (float)mrows, mrows));
+        GLAE_TRY(ctx->ops->ldl_loss_backward(ctx, hd->dmap, hd->dloc_loss, hd->loc_prob, z, y, mrows,
                                         (int)P, K, mode, lambda, mae));
         /* holistic branch back to the FR map */
         float *dcur = hd->dh, *dother = hd->dh2;
-        GLAE_TRY(glae_linear_backward(ctx, dcur, PG(hd->cls_w), PG(hd->cls_b), hd->dlogits,
+        GLAE_TRY(ctx->ops->linear_backward(ctx, dcur, PG(hd->cls_w), PG(hd->cls_b), hd->dlogits,
                                       hd->h[hd->depth], PP(hd->cls_w), n, hd->width, K));
         for (int j = hd->depth; j >= 1; j--) {
             /* dcur = d h[j]; h[j] = lin_j(hb[j-1]) */
-            GLAE_TRY(glae_linear_backward(ctx, dother, PG(hd->lin_w[j]), PG(hd->lin_b[j]), dcur,
+            GLAE_TRY(ctx->ops->linear_backward(ctx, dother, PG(hd->lin_w[j]), PG(hd->lin_b[j]), dcur,
                                           hd->hb[j - 1], PP(hd->lin_w[j]), n, hd->width,
                                           hd->width));
-            GLAE_TRY(glae_relu_backward(ctx, dother, dother, hd->hb[j - 1],
+            GLAE_TRY(ctx->ops->relu_backward(ctx, dother, dother, hd->hb[j - 1],
                                         (int64_t)n * hd->width));
             glae_bn_layer *b = &hd->bn[j - 1];
-            GLAE_TRY(glae_batchnorm_backward(ctx, dcur, PG(b->g), PG(b->b), dother, hd->h[j - 1],
+            GLAE_TRY(ctx->ops->batchnorm_backward(ctx, dcur, PG(b->g), PG(b->b), dother, hd->h[j - 1],
                                              b->mean, b->invstd, PP(b->g), n, hd->width, 1));
         }
-        GLAE_TRY(glae_linear_backward(ctx, hd->dflat, PG(hd->lin_w[0]), PG(hd->lin_b[0]), dcur,
+        GLAE_TRY(ctx->ops->linear_backward(ctx, hd->dflat, PG(hd->lin_w[0]), PG(hd->lin_b[0]), dcur,
                                       hd->flatv, PP(hd->lin_w[0]), n, (int)hd->flat, hd->width));
-        from_nchw(hd->dmap2, hd->dflat, n, P, K);
-        GLAE_TRY(glae_add_forward(ctx, hd->dmap, hd->dmap, hd->dmap2, mrows * K));
+        GLAE_TRY(ctx->ops->flatten_nchw_backward(ctx, hd->dmap2, hd->dflat, n, P, K));
+        GLAE_TRY(ctx->ops->add_forward(ctx, hd->dmap, hd->dmap, hd->dmap2, mrows * K));
     }
-    GLAE_TRY(glae_conv2d_backward(ctx, dfeat ? hd->dshuf : NULL, PG(hd->fr.w), PG(hd->fr.b),
+    GLAE_TRY(ctx->ops->conv2d_backward(ctx, dfeat ? hd->dshuf : NULL, PG(hd->fr.w), PG(hd->fr.b),
                                   hd->dmap, hd->shuf, PP(hd->fr.w), &hd->fr.s));
     if (dfeat)
-        GLAE_TRY(glae_pixel_shuffle_backward(ctx, dfeat, hd->dshuf, n, hd->fh, hd->fw, hd->c, hd->r));
+        GLAE_TRY(ctx->ops->pixel_shuffle_backward(ctx, dfeat, hd->dshuf, n, hd->fh, hd->fw, hd->c, hd->r));
     return GLAE_OK;
 }

@@ -65,9 +65,10 @@ int glae_head_plan(glae_head *hd, glae_arena *a, int n, int fh, int fw, int grad
 int glae_head_forward(glae_ctx *ctx, glae_head *hd, glae_params *p, const float *feat,
                       int training);
 /* Loss of the last forward against (z, y) and its backward. losses[0..2] = total, local,
- * holistic (batch means; the single-classifier heads report their loss as holistic).
+ * holistic (batch means; the single-classifier heads report their loss as holistic),
+ * written on ctx's device like the activations (3 floats of the arena, say).
  * dfeat (n, fh, fw, C) is written when not NULL. */
-int glae_head_loss_backward(glae_ctx *ctx, glae_head *hd, glae_params *p, float losses[3],
+int glae_head_loss_backward(glae_ctx *ctx, glae_head *hd, glae_params *p, float *losses,
                             float *dfeat, const float *feat, const float *z, const float *y,
                             int mode, float lambda, float mae);
 

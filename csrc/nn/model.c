@@ -3,10 +3,16 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/status.h"
+#ifdef GLAE_WITH_CUDA
+#include "core/cuda_ctx.h"
+#endif
 #include "nn/route.h"
+#include "train/optim.h"
+#include "ops/backend.h"
 #include "ops/loss.h"
 #include "ops/ops.h"
 
@@ -23,12 +29,27 @@ void glae_model_config_default(glae_model_config *cfg) {
     cfg->input_size = 224;
     cfg->lam = 1.0f;
     cfg->seed = 0;
+    cfg->device = GLAE_CPU;
+    cfg->cuda_device = 0;
+    cfg->math = 0;
+}
+
+static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
+    if (cfg->device == GLAE_CPU) return glae_ctx_init(ctx, GLAE_CPU);
+    if (cfg->device != GLAE_CUDA)
+        return glae_fail(GLAE_ERR_VALUE, "model: unknown device %d", cfg->device);
+#ifdef GLAE_WITH_CUDA
+    return glae_cuda_ctx_create(ctx, cfg->cuda_device, cfg->math);
+#else
+    return glae_fail(GLAE_ERR_RUNTIME, "model: glae was built without CUDA (device='cuda')");
+#endif
 }
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
-    GLAE_TRY(glae_ctx_init(&m->ctx, GLAE_CPU));
+    GLAE_TRY(make_ctx(&m->ctx, cfg));
+    if (m->ctx.device == GLAE_CUDA) m->arena.dev = &m->ctx; /* activations on the device */
     int fh, fw;
     if (cfg->input_size < 1)
         return glae_fail(GLAE_ERR_VALUE, "model: input_size must be >= 1, got %d", cfg->input_size);
@@ -43,13 +64,31 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     GLAE_TRY(glae_resnet_init(&m->net, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->head, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
-    return GLAE_OK;
+    /* initialised on the host (the Philox draws are plain C), then moved */
+    void *mask = NULL;
+    GLAE_TRY(m->ctx.ops->alloc(&m->ctx, &mask, m->p.n));
+    m->no_decay = mask;
+    uint8_t *host = malloc(m->p.n ? m->p.n : 1);
+    if (!host) return glae_fail(GLAE_ERR_MEMORY, "model: out of memory");
+    int st = glae_sgd_no_decay_mask(&m->p, host);
+    if (!st) st = m->ctx.ops->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
+    if (!st) st = m->ctx.ops->sync(&m->ctx);
+    free(host);
+    GLAE_TRY(st);
+    return glae_params_to_device(&m->p, &m->ctx);
 }
 
 void glae_model_free(glae_model *m) {
+    if (m->no_decay && m->ctx.ops) m->ctx.ops->free(&m->ctx, m->no_decay);
     glae_params_free(&m->p);
     glae_arena_free(&m->arena);
-    glae_ctx_free(&m->ctx);
+    if (m->ctx.device == GLAE_CUDA) {
+#ifdef GLAE_WITH_CUDA
+        glae_cuda_ctx_destroy(&m->ctx);
+#endif
+    } else {
+        glae_ctx_free(&m->ctx);
+    }
     memset(m, 0, sizeof *m);
 }
 
@@ -75,10 +114,25 @@ static int plan_into(glae_model *m, glae_arena *a, int kind, int n, int h, int w
     ALLOC_F(m->z, (int64_t)n * K);
     ALLOC_F(m->y, n);
     m->dfeat = NULL;
-    m->xflip = NULL;
+    m->xflip = m->xin = m->sig = m->losses = NULL;
+    m->o_prob = m->o_age = m->o_ups = NULL;
+    m->o_choice = NULL;
     if (kind == GLAE_PLAN_TRAIN1)
         ALLOC_F(m->dfeat, (int64_t)n * m->net.fh * m->net.fw * m->net.out_c);
-    if (kind == GLAE_PLAN_INFER) ALLOC_F(m->xflip, (int64_t)n * h * w * 3);
+    if (kind == GLAE_PLAN_INFER) {
+        /* the input batch (and its mirror image) and predict's outputs, on the device */
+        ALLOC_F(m->xflip, (int64_t)n * h * w * 3);
+        ALLOC_F(m->o_prob, (int64_t)n * K);
+        ALLOC_F(m->o_age, n);
+        ALLOC_F(m->o_ups, 2 * (int64_t)n);
+        m->o_choice = glae_arena_alloc(a, (size_t)n * sizeof(int32_t));
+        if (!m->o_choice) return GLAE_ERR_MEMORY;
+    } else {
+        /* the caller's batch, sigmas and the step's losses, on the device */
+        ALLOC_F(m->xin, (int64_t)n * h * w * 3);
+        ALLOC_F(m->sig, n);
+        ALLOC_F(m->losses, 3);
+    }
     return GLAE_OK;
 }
 
@@ -114,20 +168,25 @@ int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n,
     if (n < 1) return glae_fail(GLAE_ERR_VALUE, "train_step: empty batch");
     GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
     const int K = m->cfg.num_classes;
-    memcpy(m->y, ages, (size_t)n * sizeof(float));
-    GLAE_TRY(glae_label_distribution(m->z, m->y, sigma, 1.0f, n, K, 1));
+    glae_ctx *ctx = &m->ctx;
+    const glae_backend *ops = ctx->ops;
+    GLAE_TRY(ops->copy(ctx, m->xin, x, (size_t)n * h * w * 3 * sizeof(float), GLAE_COPY_H2D));
+    GLAE_TRY(ops->copy(ctx, m->y, ages, (size_t)n * sizeof(float), GLAE_COPY_H2D));
+    if (sigma) GLAE_TRY(ops->copy(ctx, m->sig, sigma, (size_t)n * sizeof(float), GLAE_COPY_H2D));
+    GLAE_TRY(ops->label_distribution(ctx, m->z, m->y, sigma ? m->sig : NULL, 1.0f, n, K, 1));
     /* stage 2 freezes the backbone: eval-mode BN, no backward */
-    GLAE_TRY(glae_resnet_forward(&m->ctx, &m->net, &m->p, x, stage == 1));
+    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xin, stage == 1));
     glae_head *hd = stage == 1 ? &m->head : &m->bal;
-    GLAE_TRY(glae_head_forward(&m->ctx, hd, &m->p, m->net.feat, 1));
-    GLAE_TRY(glae_head_loss_backward(&m->ctx, hd, &m->p, losses, stage == 1 ? m->dfeat : NULL,
+    GLAE_TRY(glae_head_forward(ctx, hd, &m->p, m->net.feat, 1));
+    GLAE_TRY(glae_head_loss_backward(ctx, hd, &m->p, m->losses, stage == 1 ? m->dfeat : NULL,
                                      m->net.feat, m->z, m->y, mode, m->cfg.lam, mae));
-    if (stage == 1) GLAE_TRY(glae_resnet_backward(&m->ctx, &m->net, &m->p, m->dfeat));
-    return GLAE_OK;
+    if (stage == 1) GLAE_TRY(glae_resnet_backward(ctx, &m->net, &m->p, m->dfeat));
+    /* the step's one device-to-host copy (it waits for the step to finish) */
+    return ops->copy(ctx, losses, m->losses, 3 * sizeof(float), GLAE_COPY_D2H);
 }
 
-static void copy_out(float *dst, const float *src, int64_t count) {
-    if (dst) memcpy(dst, src, (size_t)count * sizeof(float));
+static int copy_out(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    return dst ? ctx->ops->copy(ctx, dst, src, bytes, GLAE_COPY_D2H) : GLAE_OK;
 }
 
 int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int training,
@@ -136,18 +195,21 @@ int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int t
     if (n < 1) return glae_fail(GLAE_ERR_VALUE, "forward: empty batch");
     GLAE_TRY(plan(m, GLAE_PLAN_INFER, n, h, w));
     const int K = m->cfg.num_classes;
-    GLAE_TRY(glae_resnet_forward(&m->ctx, &m->net, &m->p, x, training));
-    GLAE_TRY(glae_head_forward(&m->ctx, &m->head, &m->p, m->net.feat, training));
-    GLAE_TRY(glae_head_forward(&m->ctx, &m->bal, &m->p, m->net.feat, training));
-    copy_out(feat, m->net.feat, (int64_t)n * m->net.fh * m->net.fw * m->net.out_c);
-    copy_out(p_van, m->head.prob, (int64_t)n * K);
-    copy_out(p_bal, m->bal.prob, (int64_t)n * K);
-    int64_t mapn = (int64_t)n * m->head.hp * m->head.wp * K;
+    glae_ctx *ctx = &m->ctx;
+    const size_t F = sizeof(float);
+    GLAE_TRY(ctx->ops->copy(ctx, m->xflip, x, (size_t)n * h * w * 3 * F, GLAE_COPY_H2D));
+    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xflip, training));
+    GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, m->net.feat, training));
+    GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, m->net.feat, training));
+    GLAE_TRY(copy_out(ctx, feat, m->net.feat, (size_t)n * m->net.fh * m->net.fw * m->net.out_c * F));
+    GLAE_TRY(copy_out(ctx, p_van, m->head.prob, (size_t)n * K * F));
+    GLAE_TRY(copy_out(ctx, p_bal, m->bal.prob, (size_t)n * K * F));
+    size_t mapb = (size_t)n * m->head.hp * m->head.wp * K * F;
     if (m->head.kind != GLAE_HEAD_GAP) {
-        copy_out(map_van, m->head.map, mapn);
-        copy_out(map_bal, m->bal.map, mapn);
+        GLAE_TRY(copy_out(ctx, map_van, m->head.map, mapb));
+        GLAE_TRY(copy_out(ctx, map_bal, m->bal.map, mapb));
     }
-    if (m->head.kind == GLAE_HEAD_FRPA) copy_out(loc_van, m->head.loc_prob, mapn);
+    if (m->head.kind == GLAE_HEAD_FRPA) GLAE_TRY(copy_out(ctx, loc_van, m->head.loc_prob, mapb));
     return GLAE_OK;
 }
 
@@ -161,36 +223,53 @@ int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, fl
     int nb = need_flip ? 2 * n : n;
     GLAE_TRY(plan(m, GLAE_PLAN_INFER, nb, h, w));
     /* one batch: the images, then their mirror images */
-    size_t img = (size_t)h * w * 3;
-    memcpy(m->xflip, x, (size_t)n * img * sizeof(float));
-    if (need_flip) GLAE_TRY(glae_hflip_forward(&m->ctx, m->xflip + n * img, x, n, h, w, 3));
-    GLAE_TRY(glae_resnet_forward(&m->ctx, &m->net, &m->p, m->xflip, 0));
-    GLAE_TRY(glae_head_forward(&m->ctx, &m->head, &m->p, m->net.feat, 0));
-    GLAE_TRY(glae_head_forward(&m->ctx, &m->bal, &m->p, m->net.feat, 0));
+    glae_ctx *ctx = &m->ctx;
+    const glae_backend *ops = ctx->ops;
+    const size_t F = sizeof(float), img = (size_t)h * w * 3;
+    GLAE_TRY(ops->copy(ctx, m->xflip, x, (size_t)n * img * F, GLAE_COPY_H2D));
+    if (need_flip) GLAE_TRY(ops->hflip_forward(ctx, m->xflip + n * img, m->xflip, n, h, w, 3));
+    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xflip, 0));
+    GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, m->net.feat, 0));
+    GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, m->net.feat, 0));
     const float *pv = m->head.prob, *pb = m->bal.prob;
     const int64_t nk = (int64_t)n * K;
-    if (route == GLAE_PRED_SMALLER || route == GLAE_PRED_BIGGER)
-        return glae_adaptive_route(prob, age, head, ups, pv, pv + nk, pb, pb + nk, n, K,
-                                   route == GLAE_PRED_SMALLER ? GLAE_ROUTE_SMALLER
-                                                              : GLAE_ROUTE_BIGGER,
-                                   flip);
-    const float *src = route == GLAE_PRED_VANILLA ? pv : pb;
-    if (flip)
-        for (int64_t i = 0; i < nk; i++) prob[i] = 0.5f * (src[i] + src[nk + i]);
-    else
-        memcpy(prob, src, (size_t)nk * sizeof(float));
-    for (int i = 0; i < n; i++) head[i] = route == GLAE_PRED_BALANCED;
-    if (ups) {
-        if (flip) {
-            for (int i = 0; i < n; i++) { /* (Upsilon_1, Upsilon_2) as for routing */
-                GLAE_TRY(glae_kl_rows(ups + 2 * i, pv + (int64_t)i * K, pv + nk + (int64_t)i * K, 1, K));
-                GLAE_TRY(glae_kl_rows(ups + 2 * i + 1, pb + (int64_t)i * K, pb + nk + (int64_t)i * K, 1, K));
-            }
-        } else {
+    if (route == GLAE_PRED_SMALLER || route == GLAE_PRED_BIGGER) {
+        GLAE_TRY(ops->adaptive_route(ctx, m->o_prob, m->o_age, m->o_choice, ups ? m->o_ups : NULL,
+                                     pv, pv + nk, pb, pb + nk, n, K,
+                                     route == GLAE_PRED_SMALLER ? GLAE_ROUTE_SMALLER
+                                                                : GLAE_ROUTE_BIGGER,
+                                     flip));
+        GLAE_TRY(copy_out(ctx, head, m->o_choice, (size_t)n * sizeof(int32_t)));
+        GLAE_TRY(copy_out(ctx, ups, m->o_ups, 2 * (size_t)n * F));
+    } else {
+        const float *src = route == GLAE_PRED_VANILLA ? pv : pb;
+        if (flip) GLAE_TRY(ops->avg2_forward(ctx, m->o_prob, src, src + nk, nk));
+        else GLAE_TRY(ops->copy(ctx, m->o_prob, src, (size_t)nk * F, GLAE_COPY_D2D));
+        GLAE_TRY(ops->expected_age(ctx, m->o_age, m->o_prob, n, K));
+        /* constants, written straight into the caller's host arrays */
+        for (int i = 0; i < n; i++) head[i] = route == GLAE_PRED_BALANCED;
+        if (ups && flip) {
+            /* (Upsilon_1, Upsilon_2) as for routing; the route's choice is not used */
+            GLAE_TRY(ops->adaptive_route(ctx, NULL, NULL, m->o_choice, m->o_ups, pv, pv + nk, pb,
+                                         pb + nk, n, K, GLAE_ROUTE_SMALLER, 1));
+            GLAE_TRY(copy_out(ctx, ups, m->o_ups, 2 * (size_t)n * F));
+        } else if (ups) {
             for (int i = 0; i < 2 * n; i++) ups[i] = NAN;
         }
     }
-    return glae_expected_age(age, prob, n, K);
+    GLAE_TRY(copy_out(ctx, prob, m->o_prob, (size_t)nk * F));
+    return copy_out(ctx, age, m->o_age, (size_t)n * F);
+}
+
+int glae_model_sgd_step(glae_model *m, float lr, float momentum, float dampening, float wd,
+                        int nesterov, int first_step, size_t begin, size_t end, int wd_exclude) {
+    if (begin > end || end > m->p.n)
+        return glae_fail(GLAE_ERR_VALUE, "sgd_step: need 0 <= begin <= end <= %zu, got %zu, %zu",
+                         m->p.n, begin, end);
+    glae_ctx *ctx = &m->ctx;
+    return ctx->ops->sgd_step(ctx, m->p.params, m->p.momentum, m->p.grads, begin, end,
+                              wd_exclude ? m->no_decay : NULL, lr, momentum, dampening, wd,
+                              nesterov, first_step);
 }
 
 int glae_model_copy_head_to_balanced(glae_model *m) {
@@ -202,8 +281,8 @@ int glae_model_copy_head_to_balanced(glae_model *m) {
         int j = glae_params_find(&m->p, name);
         if (j < 0 || m->p.info[j].numel != t->numel)
             return glae_fail(GLAE_ERR_RUNTIME, "copy_head_to_balanced: no match for '%s'", t->name);
-        memcpy(glae_params_ptr(&m->p, j), glae_params_ptr(&m->p, i),
-               (size_t)t->numel * sizeof(float));
+        GLAE_TRY(m->ctx.ops->copy(&m->ctx, glae_params_ptr(&m->p, j), glae_params_ptr(&m->p, i),
+                                  (size_t)t->numel * sizeof(float), GLAE_COPY_D2D));
     }
     return GLAE_OK;
 }

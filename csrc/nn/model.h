@@ -26,6 +26,9 @@ typedef struct {
     int input_size;     /* the FRPA projection's input length depends on it */
     float lam;          /* lambda of l_base */
     uint64_t seed;
+    int device;         /* GLAE_CPU or GLAE_CUDA: where params, grads and the arena live */
+    int cuda_device;    /* CUDA device index */
+    int math;           /* glae_math_mode for CUDA: 0 fp32 (default), 1 tf32 */
 } glae_model_config;
 
 void glae_model_config_default(glae_model_config *cfg);
@@ -41,8 +44,13 @@ typedef struct {
     glae_ctx ctx;
     glae_arena arena;
     int plan_kind, plan_n, plan_h, plan_w;
-    float *z, *y, *xflip; /* labels (n, K), ages (n); flipped batch for predict */
+    float *z, *y, *xflip; /* labels (n, K), ages (n); input + flipped batch (inference) */
+    float *xin, *sig;     /* the training batch and its sigmas, staged on the device */
+    float *losses;        /* total, local, holistic of the last step (device) */
+    float *o_prob, *o_age, *o_ups; /* predict's outputs before the copy back */
+    int32_t *o_choice;
     float *dfeat;
+    uint8_t *no_decay;    /* (p.n) 1 = no weight decay (GLAE_P_NO_DECAY), on the device */
     size_t peak_bytes;    /* largest arena ever reserved */
 } glae_model;
 
@@ -74,6 +82,11 @@ enum { GLAE_PRED_SMALLER = 0, GLAE_PRED_BIGGER = 1, GLAE_PRED_VANILLA = 2, GLAE_
  * with the flipped image's. */
 int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
                        const float *x, int n, int h, int w, int route, int flip);
+
+/* One SGD step (optim.h) on [begin, end) of the model's flat buffers, on its device.
+ * wd_exclude: skip weight decay on the GLAE_P_NO_DECAY tensors (BN, biases). */
+int glae_model_sgd_step(glae_model *m, float lr, float momentum, float dampening, float wd,
+                        int nesterov, int first_step, size_t begin, size_t end, int wd_exclude);
 
 /* Stage-2 start: balanced head := vanilla head (parameters and BN1d buffers). */
 int glae_model_copy_head_to_balanced(glae_model *m);

@@ -7,6 +7,7 @@
 
 #include "core/rng.h"
 #include "core/status.h"
+#include "ops/backend.h"
 
 /* ---- registration helpers ----------------------------------------------------------- */
 
@@ -272,7 +273,7 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
 
 static int bn_fwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *out, const float *in,
                   int64_t rows, int training) {
-    return glae_batchnorm_forward(ctx, out, l->mean, l->invstd, in, glae_params_ptr(p, l->g),
+    return ctx->ops->batchnorm_forward(ctx, out, l->mean, l->invstd, in, glae_params_ptr(p, l->g),
                                   glae_params_ptr(p, l->b), glae_params_ptr(p, l->rm),
                                   glae_params_ptr(p, l->rv), rows, l->c, GLAE_BN_MOMENTUM,
                                   GLAE_BN_EPS, training);
@@ -280,20 +281,20 @@ static int bn_fwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *out, c
 
 static int bn_bwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *din, const float *dout,
                   const float *in, int64_t rows) {
-    return glae_batchnorm_backward(ctx, din, glae_params_grad(p, l->g), glae_params_grad(p, l->b),
+    return ctx->ops->batchnorm_backward(ctx, din, glae_params_grad(p, l->g), glae_params_grad(p, l->b),
                                    dout, in, l->mean, l->invstd, glae_params_ptr(p, l->g), rows,
                                    l->c, 1);
 }
 
 static int conv_fwd(glae_ctx *ctx, glae_conv_layer *l, glae_params *p, float *out,
                     const float *in) {
-    return glae_conv2d_forward(ctx, out, in, glae_params_ptr(p, l->w),
+    return ctx->ops->conv2d_forward(ctx, out, in, glae_params_ptr(p, l->w),
                                l->b >= 0 ? glae_params_ptr(p, l->b) : NULL, &l->s);
 }
 
 static int conv_bwd(glae_ctx *ctx, glae_conv_layer *l, glae_params *p, float *din,
                     const float *dout, const float *in) {
-    return glae_conv2d_backward(ctx, din, glae_params_grad(p, l->w),
+    return ctx->ops->conv2d_backward(ctx, din, glae_params_grad(p, l->w),
                                 l->b >= 0 ? glae_params_grad(p, l->b) : NULL, dout, in,
                                 glae_params_ptr(p, l->w), &l->s);
 }
@@ -307,8 +308,8 @@ int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const f
     int64_t rows = conv_rows(&net->conv1);
     GLAE_TRY(conv_fwd(ctx, &net->conv1, p, net->c1, x));
     GLAE_TRY(bn_fwd(ctx, &net->bn1, p, net->a1, net->c1, rows, training));
-    GLAE_TRY(glae_relu_forward(ctx, net->a1, net->a1, rows * 64));
-    GLAE_TRY(glae_maxpool2d_forward(ctx, net->p1, net->argmax, net->a1, &net->pool));
+    GLAE_TRY(ctx->ops->relu_forward(ctx, net->a1, net->a1, rows * 64));
+    GLAE_TRY(ctx->ops->maxpool2d_forward(ctx, net->p1, net->argmax, net->a1, &net->pool));
     for (int i = 0; i < net->nblocks; i++) {
         glae_block *b = &net->blocks[i];
         const float *in = b->in;
@@ -318,7 +319,7 @@ int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const f
             GLAE_TRY(conv_fwd(ctx, &b->conv[j], p, b->c[j], in));
             float *dst = j < last ? b->a[j] : b->out;
             GLAE_TRY(bn_fwd(ctx, &b->bn[j], p, dst, b->c[j], rows, training));
-            if (j < last) GLAE_TRY(glae_relu_forward(ctx, dst, dst, rows * b->conv[j].c_out));
+            if (j < last) GLAE_TRY(ctx->ops->relu_forward(ctx, dst, dst, rows * b->conv[j].c_out));
             in = dst;
         }
         const float *identity = b->in;
@@ -327,8 +328,8 @@ int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const f
             GLAE_TRY(bn_fwd(ctx, &b->dbn, p, b->db, b->dc, conv_rows(&b->dconv), training));
             identity = b->db;
         }
-        GLAE_TRY(glae_add_forward(ctx, b->out, b->out, identity, b->out_numel));
-        GLAE_TRY(glae_relu_forward(ctx, b->out, b->out, b->out_numel));
+        GLAE_TRY(ctx->ops->add_forward(ctx, b->out, b->out, identity, b->out_numel));
+        GLAE_TRY(ctx->ops->relu_forward(ctx, b->out, b->out, b->out_numel));
     }
     return GLAE_OK;
 }
@@ -338,7 +339,7 @@ int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const f
 static int block_backward(glae_ctx *ctx, glae_block *b, glae_params *p, float *dx, float *dout,
                           float *t1, float *t2) {
     int last = b->nconv - 1;
-    GLAE_TRY(glae_relu_backward(ctx, dout, dout, b->out, b->out_numel));
+    GLAE_TRY(ctx->ops->relu_backward(ctx, dout, dout, b->out, b->out_numel));
     GLAE_TRY(bn_bwd(ctx, &b->bn[last], p, t1, dout, b->c[last], conv_rows(&b->conv[last])));
     for (int j = last; j >= 0; j--) {
         /* t1 holds d(conv j output) */
@@ -347,16 +348,16 @@ static int block_backward(glae_ctx *ctx, glae_block *b, glae_params *p, float *d
         GLAE_TRY(conv_bwd(ctx, &b->conv[j], p, din, t1, in));
         if (j > 0) {
             int64_t rows = conv_rows(&b->conv[j - 1]);
-            GLAE_TRY(glae_relu_backward(ctx, t2, t2, b->a[j - 1], rows * b->conv[j - 1].c_out));
+            GLAE_TRY(ctx->ops->relu_backward(ctx, t2, t2, b->a[j - 1], rows * b->conv[j - 1].c_out));
             GLAE_TRY(bn_bwd(ctx, &b->bn[j - 1], p, t1, t2, b->c[j - 1], rows));
         }
     }
     if (b->has_down) {
         GLAE_TRY(bn_bwd(ctx, &b->dbn, p, t1, dout, b->dc, conv_rows(&b->dconv)));
         GLAE_TRY(conv_bwd(ctx, &b->dconv, p, t2, t1, b->in));
-        GLAE_TRY(glae_add_forward(ctx, dx, dx, t2, b->in_numel));
+        GLAE_TRY(ctx->ops->add_forward(ctx, dx, dx, t2, b->in_numel));
     } else {
-        GLAE_TRY(glae_add_forward(ctx, dx, dx, dout, b->in_numel));
+        GLAE_TRY(ctx->ops->add_forward(ctx, dx, dx, dout, b->in_numel));
     }
     return GLAE_OK;
 }
@@ -381,8 +382,8 @@ int glae_resnet_backward(glae_ctx *ctx, glae_resnet *net, glae_params *p, float 
         if (net->g[i] != dout) free_g[nf++] = net->g[i];
     float *da = free_g[0], *dc = free_g[1];
     int64_t rows = conv_rows(&net->conv1);
-    GLAE_TRY(glae_maxpool2d_backward(ctx, da, dout, net->argmax, &net->pool));
-    GLAE_TRY(glae_relu_backward(ctx, da, da, net->a1, rows * 64));
+    GLAE_TRY(ctx->ops->maxpool2d_backward(ctx, da, dout, net->argmax, &net->pool));
+    GLAE_TRY(ctx->ops->relu_backward(ctx, da, da, net->a1, rows * 64));
     GLAE_TRY(bn_bwd(ctx, &net->bn1, p, dc, da, net->c1, rows));
     GLAE_TRY(conv_bwd(ctx, &net->conv1, p, NULL, dc, net->x));
     return GLAE_OK;

@@ -113,4 +113,15 @@ int glae_prelu_backward(glae_ctx *ctx, float *din, float *dweight, const float *
 /* ---- horizontal flip of an NHWC batch (act.c): out[n, h, w, c] = in[n, h, W-1-w, c] - */
 int glae_hflip_forward(glae_ctx *ctx, float *out, const float *in, int n, int h, int w, int c);
 
+/* ---- small ops that replace host loops in the model code (util.c) ------------------
+ * fill: out[i] = value.
+ * flatten_nchw: (N, P, C) stored NHWC -> (N, C, P), PyTorch's flatten order of an NCHW
+ * map (P = H*W); the backward is the inverse permutation (din written, not accumulated).
+ * avg2: out[i] = 0.5f * (a[i] + b[i]) (the test-time flip average). */
+int glae_fill(glae_ctx *ctx, float *out, float value, int64_t n);
+int glae_flatten_nchw_forward(glae_ctx *ctx, float *out, const float *in, int n, int64_t p, int c);
+int glae_flatten_nchw_backward(glae_ctx *ctx, float *din, const float *dout, int n, int64_t p,
+                               int c);
+int glae_avg2_forward(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+
 #endif

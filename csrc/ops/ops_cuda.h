@@ -78,6 +78,14 @@ int glae_prelu_backward_cuda(glae_ctx *ctx, float *din, float *dweight, const fl
                              const float *in, const float *weight, int64_t rows, int c);
 int glae_hflip_forward_cuda(glae_ctx *ctx, float *out, const float *in, int n, int h, int w, int c);
 
+/* ---- util.cu (ops.h: the small ops of the model code) ------------------------------ */
+int glae_fill_cuda(glae_ctx *ctx, float *out, float value, int64_t n);
+int glae_flatten_nchw_forward_cuda(glae_ctx *ctx, float *out, const float *in, int n, int64_t p,
+                                   int c);
+int glae_flatten_nchw_backward_cuda(glae_ctx *ctx, float *din, const float *dout, int n,
+                                    int64_t p, int c);
+int glae_avg2_forward_cuda(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+
 /* ---- loss.cu (loss.h) --------------------------------------------------------------- */
 int glae_label_distribution_cuda(glae_ctx *ctx, float *z, const float *y, const float *sigma,
                                  float sigma0, int64_t n, int k, int normalize);

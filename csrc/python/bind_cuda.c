@@ -16,7 +16,8 @@
     X(cuda_log_softmax_forward) X(cuda_log_softmax_backward) X(cuda_conv2d_forward)         \
     X(cuda_conv2d_backward) X(cuda_label_distribution) X(cuda_ldl_loss_forward)             \
     X(cuda_ldl_loss_backward) X(cuda_expected_age) X(cuda_kl_rows) X(cuda_adaptive_route)   \
-    X(cuda_sgd_step) X(cuda_metrics_mae) X(cuda_metrics_epsilon)                            \
+    X(cuda_sgd_step) X(cuda_metrics_mae) X(cuda_metrics_epsilon) X(cuda_fill)               \
+    X(cuda_flatten_nchw_forward) X(cuda_flatten_nchw_backward) X(cuda_avg2_forward)         \
     X(cuda_double_buffer_relu)
 
 #ifndef GLAE_WITH_CUDA
@@ -266,6 +267,60 @@ static int min_ndim(PyArrayObject *a, const char *name, int lo) {
 #define DIM(a, name, axis, want) \
     if (glae_check_dim((a), (name), (axis), (want))) return NULL;
 #define DIMS(a) PyArray_NDIM(a), PyArray_DIMS(a)
+
+/* ---- the model code's small ops (util.cu) ------------------------------------------------ */
+
+/* cuda_fill(ctx, n, value) -> (n,) float32 */
+static PyObject *py_cuda_fill(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co;
+    Py_ssize_t n;
+    float v;
+    if (!PyArg_ParseTuple(args, "Onf:cuda_fill", &co, &n, &v)) return NULL;
+    if (glae_check_min(n, "n", 0)) return NULL;
+    JOB_START(co);
+    npy_intp d[1] = {(npy_intp)n};
+    float *o = job_out(&J, 1, d, NPY_FLOAT32, 0);
+    RUN(glae_fill_cuda(J.ctx, o, v, n));
+}
+
+/* cuda_flatten_nchw_forward(ctx, x (N, P, C)) -> (N, C, P); backward: the inverse */
+static PyObject *flatten(PyObject *args, const char *fmt, int fwd) {
+    PyObject *co, *xo;
+    if (!PyArg_ParseTuple(args, fmt, &co, &xo)) return NULL;
+    F32(x, xo, "x", 3);
+    const npy_intp *xd = PyArray_DIMS(x);
+    npy_intp od[3] = {xd[0], xd[2], xd[1]};
+    if (xd[0] > INT_MAX || xd[1] > INT_MAX || xd[2] > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "x: too large");
+        return NULL;
+    }
+    JOB_START(co);
+    float *i = job_in(&J, x), *o = job_out(&J, 3, od, NPY_FLOAT32, 0);
+    if (fwd) RUN(glae_flatten_nchw_forward_cuda(J.ctx, o, i, (int)xd[0], xd[1], (int)xd[2]));
+    RUN(glae_flatten_nchw_backward_cuda(J.ctx, o, i, (int)xd[0], xd[2], (int)xd[1]));
+}
+static PyObject *py_cuda_flatten_nchw_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    return flatten(args, "OO:cuda_flatten_nchw_forward", 1);
+}
+static PyObject *py_cuda_flatten_nchw_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    return flatten(args, "OO:cuda_flatten_nchw_backward", 0);
+}
+
+/* cuda_avg2_forward(ctx, a, b) -> 0.5 * (a + b) */
+static PyObject *py_cuda_avg2_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *ao, *bo;
+    if (!PyArg_ParseTuple(args, "OOO:cuda_avg2_forward", &co, &ao, &bo)) return NULL;
+    F32(a, ao, "a", -1);
+    F32(b, bo, "b", -1);
+    SAME(a, "a", b, "b");
+    JOB_START(co);
+    float *da = job_in(&J, a), *db = job_in(&J, b), *o = job_out(&J, DIMS(a), NPY_FLOAT32, 0);
+    RUN(glae_avg2_forward_cuda(J.ctx, o, da, db, PyArray_SIZE(a)));
+}
 
 /* ---- element-wise ----------------------------------------------------------------------- */
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../nn/model.h"
+#include "../ops/backend.h"
 #include "../ops/loss.h"
 
 typedef struct {
@@ -52,26 +53,61 @@ static int parse_head(const char *s, int *kind) {
     return 0;
 }
 
+/* "cpu", "cuda" or "cuda:N" */
+static int parse_device(const char *s, glae_model_config *cfg) {
+    int idx = 0, used = 0;
+    if (!strcmp(s, "cpu")) {
+        cfg->device = GLAE_CPU;
+        return 0;
+    }
+    if (!strcmp(s, "cuda") ||
+        (sscanf(s, "cuda:%d%n", &idx, &used) == 1 && s[used] == '\0' && idx >= 0)) {
+#ifndef GLAE_WITH_CUDA
+        PyErr_SetString(PyExc_RuntimeError,
+                        "device='cuda': glae was built without CUDA (rebuild with nvcc and cuDNN)");
+        return -1;
+#endif
+        cfg->device = GLAE_CUDA;
+        cfg->cuda_device = idx;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "device must be 'cpu', 'cuda' or 'cuda:N', got '%s'", s);
+    return -1;
+}
+
+static int parse_math(const char *s, int *math) {
+    if (!strcmp(s, "fp32")) *math = 0;
+    else if (!strcmp(s, "tf32")) *math = 1;
+    else {
+        PyErr_Format(PyExc_ValueError, "math must be 'fp32' or 'tf32', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
 static const char *head_name(int kind) {
     return kind == GLAE_HEAD_GAP ? "gap" : kind == GLAE_HEAD_FR ? "fr" : "fr+pa";
 }
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"backbone", "head", "r", "k", "s", "proj_depth", "proj_width",
-                             "num_classes", "lam", "seed", "input_size", NULL};
-    const char *backbone = "resnet18", *head = "fr+pa";
+                             "num_classes", "lam", "seed", "input_size", "device", "math", NULL};
+    const char *backbone = "resnet18", *head = "fr+pa", *device = "cpu", *math = "fp32";
     glae_model_config cfg;
     glae_model_config_default(&cfg);
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKi:Model", kwlist, &backbone, &head,
-                                     &cfg.r, &cfg.k, &cfg.s, &cfg.proj_depth, &cfg.proj_width,
-                                     &cfg.num_classes, &cfg.lam, &seed, &cfg.input_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKiss:Model", kwlist, &backbone,
+                                     &head, &cfg.r, &cfg.k, &cfg.s, &cfg.proj_depth,
+                                     &cfg.proj_width, &cfg.num_classes, &cfg.lam, &seed,
+                                     &cfg.input_size, &device, &math))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Model is busy in another thread");
         return -1;
     }
-    if (parse_backbone(backbone, &cfg.backbone) || parse_head(head, &cfg.head)) return -1;
+    if (parse_backbone(backbone, &cfg.backbone) || parse_head(head, &cfg.head) ||
+        parse_device(device, &cfg) || parse_math(math, &cfg.math))
+        return -1;
     if (glae_check_min(cfg.r, "r", 1) || glae_check_min(cfg.k, "k", 1) ||
         glae_check_min(cfg.s, "s", 1) || glae_check_min(cfg.proj_depth, "proj_depth", 0) ||
         glae_check_min(cfg.proj_width, "proj_width", 1) ||
@@ -107,6 +143,20 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
 static PyObject *view(ModelObject *self, float *data, size_t n) {
     if (!model_ready(self)) return NULL;
     npy_intp dims[1] = {(npy_intp)n};
+    if (self->m.p.dev) {
+        /* device buffers: a read-only host copy, so that a write cannot silently miss the
+         * model (write_flat / set / sgd_step change a device model) */
+        PyArrayObject *c = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+        if (!c) return NULL;
+        int st = self->m.ctx.ops->copy(&self->m.ctx, PyArray_DATA(c), data, n * sizeof(float),
+                                       GLAE_COPY_D2H);
+        if (st) {
+            Py_DECREF(c);
+            return glae_raise(st);
+        }
+        PyArray_CLEARFLAGS(c, NPY_ARRAY_WRITEABLE);
+        return (PyObject *)c;
+    }
     PyObject *a = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, data);
     if (!a) return NULL;
     Py_INCREF(self);
@@ -132,6 +182,12 @@ static PyObject *Model_buffers(ModelObject *self, void *c) {
 static PyObject *Model_arena_bytes(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     return PyLong_FromSize_t(self->m.peak_bytes);
+}
+
+static PyObject *Model_device(ModelObject *self, void *c) {
+    if (!model_ready(self)) return NULL;
+    if (self->m.ctx.device == GLAE_CUDA) return PyUnicode_FromFormat("cuda:%d", self->m.cfg.cuda_device);
+    return PyUnicode_FromString("cpu");
 }
 
 static PyObject *Model_config(ModelObject *self, void *c) {
@@ -203,12 +259,26 @@ static PyObject *Model_get(ModelObject *self, PyObject *args) {
     Py_DECREF(shape);
     PyArrayObject *out = glae_new_array(t->ndim, dims, NPY_FLOAT32);
     if (!out) return NULL;
-    const float *src = glae_params_ptr(&self->m.p, i);
-    if (t->ndim == 4)
-        glae_ohwi_to_oihw(PyArray_DATA(out), src, (int)t->shape[0], (int)t->shape[3],
-                          (int)t->shape[1], (int)t->shape[2]);
-    else
-        memcpy(PyArray_DATA(out), src, (size_t)t->numel * sizeof(float));
+    const size_t bytes = (size_t)t->numel * sizeof(float);
+    float *src = PyMem_Malloc(bytes ? bytes : 1); /* host staging: the tensor may be on the device */
+    if (!src) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    int st = self->m.ctx.ops->copy(&self->m.ctx, src, glae_params_ptr(&self->m.p, i), bytes,
+                                   GLAE_COPY_D2H);
+    if (!st) {
+        if (t->ndim == 4)
+            glae_ohwi_to_oihw(PyArray_DATA(out), src, (int)t->shape[0], (int)t->shape[3],
+                              (int)t->shape[1], (int)t->shape[2]);
+        else
+            memcpy(PyArray_DATA(out), src, bytes);
+    }
+    PyMem_Free(src);
+    if (st) {
+        Py_DECREF(out);
+        return glae_raise(st);
+    }
     return (PyObject *)out;
 }
 
@@ -234,18 +304,97 @@ static PyObject *Model_set(ModelObject *self, PyObject *args) {
         }
     }
     Py_DECREF(shape);
-    float *dst = glae_params_ptr(&self->m.p, i);
+    const size_t bytes = (size_t)t->numel * sizeof(float);
+    float *tmp = PyMem_Malloc(bytes ? bytes : 1); /* host staging, then one copy in */
+    if (!tmp) return PyErr_NoMemory();
     if (t->ndim == 4)
-        glae_oihw_to_ohwi(dst, PyArray_DATA(a), (int)t->shape[0], (int)t->shape[3],
+        glae_oihw_to_ohwi(tmp, PyArray_DATA(a), (int)t->shape[0], (int)t->shape[3],
                           (int)t->shape[1], (int)t->shape[2]);
     else
-        memcpy(dst, PyArray_DATA(a), (size_t)t->numel * sizeof(float));
+        memcpy(tmp, PyArray_DATA(a), bytes);
+    glae_ctx *ctx = &self->m.ctx;
+    int st = ctx->ops->copy(ctx, glae_params_ptr(&self->m.p, i), tmp, bytes, GLAE_COPY_H2D);
+    if (!st) st = ctx->ops->sync(ctx); /* tmp is freed next */
+    PyMem_Free(tmp);
+    if (st) return glae_raise(st);
     Py_RETURN_NONE;
 }
 
 static PyObject *Model_zero_grad(ModelObject *self, PyObject *noargs) {
     if (!model_ready(self)) return NULL;
-    memset(self->m.p.grads, 0, self->m.p.n * sizeof(float));
+    int st = self->m.ctx.ops->memset(&self->m.ctx, self->m.p.grads, 0,
+                                     self->m.p.n * sizeof(float));
+    if (st) return glae_raise(st);
+    Py_RETURN_NONE;
+}
+
+/* the flat buffer called `role`, and its length */
+static float *flat_role(ModelObject *self, const char *role, size_t *n) {
+    glae_params *p = &self->m.p;
+    *n = p->n;
+    if (!strcmp(role, "params")) return p->params;
+    if (!strcmp(role, "grads")) return p->grads;
+    if (!strcmp(role, "momentum")) return p->momentum;
+    if (!strcmp(role, "buffers")) {
+        *n = p->n_buffers;
+        return p->buffers;
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "role must be 'params', 'grads', 'momentum' or 'buffers', got '%s'", role);
+    return NULL;
+}
+
+static PyObject *Model_write_flat(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"role", "value", "offset", NULL};
+    const char *role;
+    PyObject *vo;
+    Py_ssize_t off = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sO|n:write_flat", kwlist, &role, &vo, &off))
+        return NULL;
+    if (!model_ready(self)) return NULL;
+    size_t n;
+    float *dst = flat_role(self, role, &n);
+    if (!dst) return NULL;
+    PyArrayObject *a = glae_arg_f32(vo, "value", 1);
+    if (!a) return NULL;
+    const npy_intp len = PyArray_DIM(a, 0);
+    if (off < 0 || (size_t)off > n || (size_t)len > n - (size_t)off) {
+        PyErr_Format(PyExc_ValueError, "write_flat: %zd values at offset %zd do not fit in %s (%zu)",
+                     (Py_ssize_t)len, off, role, n);
+        return NULL;
+    }
+    glae_ctx *ctx = &self->m.ctx;
+    int st = ctx->ops->copy(ctx, dst + off, PyArray_DATA(a), (size_t)len * sizeof(float),
+                            GLAE_COPY_H2D);
+    if (!st) st = ctx->ops->sync(ctx); /* the array may be released right after */
+    if (st) return glae_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_sgd_step(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"lr", "momentum", "dampening", "weight_decay", "nesterov",
+                             "first_step", "begin", "end", "wd_exclude", NULL};
+    double lr, momentum = 0.9, dampening = 0.0, wd = 5e-4;
+    int nesterov = 1, first_step = 0, wd_exclude = 0;
+    Py_ssize_t begin = 0, end = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "d|dddppnnp:sgd_step", kwlist, &lr, &momentum,
+                                     &dampening, &wd, &nesterov, &first_step, &begin, &end,
+                                     &wd_exclude))
+        return NULL;
+    if (!model_ready(self)) return NULL;
+    if (end < 0) end = (Py_ssize_t)self->m.p.n;
+    if (begin < 0) {
+        PyErr_Format(PyExc_ValueError, "sgd_step: begin must be >= 0, got %zd", begin);
+        return NULL;
+    }
+    int st;
+    self->busy = 1;
+    /* the same float conversions as _C.sgd_step, so both give the same bits on the CPU */
+    GLAE_NOGIL(st, glae_model_sgd_step(&self->m, (float)lr, (float)momentum, (float)dampening,
+                                       (float)wd, nesterov, first_step, (size_t)begin,
+                                       (size_t)end, wd_exclude));
+    self->busy = 0;
+    if (st) return glae_raise(st);
     Py_RETURN_NONE;
 }
 
@@ -493,6 +642,13 @@ static PyMethodDef Model_methods[] = {
     {"set", (PyCFunction)Model_set, METH_VARARGS,
      "set(name, value float32) -- value in torchvision's layout and shape"},
     {"zero_grad", (PyCFunction)Model_zero_grad, METH_NOARGS, "zero_grad(): grads[:] = 0"},
+    {"write_flat", (PyCFunction)(void (*)(void))Model_write_flat, METH_VARARGS | METH_KEYWORDS,
+     "write_flat(role 'params'|'grads'|'momentum'|'buffers', value (n,) f32, offset=0): "
+     "role[offset:offset+n] = value, on the model's device"},
+    {"sgd_step", (PyCFunction)(void (*)(void))Model_sgd_step, METH_VARARGS | METH_KEYWORDS,
+     "sgd_step(lr, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=True, "
+     "first_step=False, begin=0, end=-1 (all), wd_exclude=False): _C.sgd_step on the model's "
+     "own buffers and device; wd_exclude: no decay on BN weights/biases and biases"},
     {"copy_head_to_balanced", (PyCFunction)Model_copy_head, METH_NOARGS,
      "copy_head_to_balanced(): balanced head := vanilla head (stage 2 start)"},
     {"group_range", (PyCFunction)Model_group_range, METH_O,
@@ -516,6 +672,9 @@ static PyGetSetDef Model_getset[] = {
     {"buffers", (getter)Model_buffers, NULL, "BN running statistics (1-D view)", NULL},
     {"arena_bytes", (getter)Model_arena_bytes, NULL, "peak activation arena size in bytes", NULL},
     {"config", (getter)Model_config, NULL, "the constructor's arguments", NULL},
+    {"device", (getter)Model_device, NULL,
+     "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
+     "grads, momentum and buffers are read-only host copies)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -525,7 +684,8 @@ static PyTypeObject ModelType = {
     .tp_dealloc = (destructor)Model_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Model(backbone='resnet18', head='fr+pa', r=16, k=16, s=16, proj_depth=0, "
-              "proj_width=512, num_classes=101, lam=1.0, seed=0, input_size=224)",
+              "proj_width=512, num_classes=101, lam=1.0, seed=0, input_size=224, device='cpu', "
+              "math='fp32')",
     .tp_methods = Model_methods,
     .tp_getset = Model_getset,
     .tp_init = (initproc)Model_init,

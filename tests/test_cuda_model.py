@@ -1,0 +1,158 @@
+"""The whole model on the GPU against the same model on the CPU: one ResNet-18 and one
+ResNet-50 "fr+pa" training step from the same weights and batch (loss, every parameter
+gradient, BN running statistics), an SGD step through the device buffers, predict, and
+device-aware get/set. The CPU model is the definition of right. fp32 math: ~1e-4 relative
+on gradients (cuDNN's algorithms sum in other orders); TF32: ~2e-2. Skips without a GPU,
+except the checks of the error a CPU-only machine must give."""
+import numpy as np
+import pytest
+
+from glae import _C
+
+DEVICES = _C.cuda_devices() if _C.HAS_CUDA else []
+needs_gpu = pytest.mark.skipif(not DEVICES, reason="no CUDA device (or built without CUDA)")
+
+SIZE = 112  # fr+pa's projection depends on the input size; 112 keeps the CPU side quick
+
+
+@pytest.mark.skipif(bool(DEVICES), reason="a CUDA device is present")
+def test_cuda_model_without_device_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="CUDA"):
+        _C.Model("resnet18", "gap", input_size=64, device="cuda")
+
+
+def test_bad_device_string():
+    with pytest.raises(ValueError, match="device"):
+        _C.Model("resnet18", "gap", input_size=64, device="tpu")
+
+
+def test_cpu_model_sgd_step_and_write_flat_match_the_free_functions():
+    """The device-neutral API the trainer uses gives the CPU's bits exactly."""
+    kw = dict(backbone="resnet18", head="fr+pa", input_size=64, proj_depth=1, proj_width=16)
+    a, b = _C.Model(**kw), _C.Model(**kw)
+    assert a.device == "cpu"
+    g = np.random.default_rng(0).standard_normal(a.params.size).astype(np.float32)
+    a.write_flat("grads", g)
+    b.grads[:] = g
+    np.testing.assert_array_equal(a.grads, b.grads)
+    mask = np.zeros(a.params.size, np.uint8)
+    for name, shape, off, numel, is_buf, group, no_decay in a.param_table():
+        if not is_buf and no_decay:
+            mask[off:off + numel] = 1
+    for first, excl in ((True, True), (False, False)):
+        a.sgd_step(0.1, 0.9, 0.0, 1e-2, True, first, 0, a.params.size, excl)
+        _C.sgd_step(b.params, b.momentum, b.grads, 0.1, 0.9, 0.0, 1e-2, True, first, 0,
+                    b.params.size, mask if excl else None)
+        assert a.params.tobytes() == b.params.tobytes()
+        assert a.momentum.tobytes() == b.momentum.tobytes()
+    a.write_flat("momentum", np.zeros(3, np.float32), 7)
+    assert not a.momentum[7:10].any()
+    with pytest.raises(ValueError, match="do not fit"):
+        a.write_flat("momentum", np.zeros(3, np.float32), a.params.size - 2)
+    with pytest.raises(ValueError, match="role"):
+        a.write_flat("weights", np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="begin"):
+        a.sgd_step(0.1, 0.9, 0.0, 0.0, True, False, 5, 4)
+
+
+def pair(depth, math="fp32", **kw):
+    cfg = dict(backbone=f"resnet{depth}", head="fr+pa", input_size=SIZE, proj_width=64, seed=3)
+    cfg.update(kw)
+    cpu = _C.Model(**cfg)
+    gpu = _C.Model(**cfg, device="cuda", math=math)
+    return cpu, gpu
+
+
+def batch(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, SIZE, SIZE, 3)).astype(np.float32)
+    ages = rng.uniform(5, 80, n).astype(np.float32)
+    sigma = rng.uniform(1, 3, n).astype(np.float32)
+    return x, ages, sigma
+
+
+def report(name, a, b):
+    d = np.abs(a.astype(np.float64) - b)
+    scale = np.abs(b).max() + 1e-12
+    return d.max() / scale, f"{name}: max |diff| {d.max():.3g}, scale {scale:.3g}"
+
+
+def compare_grads(cpu, gpu, tol):
+    table = cpu.param_table()
+    g_cpu, g_gpu = cpu.grads, gpu.grads
+    worst = []
+    for name, shape, off, numel, is_buf, group, _ in table:
+        if is_buf:
+            continue
+        rel, msg = report(name, g_gpu[off:off + numel], g_cpu[off:off + numel])
+        worst.append((rel, msg))
+    worst.sort(reverse=True)
+    print("\n".join(m for _, m in worst[:10]))  # largest relative differences first
+    assert worst[0][0] < tol, worst[0][1]
+
+
+@needs_gpu
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("math,tol", [("fp32", 1e-3), ("tf32", 5e-2)])
+def test_train_step_matches_cpu(depth, math, tol):
+    cpu, gpu = pair(depth, math)
+    assert gpu.device.startswith("cuda")
+    np.testing.assert_array_equal(gpu.params, cpu.params)  # same init, uploaded
+    x, ages, sigma = batch()
+    for m in (cpu, gpu):
+        m.zero_grad()
+    lc = cpu.train_step(x, ages, sigma, stage=1, loss="base")
+    lg = gpu.train_step(x, ages, sigma, stage=1, loss="base")
+    for k in ("total", "local", "holistic"):
+        assert lg[k] == pytest.approx(lc[k], rel=tol / 10 if math == "fp32" else tol), k
+    compare_grads(cpu, gpu, tol)
+    rel, msg = report("buffers", gpu.buffers, cpu.buffers)
+    assert rel < tol, msg
+
+
+@needs_gpu
+def test_stage2_sgd_and_predict_match_cpu():
+    cpu, gpu = pair(18)
+    x, ages, sigma = batch(seed=1)
+    for m in (cpu, gpu):
+        m.zero_grad()
+        m.train_step(x, ages, sigma, stage=1)
+        b, e = 0, m.group_range("head")[1]
+        m.sgd_step(0.01, 0.9, 0.0, 5e-4, True, True, b, e, True)
+        m.copy_head_to_balanced()
+        m.zero_grad()
+        m.train_step(x, ages, sigma, stage=2, loss="lae_cls", mae=4.0)
+        b, e = m.group_range("balanced")
+        m.sgd_step(0.01, 0.9, 0.0, 5e-4, True, True, b, e, True)
+    for role in ("params", "momentum", "buffers"):
+        rel, msg = report(role, getattr(gpu, role), getattr(cpu, role))
+        assert rel < 1e-3, msg
+    for route in ("smaller", "vanilla", "balanced"):
+        ac, pc, hc, uc = cpu.predict(x, route=route, return_upsilon=True)
+        ag, pg, hg, ug = gpu.predict(x, route=route, return_upsilon=True)
+        np.testing.assert_allclose(ag, ac, rtol=1e-3, atol=1e-2)
+        np.testing.assert_allclose(pg, pc, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(ug, uc, rtol=1e-2, atol=1e-5)
+        if route != "smaller":  # a near tie of the Upsilons may flip the routed head
+            np.testing.assert_array_equal(hg, hc)
+    fc, fg = cpu.forward(x), gpu.forward(x)
+    for k in fc:
+        np.testing.assert_allclose(fg[k], fc[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+@needs_gpu
+def test_get_set_write_flat_on_device():
+    cpu, gpu = pair(18)
+    name = "layer1.0.conv1.weight"
+    w = np.random.default_rng(0).standard_normal(cpu.get(name).shape).astype(np.float32)
+    gpu.set(name, w)
+    np.testing.assert_array_equal(gpu.get(name), w)
+    mom = np.arange(gpu.params.size, dtype=np.float32)
+    gpu.write_flat("momentum", mom)
+    np.testing.assert_array_equal(gpu.momentum, mom)
+    gpu.write_flat("momentum", np.zeros(10, np.float32), 5)
+    assert not gpu.momentum[5:15].any() and gpu.momentum[15] == 15
+    with pytest.raises(ValueError):
+        gpu.params[0] = 1.0  # a device model hands out read-only copies
+    gpu.zero_grad()
+    assert not gpu.grads.any()

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 6 in one call on a lent GPU machine (docs/cuda.md, "First run
+# on a GPU machine"): build the extension there, then the parity tests, the whole-model
+# tests, the 200-step agreement and the training-step benchmark. Results go to $OUT
+# (at most 8 files come back from the device tool: this writes 7).
+#
+# That machine has no network: scipy-openblas32 travels as a wheel in .whl/ (ignored by
+# git), fetched here with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 -d .whl "scipy-openblas32>=0.3.27"
+# and the device call is
+#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
+#
+# Stages (GLAE_GPU_STAGES, default all): build info tests agree step. Each has its own
+# time limit so one stuck stage cannot eat the others' time; the whole run is sized for
+# about 9 minutes on an H100/H200 with 16 cores.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+STAGES=${GLAE_GPU_STAGES:-"build info tests agree step"}
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+t0=$(date +%s)
+stamp() { echo "== $(( $(date +%s) - t0 )) s: $*" | tee -a "$OUT/summary.txt"; }
+has() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
+
+stamp "start; $(nvidia-smi -L 2>&1 | head -1); $($PY --version 2>&1)"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/glae-site .whl/*.whl && export PYTHONPATH=/tmp/glae-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+if has build; then
+    # sm_90 only: half the compile time of the default arch list, and PTX is added anyway
+    GLAE_CUDA=1 GLAE_CUDA_ARCH=${GLAE_CUDA_ARCH:-90} timeout 300 \
+        $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+    rc=$?
+    stamp "build rc=$rc ($(grep -c -i 'warning' "$OUT/build.log") warning lines)"
+    [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
+fi
+
+if has info; then
+    $PY - <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
+from glae import _C
+print("build:", _C.BUILD_INFO)
+print("device status:", _C.cuda_device_status())
+print("devices:", _C.cuda_devices())
+EOF
+fi
+
+if has tests; then
+    timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider --timeout 120 \
+        tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
+        >"$OUT/tests.log" 2>&1
+    stamp "GPU tests rc=$? ($(tail -1 "$OUT/tests.log"))"
+fi
+
+if has agree; then
+    timeout 200 $PY bench/gpu_agreement.py --steps 200 --out "$OUT" >"$OUT/agreement.log" 2>&1
+    stamp "200-step agreement rc=$? ($(tail -1 "$OUT/agreement.log"))"
+fi
+
+if has step; then
+    timeout 240 $PY bench/gpu_step.py --steps 20 --warmup 5 >"$OUT/gpu_step.log" 2>&1
+    stamp "gpu_step rc=$?"
+    tail -40 "$OUT/gpu_step.log"
+fi
+stamp "done"

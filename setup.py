@@ -147,6 +147,8 @@ def extension():
             "cuda_home": home,
             "nvcc_version": build_cuda.nvcc_version(home),
             "cuda_arch": build_cuda.arch_summary(build_cuda.cuda_arch()),
+            # "GLAE_CUDA_ARCH" when the list was overridden (e.g. sm_90 only on an H100)
+            "cuda_arch_source": "GLAE_CUDA_ARCH" if os.environ.get("GLAE_CUDA_ARCH") else "default",
             "cudnn_include": cfg["cudnn_inc"],
             "cudnn_lib": cfg["cudnn_lib"],
             "cudnn_link": "-l" + cfg["cudnn_link"],

@@ -34,7 +34,9 @@ def test_build_info_says_what_was_built():
                     "cudnn_link", "cudnn_header_version"):
             assert info.get(key), f"BUILD_INFO[{key!r}] is empty: {info}"
         arch = info["cuda_arch"].split()
-        assert "sm_80" in arch and "sm_90" in arch and any(a.startswith("compute_") for a in arch), arch
+        assert any(a.startswith("compute_") for a in arch), arch  # PTX for newer GPUs
+        if info.get("cuda_arch_source") == "default":
+            assert "sm_80" in arch and "sm_90" in arch, arch
 
 
 def test_cuda_is_built_where_nvcc_and_cudnn_are_found():

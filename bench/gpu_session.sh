@@ -53,6 +53,7 @@ fi
 if has tests; then
     timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider --timeout 120 \
         tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
+        tests/test_torch_reference.py \
         >"$OUT/tests.log" 2>&1
     stamp "GPU tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 fi

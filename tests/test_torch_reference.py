@@ -105,3 +105,111 @@ def test_eval_distribution_matches_torchvision(pair):
     with torch.no_grad():
         ref = F.softmax(net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).double()), dim=1).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-5)
+
+
+# -- the GLAE head ("fr+pa") against an independent PyTorch module ------------------------
+class FRPATorch(torch.nn.Module):
+    """GLAE III-B/C written with torch.nn: torchvision's ResNet-18 trunk, PixelShuffle(r)
+    + Conv2d(C/r^2 -> K, k, stride s) (Feature Rearrangement), the local branch on the FR
+    map, and the holistic branch: flatten (NCHW) -> proj (Linear [+ BN1d, ReLU, Linear]
+    per depth) -> cls. Attribute names give glae's parameter names."""
+
+    def __init__(self, r, k, s, K, hw, width, depth):
+        super().__init__()
+        net = torchvision.models.resnet18()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+        self.shuffle = torch.nn.PixelShuffle(r)
+        self.fr = torch.nn.Conv2d(512 // (r * r), K, k, stride=s)
+        layers = [torch.nn.Linear(K * hw, width)]
+        for _ in range(depth):
+            layers += [torch.nn.BatchNorm1d(width), torch.nn.ReLU(), torch.nn.Linear(width, width)]
+        self.proj = torch.nn.Sequential(*layers)
+        self.cls = torch.nn.Linear(width, K)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        f = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        fmap = self.fr(self.shuffle(f))                      # (N, K, H', W')
+        return fmap, self.cls(self.proj(fmap.flatten(1)))   # local map, holistic logits
+
+
+def frpa_losses_torch(fmap, logits, ages):
+    """GLAE eq. 6-10: the local loss averaged over the H'W' positions and the batch, the
+    holistic loss over the batch, and their sum."""
+    n, K, h, w = fmap.shape
+    local = fmap.permute(0, 2, 3, 1).reshape(n * h * w, K)
+    l_loc = ldl_loss_torch(local, ages.repeat_interleave(h * w))
+    l_hol = ldl_loss_torch(logits, ages)
+    return l_loc + l_hol, l_loc, l_hol
+
+
+@pytest.fixture(scope="module")
+def frpa_pair():
+    torch.manual_seed(0)
+    cfg = dict(r=4, k=4, s=4, proj_depth=1, proj_width=32)
+    m = _C.Model("resnet18", "fr+pa", input_size=64, seed=5, **cfg)
+    net = FRPATorch(4, 4, 4, 101, 2 * 2, 32, 1)
+    sd = {k: torch.from_numpy(m.get(k).copy()) for k, *_ in m.param_table()
+          if not k.startswith("balanced.")}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    return m, net.double(), copy.deepcopy(net).float()
+
+
+def test_frpa_training_step_matches_torch(frpa_pair):
+    m, net, net32 = frpa_pair
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 64, 64, 3)).astype(np.float32)
+    ages = np.array([6.0, 31.0, 52.5, 77.0], np.float32)
+    m.zero_grad()
+    ours = m.train_step(x, ages, None, stage=1, loss="base")
+
+    def grads(model, dtype):
+        model.train()
+        model.zero_grad()
+        fmap, logits = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dtype))
+        total, l_loc, l_hol = frpa_losses_torch(fmap, logits, torch.from_numpy(ages).double())
+        total.backward()
+        return ([v.item() for v in (total, l_loc, l_hol)],
+                {k: p.grad.double().numpy() for k, p in model.named_parameters()})
+
+    losses, ref64 = grads(net, torch.float64)
+    _, ref32 = grads(net32, torch.float32)
+    assert ours["total"] == pytest.approx(losses[0], rel=1e-5)
+    assert ours["local"] == pytest.approx(losses[1], rel=1e-5)
+    assert ours["holistic"] == pytest.approx(losses[2], rel=1e-5)
+    buffers = dict(net.named_buffers())
+    worst = {}
+    for name, shape, offset, numel, is_buffer, group, _ in m.param_table():
+        if name.startswith("balanced."):
+            continue
+        if is_buffer:  # running statistics after one training-mode forward (BN2d and BN1d)
+            got = m.buffers[offset:offset + numel].reshape(shape)
+            np.testing.assert_allclose(got, buffers[name].numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+            continue
+        ref = ref64[name]
+        got = internal_to_torch(m.grads[offset:offset + numel], shape)
+        if name == "proj.0.bias":
+            # followed by training-mode BN1d: its exact gradient is 0, float32 gives noise
+            assert np.abs(ref).max() < 1e-12 and np.abs(got).max() < 1e-5, np.abs(got).max()
+            continue
+        scale = max(np.linalg.norm(ref), 1e-12)
+        worst[name] = (np.linalg.norm(got - ref) / scale, np.linalg.norm(ref32[name] - ref) / scale)
+    bad = {k: v for k, v in worst.items() if v[0] > max(2 * v[1], 1e-5)}
+    assert not bad, f"gradients further from float64 than torch float32 is: {bad}"
+    # the trunk's 60 tensors + fr (2) + proj.0, proj.1, proj.3 (6, less proj.0.bias) + cls (2)
+    assert len(worst) == 69
+    print("fr+pa worst relative L2 error, ours vs torch float32:",
+          max(v[0] for v in worst.values()), max(v[1] for v in worst.values()))
+
+
+def test_frpa_eval_distribution_matches_torch(frpa_pair):
+    m, net, _ = frpa_pair
+    x = np.random.default_rng(3).standard_normal((3, 64, 64, 3)).astype(np.float32)
+    ours = m.forward(x)["vanilla"]
+    net.eval()
+    with torch.no_grad():
+        _, logits = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).double())
+    np.testing.assert_allclose(ours, F.softmax(logits, dim=1).numpy(), rtol=1e-3, atol=1e-5)

@@ -340,6 +340,15 @@ def test_model_save_load_and_predict_inputs(data, reference_run, tmp_path):
         m.predict(np.zeros((2, SIZE, SIZE), np.uint8))
     with pytest.raises(ValueError):
         m.predict(batch.astype(np.float32))
+    # bad input at the API surface: a clear exception naming the problem
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        m.predict(str(tmp_path / "nowhere.png"))
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.jpg"):
+        m.predict(str(notes))
+    with pytest.raises(ValueError, match="backbone"):
+        Model(backbone="resnet34")
 
 
 def test_dataset_sigmas_nan_means_none():

@@ -62,6 +62,37 @@ def torch_grads(net, x, ages, dtype):
     return loss.item(), {k: p.grad.double().numpy() for k, p in net.named_parameters()}
 
 
+def compare_with_torch(m, net, ref64, ref32, zero_grad=()):
+    """Our running statistics against net's buffers, and every trainable tensor's gradient
+    against torch float64 (ref64): ours must be at least as close as torch float32 (ref32).
+    zero_grad: tensors whose exact gradient is 0 (checked to be noise-sized instead).
+    Returns {name: (our relative L2 error, torch float32's)}."""
+    worst = {}
+    buffers = dict(net.named_buffers())
+    for name, shape, offset, numel, is_buffer, group, _ in m.param_table():
+        if name.startswith("balanced."):
+            continue
+        if is_buffer:  # running statistics after one training-mode forward
+            got = m.buffers[offset:offset + numel].reshape(shape)
+            np.testing.assert_allclose(got, buffers[name].numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+            continue
+        ref = ref64[name]
+        got = internal_to_torch(m.grads[offset:offset + numel], shape)
+        if name in zero_grad:
+            assert np.abs(ref).max() < 1e-12 and np.abs(got).max() < 1e-5, (name, np.abs(got).max())
+            continue
+        # relative L2 error per tensor: a handful of elements whose ReLU / max-pool choice
+        # flips between float32 and float64 forwards would dominate a max-abs measure
+        scale = max(np.linalg.norm(ref), 1e-12)
+        worst[name] = (np.linalg.norm(got - ref) / scale, np.linalg.norm(ref32[name] - ref) / scale)
+    bad = {k: v for k, v in worst.items() if v[0] > max(2 * v[1], 1e-5)}
+    assert not bad, f"gradients further from float64 than torch float32 is: {bad}"
+    print("worst relative L2 error, ours vs torch float32:",
+          max(v[0] for v in worst.values()), max(v[1] for v in worst.values()))
+    return worst
+
+
 def test_training_step_matches_torchvision(pair):
     m, net, net32 = pair
     rng = np.random.default_rng(0)
@@ -72,29 +103,8 @@ def test_training_step_matches_torchvision(pair):
     loss, ref64 = torch_grads(net, x, ages, torch.float64)
     _, ref32 = torch_grads(net32, x, ages, torch.float32)
     assert ours["total"] == pytest.approx(loss, rel=1e-5)
-    worst = {}
-    buffers = dict(net.named_buffers())
-    for name, shape, offset, numel, is_buffer, group, _ in m.param_table():
-        if name.startswith("balanced."):
-            continue
-        if is_buffer:  # running statistics after one training-mode forward
-            ref = buffers[name].numpy()
-            got = m.buffers[offset:offset + numel].reshape(shape)
-            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=name)
-            continue
-        ref = ref64[name]
-        got = internal_to_torch(m.grads[offset:offset + numel], shape)
-        # relative L2 error per tensor: a handful of elements whose ReLU / max-pool choice
-        # flips between float32 and float64 forwards would dominate a max-abs measure
-        scale = max(np.linalg.norm(ref), 1e-12)
-        ours_err = np.linalg.norm(got - ref) / scale
-        torch_err = np.linalg.norm(ref32[name] - ref) / scale
-        worst[name] = (ours_err, torch_err)
-    bad = {k: v for k, v in worst.items() if v[0] > max(2 * v[1], 1e-5)}
-    assert not bad, f"gradients further from float64 than torch float32 is: {bad}"
+    worst = compare_with_torch(m, net, ref64, ref32)
     assert len(worst) == 62  # every trainable tensor of ResNet-18 + fc was compared
-    print("worst relative L2 error, ours vs torch float32:",
-          max(v[0] for v in worst.values()), max(v[1] for v in worst.values()))
 
 
 def test_eval_distribution_matches_torchvision(pair):
@@ -179,30 +189,10 @@ def test_frpa_training_step_matches_torch(frpa_pair):
     assert ours["total"] == pytest.approx(losses[0], rel=1e-5)
     assert ours["local"] == pytest.approx(losses[1], rel=1e-5)
     assert ours["holistic"] == pytest.approx(losses[2], rel=1e-5)
-    buffers = dict(net.named_buffers())
-    worst = {}
-    for name, shape, offset, numel, is_buffer, group, _ in m.param_table():
-        if name.startswith("balanced."):
-            continue
-        if is_buffer:  # running statistics after one training-mode forward (BN2d and BN1d)
-            got = m.buffers[offset:offset + numel].reshape(shape)
-            np.testing.assert_allclose(got, buffers[name].numpy(), rtol=1e-4, atol=1e-5,
-                                       err_msg=name)
-            continue
-        ref = ref64[name]
-        got = internal_to_torch(m.grads[offset:offset + numel], shape)
-        if name == "proj.0.bias":
-            # followed by training-mode BN1d: its exact gradient is 0, float32 gives noise
-            assert np.abs(ref).max() < 1e-12 and np.abs(got).max() < 1e-5, np.abs(got).max()
-            continue
-        scale = max(np.linalg.norm(ref), 1e-12)
-        worst[name] = (np.linalg.norm(got - ref) / scale, np.linalg.norm(ref32[name] - ref) / scale)
-    bad = {k: v for k, v in worst.items() if v[0] > max(2 * v[1], 1e-5)}
-    assert not bad, f"gradients further from float64 than torch float32 is: {bad}"
+    # proj.0.bias feeds a training-mode BN1d: its exact gradient is 0, float32 gives noise
+    worst = compare_with_torch(m, net, ref64, ref32, zero_grad=("proj.0.bias",))
     # the trunk's 60 tensors + fr (2) + proj.0, proj.1, proj.3 (6, less proj.0.bias) + cls (2)
     assert len(worst) == 69
-    print("fr+pa worst relative L2 error, ours vs torch float32:",
-          max(v[0] for v in worst.values()), max(v[1] for v in worst.values()))
 
 
 def test_frpa_eval_distribution_matches_torch(frpa_pair):

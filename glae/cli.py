@@ -117,36 +117,15 @@ def _head_details(name, r):
 def _evaluate(model, data, train_ages=None, batch_size=64):
     """Predictions of both heads and the routed answer on `data` (a glae.train.Dataset),
     and their metric reports, in one pass over the images. The model is evaluated
-    directly: no Trainer, so no training-set checks; the images go through the same
-    deterministic resize and normalisation as the Trainer's evaluation. train_ages (the
-    training set's ages, or None): the histogram that MAE by shot needs."""
-    from . import metrics as M
-    from ._lib import _C
-    from .model import eval_augment
+    directly: no Trainer, so no training-set checks. train_ages (the training set's ages,
+    or None): the histogram that MAE by shot needs."""
+    from .train import predict_dataset, report_dataset
 
     if len(data) == 0:
         raise ValueError("the evaluation set is empty")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    cfg = model.config
-    aug = eval_augment(cfg)
-    parts = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
-    for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)), dtype=np.int64)
-        x = _C.augment_batch(data.images, idx, cfg.image_size, cfg.seed, 0, **aug)
-        r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test)
-        for key, src in (("vanilla", "vanilla_age"), ("balanced", "balanced_age"),
-                         ("routed", "age"), ("choice", "head")):
-            parts[key].append(r[src])
-    pred = {k: np.concatenate(v) for k, v in parts.items()}
-    # epsilon-error only where every image has its sigma (as the Trainer reports it)
-    sigma = data.sigmas if data.sigmas is not None and not np.isnan(data.sigmas).any() else None
-    kw = {"sigma": sigma, "train_ages": train_ages}
-    rep = {"vanilla": M.report(data.ages, pred["vanilla"], **kw)}
-    if model.stage2_trained:  # an untrained balanced head would only add noise
-        rep["balanced"] = M.report(data.ages, pred["balanced"], **kw)
-        rep["routed"] = M.report(data.ages, pred["routed"], choice=pred["choice"], **kw)
-    return pred, rep
+    pred = predict_dataset(model, data, batch_size)
+    # an untrained balanced head would only add noise
+    return pred, report_dataset(data, pred, model.stage2_trained, train_ages)
 
 
 def cmd_demo(args):

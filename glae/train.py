@@ -91,6 +91,43 @@ def as_dataset(data):
                     "or an (images, ages[, sigmas]) tuple")
 
 
+def predict_dataset(model, dataset, batch_size=64):
+    """The vanilla, balanced and routed ages and the routing choice for every image of a
+    Dataset: the deterministic evaluation resize and normalisation (no augmentation), the
+    model's route and flip_test. Shared by the Trainer's evaluation and `glae eval`."""
+    from .model import eval_augment
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    cfg = model.config
+    aug = eval_augment(cfg)
+    outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
+    for start in range(0, len(dataset), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
+        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, **aug)
+        r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test)
+        outs["vanilla"].append(r["vanilla_age"])
+        outs["balanced"].append(r["balanced_age"])
+        outs["routed"].append(r["age"])
+        outs["choice"].append(r["head"])
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def report_dataset(dataset, pred, both_heads, train_ages=None):
+    """glae.metrics.report of predict_dataset's answers: the vanilla head, and with
+    both_heads (after stage 2) the balanced head and the routed answer. train_ages: the
+    histogram MAE by shot needs (None: left out)."""
+    # epsilon-error only where every image has its sigma (Chalearn)
+    sigma = dataset.sigmas if dataset.sigmas is not None and \
+        not np.isnan(dataset.sigmas).any() else None
+    kw = {"sigma": sigma, "train_ages": train_ages}
+    rep = {"vanilla": M.report(dataset.ages, pred["vanilla"], **kw)}
+    if both_heads:
+        rep["balanced"] = M.report(dataset.ages, pred["balanced"], **kw)
+        rep["routed"] = M.report(dataset.ages, pred["routed"], choice=pred["choice"], **kw)
+    return rep
+
+
 def _progress(iterable, total, desc, enabled):
     if not enabled:
         return iterable
@@ -276,36 +313,15 @@ class Trainer:
     def predict(self, dataset, batch_size=None):
         """Distributions of both heads for every image (with and without flip averaging
         handled by the model), and the routed answer."""
-        bs = batch_size or min(self.cfg.batch_size, 64)
-        outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
-        for start in range(0, len(dataset), bs):
-            idx = np.arange(start, min(start + bs, len(dataset)), dtype=np.int64)
-            x = self.augment(dataset, idx, 0, train=False)
-            r = self.model.evaluate_batch(x, route=self.cfg.route, flip=self.cfg.flip_test)
-            outs["vanilla"].append(r["vanilla_age"])
-            outs["balanced"].append(r["balanced_age"])
-            outs["routed"].append(r["age"])
-            outs["choice"].append(r["head"])
-        return {k: np.concatenate(v) for k, v in outs.items()}
+        return predict_dataset(self.model, dataset, batch_size or min(self.cfg.batch_size, 64))
 
     def evaluate(self, dataset=None, stage=None):
         dataset = self.val if dataset is None else dataset
         if dataset is None or len(dataset) == 0:
             return None
         stage = stage or self.state["stage"]
-        p = self.predict(dataset)
-        y = dataset.ages
-        # epsilon-error only where every image has its sigma (Chalearn)
-        sigma = dataset.sigmas if dataset.sigmas is not None and \
-            not np.isnan(dataset.sigmas).any() else None
-        rep = {"vanilla": M.report(y, p["vanilla"], sigma=sigma,
-                                   train_ages=self.train.ages)}
-        if stage == 2:
-            rep["balanced"] = M.report(y, p["balanced"], sigma=sigma,
-                                       train_ages=self.train.ages)
-            rep["routed"] = M.report(y, p["routed"], sigma=sigma,
-                                     train_ages=self.train.ages, choice=p["choice"])
-        return rep
+        return report_dataset(dataset, self.predict(dataset), both_heads=stage == 2,
+                              train_ages=self.train.ages)
 
     # -- the run ---------------------------------------------------------------------
     def fit(self, max_steps: int | None = None):

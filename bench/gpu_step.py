@@ -15,8 +15,21 @@ the map flattened in NCHW order -> Linear(101*49 -> 512) -> Linear(512 -> 101), 
 lambda*L1 (eq. 8-9); loss = L_loc + L_hol (eq. 10); SGD momentum 0.9 Nesterov, wd 5e-4.
 
 glae: the whole-model GPU step runs with float32 activations (fp32 and tf32 rows, the
-batch copied from pageable memory each step); the bf16 and loader rows print "not
-available in this build" until bf16 activations exist (docs/cuda.md).
+batch copied from pageable memory each step); the bf16 row prints "not available in this
+build" until bf16 activations exist (docs/cuda.md).
+
+glae with its own data pipeline: synthetic faces at the benchmark size (2x the batch by
+default, --pack-n) are written once with write_packed to a temporary folder and opened as a
+memory-mapped PackedDataset; the C Loader (as glae.train builds it: crop 0.8-1 + flip 0.5
++ colour jitter 0.4/0.4/0.4/0.1 + GLAE normalisation, RandAugment only with --randaugment,
+--loader-threads workers, default all cores) then gives two rows per backbone:
+"glae loader alone" (images/s the Loader delivers with nothing consuming them, timed from
+its construction over whole waves of batches, one batch per worker) and "glae <math> +
+loader" (Loader batch -> device model train_step + SGD step, --steps steps, timed from the
+Loader's construction so its start is included), with a line saying whether data loading
+is the bottleneck (loader rate against the compute-only rate of the same math).
+
+    python bench/gpu_step.py --dry-run-cpu        # no GPU: glae rows only, CPU model, tiny size
 """
 import argparse
 import os
@@ -45,31 +58,116 @@ def glae_status():
     return _C, None
 
 
-def bench_glae(_C, arch, batch, size, steps, warmup, math):
+def glae_model(_C, arch, size, math, device="cuda"):
+    return _C.Model(f"resnet{arch}", "fr+pa", input_size=size, device=device, math=math)
+
+
+def glae_step(m, x, y, sigma, first):
+    """One stage-1 step as glae.train's Trainer does it: zero_grad, train_step (returns
+    after the loss copy: the step has finished), SGD over backbone + head."""
+    m.zero_grad()
+    m.train_step(x, y, sigma, stage=1)
+    m.sgd_step(0.1, 0.9, 0.0, 5e-4, True, first, 0, m.group_range("head")[1])
+
+
+def glae_mem(m):
+    n = m.group_range("balanced")[1]  # the balanced head is registered last: n floats
+    return m.arena_bytes + 3 * 4 * n  # arena + params/grads/momentum
+
+
+def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda"):
     """glae's whole-model step on the GPU (float32 activations; math fp32 or tf32): the
     batch is copied from pageable host memory each step, as train_step does today."""
     import numpy as np
 
-    m = _C.Model(f"resnet{arch}", "fr+pa", input_size=size, device="cuda", math=math)
+    m = glae_model(_C, arch, size, math, device)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     y = rng.uniform(0, 100, batch).astype(np.float32)
-    head_end = m.group_range("head")[1]
-
-    def step(first):
-        m.zero_grad()
-        m.train_step(x, y, stage=1)  # returns after the loss copy: the step has finished
-        m.sgd_step(0.1, 0.9, 0.0, 5e-4, True, first, 0, head_end)
 
     for i in range(warmup):
-        step(i == 0)
+        glae_step(m, x, y, None, i == 0)
     t = time.perf_counter()
     for _ in range(steps):
-        step(False)
+        glae_step(m, x, y, None, False)
     m.get("conv1.weight")  # waits for the last SGD step
     dt = time.perf_counter() - t
-    n = m.group_range("balanced")[1]  # the balanced head is registered last: n floats
-    return {"ips": batch * steps / dt, "mem": m.arena_bytes + 3 * 4 * n, "step_s": dt / steps}
+    return {"ips": batch * steps / dt, "mem": glae_mem(m), "step_s": dt / steps}
+
+
+# ---- glae fed by its own loader from a packed file ----------------------------------------
+
+def train_augment(randaugment=False):
+    """The papers' training augmentations in the Loader's vocabulary, as Trainer.augment_config
+    (glae/train.py) builds them from the default Config: random resized crop (scale 0.8-1),
+    flip 0.5, colour jitter, GLAE normalisation (x - 127.5) / 128; RandAugment N=2 M=9 only
+    when asked (the Config default has it on; here it is off unless --randaugment)."""
+    return {"crop": True, "flip": 0.5, "jitter": True, "randaugment": bool(randaugment),
+            "norm": "glae"}
+
+
+def write_faces(folder, n, size):
+    """n synthetic faces at size x size written as a packed file, opened memory-mapped."""
+    from glae.data import PackedDataset, synthetic_faces, write_packed
+
+    images, ages = synthetic_faces(n, size, seed=0)
+    ds = PackedDataset(write_packed(os.path.join(folder, "faces.glae"), images, ages))
+    return ds
+
+
+def glae_loader(_C, ds, batch, size, batches, threads, aug, epoch):
+    """A Loader over `batches` batches: passes over the packed file in fresh permutations
+    (a repeated index gets a fresh augmentation), as glae.train's loader() builds it."""
+    import numpy as np
+
+    n = len(ds)
+    reps = -(-batches * batch // n)
+    rng = np.random.default_rng([epoch, 7])
+    order = np.concatenate([rng.permutation(n) for _ in range(reps)])[:batches * batch]
+    sigmas = np.full(n, 1.0, np.float32)  # Config.sigma where the data has none
+    return _C.Loader(ds.images, ds.ages, sigmas, np.ascontiguousarray(order, np.int64), batch,
+                     size, seed=1, epoch=epoch, threads=threads, drop_last=True, **aug)
+
+
+def bench_loader(_C, ds, batch, size, steps, threads, aug):
+    """images/s the Loader delivers with nothing consuming them (each next() still copies
+    the batch out of the ring, as in training). Each worker augments a whole batch, so the
+    batches come in waves of `threads`: the run is whole waves, at least 2 and >= steps."""
+    waves = max(2, -(-steps // threads))
+    nb = waves * threads
+    t = time.perf_counter()
+    L = glae_loader(_C, ds, batch, size, nb, threads, aug, epoch=100)
+    done = 0
+    for x, _, _ in L:
+        done += len(x)
+    dt = time.perf_counter() - t
+    L.close()
+    return {"ips": done / dt, "batches": nb}
+
+
+def bench_glae_e2e(_C, ds, arch, batch, size, steps, warmup, math, threads, aug, device="cuda"):
+    """Loader batch -> model train_step + SGD step. The model is warmed up on `warmup`
+    loader batches of another epoch; the timed run starts with the construction of a fresh
+    Loader (its first batch, one worker's whole batch, is part of the time) and ends when
+    the last SGD step has finished."""
+    m = glae_model(_C, arch, size, math, device)
+    if warmup:
+        L = glae_loader(_C, ds, batch, size, warmup, threads, aug, epoch=0)
+        for i, (x, y, s) in enumerate(L):
+            glae_step(m, x, y, s, i == 0)
+        L.close()
+    t = time.perf_counter()
+    L = glae_loader(_C, ds, batch, size, steps, threads, aug, epoch=1)
+    done, first = 0, None
+    for x, y, s in L:
+        if first is None:
+            first = time.perf_counter() - t
+        glae_step(m, x, y, s, done == 0 and not warmup)
+        done += 1
+    m.get("conv1.weight")  # waits for the last SGD step
+    dt = time.perf_counter() - t
+    L.close()
+    return {"ips": batch * done / dt, "mem": glae_mem(m), "first_s": first}
 
 
 # ---- the PyTorch reference model ---------------------------------------------------------
@@ -263,17 +361,141 @@ def fmt_mem(b):
     return f"{b / 2**30:.2f} GiB"
 
 
+HDR = f"{'model':<10}{'variant':<26}{'images/s':>10}{'peak mem':>12}{'x eager':>9}{'of matmul':>11}"
+
+
+def glae_setup(_C, a):
+    """The packed file and the loader-alone rate, shared by every backbone; None when the
+    loader rows are off. A failure is reported as a row later, not raised."""
+    if a.no_loader:
+        return None
+    import tempfile
+
+    t = time.perf_counter()
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="glae-gpu-step-")
+        ds = write_faces(tmp.name, a.pack_n, a.size)
+        aug = train_augment(a.randaugment)
+        wrote = time.perf_counter() - t
+        lr = bench_loader(_C, ds, a.batch, a.size, a.steps, a.loader_threads, aug)
+    except Exception as e:  # noqa: BLE001 - report and go on with the table
+        return {"error": f"{type(e).__name__}: {e}"}
+    mb = os.path.getsize(ds.path) / 2**20
+    print(f"glae loader: {len(ds)} synthetic faces {a.size}x{a.size} packed ({mb:.0f} MiB, "
+          f"{wrote:.1f} s to write), memory-mapped; crop+flip+jitter"
+          f"{'+RandAugment' if a.randaugment else ''}+norm, {a.loader_threads} threads")
+    return {"tmp": tmp, "ds": ds, "aug": aug, "loader": lr}
+
+
+def glae_rows(_C, why, a, name, arch, device, maths, eager_ips, setup):
+    """The glae rows of one backbone: compute-only step per math, then (setup given) the
+    loader alone, the loader-fed step and the bottleneck verdict."""
+    def ratio(ips):
+        return f"{ips / eager_ips:>9.2f}" if eager_ips else f"{'':>9}"
+
+    compute = {}
+    for math in maths:
+        label = f"glae {math} step"
+        if why:
+            print(f"{name:<10}{label:<26}{'not available in this build':>30}  ({why})")
+            continue
+        try:
+            g = bench_glae(_C, arch, a.batch, a.size, a.steps, a.warmup, math, device)
+        except Exception as e:  # noqa: BLE001 - report and go on with the table
+            print(f"{name:<10}{label:<26}failed: {type(e).__name__}: {e}")
+            continue
+        compute[math] = g["ips"]
+        print(f"{name:<10}{label:<26}{g['ips']:>10.0f}{fmt_mem(g['mem']):>12}"
+              f"{ratio(g['ips'])}   (arena + params/grads/momentum)")
+    if device == "cuda":
+        print(f"{name:<10}{'glae bf16 step':<26}{'not available in this build':>30}  "
+              f"({why or 'bf16 activations beyond conv are not written'})")
+    if setup is None:
+        return
+    math = a.e2e_math
+    label = f"glae {math} + loader"
+    if why or "error" in setup:
+        reason = why or setup["error"]
+        for lab in ("glae loader alone", label):
+            print(f"{name:<10}{lab:<26}{'not available':>30}  ({reason})")
+        return
+    lr = setup["loader"]["ips"]
+    print(f"{name:<10}{'glae loader alone':<26}{lr:>10.0f}{'':>12}{'':>9}{'':>11}  "
+          f"({a.loader_threads} threads, {setup['loader']['batches']} batches)")
+    try:
+        e = bench_glae_e2e(_C, setup["ds"], arch, a.batch, a.size, a.steps, a.warmup, math,
+                           a.loader_threads, setup["aug"], device)
+    except Exception as ex:  # noqa: BLE001 - report and go on with the table
+        print(f"{name:<10}{label:<26}failed: {type(ex).__name__}: {ex}")
+        return
+    c = compute.get(math)
+    of_c = f", {e['ips'] / c:.0%} of compute-only" if c else ""
+    print(f"{name:<10}{label:<26}{e['ips']:>10.0f}{fmt_mem(e['mem']):>12}{ratio(e['ips'])}"
+          f"{'':>11}  (first batch after {e['first_s'] * 1e3:.0f} ms, counted{of_c})")
+    if c:
+        verdict = "IS the bottleneck" if lr < c else "is not the bottleneck"
+        print(f"{name:<10}-> data loading {verdict}: loader {lr:.0f} img/s vs glae {math} "
+              f"compute {c:.0f} img/s ({lr / c:.2f}x)")
+    else:
+        print(f"{name:<10}-> no glae {math} compute-only rate to compare the loader with")
+
+
+def dry_run_cpu(a):
+    """No GPU, no PyTorch: the glae rows with a CPU model at a tiny size."""
+    glae_C, why = glae_status()
+    if glae_C is None:
+        print(f"glae: {why}")
+        return 1
+    if getattr(glae_C, "Model", None) is None:
+        print("glae: no Model in this build")
+        return 1
+    print(f"dry run on the CPU: batch {a.batch}  {a.size}x{a.size}  fp32  steps {a.steps} "
+          f"(+{a.warmup} warm-up); no PyTorch rows")
+    setup = glae_setup(glae_C, a)
+    print(HDR)
+    print("-" * len(HDR))
+    for arch in a.arch:
+        glae_rows(glae_C, None, a, f"R{arch} fr+pa", arch, "cpu", ("fp32",), None, setup)
+    if setup and "tmp" in setup:
+        setup["tmp"].cleanup()
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", type=int, nargs="+", default=[18, 50], choices=[18, 50])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--arch", type=int, nargs="+", default=None, choices=[18, 50],
+                    help="backbones (default 18 50; 18 with --dry-run-cpu)")
+    ap.add_argument("--batch", type=int, default=None, help="default 256 (4 with --dry-run-cpu)")
+    ap.add_argument("--size", type=int, default=None, help="default 224 (64 with --dry-run-cpu)")
+    ap.add_argument("--steps", type=int, default=None, help="default 20 (2 with --dry-run-cpu)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 5 (1 with --dry-run-cpu)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--workers", type=int, default=8, help="loader workers for the end-to-end run")
-    ap.add_argument("--no-loader", action="store_true", help="skip the end-to-end run")
+    ap.add_argument("--no-loader", action="store_true",
+                    help="skip the end-to-end runs (PyTorch and glae loader rows)")
+    ap.add_argument("--loader-threads", type=int, default=None,
+                    help="glae Loader threads (default: all cores, os.cpu_count())")
+    ap.add_argument("--randaugment", action="store_true",
+                    help="glae Loader with RandAugment N=2 M=9 too (off by default)")
+    ap.add_argument("--pack-n", type=int, default=None,
+                    help="synthetic faces in the packed file (default 2x the batch)")
+    ap.add_argument("--e2e-math", choices=["fp32", "tf32"], default=None,
+                    help="math of the loader-fed glae step (default tf32; fp32 on the CPU)")
+    ap.add_argument("--dry-run-cpu", action="store_true",
+                    help="no GPU needed: glae compute, loader and loader-fed rows with a CPU "
+                         "model at a tiny size, to check the code path")
     a = ap.parse_args()
+    dry = a.dry_run_cpu
+    for k, gpu, cpu in (("arch", [18, 50], [18]), ("batch", 256, 4), ("size", 224, 64),
+                        ("steps", 20, 2), ("warmup", 5, 1), ("e2e_math", "tf32", "fp32")):
+        if getattr(a, k) is None:
+            setattr(a, k, cpu if dry else gpu)
+    if a.loader_threads is None:
+        a.loader_threads = min(os.cpu_count() or 1, 256)
+    if a.pack_n is None:
+        a.pack_n = 2 * a.batch
+    if dry:
+        return dry_run_cpu(a)
 
     glae_C, why = glae_status()
     try:
@@ -281,18 +503,22 @@ def main():
     except ImportError:
         print("PyTorch is not installed: nothing to compare with")
         print(f"glae: {why}")
+        print("(--dry-run-cpu runs the glae rows on the CPU at a tiny size)")
         return 1
     if not torch.cuda.is_available():
         print("no CUDA device visible to PyTorch")
+        print("(--dry-run-cpu runs the glae rows on the CPU at a tiny size)")
         return 1
     torch.backends.cudnn.benchmark = True
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"batch {a.batch}  {a.size}x{a.size}  bf16  steps {a.steps} (+{a.warmup} warm-up)")
     rate = matmul_rate(torch)
     print(f"measured bf16 matmul rate: {rate / 1e12:.1f} TFLOP/s (8192^3)")
-    hdr = f"{'model':<10}{'variant':<26}{'images/s':>10}{'peak mem':>12}{'x eager':>9}{'of matmul':>11}"
-    print(hdr)
-    print("-" * len(hdr))
+    # the packed file and the loader-alone rate once, before the table (shared by both
+    # backbones); with glae unusable the loader rows say why
+    setup = glae_setup(glae_C, a) if not why else (None if a.no_loader else {"error": why})
+    print(HDR)
+    print("-" * len(HDR))
     for arch in a.arch:
         name = f"R{arch} fr+pa"
         eager = bench_torch(torch, arch, a.batch, a.size, a.steps, a.warmup, False,
@@ -313,21 +539,9 @@ def main():
                   f"{'':>12}{eager['e2e_ips'] / eager['ips']:>9.2f}")
         if eager["flops"]:
             print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{eager['flops'] / 1e9:>10.0f}")
-        for math in ("fp32", "tf32"):
-            label = f"glae {math} step"
-            if why:
-                print(f"{name:<10}{label:<26}{'not available in this build':>30}  ({why})")
-                continue
-            try:
-                g = bench_glae(glae_C, arch, a.batch, a.size, a.steps, a.warmup, math)
-            except Exception as e:  # noqa: BLE001 - report and go on with the table
-                print(f"{name:<10}{label:<26}failed: {type(e).__name__}: {e}")
-                continue
-            print(f"{name:<10}{label:<26}{g['ips']:>10.0f}{fmt_mem(g['mem']):>12}"
-                  f"{g['ips'] / eager['ips']:>9.2f}   (arena + params/grads/momentum)")
-        for label in ("glae bf16 step", "glae + loader"):
-            print(f"{name:<10}{label:<26}{'not available in this build':>30}  "
-                  f"({why or 'bf16 activations beyond conv are not written'})")
+        glae_rows(glae_C, why, a, name, arch, "cuda", ("fp32", "tf32"), eager["ips"], setup)
+    if setup and "tmp" in setup:
+        setup["tmp"].cleanup()
     return 0
 
 

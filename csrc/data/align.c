@@ -1,7 +1,7 @@
 /* Face alignment (5-point similarity onto the ArcFace template), affine warps and the
  * antialiased box resampler shared with the augmentations. */
 #include "align.h"
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -210,11 +210,13 @@ static void gather_axpy(float *restrict o, const float *restrict v, const float 
                         const int *restrict ik, int n) {
     for (int e = 0; e < n; e++) o[e] += wk[e] * v[ik[e]];
 }
+/* gather2 without gathers (AVX2's and AVX-512's gather instructions are slow): PERM_W
+ * output elements at a time read a window of PERM_WIN = 2 PERM_W consecutive acc values
+ * starting at base[b] and pick their taps with permutes (off0/off1 are the tap indices
+ * minus base, in [0, PERM_WIN)). Same products and sum as gather2 (mul, mul, add; no FMA),
+ * so the result is bitwise identical. */
 #if defined(__AVX512F__)
-/* gather2 without gathers: 16 output elements at a time read a window of 32 consecutive
- * acc values starting at base[b] and pick their taps with two-register permutes (off0/off1
- * are the tap indices minus base, in [0, 32)). Same products and sum as gather2 (mul, mul,
- * add; no FMA), so the result is bitwise identical. */
+#define PERM_W 16
 static void gather2_perm(float *restrict o, const float *restrict v, const float *restrict w0,
                          const float *restrict w1, const int *restrict off0,
                          const int *restrict off1, const int *restrict base, int nblk) {
@@ -228,6 +230,32 @@ static void gather2_perm(float *restrict o, const float *restrict v, const float
         _mm512_storeu_ps(o + 16 * b, r);
     }
 }
+#elif defined(__AVX2__)
+#define PERM_W 8
+/* AVX2 has no two-register permute: permute each 8-float half by the offset's low 3 bits,
+ * then take the half its bit 3 names (blendv reads the sign bit, hence the shift by 28). */
+static inline __m256 pick16(__m256 lo, __m256 hi, __m256i off) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, off), _mm256_permutevar8x32_ps(hi, off),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(off, 28)));
+}
+static void gather2_perm(float *restrict o, const float *restrict v, const float *restrict w0,
+                         const float *restrict w1, const int *restrict off0,
+                         const int *restrict off1, const int *restrict base, int nblk) {
+    for (int b = 0; b < nblk; b++) {
+        const float *src = v + base[b];
+        __m256 lo = _mm256_loadu_ps(src), hi = _mm256_loadu_ps(src + 8);
+        __m256 a = pick16(lo, hi, _mm256_loadu_si256((const __m256i *)(off0 + 8 * b)));
+        __m256 c = pick16(lo, hi, _mm256_loadu_si256((const __m256i *)(off1 + 8 * b)));
+        __m256 r = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(w0 + 8 * b), a),
+                                 _mm256_mul_ps(_mm256_loadu_ps(w1 + 8 * b), c));
+        _mm256_storeu_ps(o + 8 * b, r);
+    }
+}
+#endif
+#ifdef PERM_W
+#define PERM_WIN (2 * PERM_W)
+#else
+#define PERM_W 16 /* only sizes the (unused) permute tables */
 #endif
 static void round_u8(uint8_t *restrict o, const float *restrict v, int n) {
     for (int i = 0; i < n; i++) {
@@ -237,7 +265,7 @@ static void round_u8(uint8_t *restrict o, const float *restrict v, int n) {
     }
 }
 
-#define APAD 40 /* zeroed floats after the acc row: gather2 reads 3 past it, gather2_perm 32 */
+#define APAD 40 /* zeroed floats after the acc row: gather2 reads 3 past it, gather2_perm PERM_WIN */
 
 /* Separable resampling: per output row, the vertical pass over the uint8 input rows
  * (contiguous, vectorised) gives one interleaved float row of the needed columns; the
@@ -259,9 +287,9 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
     int tx = (int)ceil(2.0 * fsx) + 2, ty = (int)ceil(2.0 * fsy) + 2;
     const size_t n3o = (size_t)ow * 3;
     /* workspace: per-axis tables, the per-element tables (ntx <= tx), one input row (+ pad), one output row */
-    const int nblk = (int)(n3o / 16);
+    const int nblk = (int)(n3o / PERM_W);
     size_t need = (size_t)ow * tx + (size_t)oh * ty + (size_t)ow + oh + 2 * (size_t)tx * n3o +
-                  (size_t)3 * w + APAD + n3o + 2 * (size_t)nblk * 16 + nblk + 64;
+                  (size_t)3 * w + APAD + n3o + 2 * (size_t)nblk * PERM_W + nblk + 64;
     if (*cap < need) {
         float *nb = realloc(*buf, need * sizeof(float));
         if (!nb) return glae_fail(GLAE_ERR_MEMORY, "resize: out of memory");
@@ -273,7 +301,7 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
     float *We = (float *)(fy + oh);
     int *Ie = (int *)(We + (size_t)tx * n3o);
     float *acc = (float *)(Ie + (size_t)tx * n3o), *orow = acc + (size_t)3 * w + APAD;
-    int *poff = (int *)(orow + n3o), *pbase = poff + 2 * (size_t)nblk * 16;
+    int *poff = (int *)(orow + n3o), *pbase = poff + 2 * (size_t)nblk * PERM_W;
     axis_coeffs(ow, x0, bw, w, tx, fx, wx);
     axis_coeffs(oh, y0, bh, h, ty, fy, wy);
     /* effective tap counts and the column range the horizontal pass reads */
@@ -303,11 +331,11 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
             }
         }
     for (int i = n3; i < n3 + APAD; i++) acc[i] = 0.0f; /* gather2 may read 3 past the last column */
-    /* permute tables for the 2-tap pass: usable when every block's taps fit a 32-float
+    /* permute tables for the 2-tap pass: usable when every block's taps fit a PERM_WIN-float
      * window (always when enlarging or mildly shrinking). A zero-weight tap may read any
      * lane: acc is finite and >= 0, so its product is +0 either way. */
     int perm = 0;
-#if !defined(__AVX512F__)
+#ifndef PERM_WIN
     (void)poff; (void)pbase;
 #else
     if (ntx == 2 && nblk > 0) {
@@ -315,18 +343,18 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
         for (int b = 0; perm && b < nblk; b++) {
             int lo = 1 << 30, hi = -1;
             for (int k = 0; k < 2; k++)
-                for (int e = 16 * b; e < 16 * b + 16; e++)
+                for (int e = PERM_W * b; e < PERM_W * b + PERM_W; e++)
                     if (We[(size_t)k * n3o + e] != 0.0f) {
                         int ix = Ie[(size_t)k * n3o + e];
                         if (ix < lo) lo = ix;
                         if (ix > hi) hi = ix;
                     }
             if (hi < 0) lo = hi = 0;
-            if (hi - lo >= 32 || lo + 32 > n3 + APAD) { perm = 0; break; }
+            if (hi - lo >= PERM_WIN || lo + PERM_WIN > n3 + APAD) { perm = 0; break; }
             pbase[b] = lo;
             for (int k = 0; k < 2; k++)
-                for (int e = 16 * b; e < 16 * b + 16; e++)
-                    poff[(size_t)k * nblk * 16 + e] =
+                for (int e = PERM_W * b; e < PERM_W * b + PERM_W; e++)
+                    poff[(size_t)k * nblk * PERM_W + e] =
                         We[(size_t)k * n3o + e] != 0.0f ? Ie[(size_t)k * n3o + e] - lo : 0;
         }
     }
@@ -341,9 +369,9 @@ int glae_resize_box_ws(uint8_t *out, int oh, int ow, const uint8_t *in, int h, i
             axpy_u8(acc, in + (size_t)yy * rs + (size_t)clo * 3, wi[k], n3);
         }
         if (perm) {
-#if defined(__AVX512F__)
-            gather2_perm(orow, acc, We, We + n3o, poff, poff + (size_t)nblk * 16, pbase, nblk);
-            int e0 = 16 * nblk;
+#ifdef PERM_WIN
+            gather2_perm(orow, acc, We, We + n3o, poff, poff + (size_t)nblk * PERM_W, pbase, nblk);
+            int e0 = PERM_W * nblk;
             gather2(orow + e0, acc, We + e0, Ie + e0, We + n3o + e0, (int)n3o - e0);
 #endif
         } else if (ntx == 2) {

@@ -67,6 +67,27 @@ def test_returned_batches_are_not_overwritten(data):
     np.testing.assert_array_equal(np.concatenate([k[0] for k in kept]), ref)
 
 
+def test_dropped_batch_arrays_are_refilled_held_ones_never(data):
+    """A batch the caller no longer references is refilled by a later next() instead of a
+    fresh allocation; a batch still referenced (a variable, a view, a list) never is."""
+    images, ages, sigmas = data
+    order = np.arange(N, dtype=np.int64)
+    ref = _C.augment_batch(images, order, 12, 0, 0)
+    L = _C.Loader(images, ages, sigmas, order, 5, out_size=12, threads=2)
+    addresses, held, views = [], [], []
+    for i, (x, a, s) in enumerate(L):
+        np.testing.assert_array_equal(x, ref[5 * i:5 * i + 5])  # what a fresh array would hold
+        addresses.append(x.__array_interface__["data"][0])
+        if i == 3:
+            held.append(x)
+        if i == 6:
+            views.append(x[1:3])
+    # a for loop keeps one batch alive while the next is filled: two arrays take turns
+    assert len(set(addresses)) < len(addresses)
+    np.testing.assert_array_equal(held[0], ref[15:20])   # kept batch 3 was never refilled
+    np.testing.assert_array_equal(views[0], ref[31:33])  # nor batch 6, seen through a view
+
+
 def test_drop_mid_epoch_is_clean(data):
     images, ages, sigmas = data
     big = np.repeat(images, 8, axis=0)

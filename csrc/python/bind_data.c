@@ -497,6 +497,11 @@ typedef struct {
     int busy;                         /* a next() is waiting without the GIL */
     int size;
     Py_ssize_t nbatches;
+    /* the last two image batches handed out: one whose only reference is this pool is
+     * refilled instead of allocating ~20 MB of fresh (page-faulting) memory per batch; a
+     * for loop still holds the previous batch, hence two */
+    PyObject *pool[2];
+    int turn;
 } LoaderObject;
 
 static void loader_close_now(LoaderObject *o) {
@@ -510,6 +515,27 @@ static void loader_close_now(LoaderObject *o) {
     Py_CLEAR(o->images);
     Py_CLEAR(o->ages);
     Py_CLEAR(o->sigmas);
+    Py_CLEAR(o->pool[0]);
+    Py_CLEAR(o->pool[1]);
+}
+
+/* An image batch (count, size, size, 3) for next(): the pool entry of this turn when
+ * nobody else references it (no user variable, view or exported buffer) and its shape
+ * fits, else a new array that takes its place in the pool. New reference. */
+static PyObject *loader_batch_array(LoaderObject *o, int count) {
+    PyObject **slot = &o->pool[o->turn];
+    o->turn ^= 1;
+    PyArrayObject *p = (PyArrayObject *)*slot;
+    if (p && Py_REFCNT(p) == 1 && PyArray_DIM(p, 0) == count && PyArray_FLAGS(p) & NPY_ARRAY_WRITEABLE) {
+        Py_INCREF(p);
+        return (PyObject *)p;
+    }
+    npy_intp d4[4] = {count, o->size, o->size, 3};
+    PyObject *X = PyArray_SimpleNew(4, d4, NPY_FLOAT32);
+    if (!X) return NULL;
+    Py_XSETREF(*slot, X);
+    Py_INCREF(X);
+    return X;
 }
 
 static void loader_dealloc(LoaderObject *o) {
@@ -585,7 +611,8 @@ static PyObject *loader_iter(PyObject *o) {
 }
 
 /* next(): wait for the next batch without the GIL (checking for Ctrl-C every 100 ms), copy
- * it out of the ring into fresh arrays, hand the slot back. */
+ * it out of the ring into arrays the caller owns (an image array the caller has dropped
+ * is refilled: loader_batch_array), hand the slot back. */
 static PyObject *loader_next(LoaderObject *o) {
     if (!o->L) return NULL; /* closed: StopIteration */
     if (o->busy) {
@@ -610,8 +637,8 @@ static PyObject *loader_next(LoaderObject *o) {
     o->busy = 0;
     if (r == 0) return NULL;
     if (r < 0) return glae_raise(-r);
-    npy_intp d4[4] = {count, o->size, o->size, 3}, d1[1] = {count};
-    PyObject *X = PyArray_SimpleNew(4, d4, NPY_FLOAT32);
+    npy_intp d1[1] = {count};
+    PyObject *X = loader_batch_array(o, count);
     PyObject *A = PyArray_SimpleNew(1, d1, NPY_FLOAT32);
     PyObject *S = PyArray_SimpleNew(1, d1, NPY_FLOAT32);
     PyObject *res = NULL;

@@ -194,15 +194,28 @@ static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae
     int n;
     GLAE_TRY(query(c, d, op, r, &n));
     const int strict = !bf16 && c->math == GLAE_MATH_FP32;
+    /* results come best first. Each candidate gets its math type set on the descriptor and
+     * its workspace size computed for that math type (the figure the op will ask for, which
+     * can differ from the heuristic's), and only then is it checked against the limit; one
+     * whose size query fails is skipped. In strict fp32 mode the first pass takes FMA-math
+     * entries only; the fallback keeps the entry's own (tensor-op) math rather than forcing
+     * FMA onto an algorithm that may not support it (docs/cuda.md). float32 is never
+     * converted to fp16 inside cuDNN (ALLOW_CONVERSION -> TENSOR_OP). */
+    glae_conv_algo e;
     int pick = -1;
-    /* results come best first; in strict fp32 mode prefer an FMA-math entry, and never
-     * let float32 be converted to fp16 inside cuDNN (ALLOW_CONVERSION) */
     for (int pass = 0; pass < 2 && pick < 0; pass++)
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n && pick < 0; i++) {
             if (r[i].status != CUDNN_STATUS_SUCCESS || r[i].memory > c->ws_limit) continue;
             if (pass == 0 && strict && r[i].math != CUDNN_FMA_MATH) continue;
+            cudnnMathType_t m = r[i].math;
+            if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) m = CUDNN_TENSOR_OP_MATH;
+            if (cudnnSetConvolutionMathType(d->conv, m) != CUDNN_STATUS_SUCCESS) continue;
+            size_t need;
+            if (ws_size(c, d, op, r[i].algo, &need) != GLAE_OK || need > c->ws_limit) continue;
+            e.algo = r[i].algo;
+            e.math = (int)m;
+            e.ws = need;
             pick = i;
-            break;
         }
     if (pick < 0)
         return glae_fail(GLAE_ERR_CUDA,
@@ -211,15 +224,7 @@ static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae
                          "workspace", op, bf16 ? "bf16" : "float32", s->n, s->h, s->w, s->c_in,
                          s->c_out, s->kh, s->kw, s->stride_h, s->stride_w, s->pad_h, s->pad_w,
                          c->ws_limit);
-    cudnnMathType_t m = r[pick].math;
-    if (strict) m = CUDNN_FMA_MATH; /* what PyTorch does with allow_tf32 off */
-    else if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) m = CUDNN_TENSOR_OP_MATH;
-    GLAE_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv, m));
-    glae_conv_algo e;
     memcpy(e.key, key, sizeof key);
-    e.algo = r[pick].algo;
-    e.math = (int)m;
-    GLAE_TRY(ws_size(c, d, op, e.algo, &e.ws));
     if (c->n_algos == c->cap_algos) {
         int cap = c->cap_algos ? 2 * c->cap_algos : 64;
         glae_conv_algo *grown = (glae_conv_algo *)realloc(c->algos, (size_t)cap * sizeof *grown);

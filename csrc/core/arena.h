@@ -34,6 +34,12 @@ void glae_arena_reset(glae_arena *a);
         (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(float));   \
         if (!(ptr)) return GLAE_ERR_MEMORY;                             \
     } while (0)
+/* the same for `count` bf16 values */
+#define ALLOC_H(ptr, count)                                                 \
+    do {                                                                    \
+        (ptr) = glae_arena_alloc(a, (size_t)(count) * sizeof(glae_bf16));   \
+        if (!(ptr)) return GLAE_ERR_MEMORY;                                 \
+    } while (0)
 void glae_arena_free(glae_arena *a);
 
 #endif

@@ -4,6 +4,11 @@
 #define GLAE_CTX_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* bfloat16 storage (the upper 16 bits of a float32): the backbone's activations in mixed
+ * precision (ops/bf16.c); the CUDA kernels view it as __nv_bfloat16 */
+typedef uint16_t glae_bf16;
 
 /* Where a context runs its kernels. Kernels themselves take raw pointers and explicit
  * sizes (see docs/architecture.md, "Kernels take pointers and sizes"). */

@@ -19,9 +19,6 @@ extern "C" {
 #include "ctx.h" /* a plain C header without its own extern "C" */
 #include "status.h"
 
-/* bfloat16 storage (the upper 16 bits of a float); the kernels use __nv_bfloat16 */
-typedef uint16_t glae_bf16;
-
 typedef enum {
     GLAE_MATH_FP32 = 0, /* float32 FMA math in cuDNN and cuBLAS (no tensor cores)*/
     GLAE_MATH_TF32 = 1, /* float32 tensors, TF32 tensor cores (10-bit mantissa products) */

@@ -55,6 +55,10 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
         return glae_fail(GLAE_ERR_VALUE, "model: input_size must be >= 1, got %d", cfg->input_size);
     GLAE_TRY(glae_resnet_out_size(cfg->input_size, cfg->input_size, &fh, &fw));
     GLAE_TRY(glae_resnet_build(&m->net, &m->p, cfg->backbone));
+    if (cfg->math < 0 || cfg->math > 2)
+        return glae_fail(GLAE_ERR_VALUE, "model: math must be 0 (fp32), 1 (tf32) or 2 (bf16), got %d",
+                         cfg->math);
+    m->net.bf16 = cfg->math == 2; /* mixed precision: bf16 backbone activations (also on the CPU) */
     glae_head_config hc = {cfg->head, cfg->num_classes, cfg->r, cfg->k, cfg->s, cfg->proj_depth,
                            cfg->proj_width};
     GLAE_TRY(glae_head_build(&m->head, &m->p, &hc, m->net.out_c, fh, fw, "", GLAE_G_HEAD));

@@ -28,7 +28,9 @@ typedef struct {
     uint64_t seed;
     int device;         /* GLAE_CPU or GLAE_CUDA: where params, grads and the arena live */
     int cuda_device;    /* CUDA device index */
-    int math;           /* glae_math_mode for CUDA: 0 fp32 (default), 1 tf32 */
+    int math;           /* 0 fp32 (default), 1 tf32 (CUDA), 2 bf16: mixed precision, the
+                         * backbone's activations in bf16 (CUDA: tensor cores; CPU: the same
+                         * rounding, for checking) */
 } glae_model_config;
 
 void glae_model_config_default(glae_model_config *cfg);

@@ -198,6 +198,18 @@ small:
 }
 
 
+/* an activation of `count` values: float32, or bf16 in a mixed-precision plan */
+#define ACT(f, h, count)                 \
+    do {                                 \
+        if (net->bf16) {                 \
+            (f) = NULL;                  \
+            ALLOC_H(h, count);           \
+        } else {                         \
+            (h) = NULL;                  \
+            ALLOC_F(f, count);           \
+        }                                \
+    } while (0)
+
 static int plan_bn(glae_bn_layer *l, glae_arena *a) {
     ALLOC_F(l->mean, l->c);
     ALLOC_F(l->invstd, l->c);
@@ -214,20 +226,22 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
     glae_conv_layer *c = &net->conv1;
     GLAE_TRY(glae_conv2d_shape_init(&c->s, n, h, w, 3, 64, 7, 7, 2, 2, 3, 3));
     int64_t m = (int64_t)n * c->s.oh * c->s.ow * 64, gmax = m;
-    ALLOC_F(net->c1, m);
-    ALLOC_F(net->a1, m);
+    ACT(net->c1, net->c1_h, m);
+    ACT(net->a1, net->a1_h, m);
     GLAE_TRY(plan_bn(&net->bn1, a));
     GLAE_TRY(glae_pool_shape_init(&net->pool, n, c->s.oh, c->s.ow, 64, 3, 2, 1, 0));
     int ph = net->pool.oh, pw = net->pool.ow;
     m = (int64_t)n * ph * pw * 64;
-    ALLOC_F(net->p1, m);
+    ACT(net->p1, net->p1_h, m);
     net->argmax = glae_arena_alloc(a, (size_t)m * sizeof(int32_t));
     if (!net->argmax) return GLAE_ERR_MEMORY;
     const float *in = net->p1;
+    const glae_bf16 *in_h = net->p1_h;
     int ih = ph, iw = pw;
     for (int i = 0; i < net->nblocks; i++) {
         glae_block *b = &net->blocks[i];
         b->in = in;
+        b->in_h = in_h;
         b->in_numel = (int64_t)n * ih * iw * b->conv[0].c_in;
         int ch = ih, cw = iw;
         for (int j = 0; j < b->nconv; j++) {
@@ -238,23 +252,24 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
             cw = l->s.ow;
             m = (int64_t)n * ch * cw * l->c_out;
             if (m > gmax) gmax = m;
-            ALLOC_F(b->c[j], m);
+            ACT(b->c[j], b->c_h[j], m);
             GLAE_TRY(plan_bn(&b->bn[j], a));
-            if (j < b->nconv - 1) ALLOC_F(b->a[j], m);
+            if (j < b->nconv - 1) ACT(b->a[j], b->a_h[j], m);
         }
         b->out_numel = m;
-        ALLOC_F(b->out, m);
+        ACT(b->out, b->out_h, m);
         if (b->has_down) {
             glae_conv_layer *l = &b->dconv;
             GLAE_TRY(glae_conv2d_shape_init(&l->s, n, ih, iw, l->c_in, l->c_out, 1, 1, l->stride,
                                             l->stride, 0, 0));
             if (l->s.oh != ch || l->s.ow != cw)
                 return glae_fail(GLAE_ERR_RUNTIME, "resnet: downsample shape mismatch");
-            ALLOC_F(b->dc, m);
-            ALLOC_F(b->db, m);
+            ACT(b->dc, b->dc_h, m);
+            ACT(b->db, b->db_h, m);
             GLAE_TRY(plan_bn(&b->dbn, a));
         }
         in = b->out;
+        in_h = b->out_h;
         ih = ch;
         iw = cw;
     }
@@ -263,9 +278,16 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
                          net->fh, net->fw);
     net->feat = net->blocks[net->nblocks - 1].out;
     net->gmax = gmax;
-    for (int i = 0; i < 4; i++) net->g[i] = NULL;
+    const int64_t nfeat = (int64_t)n * net->fh * net->fw * net->out_c;
+    net->x_h = net->dfeat_h = NULL;
+    if (net->bf16) {
+        ALLOC_F(net->feat, nfeat); /* the head's float32 input */
+        ALLOC_H(net->x_h, (int64_t)n * h * w * 3);
+        if (grads) ALLOC_H(net->dfeat_h, nfeat);
+    }
+    for (int i = 0; i < 4; i++) net->g[i] = NULL, net->g_h[i] = NULL;
     if (grads)
-        for (int i = 0; i < 4; i++) ALLOC_F(net->g[i], gmax);
+        for (int i = 0; i < 4; i++) ACT(net->g[i], net->g_h[i], gmax);
     return GLAE_OK;
 }
 
@@ -304,6 +326,7 @@ static int64_t conv_rows(const glae_conv_layer *l) { return (int64_t)l->s.n * l-
 int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,
                         int training) {
     if (!net->feat) return glae_fail(GLAE_ERR_RUNTIME, "resnet_forward: not planned");
+    if (net->bf16) return glae_resnet_forward_bf16(ctx, net, p, x, training);
     net->x = x;
     int64_t rows = conv_rows(&net->conv1);
     GLAE_TRY(conv_fwd(ctx, &net->conv1, p, net->c1, x));
@@ -363,6 +386,7 @@ static int block_backward(glae_ctx *ctx, glae_block *b, glae_params *p, float *d
 }
 
 int glae_resnet_backward(glae_ctx *ctx, glae_resnet *net, glae_params *p, float *dfeat) {
+    if (net->bf16) return glae_resnet_backward_bf16(ctx, net, p, dfeat);
     if (!net->g[0]) return glae_fail(GLAE_ERR_RUNTIME, "resnet_backward: planned without gradients");
     /* rotate: dout lives in g[cur], dx goes to g[nxt]; the caller's dfeat is the first dout */
     float *dout = dfeat;

@@ -44,6 +44,10 @@ typedef struct {
     float *dc, *db;         /* downsample conv output, its BN output (the identity) */
     float *out;             /* relu(bn_last + identity) */
     int64_t in_numel, out_numel;
+    /* the same activations as bf16 when the net is planned in mixed precision (the float
+     * ones above are then NULL); a_h / out_h are fused BN(+add)+ReLU outputs */
+    const glae_bf16 *in_h;
+    glae_bf16 *c_h[3], *a_h[2], *dc_h, *db_h, *out_h;
 } glae_block;
 
 typedef struct {
@@ -63,6 +67,12 @@ typedef struct {
     float *feat;          /* == blocks[nblocks-1].out: (n, fh, fw, out_c) */
     int64_t gmax;         /* largest activation, in floats */
     float *g[4];          /* gradient work buffers of gmax floats (training plans only) */
+    /* Mixed precision (resnet_bf16.c): set before planning. Activations and their
+     * gradients are bf16; parameters and gradients stay float32; feat is the float32 copy
+     * of the last block's output for the head, and the head's float32 gradient is
+     * rounded into dfeat_h. */
+    int bf16;
+    glae_bf16 *x_h, *c1_h, *a1_h, *p1_h, *g_h[4], *dfeat_h;
 } glae_resnet;
 
 /* Register the backbone's tensors (group GLAE_G_BACKBONE) in torchvision's order. */
@@ -81,6 +91,10 @@ int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const f
 /* dfeat (n, fh, fw, out_c): overwritten (used as work space). Accumulates into p->grads.
  * The gradient w.r.t. the image is not computed. */
 int glae_resnet_backward(glae_ctx *ctx, glae_resnet *net, glae_params *p, float *dfeat);
+/* the mixed-precision versions (net->bf16; the two above dispatch to them) */
+int glae_resnet_forward_bf16(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,
+                             int training);
+int glae_resnet_backward_bf16(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *dfeat);
 
 /* shared helpers for the heads */
 int glae_conv_layer_add(glae_conv_layer *l, glae_params *p, const char *prefix, int c_in,

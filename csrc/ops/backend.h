@@ -70,6 +70,30 @@ typedef struct glae_backend {
     int (*flatten_nchw_backward)(glae_ctx *ctx, float *din, const float *dout, int n, int64_t p,
                                  int c);
     int (*avg2_forward)(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+    /* mixed precision: bf16 activations (ops.h, bf16.c / bf16.cu) */
+    int (*f32_to_bf16)(glae_ctx *ctx, glae_bf16 *out, const float *in, int64_t n);
+    int (*bf16_to_f32)(glae_ctx *ctx, float *out, const glae_bf16 *in, int64_t n);
+    int (*conv2d_forward_bf16)(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
+                               const float *weight, const float *bias, const glae_conv2d_shape *s);
+    int (*conv2d_backward_bf16)(glae_ctx *ctx, glae_bf16 *din, float *dweight, float *dbias,
+                                const glae_bf16 *dout, const glae_bf16 *in, const float *weight,
+                                const glae_conv2d_shape *s);
+    int (*bn_act_forward_bf16)(glae_ctx *ctx, glae_bf16 *out, float *save_mean,
+                               float *save_invstd, const glae_bf16 *in, const glae_bf16 *residual,
+                               const float *gamma, const float *beta, float *running_mean,
+                               float *running_var, int64_t rows, int c, float momentum, float eps,
+                               int training, int relu);
+    int (*bn_act_backward_bf16)(glae_ctx *ctx, glae_bf16 *din, glae_bf16 *dres, float *dgamma,
+                                float *dbeta, const glae_bf16 *dout, const glae_bf16 *out,
+                                const glae_bf16 *in, const float *save_mean,
+                                const float *save_invstd, const float *gamma, int64_t rows, int c,
+                                int training, int relu);
+    int (*add_forward_bf16)(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *a, const glae_bf16 *b,
+                            int64_t n);
+    int (*maxpool2d_forward_bf16)(glae_ctx *ctx, glae_bf16 *out, int32_t *argmax,
+                                  const glae_bf16 *in, const glae_pool_shape *s);
+    int (*maxpool2d_backward_bf16)(glae_ctx *ctx, glae_bf16 *din, const glae_bf16 *dout,
+                                   const int32_t *argmax, const glae_pool_shape *s);
     /* losses (loss.h) */
     int (*label_distribution)(glae_ctx *ctx, float *z, const float *y, const float *sigma,
                               float sigma0, int64_t n, int k, int normalize);

@@ -384,15 +384,15 @@ extern "C" int glae_conv2d_backward_cuda(glae_ctx *ctx, float *din, float *dweig
     return bwd_entry(ctx, din, dweight, dbias, dout, in, weight, s, 0, "conv2d_backward_cuda");
 }
 
-extern "C" int glae_conv2d_forward_cuda_bf16(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
+extern "C" int glae_conv2d_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
                                              const float *weight, const float *bias,
                                              const glae_conv2d_shape *s) {
-    return fwd_entry(ctx, out, in, weight, bias, s, 1, "conv2d_forward_cuda_bf16");
+    return fwd_entry(ctx, out, in, weight, bias, s, 1, "conv2d_forward_bf16_cuda");
 }
 
-extern "C" int glae_conv2d_backward_cuda_bf16(glae_ctx *ctx, glae_bf16 *din, float *dweight,
+extern "C" int glae_conv2d_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, float *dweight,
                                               float *dbias, const glae_bf16 *dout,
                                               const glae_bf16 *in, const float *weight,
                                               const glae_conv2d_shape *s) {
-    return bwd_entry(ctx, din, dweight, dbias, dout, in, weight, s, 1, "conv2d_backward_cuda_bf16");
+    return bwd_entry(ctx, din, dweight, dbias, dout, in, weight, s, 1, "conv2d_backward_bf16_cuda");
 }

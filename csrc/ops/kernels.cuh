@@ -151,6 +151,48 @@ __global__ static void glae_col_add_kernel(float *dst, const double *part, int n
     if (j < c) dst[j] += (float)glae_col_total(part, nchunks, c, j, 0);
 }
 
+/* ---- batch-norm per-channel kernels (layers.cu, bf16.cu): after a column reduction --- */
+
+__global__ static void glae_bn_stats_k(float *save_mean, float *save_invstd, float *rm, float *rv,
+                                  const double *part, int nch, int c, int64_t rows,
+                                  float momentum, float eps) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    const double s = glae_col_total(part, nch, c, j, 0), s2 = glae_col_total(part, nch, c, j, 1);
+    const double mean = s / (double)rows;
+    double ss = s2 - s * mean; /* centred sum of squares */
+    if (ss < 0.0) ss = 0.0;
+    const double biased = ss / (double)rows;
+    /* PyTorch: running_var is fed the UNBIASED variance */
+    if (rm) rm[j] = (float)((1.0 - momentum) * rm[j] + momentum * mean);
+    if (rv) rv[j] = (float)((1.0 - momentum) * rv[j] + momentum * (ss / (double)(rows - 1)));
+    save_mean[j] = (float)mean;
+    save_invstd[j] = (float)(1.0 / sqrt(biased + (double)eps));
+}
+
+__global__ static void glae_bn_eval_stats_k(float *save_mean, float *save_invstd, const float *rm,
+                                       const float *rv, int c, float eps) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    save_mean[j] = rm[j];
+    save_invstd[j] = (float)(1.0 / sqrt((double)rv[j] + (double)eps));
+}
+
+/* coef[j] = (a, k1, k2) with dx = dy * a + (x - mean) * k1 + k2 (see norm.c) */
+__global__ static void glae_bn_bwd_coef_k(float *coef, float *dgamma, float *dbeta, const double *part,
+                                     int nch, int c, int64_t rows, const float *invstd,
+                                     const float *gamma, int training) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    const double sdy = glae_col_total(part, nch, c, j, 0), sdyx = glae_col_total(part, nch, c, j, 1);
+    const double inv = invstd[j], g = gamma ? gamma[j] : 1.0, a = g * inv;
+    if (dgamma) dgamma[j] += (float)(sdyx * inv);
+    if (dbeta) dbeta[j] += (float)sdy;
+    coef[3 * j] = (float)a;
+    coef[3 * j + 1] = training ? (float)(-a * inv * inv * sdyx / (double)rows) : 0.0f;
+    coef[3 * j + 2] = training ? (float)(-a * sdy / (double)rows) : 0.0f;
+}
+
 static inline size_t glae_align256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 #endif

@@ -142,30 +142,7 @@ extern "C" int glae_prelu_backward_cuda(glae_ctx *ctx, float *din, float *dweigh
  * mantissa leaves ample room for the cancellation in E[x^2] - E[x]^2 at activation
  * scales), then one per-channel kernel for mean / invstd / running statistics. */
 
-__global__ static void bn_stats_k(float *save_mean, float *save_invstd, float *rm, float *rv,
-                                  const double *part, int nch, int c, int64_t rows,
-                                  float momentum, float eps) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
-    const double s = glae_col_total(part, nch, c, j, 0), s2 = glae_col_total(part, nch, c, j, 1);
-    const double mean = s / (double)rows;
-    double ss = s2 - s * mean; /* centred sum of squares */
-    if (ss < 0.0) ss = 0.0;
-    const double biased = ss / (double)rows;
-    /* PyTorch: running_var is fed the UNBIASED variance */
-    if (rm) rm[j] = (float)((1.0 - momentum) * rm[j] + momentum * mean);
-    if (rv) rv[j] = (float)((1.0 - momentum) * rv[j] + momentum * (ss / (double)(rows - 1)));
-    save_mean[j] = (float)mean;
-    save_invstd[j] = (float)(1.0 / sqrt(biased + (double)eps));
-}
 
-__global__ static void bn_eval_stats_k(float *save_mean, float *save_invstd, const float *rm,
-                                       const float *rv, int c, float eps) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
-    save_mean[j] = rm[j];
-    save_invstd[j] = (float)(1.0 / sqrt((double)rv[j] + (double)eps));
-}
 
 __global__ static void bn_apply_k(float *out, const float *in, const float *mean,
                                   const float *invstd, const float *gamma, const float *beta,
@@ -202,10 +179,10 @@ extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *sav
         int nch;
         GLAE_TRY(glae_cuda_workspace(ctx, glae_col_bytes(rows, c), (void **)&part));
         GLAE_TRY(glae_colsum(st, part, &nch, in, NULL, NULL, rows, c, GLAE_COL_X_X2));
-        bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var, part,
+        glae_bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var, part,
                                        nch, c, rows, momentum, eps);
     } else {
-        bn_eval_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var, c, eps);
+        glae_bn_eval_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var, c, eps);
     }
     GLAE_LAUNCHED();
     const int64_t total = rows * c;
@@ -216,20 +193,6 @@ extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *sav
     return GLAE_OK;
 }
 
-/* coef[j] = (a, k1, k2) with dx = dy * a + (x - mean) * k1 + k2 (see norm.c) */
-__global__ static void bn_bwd_coef_k(float *coef, float *dgamma, float *dbeta, const double *part,
-                                     int nch, int c, int64_t rows, const float *invstd,
-                                     const float *gamma, int training) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
-    const double sdy = glae_col_total(part, nch, c, j, 0), sdyx = glae_col_total(part, nch, c, j, 1);
-    const double inv = invstd[j], g = gamma ? gamma[j] : 1.0, a = g * inv;
-    if (dgamma) dgamma[j] += (float)(sdyx * inv);
-    if (dbeta) dbeta[j] += (float)sdy;
-    coef[3 * j] = (float)a;
-    coef[3 * j + 1] = training ? (float)(-a * inv * inv * sdyx / (double)rows) : 0.0f;
-    coef[3 * j + 2] = training ? (float)(-a * sdy / (double)rows) : 0.0f;
-}
 
 __global__ static void bn_bwd_apply_k(float *din, const float *dout, const float *in,
                                       const float *mean, const float *coef, int64_t total, int c) {
@@ -255,7 +218,7 @@ extern "C" int glae_batchnorm_backward_cuda(glae_ctx *ctx, float *din, float *dg
     float *coef = (float *)(ws + pbytes);
     int nch;
     GLAE_TRY(glae_colsum(st, part, &nch, in, dout, save_mean, rows, c, GLAE_COL_DY_DYX));
-    bn_bwd_coef_k<<<(c + 255) / 256, 256, 0, st>>>(coef, dgamma, dbeta, part, nch, c, rows,
+    glae_bn_bwd_coef_k<<<(c + 255) / 256, 256, 0, st>>>(coef, dgamma, dbeta, part, nch, c, rows,
                                                    save_invstd, gamma, training);
     GLAE_LAUNCHED();
     if (din) {
@@ -278,8 +241,9 @@ static int pool_check(const glae_pool_shape *s, const char *fn) {
 }
 
 /* one thread per output element (n, oy, ox, c): consecutive threads read consecutive c */
-__global__ static void maxpool_fwd_k(float *out, int32_t *argmax, const float *in,
-                                     glae_pool_shape s, int64_t total) {
+template <typename T>
+__global__ static void maxpool_fwd_k(T *out, int32_t *argmax, const T *in, glae_pool_shape s,
+                                     int64_t total) {
     GLAE_FOR(i, total) {
         const int ch = (int)(i % s.c);
         int64_t t = i / s.c;
@@ -292,25 +256,26 @@ __global__ static void maxpool_fwd_k(float *out, int32_t *argmax, const float *i
         y1 = y1 > s.h ? s.h : y1;
         x0 = x0 < 0 ? 0 : x0;
         x1 = x1 > s.w ? s.w : x1;
-        const float *img = in + n * s.h * s.w * s.c + ch;
+        const T *img = in + n * s.h * s.w * s.c + ch;
         float best = -INFINITY;
         int32_t arg = y0 * s.w + x0; /* padding is -inf: the first real element */
         for (int y = y0; y < y1; y++)
             for (int x = x0; x < x1; x++) {
-                const float v = img[((int64_t)y * s.w + x) * s.c];
+                const float v = (float)img[((int64_t)y * s.w + x) * s.c];
                 if (v > best || isnan(v)) { /* first of tied maxima; NaN wins (PyTorch) */
                     best = v;
                     arg = y * s.w + x;
                 }
             }
-        out[i] = best;
+        out[i] = (T)best; /* exact for bf16: best is one of the inputs */
         argmax[i] = arg;
     }
 }
 
 /* gather form of the backward (no atomics, fixed order): each input element sums dout
  * over the windows that contain it and chose it */
-__global__ static void maxpool_bwd_k(float *din, const float *dout, const int32_t *argmax,
+template <typename T>
+__global__ static void maxpool_bwd_k(T *din, const T *dout, const int32_t *argmax,
                                      glae_pool_shape s, int64_t total) {
     GLAE_FOR(i, total) {
         const int ch = (int)(i % s.c);
@@ -333,9 +298,9 @@ __global__ static void maxpool_bwd_k(float *din, const float *dout, const int32_
         for (int oy = oy0; oy <= oy1; oy++)
             for (int ox = ox0; ox <= ox1; ox++) {
                 const int64_t o = ((n * s.oh + oy) * s.ow + ox) * s.c + ch;
-                if (argmax[o] == me) acc += dout[o];
+                if (argmax[o] == me) acc += (float)dout[o];
             }
-        din[i] = acc;
+        din[i] = (T)acc;
     }
 }
 
@@ -357,6 +322,32 @@ extern "C" int glae_maxpool2d_backward_cuda(glae_ctx *ctx, float *din, const flo
     const int64_t total = (int64_t)s->n * s->h * s->w * s->c;
     if (total == 0) return GLAE_OK;
     maxpool_bwd_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(din, dout, argmax, *s, total);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+/* bf16 activations (ops.h, mixed precision): the same kernels on __nv_bfloat16 */
+extern "C" int glae_maxpool2d_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, int32_t *argmax,
+                                                const glae_bf16 *in, const glae_pool_shape *s) {
+    GLAE_STREAM(ctx, "maxpool2d_forward_bf16_cuda", st);
+    GLAE_TRY(pool_check(s, "maxpool2d_forward_bf16_cuda"));
+    const int64_t total = (int64_t)s->n * s->oh * s->ow * s->c;
+    if (total == 0) return GLAE_OK;
+    maxpool_fwd_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(
+        (__nv_bfloat16 *)out, argmax, (const __nv_bfloat16 *)in, *s, total);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+extern "C" int glae_maxpool2d_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din,
+                                                 const glae_bf16 *dout, const int32_t *argmax,
+                                                 const glae_pool_shape *s) {
+    GLAE_STREAM(ctx, "maxpool2d_backward_bf16_cuda", st);
+    GLAE_TRY(pool_check(s, "maxpool2d_backward_bf16_cuda"));
+    const int64_t total = (int64_t)s->n * s->h * s->w * s->c;
+    if (total == 0) return GLAE_OK;
+    maxpool_bwd_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(
+        (__nv_bfloat16 *)din, (const __nv_bfloat16 *)dout, argmax, *s, total);
     GLAE_LAUNCHED();
     return GLAE_OK;
 }

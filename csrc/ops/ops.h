@@ -124,4 +124,54 @@ int glae_flatten_nchw_backward(glae_ctx *ctx, float *din, const float *dout, int
                                int c);
 int glae_avg2_forward(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
 
+/* ---- mixed precision: bf16 activations (bf16.c) -------------------------------------
+ * The backbone's activations and their gradients stored as bfloat16, parameters and
+ * their gradients float32 (autocast's split). Each op computes in float32 (double for
+ * the batch-norm sums) and rounds its result to bf16 once, round to nearest even; the
+ * CUDA twins (bf16.cu, conv.cu) do the same on tensor cores. See docs/precision.md. */
+static inline glae_bf16 glae_f2bf(float f) {
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (glae_bf16)((v.u >> 16) | 0x40u); /* quiet NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (glae_bf16)(v.u >> 16);
+}
+static inline float glae_bf2f(glae_bf16 h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+int glae_f32_to_bf16(glae_ctx *ctx, glae_bf16 *out, const float *in, int64_t n);
+int glae_bf16_to_f32(glae_ctx *ctx, float *out, const glae_bf16 *in, int64_t n);
+/* conv2d with bf16 activations: the float32 weight is rounded to bf16 per call (as
+ * autocast does), the product accumulated in float32 and rounded; a bias is added to
+ * the rounded output and rounded again (cuDNN's output, then our bias kernel).
+ * dweight += the bf16-rounded weight gradient; dbias += sum of dout. */
+int glae_conv2d_forward_bf16(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
+                             const float *weight, const float *bias, const glae_conv2d_shape *s);
+int glae_conv2d_backward_bf16(glae_ctx *ctx, glae_bf16 *din, float *dweight, float *dbias,
+                              const glae_bf16 *dout, const glae_bf16 *in, const float *weight,
+                              const glae_conv2d_shape *s);
+/* Fused batch norm + residual + ReLU (ResNet's "bn", "bn, relu" and "bn, + identity,
+ * relu"): out = act(BN(in) + residual), act = ReLU when relu != 0, residual NULL for
+ * none; BN as glae_batchnorm_forward (statistics of the bf16 inputs, float32 math). */
+int glae_bn_act_forward_bf16(glae_ctx *ctx, glae_bf16 *out, float *save_mean,
+                             float *save_invstd, const glae_bf16 *in, const glae_bf16 *residual,
+                             const float *gamma, const float *beta, float *running_mean,
+                             float *running_var, int64_t rows, int c, float momentum, float eps,
+                             int training, int relu);
+/* Its backward: g = relu ? dout * [out > 0] : dout; dres = g (the residual's gradient,
+ * NULL: not written; may alias dout); dgamma, dbeta += as glae_batchnorm_backward on g;
+ * din = BN's input gradient of g. out is only read when relu != 0. */
+int glae_bn_act_backward_bf16(glae_ctx *ctx, glae_bf16 *din, glae_bf16 *dres, float *dgamma,
+                              float *dbeta, const glae_bf16 *dout, const glae_bf16 *out,
+                              const glae_bf16 *in, const float *save_mean,
+                              const float *save_invstd, const float *gamma, int64_t rows, int c,
+                              int training, int relu);
+int glae_add_forward_bf16(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *a, const glae_bf16 *b,
+                          int64_t n);
+int glae_maxpool2d_forward_bf16(glae_ctx *ctx, glae_bf16 *out, int32_t *argmax,
+                                const glae_bf16 *in, const glae_pool_shape *s);
+/* din summed in float32 over the windows that chose each input, rounded once */
+int glae_maxpool2d_backward_bf16(glae_ctx *ctx, glae_bf16 *din, const glae_bf16 *dout,
+                                 const int32_t *argmax, const glae_pool_shape *s);
+
 #endif

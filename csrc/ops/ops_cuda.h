@@ -27,15 +27,34 @@ int glae_conv2d_backward_cuda(glae_ctx *ctx, float *din, float *dweight, float *
                               const glae_conv2d_shape *s);
 /* bf16 activations, float32 master weights (converted to bf16 per call, as autocast
  * does), fp32 accumulation; dweight / dbias accumulate in float32. */
-int glae_conv2d_forward_cuda_bf16(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
+int glae_conv2d_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in,
                                   const float *weight, const float *bias,
                                   const glae_conv2d_shape *s);
-int glae_conv2d_backward_cuda_bf16(glae_ctx *ctx, glae_bf16 *din, float *dweight, float *dbias,
+int glae_conv2d_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, float *dweight, float *dbias,
                                    const glae_bf16 *dout, const glae_bf16 *in,
                                    const float *weight, const glae_conv2d_shape *s);
 /* dtype conversion (round to nearest even) */
 int glae_f32_to_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const float *in, int64_t n);
 int glae_bf16_to_f32_cuda(glae_ctx *ctx, float *out, const glae_bf16 *in, int64_t n);
+
+/* ---- mixed precision (ops.h; bf16.cu, max pool in layers.cu) --------------------------- */
+int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, float *save_mean,
+                                  float *save_invstd, const glae_bf16 *in,
+                                  const glae_bf16 *residual, const float *gamma,
+                                  const float *beta, float *running_mean, float *running_var,
+                                  int64_t rows, int c, float momentum, float eps, int training,
+                                  int relu);
+int glae_bn_act_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, glae_bf16 *dres, float *dgamma,
+                                   float *dbeta, const glae_bf16 *dout, const glae_bf16 *out,
+                                   const glae_bf16 *in, const float *save_mean,
+                                   const float *save_invstd, const float *gamma, int64_t rows,
+                                   int c, int training, int relu);
+int glae_add_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *a,
+                               const glae_bf16 *b, int64_t n);
+int glae_maxpool2d_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, int32_t *argmax,
+                                     const glae_bf16 *in, const glae_pool_shape *s);
+int glae_maxpool2d_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, const glae_bf16 *dout,
+                                      const int32_t *argmax, const glae_pool_shape *s);
 
 /* ---- layers.cu -------------------------------------------------------------------- */
 int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *save_mean, float *save_invstd,

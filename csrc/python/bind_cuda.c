@@ -60,6 +60,9 @@ static glae_ctx *get_ctx(PyObject *o) {
     return PyCapsule_GetPointer(o, CAPSULE);
 }
 
+/* for bind_bf16.c: the context of a cuda_context() capsule, NULL with TypeError */
+glae_ctx *glae_py_cuda_ctx(PyObject *o) { return get_ctx(o); }
+
 /* cuda_context(device=0, math=0) -> context (0 fp32, 1 tf32, 2 bf16) */
 static PyObject *py_cuda_context(PyObject *self, PyObject *args) {
     (void)self;
@@ -750,7 +753,7 @@ static PyObject *py_cuda_conv2d_forward(PyObject *self, PyObject *args) {
     glae_bf16 *hx = job_in_bf16(&J, x), *hy = job_dev(&J, (size_t)on * 2 + 2);
     int st = 0;
     if (!J.failed) {
-        GLAE_NOGIL(st, glae_conv2d_forward_cuda_bf16(J.ctx, hy, hx, dw, db, &s));
+        GLAE_NOGIL(st, glae_conv2d_forward_bf16_cuda(J.ctx, hy, hx, dw, db, &s));
         if (!st) st = glae_bf16_to_f32_cuda(J.ctx, dy, hy, on);
     }
     return job_finish(&J, st);
@@ -787,7 +790,7 @@ static PyObject *py_cuda_conv2d_backward(PyObject *self, PyObject *args) {
     glae_bf16 *hgx = job_dev(&J, (size_t)PyArray_SIZE(x) * 2 + 2);
     int st = 0;
     if (!J.failed) {
-        GLAE_NOGIL(st, glae_conv2d_backward_cuda_bf16(J.ctx, hgx, gw, gb, hg, hx, dw, &s));
+        GLAE_NOGIL(st, glae_conv2d_backward_bf16_cuda(J.ctx, hgx, gw, gb, hg, hx, dw, &s));
         if (!st) st = glae_bf16_to_f32_cuda(J.ctx, gx, hgx, PyArray_SIZE(x));
     }
     return job_finish(&J, st);

@@ -78,8 +78,9 @@ static int parse_device(const char *s, glae_model_config *cfg) {
 static int parse_math(const char *s, int *math) {
     if (!strcmp(s, "fp32")) *math = 0;
     else if (!strcmp(s, "tf32")) *math = 1;
+    else if (!strcmp(s, "bf16")) *math = 2;
     else {
-        PyErr_Format(PyExc_ValueError, "math must be 'fp32' or 'tf32', got '%s'", s);
+        PyErr_Format(PyExc_ValueError, "math must be 'fp32', 'tf32' or 'bf16', got '%s'", s);
         return -1;
     }
     return 0;
@@ -182,6 +183,13 @@ static PyObject *Model_buffers(ModelObject *self, void *c) {
 static PyObject *Model_arena_bytes(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     return PyLong_FromSize_t(self->m.peak_bytes);
+}
+
+static PyObject *Model_math(ModelObject *self, void *c) {
+    (void)c;
+    if (!model_ready(self)) return NULL;
+    static const char *names[3] = {"fp32", "tf32", "bf16"};
+    return PyUnicode_FromString(names[self->m.cfg.math]);
 }
 
 static PyObject *Model_device(ModelObject *self, void *c) {
@@ -672,6 +680,8 @@ static PyGetSetDef Model_getset[] = {
     {"buffers", (getter)Model_buffers, NULL, "BN running statistics (1-D view)", NULL},
     {"arena_bytes", (getter)Model_arena_bytes, NULL, "peak activation arena size in bytes", NULL},
     {"config", (getter)Model_config, NULL, "the constructor's arguments", NULL},
+    {"math", (getter)Model_math, NULL,
+     "'fp32', 'tf32' or 'bf16' (mixed precision: the backbone's activations in bf16)", NULL},
     {"device", (getter)Model_device, NULL,
      "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
      "grads, momentum and buffers are read-only host copies)", NULL},

@@ -64,6 +64,7 @@ extern PyMethodDef glae_train_methods[];
 extern PyMethodDef glae_data_methods[];
 extern PyMethodDef glae_nn_methods[];
 extern PyMethodDef glae_mtcnn_methods[];
+extern PyMethodDef glae_bf16_methods[]; /* mixed-precision layers, CPU or a CUDA ctx */
 extern PyMethodDef glae_cuda_methods[]; /* raise RuntimeError when built without CUDA */
 /* Types a family adds to the module (Model, Loader, ...); 0 on success. */
 int glae_nn_add_types(PyObject *m);

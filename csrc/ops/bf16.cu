@@ -1,0 +1,186 @@
+/* CUDA twins of the mixed-precision layers of bf16.c (ops.h): bf16 activations, float32
+ * parameters, float32 math (double for the batch-norm sums), one rounding per output.
+ * The conv twins live in conv.cu (cuDNN) and the max-pool ones in layers.cu (the float
+ * kernels instantiated for __nv_bfloat16).
+ *
+ * Batch norm + residual + ReLU is one fused op here (what cuDNN's fused BN-add-ReLU
+ * does for NHWC): the forward reads x (and the residual) once for the sums and once for
+ * the output, the backward reads dout, out, x twice and writes din and the residual's
+ * gradient in the same pass. */
+#include "kernels.cuh"
+
+typedef __nv_bfloat16 bf;
+
+__device__ __forceinline__ float ld(const bf *p, int64_t i) { return __bfloat162float(p[i]); }
+
+/* ---- conversions, add ---------------------------------------------------------------- */
+
+__global__ static void add16_k(bf *out, const bf *a, const bf *b, int64_t n) {
+    GLAE_FOR(i, n) out[i] = __float2bfloat16_rn(ld(a, i) + ld(b, i));
+}
+
+extern "C" int glae_add_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *a,
+                                          const glae_bf16 *b, int64_t n) {
+    GLAE_STREAM(ctx, "add_forward_bf16_cuda", st);
+    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "add_forward_bf16_cuda: negative size %lld", (long long)n);
+    if (n == 0) return GLAE_OK;
+    add16_k<<<glae_grid(n), GLAE_BLOCK, 0, st>>>((bf *)out, (const bf *)a, (const bf *)b, n);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+/* ---- column sums of bf16 tensors (the layout of kernels.cuh's glae_colsum) -----------
+ * what 0: q0 = x, q1 = x^2 (forward statistics);
+ * what 1: g = relu ? dy [out > 0] : dy; q0 = g, q1 = g (x - mean) (backward). */
+__global__ static void colsum16_k(double *part, const bf *x, const bf *dy, const bf *out,
+                                  const float *mean, int64_t rows, int c, int64_t chunk,
+                                  int what) {
+    __shared__ double s0[8][33], s1[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    const int64_t r0 = (int64_t)blockIdx.y * chunk;
+    const int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    double a = 0.0, b = 0.0;
+    if (j < c) {
+        const double m = what ? (double)mean[j] : 0.0;
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+            const int64_t i = r * c + j;
+            const double v = ld(x, i);
+            if (what == 0) {
+                a += v;
+                b += v * v;
+            } else {
+                const double g = (out && !(ld(out, i) > 0.0f)) ? 0.0 : (double)ld(dy, i);
+                a += g;
+                b += g * (v - m);
+            }
+        }
+    }
+    s0[threadIdx.y][threadIdx.x] = a;
+    s1[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < c) {
+        for (int t = 1; t < 8; t++) {
+            a += s0[t][threadIdx.x];
+            b += s1[t][threadIdx.x];
+        }
+        double *p = part + ((int64_t)blockIdx.y * c + j) * 2;
+        p[0] = a;
+        p[1] = b;
+    }
+}
+
+static int colsum16(cudaStream_t st, double *part, int *nchunks, const bf *x, const bf *dy,
+                    const bf *out, const float *mean, int64_t rows, int c, int what) {
+    int64_t chunk;
+    const int nch = glae_col_chunks(rows, c, &chunk);
+    *nchunks = nch;
+    dim3 grid((unsigned)((c + 31) / 32), (unsigned)nch), block(32, 8);
+    colsum16_k<<<grid, block, 0, st>>>(part, x, dy, out, mean, rows, c, chunk, what);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+/* ---- fused batch norm + residual + ReLU ------------------------------------------------ */
+
+__global__ static void bn_act_apply_k(bf *out, const bf *in, const bf *res, const float *mean,
+                                      const float *invstd, const float *gamma, const float *beta,
+                                      int64_t total, int c, int relu) {
+    GLAE_FOR(i, total) {
+        const int j = (int)(i % c);
+        const float scale = gamma ? (float)((double)gamma[j] * invstd[j]) : invstd[j];
+        float v = (ld(in, i) - mean[j]) * scale + (beta ? beta[j] : 0.0f);
+        if (res) v += ld(res, i);
+        if (relu && v <= 0.0f) v = 0.0f;
+        out[i] = __float2bfloat16_rn(v);
+    }
+}
+
+extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, float *save_mean,
+                                             float *save_invstd, const glae_bf16 *in,
+                                             const glae_bf16 *residual, const float *gamma,
+                                             const float *beta, float *running_mean,
+                                             float *running_var, int64_t rows, int c,
+                                             float momentum, float eps, int training, int relu) {
+    const char *fn = "bn_act_forward_bf16_cuda";
+    GLAE_STREAM(ctx, fn, st);
+    if (rows < 0 || c < 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return glae_fail(GLAE_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", fn, (double)eps);
+    if (!isfinite(momentum))
+        return glae_fail(GLAE_ERR_VALUE, "%s: momentum must be finite, got %g", fn, (double)momentum);
+    if (training && rows < 2 && c > 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: training needs more than 1 value per channel, got %lld",
+                         fn, (long long)rows);
+    if (!training && (!running_mean || !running_var))
+        return glae_fail(GLAE_ERR_VALUE, "%s: eval mode needs running statistics", fn);
+    if (c == 0) return GLAE_OK;
+    const unsigned cb = (unsigned)((c + 255) / 256);
+    if (training) {
+        double *part;
+        int nch;
+        GLAE_TRY(glae_cuda_workspace(ctx, glae_col_bytes(rows, c), (void **)&part));
+        GLAE_TRY(colsum16(st, part, &nch, (const bf *)in, NULL, NULL, NULL, rows, c, 0));
+        glae_bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var,
+                                            part, nch, c, rows, momentum, eps);
+    } else {
+        glae_bn_eval_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean,
+                                                 running_var, c, eps);
+    }
+    GLAE_LAUNCHED();
+    const int64_t total = rows * c;
+    if (total == 0) return GLAE_OK;
+    bn_act_apply_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(
+        (bf *)out, (const bf *)in, (const bf *)residual, save_mean, save_invstd, gamma, beta,
+        total, c, relu);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
+/* din = g a + (x - mean) k1 + k2 with coef (a, k1, k2) from glae_bn_bwd_coef_k; dres = g.
+ * dres may alias dout: each element is read before the same thread writes it. */
+__global__ static void bn_act_bwd_apply_k(bf *din, bf *dres, const bf *dout, const bf *out,
+                                          const bf *in, const float *mean, const float *coef,
+                                          int64_t total, int c) {
+    GLAE_FOR(i, total) {
+        const int j = (int)(i % c);
+        const float g = (out && !(ld(out, i) > 0.0f)) ? 0.0f : ld(dout, i);
+        const float x = ld(in, i);
+        if (din)
+            din[i] = __float2bfloat16_rn(g * coef[3 * j] +
+                                         ((x - mean[j]) * coef[3 * j + 1] + coef[3 * j + 2]));
+        if (dres) dres[i] = __float2bfloat16_rn(g);
+    }
+}
+
+extern "C" int glae_bn_act_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, glae_bf16 *dres,
+                                              float *dgamma, float *dbeta,
+                                              const glae_bf16 *dout, const glae_bf16 *out,
+                                              const glae_bf16 *in, const float *save_mean,
+                                              const float *save_invstd, const float *gamma,
+                                              int64_t rows, int c, int training, int relu) {
+    const char *fn = "bn_act_backward_bf16_cuda";
+    GLAE_STREAM(ctx, fn, st);
+    if (rows < 0 || c < 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
+    if (relu && !out) return glae_fail(GLAE_ERR_VALUE, "%s: relu needs the forward's output", fn);
+    if (c == 0 || rows == 0 || (!din && !dres && !dgamma && !dbeta)) return GLAE_OK;
+    const bf *mask = relu ? (const bf *)out : NULL;
+    const size_t pbytes = glae_align256(glae_col_bytes(rows, c));
+    char *ws;
+    GLAE_TRY(glae_cuda_workspace(ctx, pbytes + (size_t)c * 3 * sizeof(float), (void **)&ws));
+    double *part = (double *)ws;
+    float *coef = (float *)(ws + pbytes);
+    int nch;
+    GLAE_TRY(colsum16(st, part, &nch, (const bf *)in, (const bf *)dout, mask, save_mean, rows, c, 1));
+    glae_bn_bwd_coef_k<<<(c + 255) / 256, 256, 0, st>>>(coef, dgamma, dbeta, part, nch, c, rows,
+                                                        save_invstd, gamma, training);
+    GLAE_LAUNCHED();
+    if (din || dres) {
+        bn_act_bwd_apply_k<<<glae_grid(rows * c), GLAE_BLOCK, 0, st>>>(
+            (bf *)din, (bf *)dres, (const bf *)dout, mask, (const bf *)in, save_mean, coef,
+            rows * c, c);
+        GLAE_LAUNCHED();
+    }
+    return GLAE_OK;
+}

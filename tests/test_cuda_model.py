@@ -2,7 +2,8 @@
 ResNet-50 "fr+pa" training step from the same weights and batch (loss, every parameter
 gradient, BN running statistics), an SGD step through the device buffers, predict, and
 device-aware get/set. The CPU model is the definition of right. fp32 math: ~1e-4 relative
-on gradients (cuDNN's algorithms sum in other orders); TF32: ~2e-2. Skips without a GPU,
+on gradients (cuDNN's algorithms sum in other orders); TF32: ~2e-2; bf16 (mixed
+precision) against the CPU's bf16 layers, to bf16 noise. Skips without a GPU,
 except the checks of the error a CPU-only machine must give."""
 import numpy as np
 import pytest
@@ -63,6 +64,23 @@ def pair(depth, math="fp32", **kw):
     return cpu, gpu
 
 
+def warm(cpu, *others, steps=8):
+    """A few float32 SGD steps on the CPU model, then its weights copied into the others.
+    At random initialisation a ResNet's gradient is chaotic: a 2^-8 relative change of the
+    input moves it by 15-30% (ResNet-18) or more (ResNet-50; tests/test_bf16.py), so TF32
+    and bf16 could only be compared at tolerances that would hide bugs. After a few steps
+    the same perturbation moves it by ~3%."""
+    x, ages, sigma = batch(seed=7)
+    for step in range(steps):
+        cpu.zero_grad()
+        cpu.train_step(x, ages, sigma)
+        cpu.sgd_step(0.002, 0.9, 0.0, 5e-4, True, step == 0)
+    cpu.write_flat("momentum", np.zeros(cpu.params.size, np.float32))
+    for m in others:
+        m.write_flat("params", cpu.params.copy())
+        m.write_flat("buffers", cpu.buffers.copy())
+
+
 def batch(n=4, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, SIZE, SIZE, 3)).astype(np.float32)
@@ -98,6 +116,7 @@ def test_train_step_matches_cpu(depth, math, tol):
     cpu, gpu = pair(depth, math)
     assert gpu.device.startswith("cuda")
     np.testing.assert_array_equal(gpu.params, cpu.params)  # same init, uploaded
+    warm(cpu, gpu)
     x, ages, sigma = batch()
     for m in (cpu, gpu):
         m.zero_grad()
@@ -108,6 +127,50 @@ def test_train_step_matches_cpu(depth, math, tol):
     compare_grads(cpu, gpu, tol)
     rel, msg = report("buffers", gpu.buffers, cpu.buffers)
     assert rel < tol, msg
+
+
+def cosines(ref, got, table):
+    out = []
+    for name, shape, off, numel, is_buf, group, _ in table:
+        a, b = ref[off:off + numel].astype(np.float64), got[off:off + numel]
+        if is_buf or not a.any():
+            continue
+        out.append((float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)), name))
+    return sorted(out)
+
+
+@needs_gpu
+@pytest.mark.parametrize("depth", [18, 50])
+def test_bf16_train_step_matches_cpu(depth):
+    """Mixed precision: the GPU's bf16 step against the CPU's bf16 layers (the definition,
+    ops/bf16.c) and the float32 model. Two bf16 implementations round after different
+    summation orders, so they agree to bf16 noise, not bit for bit: the GPU's distance to
+    float32 must be of the size of the CPU bf16 model's."""
+    cfg = dict(backbone=f"resnet{depth}", head="fr+pa", input_size=SIZE, proj_width=64, seed=3)
+    cpu32, cpu16 = _C.Model(**cfg), _C.Model(**cfg, math="bf16")
+    gpu16 = _C.Model(**cfg, device="cuda", math="bf16")
+    assert gpu16.math == "bf16"
+    warm(cpu32, cpu16, gpu16)
+    x, ages, sigma = batch()
+    loss = {}
+    for key, m in (("cpu32", cpu32), ("cpu16", cpu16), ("gpu16", gpu16)):
+        m.zero_grad()
+        loss[key] = m.train_step(x, ages, sigma, stage=1, loss="base")
+    for k in ("total", "local", "holistic"):
+        assert loss["gpu16"][k] == pytest.approx(loss["cpu16"][k], rel=2e-2), (k, loss)
+    g32 = cpu32.grads.astype(np.float64)
+    e_cpu = np.linalg.norm(cpu16.grads - g32) / np.linalg.norm(g32)
+    e_gpu = np.linalg.norm(gpu16.grads - g32) / np.linalg.norm(g32)
+    cos = cosines(g32, gpu16.grads, cpu32.param_table())
+    print(f"bf16 gradient vs float32: CPU {e_cpu:.3f}, GPU {e_gpu:.3f}; worst cosines {cos[:3]}")
+    assert e_gpu <= 2 * e_cpu + 0.05
+    assert cos[0][0] > 0.75, cos[:3]
+    b32 = cpu32.buffers
+    assert np.linalg.norm(gpu16.buffers - b32) <= 2 * np.linalg.norm(cpu16.buffers - b32) + 1e-4 * np.linalg.norm(b32)
+    # inference in mixed precision
+    ac, pc, _ = cpu16.predict(x, route="vanilla")[:3]
+    ag, pg, _ = gpu16.predict(x, route="vanilla")[:3]
+    np.testing.assert_allclose(ag, ac, atol=0.5)
 
 
 @needs_gpu

@@ -367,3 +367,68 @@ def test_double_buffered_input_slots(fp32, rng):
     close(_C.cuda_double_buffer_relu(fp32, x), np.maximum(x, 0), rtol=0, atol=0)
     one = f32(rng, 1, 7)
     close(_C.cuda_double_buffer_relu(fp32, one), np.maximum(one, 0), rtol=0, atol=0)
+
+
+# ---- mixed precision: the bf16 layers (ops.h) through one binding, ctx=None vs a CUDA ctx --
+
+def bf16_close(gpu, cpu, ulps=2.0, atol=1e-5):
+    """two bf16 results of float32 math summed in different orders: a rounding may land
+    on either side, so allow a couple of bf16 units in the last place"""
+    gpu, cpu = np.asarray(gpu, np.float64), np.asarray(cpu, np.float64)
+    assert gpu.shape == cpu.shape
+    assert np.all(np.abs(gpu - cpu) <= ulps * 2.0 ** -8 * np.abs(cpu) + atol)
+
+
+BF16_CONV = [(2, 17, 15, 3, 16, 7, 2, 3), (2, 8, 8, 32, 32, 3, 1, 1), (2, 8, 8, 64, 128, 1, 2, 0),
+             (1, 9, 9, 16, 24, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("case", BF16_CONV)
+def test_bf16_conv_layers(fp32, rng, case):
+    n, h, w, c, o, k, s, p = case
+    x = _C.bf16_round(f32(rng, n, h, w, c))
+    wt = f32(rng, o, k, k, c, scale=0.2)
+    b = f32(rng, o)
+    y = _C.conv2d_forward_bf16(x, wt, b, s, p)
+    rel_close(_C.conv2d_forward_bf16(x, wt, b, s, p, fp32), y, 2e-2)
+    dy = _C.bf16_round(f32(rng, *y.shape))
+    ref = _C.conv2d_backward_bf16(dy, x, wt, s, p, True)
+    got = _C.conv2d_backward_bf16(dy, x, wt, s, p, True, fp32)
+    for g, r in zip(got, ref):
+        rel_close(g, r, 2e-2)
+
+
+@pytest.mark.parametrize("residual,relu", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("training", [True, False])
+def test_bf16_bn_act(fp32, rng, residual, relu, training):
+    c = 96
+    x = _C.bf16_round(f32(rng, 4, 9, 7, c, scale=2.0) + 1.0)
+    res = _C.bf16_round(f32(rng, 4, 9, 7, c)) if residual else None
+    g, beta = f32(rng, c) * 0.2 + 1.0, f32(rng, c)
+    rm, rv = f32(rng, c), np.abs(f32(rng, c)) + 0.5
+    ref = _C.bn_act_forward_bf16(x, res, g, beta, rm.copy(), rv.copy(), training, relu)
+    got = _C.bn_act_forward_bf16(x, res, g, beta, rm.copy(), rv.copy(), training, relu, fp32)
+    bf16_close(got[0], ref[0], atol=1e-4)
+    for a, r in zip(got[1:], ref[1:]):
+        close(a, r, rtol=1e-5, atol=1e-6)
+    y, m, inv = ref[0], ref[1], ref[2]
+    dy = _C.bf16_round(f32(rng, *x.shape))
+    ref = _C.bn_act_backward_bf16(dy, y if relu else None, x, m, inv, g, training, relu)
+    got = _C.bn_act_backward_bf16(dy, y if relu else None, x, m, inv, g, training, relu, fp32)
+    bf16_close(got[0], ref[0], atol=1e-3)
+    np.testing.assert_array_equal(got[1], ref[1])  # the masked gradient is exact
+    close(got[2], ref[2], rtol=1e-4, atol=1e-4)
+    close(got[3], ref[3], rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_pool_and_add(fp32, rng):
+    x = _C.bf16_round(f32(rng, 2, 17, 15, 64))
+    y, am = _C.maxpool2d_forward_bf16(x, 3, 2, 1)
+    yg, amg = _C.maxpool2d_forward_bf16(x, 3, 2, 1, fp32)
+    np.testing.assert_array_equal(yg, y)
+    np.testing.assert_array_equal(amg, am)
+    dy = _C.bf16_round(f32(rng, *y.shape))
+    bf16_close(_C.maxpool2d_backward_bf16(dy, am, 17, 15, 3, 2, 1, fp32),
+               _C.maxpool2d_backward_bf16(dy, am, 17, 15, 3, 2, 1), ulps=1.0, atol=0)
+    a, b = _C.bf16_round(f32(rng, 1000)), _C.bf16_round(f32(rng, 1000))
+    np.testing.assert_array_equal(_C.add_forward_bf16(a, b, fp32), _C.add_forward_bf16(a, b))

@@ -59,7 +59,7 @@ if has tests; then
 fi
 
 if has agree; then
-    timeout 200 $PY bench/gpu_agreement.py --steps 200 --out "$OUT" >"$OUT/agreement.log" 2>&1
+    timeout 200 $PY bench/gpu_agreement.py --steps 200 --math bf16 --out "$OUT" >"$OUT/agreement.log" 2>&1
     stamp "200-step agreement rc=$? ($(tail -1 "$OUT/agreement.log"))"
 fi
 

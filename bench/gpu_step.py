@@ -14,9 +14,9 @@ Gaussian label distribution, averaged over positions (GLAE eq. 6-7); holistic br
 the map flattened in NCHW order -> Linear(101*49 -> 512) -> Linear(512 -> 101), KL +
 lambda*L1 (eq. 8-9); loss = L_loc + L_hol (eq. 10); SGD momentum 0.9 Nesterov, wd 5e-4.
 
-glae: the whole-model GPU step runs with float32 activations (fp32 and tf32 rows, the
-batch copied from pageable memory each step); the bf16 row prints "not available in this
-build" until bf16 activations exist (docs/cuda.md).
+glae: the whole-model GPU step in three maths: fp32 and tf32 (float32 activations) and
+bf16 (mixed precision: bf16 backbone activations, fused BN+add+ReLU, float32 head and
+master weights; the issue's row), the batch copied from pageable memory each step.
 
 glae with its own data pipeline: synthetic faces at the benchmark size (2x the batch by
 default, --pack-n) are written once with write_packed to a temporary folder and opened as a
@@ -76,8 +76,8 @@ def glae_mem(m):
 
 
 def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda"):
-    """glae's whole-model step on the GPU (float32 activations; math fp32 or tf32): the
-    batch is copied from pageable host memory each step, as train_step does today."""
+    """glae's whole-model step on the GPU (math fp32, tf32 or bf16): the batch is copied
+    from pageable host memory each step, as train_step does today."""
     import numpy as np
 
     m = glae_model(_C, arch, size, math, device)
@@ -407,9 +407,6 @@ def glae_rows(_C, why, a, name, arch, device, maths, eager_ips, setup):
         compute[math] = g["ips"]
         print(f"{name:<10}{label:<26}{g['ips']:>10.0f}{fmt_mem(g['mem']):>12}"
               f"{ratio(g['ips'])}   (arena + params/grads/momentum)")
-    if device == "cuda":
-        print(f"{name:<10}{'glae bf16 step':<26}{'not available in this build':>30}  "
-              f"({why or 'bf16 activations beyond conv are not written'})")
     if setup is None:
         return
     math = a.e2e_math
@@ -455,7 +452,7 @@ def dry_run_cpu(a):
     print(HDR)
     print("-" * len(HDR))
     for arch in a.arch:
-        glae_rows(glae_C, None, a, f"R{arch} fr+pa", arch, "cpu", ("fp32",), None, setup)
+        glae_rows(glae_C, None, a, f"R{arch} fr+pa", arch, "cpu", ("fp32", "bf16"), None, setup)
     if setup and "tmp" in setup:
         setup["tmp"].cleanup()
     return 0
@@ -479,15 +476,15 @@ def main():
                     help="glae Loader with RandAugment N=2 M=9 too (off by default)")
     ap.add_argument("--pack-n", type=int, default=None,
                     help="synthetic faces in the packed file (default 2x the batch)")
-    ap.add_argument("--e2e-math", choices=["fp32", "tf32"], default=None,
-                    help="math of the loader-fed glae step (default tf32; fp32 on the CPU)")
+    ap.add_argument("--e2e-math", choices=["fp32", "tf32", "bf16"], default=None,
+                    help="math of the loader-fed glae step (default bf16; fp32 on the CPU)")
     ap.add_argument("--dry-run-cpu", action="store_true",
                     help="no GPU needed: glae compute, loader and loader-fed rows with a CPU "
                          "model at a tiny size, to check the code path")
     a = ap.parse_args()
     dry = a.dry_run_cpu
     for k, gpu, cpu in (("arch", [18, 50], [18]), ("batch", 256, 4), ("size", 224, 64),
-                        ("steps", 20, 2), ("warmup", 5, 1), ("e2e_math", "tf32", "fp32")):
+                        ("steps", 20, 2), ("warmup", 5, 1), ("e2e_math", "bf16", "fp32")):
         if getattr(a, k) is None:
             setattr(a, k, cpu if dry else gpu)
     if a.loader_threads is None:
@@ -539,7 +536,7 @@ def main():
                   f"{'':>12}{eager['e2e_ips'] / eager['ips']:>9.2f}")
         if eager["flops"]:
             print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{eager['flops'] / 1e9:>10.0f}")
-        glae_rows(glae_C, why, a, name, arch, "cuda", ("fp32", "tf32"), eager["ips"], setup)
+        glae_rows(glae_C, why, a, name, arch, "cuda", ("fp32", "tf32", "bf16"), eager["ips"], setup)
     if setup and "tmp" in setup:
         setup["tmp"].cleanup()
     return 0

@@ -75,7 +75,9 @@ class Config:
     threads: int = 0  # 0: all cores
     loader_threads: int = 0  # augmentation workers, 0: min(cores, 8); batches never depend on it
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where the model's buffers and activations live
-    gpu_math: str = "fp32"  # CUDA float32 math: "fp32" (FMA) or "tf32" (tensor cores)
+    # "fp32" (FMA), "tf32" (CUDA tensor cores on float32) or "bf16" (mixed precision: bf16
+    # backbone activations on tensor cores; on the CPU the same rounding, slowly, for checks)
+    gpu_math: str = "fp32"
     eval_every: int = 1
 
     def __post_init__(self):
@@ -101,7 +103,7 @@ class Config:
         choice("schedule", SCHEDULES)
         choice("normalization", NORMALIZATIONS)
         choice("route", ROUTES)
-        choice("gpu_math", ("fp32", "tf32"))
+        choice("gpu_math", ("fp32", "tf32", "bf16"))
         if not isinstance(self.device, str) or not (
                 self.device in ("cpu", "cuda") or (self.device.startswith("cuda:")
                                                    and self.device[5:].isdigit())):

@@ -16,7 +16,9 @@ lambda*L1 (eq. 8-9); loss = L_loc + L_hol (eq. 10); SGD momentum 0.9 Nesterov, w
 
 glae: the whole-model GPU step in three maths: fp32 and tf32 (float32 activations) and
 bf16 (mixed precision: bf16 backbone activations, fused BN+add+ReLU, float32 head and
-master weights; the issue's row), the batch copied from pageable memory each step.
+master weights; the issue's row); each step as the Trainer runs it: train_step_async (the
+batch through pinned memory on the copy stream, double-buffered) and the previous step's
+losses read while this one runs.
 
 glae with its own data pipeline: synthetic faces at the benchmark size (2x the batch by
 default, --pack-n) are written once with write_packed to a temporary folder and opened as a
@@ -63,11 +65,15 @@ def glae_model(_C, arch, size, math, device="cuda"):
 
 
 def glae_step(m, x, y, sigma, first):
-    """One stage-1 step as glae.train's Trainer does it: zero_grad, train_step (returns
-    after the loss copy: the step has finished), SGD over backbone + head."""
+    """One stage-1 step as glae.train's Trainer does it: zero_grad, train_step_async (the
+    batch through a pinned slot on the copy stream, nothing waited for), SGD over backbone
+    + head, then the losses of the step before (which has finished, or nearly, while this
+    one runs)."""
     m.zero_grad()
-    m.train_step(x, y, sigma, stage=1)
+    m.train_step_async(x, y, sigma, stage=1)
     m.sgd_step(0.1, 0.9, 0.0, 5e-4, True, first, 0, m.group_range("head")[1])
+    if not first:
+        m.async_losses(1)
 
 
 def glae_mem(m):
@@ -76,8 +82,8 @@ def glae_mem(m):
 
 
 def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda"):
-    """glae's whole-model step on the GPU (math fp32, tf32 or bf16): the batch is copied
-    from pageable host memory each step, as train_step does today."""
+    """glae's whole-model step on the GPU (math fp32, tf32 or bf16), pipelined as the
+    Trainer runs it (glae_step)."""
     import numpy as np
 
     m = glae_model(_C, arch, size, math, device)

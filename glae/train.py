@@ -279,6 +279,11 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------
     def step(self, x, ages, sigma, stage):
+        """Queue one optimizer step and return the losses of the step before it (None for
+        the first). On a GPU the step runs while the caller fetches the next batch: the
+        batch goes through pinned memory on a copy stream and nothing waits for the GPU
+        but the previous step's losses (Model.train_step_async). flush() returns the last
+        step's losses."""
         cfg, m = self.cfg, self.core
         if stage == 1:
             loss_mode, mae = cfg.loss, 0.0
@@ -287,18 +292,7 @@ class Trainer:
         else:
             loss_mode, mae = cfg.loss, 0.0
         m.zero_grad()
-        losses = m.train_step(x, ages, sigma, stage=stage, loss=loss_mode, mae=mae)
-        if not math.isfinite(losses["total"]):
-            # stop before the optimiser spreads it and before a checkpoint records it
-            raise FloatingPointError(
-                f"training diverged in stage {stage}, epoch {self.state['epoch'] + 1}, step "
-                f"{self.state['step']} (loss {losses['total']}): lower the peak learning rate "
-                f"(peak lr in this stage: {cfg.lr(stage):g}). "
-                + ("In stage 2 the backbone's BN runs on its running statistics; after a short "
-                   "stage 1 they are far from the batch statistics and the head sees much "
-                   "larger features, so stage 2 needs a longer stage 1 or a smaller rate."
-                   if stage == 2 else "The L1 term's gradient scales with ages (up to 100), "
-                   "so from-scratch training needs rates around 0.005 or less."))
+        m.train_step_async(x, ages, sigma, stage=stage, loss=loss_mode, mae=mae)
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])
@@ -306,8 +300,38 @@ class Trainer:
         m.sgd_step(lr, mom, 0.0, cfg.weight_decay, cfg.nesterov, step == 0, begin, end,
                    cfg.wd_exclude_bn_bias)
         self.state["step"] = step + 1
+        prev, self._pending = getattr(self, "_pending", None), (stage, step, lr)
+        return self._losses_of(prev, back=1) if prev else None
+
+    def flush(self):
+        """The losses of the last queued step (waits for it), or None."""
+        prev, self._pending = getattr(self, "_pending", None), None
+        return self._losses_of(prev, back=0) if prev else None
+
+    def _losses_of(self, pending, back):
+        stage, step, lr = pending
+        losses = self.core.async_losses(back)
+        if not math.isfinite(losses["total"]):
+            # before a checkpoint records it (the optimizer has taken at most one more step)
+            self._pending = None
+            raise FloatingPointError(
+                f"training diverged in stage {stage}, epoch {self.state['epoch'] + 1}, step "
+                f"{step} (loss {losses['total']}): lower the peak learning rate "
+                f"(peak lr in this stage: {self.cfg.lr(stage):g}). "
+                + ("In stage 2 the backbone's BN runs on its running statistics; after a short "
+                   "stage 1 they are far from the batch statistics and the head sees much "
+                   "larger features, so stage 2 needs a longer stage 1 or a smaller rate."
+                   if stage == 2 else "The L1 term's gradient scales with ages (up to 100), "
+                   "so from-scratch training needs rates around 0.005 or less."))
         losses["lr"] = lr
         return losses
+
+    def _add_losses(self, losses):
+        if losses is None:
+            return
+        sums = self.state["loss_sums"]
+        for key, v in losses.items():
+            sums[key] = sums.get(key, 0.0) + float(v)
 
     # -- evaluation ------------------------------------------------------------------
     def predict(self, dataset, batch_size=None):
@@ -333,6 +357,7 @@ class Trainer:
         done = 0
         cfg = self.cfg
         st = self.state
+        self._pending = None  # a step queued by an interrupted call is not this run's
         if (self.out_dir and st["stage"] == 1 and st["epoch"] == 0 and st["batch"] == 0
                 and st["step"] == 0):  # a fresh run: no lines of an earlier run in the log
             log_path = os.path.join(self.out_dir, "log.jsonl")
@@ -362,16 +387,14 @@ class Trainer:
                 for b, (x, ages, sigma) in _progress(enumerate(batches, skip), nb - skip,
                                                       f"stage {stage} epoch {epoch + 1}/{epochs}",
                                                       self.progress):
-                    losses = self.step(x, ages, sigma, stage)
-                    sums = self.state["loss_sums"]
-                    for key, v in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(v)
+                    self._add_losses(self.step(x, ages, sigma, stage))
                     self.state["loss_count"] += 1
                     self.state["batch"] = b + 1
                     done += 1
                     if max_steps is not None and done >= max_steps:
                         stop = True
                         break
+                self._add_losses(self.flush())
                 if stop and self.state["batch"] < nb:
                     self.save("last")
                     return self

@@ -56,6 +56,60 @@ def test_cpu_model_sgd_step_and_write_flat_match_the_free_functions():
         a.sgd_step(0.1, 0.9, 0.0, 0.0, True, False, 5, 4)
 
 
+def test_async_step_is_the_step_on_the_cpu():
+    """train_step_async + async_losses(back) give the same losses and weights as
+    train_step (on the CPU it is train_step; the lag logic is the same on both devices)."""
+    kw = dict(backbone="resnet18", head="fr+pa", input_size=64, seed=1)
+    a, b = _C.Model(**kw), _C.Model(**kw)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((3, 4, 64, 64, 3)).astype(np.float32)
+    ys = rng.uniform(1, 90, (3, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="no train_step_async|so far"):
+        a.async_losses()
+    ref = []
+    for i in range(3):
+        for m in (a, b):
+            m.zero_grad()
+        ref.append(a.train_step(xs[i], ys[i]))
+        b.train_step_async(xs[i], ys[i])
+        assert b.async_losses() == ref[-1]
+        if i:
+            assert b.async_losses(1) == ref[-2]
+        for m in (a, b):
+            m.sgd_step(0.01, 0.9, 0.0, 5e-4, True, i == 0)
+    assert a.params.tobytes() == b.params.tobytes()
+    with pytest.raises(ValueError, match="back"):
+        b.async_losses(2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("math", ["fp32", "bf16"])
+def test_async_steps_match_sync_steps_on_gpu(math):
+    """Five pipelined steps (pinned double-buffered input, losses read a step late) give
+    the losses and weights of five plain steps on a twin GPU model."""
+    kw = dict(backbone="resnet18", head="fr+pa", input_size=SIZE, proj_width=64, seed=2,
+              device="cuda", math=math)
+    a, b = _C.Model(**kw), _C.Model(**kw)
+    rng = np.random.default_rng(0)
+    got, ref = [], []
+    for i in range(5):
+        x, ages, sigma = batch(seed=10 + i)
+        for m in (a, b):
+            m.zero_grad()
+        ref.append(a.train_step(x, ages, sigma)["total"])
+        b.train_step_async(x, ages, sigma)
+        x[:] = rng.standard_normal(x.shape)  # the caller may reuse its arrays at once
+        for m in (a, b):
+            m.sgd_step(0.002, 0.9, 0.0, 5e-4, True, i == 0)
+        if i:
+            got.append(b.async_losses(1)["total"])
+    got.append(b.async_losses()["total"])
+    # cuDNN may pick non-deterministic algorithms: a bf16 rounding can flip between twins
+    tol = 1e-4 if math == "fp32" else 1e-2
+    np.testing.assert_allclose(got, ref, rtol=tol)
+    np.testing.assert_allclose(b.params, a.params, rtol=tol, atol=1e-5)
+
+
 def pair(depth, math="fp32", **kw):
     cfg = dict(backbone=f"resnet{depth}", head="fr+pa", input_size=SIZE, proj_width=64, seed=3)
     cfg.update(kw)

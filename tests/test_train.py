@@ -436,14 +436,14 @@ def test_lae_stage2_uses_the_final_stage1_val_mae(data, tmp_path):
     t = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=str(tmp_path), progress=False,
                 log=None)
     seen = []
-    train_step = t.core.train_step
+    train_step = t.core.train_step_async
 
     def spy(*args, **kw):
         if kw.get("stage") == 2:
             seen.append((kw["loss"], kw["mae"]))
         return train_step(*args, **kw)
 
-    t.core.train_step = spy
+    t.core.train_step_async = spy
     t.fit()
     assert len(seen) == t.batches_per_epoch()
     # stage 2 leaves the backbone and the vanilla head alone: evaluating the vanilla head now

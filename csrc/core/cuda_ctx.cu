@@ -232,6 +232,13 @@ extern "C" int glae_cuda_d2h(glae_ctx *ctx, void *dst, const void *src, size_t b
     return GLAE_OK;
 }
 
+extern "C" int glae_cuda_d2h_async(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_d2h_async");
+    if (!c) return GLAE_ERR_VALUE;
+    if (bytes) GLAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    return GLAE_OK;
+}
+
 extern "C" int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t bytes) {
     glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_memset");
     if (!c) return GLAE_ERR_VALUE;
@@ -376,5 +383,11 @@ extern "C" int glae_cuda_slot_host_query(glae_cuda_slot *slot, int *ready) {
 extern "C" int glae_cuda_slot_host_sync(glae_cuda_slot *slot) {
     if (!slot) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_host_sync: slot is NULL");
     GLAE_CUDA_CHECK(cudaEventSynchronize(slot->copy_done));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_slot_host_sync_compute(glae_cuda_slot *slot) {
+    if (!slot) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_host_sync_compute: slot is NULL");
+    GLAE_CUDA_CHECK(cudaEventSynchronize(slot->compute_done));
     return GLAE_OK;
 }

@@ -61,6 +61,9 @@ void glae_cuda_host_free(void *ptr);
 int glae_cuda_h2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 int glae_cuda_d2h(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 int glae_cuda_memset(glae_ctx *ctx, void *dst, int value, size_t bytes);
+/* D2H on the compute stream without waiting (dst should be pinned; read it after an
+ * event recorded later on the compute stream, e.g. a slot's compute_done) */
+int glae_cuda_d2h_async(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 /* device-to-device copy on the compute stream */
 int glae_cuda_d2d(glae_ctx *ctx, void *dst, const void *src, size_t bytes);
 /* Asynchronous H2D on the copy stream (src should be pinned); glae_cuda_copy_wait makes
@@ -104,6 +107,9 @@ int glae_cuda_slot_compute_done(glae_ctx *ctx, glae_cuda_slot *slot);
 int glae_cuda_slot_host_query(glae_cuda_slot *slot, int *ready);
 /* ... or block until they have. */
 int glae_cuda_slot_host_sync(glae_cuda_slot *slot);
+/* Block until the compute stream has passed the slot's compute_done (the work of the
+ * step that recorded it, and what it queued before, e.g. a D2H of its losses). */
+int glae_cuda_slot_host_sync_compute(glae_cuda_slot *slot);
 
 #ifdef __cplusplus
 }

@@ -83,6 +83,7 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
 }
 
 void glae_model_free(glae_model *m) {
+    glae_model_async_free(m);
     if (m->no_decay && m->ctx.ops) m->ctx.ops->free(&m->ctx, m->no_decay);
     glae_params_free(&m->p);
     glae_arena_free(&m->arena);
@@ -163,30 +164,138 @@ static int plan(glae_model *m, int kind, int n, int h, int w) {
     return GLAE_OK;
 }
 
-int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
-                          const float *ages, const float *sigma, int stage, int mode, float mae) {
+static int check_step(int n, int stage, int mode) {
     if (stage != 1 && stage != 2)
         return glae_fail(GLAE_ERR_VALUE, "train_step: stage must be 1 or 2, got %d", stage);
     if (mode != GLAE_LOSS_BASE && mode != GLAE_LOSS_KL && mode != GLAE_LOSS_LAE_CLS)
         return glae_fail(GLAE_ERR_VALUE, "train_step: unknown loss mode %d", mode);
     if (n < 1) return glae_fail(GLAE_ERR_VALUE, "train_step: empty batch");
-    GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
+    return GLAE_OK;
+}
+
+/* The step on a batch already on the model's device: x (n, h, w, 3), ages (n), sigma (n)
+ * or NULL; the losses land in m->losses (device). Planned by the caller. */
+static int step_core(glae_model *m, const float *x, const float *ages, const float *sigma, int n,
+                     int stage, int mode, float mae) {
     const int K = m->cfg.num_classes;
+    glae_ctx *ctx = &m->ctx;
+    GLAE_TRY(ctx->ops->label_distribution(ctx, m->z, ages, sigma, 1.0f, n, K, 1));
+    /* stage 2 freezes the backbone: eval-mode BN, no backward */
+    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, x, stage == 1));
+    glae_head *hd = stage == 1 ? &m->head : &m->bal;
+    GLAE_TRY(glae_head_forward(ctx, hd, &m->p, m->net.feat, 1));
+    GLAE_TRY(glae_head_loss_backward(ctx, hd, &m->p, m->losses, stage == 1 ? m->dfeat : NULL,
+                                     m->net.feat, m->z, ages, mode, m->cfg.lam, mae));
+    if (stage == 1) GLAE_TRY(glae_resnet_backward(ctx, &m->net, &m->p, m->dfeat));
+    return GLAE_OK;
+}
+
+int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
+                          const float *ages, const float *sigma, int stage, int mode, float mae) {
+    GLAE_TRY(check_step(n, stage, mode));
+    GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
     glae_ctx *ctx = &m->ctx;
     const glae_backend *ops = ctx->ops;
     GLAE_TRY(ops->copy(ctx, m->xin, x, (size_t)n * h * w * 3 * sizeof(float), GLAE_COPY_H2D));
     GLAE_TRY(ops->copy(ctx, m->y, ages, (size_t)n * sizeof(float), GLAE_COPY_H2D));
     if (sigma) GLAE_TRY(ops->copy(ctx, m->sig, sigma, (size_t)n * sizeof(float), GLAE_COPY_H2D));
-    GLAE_TRY(ops->label_distribution(ctx, m->z, m->y, sigma ? m->sig : NULL, 1.0f, n, K, 1));
-    /* stage 2 freezes the backbone: eval-mode BN, no backward */
-    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xin, stage == 1));
-    glae_head *hd = stage == 1 ? &m->head : &m->bal;
-    GLAE_TRY(glae_head_forward(ctx, hd, &m->p, m->net.feat, 1));
-    GLAE_TRY(glae_head_loss_backward(ctx, hd, &m->p, m->losses, stage == 1 ? m->dfeat : NULL,
-                                     m->net.feat, m->z, m->y, mode, m->cfg.lam, mae));
-    if (stage == 1) GLAE_TRY(glae_resnet_backward(ctx, &m->net, &m->p, m->dfeat));
+    GLAE_TRY(step_core(m, m->xin, m->y, sigma ? m->sig : NULL, n, stage, mode, mae));
     /* the step's one device-to-host copy (it waits for the step to finish) */
     return ops->copy(ctx, losses, m->losses, 3 * sizeof(float), GLAE_COPY_D2H);
+}
+
+/* ---- the pipelined step ----------------------------------------------------------------- */
+
+void glae_model_async_free(glae_model *m) {
+#ifdef GLAE_WITH_CUDA
+    for (int i = 0; i < 2; i++) {
+        glae_cuda_slot_destroy(m->slot[i]); /* waits for its copies and compute */
+        m->slot[i] = NULL;
+        if (m->pin[i]) glae_cuda_host_free(m->pin[i]);
+        if (m->dslot[i]) glae_cuda_free(m->dslot[i]);
+        m->pin[i] = m->dslot[i] = NULL;
+    }
+#endif
+    m->async_cap = 0;
+}
+
+#ifdef GLAE_WITH_CUDA
+/* two (pinned, device) slots of `floats` each; each pinned one has 4 more floats at
+ * [floats] for the losses of its step */
+static int async_grow(glae_model *m, size_t floats) {
+    GLAE_TRY(glae_cuda_sync(&m->ctx));
+    glae_model_async_free(m);
+    for (int i = 0; i < 2; i++) {
+        void *p = NULL, *d = NULL;
+        GLAE_TRY(glae_cuda_slot_create(&m->ctx, (glae_cuda_slot **)&m->slot[i]));
+        GLAE_TRY(glae_cuda_host_alloc(&p, (floats + 4) * sizeof(float)));
+        m->pin[i] = p;
+        GLAE_TRY(glae_cuda_malloc(&d, floats * sizeof(float)));
+        m->dslot[i] = d;
+    }
+    m->async_cap = floats;
+    return GLAE_OK;
+}
+#endif
+
+int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int w,
+                                const float *ages, const float *sigma, int stage, int mode,
+                                float mae) {
+    GLAE_TRY(check_step(n, stage, mode));
+    if (m->ctx.device != GLAE_CUDA) {
+        GLAE_TRY(glae_model_train_step(m, m->cpu_losses[m->async_steps & 1], x, n, h, w, ages,
+                                       sigma, stage, mode, mae));
+        m->async_last = (int)(m->async_steps & 1);
+        m->async_steps++;
+        return GLAE_OK;
+    }
+#ifdef GLAE_WITH_CUDA
+    GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
+    glae_ctx *ctx = &m->ctx;
+    const size_t img = (size_t)n * h * w * 3, floats = img + 2 * (size_t)n;
+    if (floats > m->async_cap) GLAE_TRY(async_grow(m, floats));
+    const int i = (int)(m->async_steps & 1);
+    glae_cuda_slot *slot = m->slot[i];
+    float *pin = m->pin[i], *dev = m->dslot[i];
+    /* the copy of step k-2 has finished reading pinned[i]: refill it */
+    GLAE_TRY(glae_cuda_slot_host_sync(slot));
+    memcpy(pin, x, img * sizeof(float));
+    memcpy(pin + img, ages, (size_t)n * sizeof(float));
+    if (sigma) memcpy(pin + img + n, sigma, (size_t)n * sizeof(float));
+    /* copy stream: after step k-2's compute released dev[i]; compute waits for the copy */
+    GLAE_TRY(glae_cuda_slot_h2d(ctx, slot, dev, pin, (img + (size_t)n * (sigma ? 2 : 1)) * sizeof(float)));
+    GLAE_TRY(glae_cuda_slot_wait_copy(ctx, slot));
+    GLAE_TRY(step_core(m, dev, dev + img, sigma ? dev + img + n : NULL, n, stage, mode, mae));
+    /* the losses come back behind the step, into the slot's pinned tail */
+    GLAE_TRY(glae_cuda_d2h_async(ctx, pin + m->async_cap, m->losses, 3 * sizeof(float)));
+    GLAE_TRY(glae_cuda_slot_compute_done(ctx, slot));
+    m->async_last = i;
+    m->async_steps++;
+    return GLAE_OK;
+#else
+    return glae_fail(GLAE_ERR_RUNTIME, "train_step_async: glae was built without CUDA");
+#endif
+}
+
+int glae_model_async_losses(glae_model *m, float losses[3], int back) {
+    if (back != 0 && back != 1)
+        return glae_fail(GLAE_ERR_VALUE, "async_losses: back must be 0 (last step) or 1, got %d", back);
+    if (m->async_steps <= back)
+        return glae_fail(GLAE_ERR_VALUE, "async_losses: only %lld train_step_async call(s) so far",
+                         m->async_steps);
+    /* step j used slot j % 2; the last one is async_steps - 1 */
+    const int i = (int)((m->async_steps - 1 - back) & 1);
+    if (m->ctx.device != GLAE_CUDA) {
+        memcpy(losses, m->cpu_losses[i], 3 * sizeof(float));
+        return GLAE_OK;
+    }
+#ifdef GLAE_WITH_CUDA
+    GLAE_TRY(glae_cuda_slot_host_sync_compute(m->slot[i]));
+    memcpy(losses, m->pin[i] + m->async_cap, 3 * sizeof(float));
+    return GLAE_OK;
+#else
+    return glae_fail(GLAE_ERR_RUNTIME, "async_losses: glae was built without CUDA");
+#endif
 }
 
 static int copy_out(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {

@@ -54,6 +54,14 @@ typedef struct {
     float *dfeat;
     uint8_t *no_decay;    /* (p.n) 1 = no weight decay (GLAE_P_NO_DECAY), on the device */
     size_t peak_bytes;    /* largest arena ever reserved */
+    /* the pipelined step (glae_model_train_step_async): two input slots on CUDA, each a
+     * pinned host buffer and a device buffer of async_cap floats (x, ages, sigma) */
+    long long async_steps;
+    int async_last;
+    size_t async_cap;
+    float *pin[2], *dslot[2];
+    void *slot[2];        /* glae_cuda_slot */
+    float cpu_losses[2][3]; /* CPU: the losses of the last two async steps */
 } glae_model;
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg);
@@ -67,6 +75,20 @@ int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *
  * only). sigma (n) or NULL (sigma 1). losses = total, local, holistic (batch means). */
 int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
                           const float *ages, const float *sigma, int stage, int mode, float mae);
+
+/* The same step, pipelined (CUDA): the batch is copied into a pinned buffer and sent on
+ * the copy stream while the previous step may still run; the step is queued and the call
+ * returns without waiting for the GPU. Two slots alternate, so the caller's next batch
+ * (loaded meanwhile) overlaps this step's compute. x, ages, sigma may be reused as soon
+ * as the call returns. On the CPU it is glae_model_train_step. */
+int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int w,
+                                const float *ages, const float *sigma, int stage, int mode,
+                                float mae);
+/* The losses of the last async step (back = 0) or of the one before (back = 1, which
+ * lets the caller read a finished step's losses while the last one runs); waits for
+ * that step only. */
+int glae_model_async_losses(glae_model *m, float losses[3], int back);
+void glae_model_async_free(glae_model *m);
 
 /* Forward without loss. Outputs (any may be NULL): feat (n, fh, fw, C); p_van, p_bal (n, K);
  * map_van, map_bal (n, H', W', K) FR logits maps (FR heads); loc_van (n, H', W', K) local

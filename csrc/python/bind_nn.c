@@ -484,13 +484,14 @@ static int parse_loss(const char *s, int *mode) {
     return 0;
 }
 
-static PyObject *Model_train_step(ModelObject *self, PyObject *args, PyObject *kw) {
+/* train_step and train_step_async: the same arguments; async returns None */
+static PyObject *train_step(ModelObject *self, PyObject *args, PyObject *kw, int async) {
     static char *kwlist[] = {"x", "ages", "sigma", "stage", "loss", "mae", NULL};
     PyObject *xo, *ao, *so = Py_None;
     int stage = 1, mode;
     const char *loss = "base";
     float mae = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Oisf:train_step", kwlist, &xo, &ao, &so,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, async ? "OO|Oisf:train_step_async" : "OO|Oisf:train_step", kwlist, &xo, &ao, &so,
                                      &stage, &loss, &mae))
         return NULL;
     if (!model_ready(self)) return NULL;
@@ -514,10 +515,37 @@ static PyObject *Model_train_step(ModelObject *self, PyObject *args, PyObject *k
     float losses[3];
     int st;
     self->busy = 1;
-    GLAE_NOGIL(st, glae_model_train_step(&self->m, losses, PyArray_DATA(x), (int)n,
-                                         (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2),
-                                         PyArray_DATA(ages), sigma ? PyArray_DATA(sigma) : NULL,
-                                         stage, mode, mae));
+    const int h = (int)PyArray_DIM(x, 1), w = (int)PyArray_DIM(x, 2);
+    const float *sp = sigma ? PyArray_DATA(sigma) : NULL;
+    if (async)
+        GLAE_NOGIL(st, glae_model_train_step_async(&self->m, PyArray_DATA(x), (int)n, h, w,
+                                                   PyArray_DATA(ages), sp, stage, mode, mae));
+    else
+        GLAE_NOGIL(st, glae_model_train_step(&self->m, losses, PyArray_DATA(x), (int)n, h, w,
+                                             PyArray_DATA(ages), sp, stage, mode, mae));
+    self->busy = 0;
+    if (st) return glae_raise(st);
+    if (async) Py_RETURN_NONE;
+    return Py_BuildValue("{s:d,s:d,s:d}", "total", (double)losses[0], "local", (double)losses[1],
+                         "holistic", (double)losses[2]);
+}
+
+static PyObject *Model_train_step(ModelObject *self, PyObject *args, PyObject *kw) {
+    return train_step(self, args, kw, 0);
+}
+
+static PyObject *Model_train_step_async(ModelObject *self, PyObject *args, PyObject *kw) {
+    return train_step(self, args, kw, 1);
+}
+
+static PyObject *Model_async_losses(ModelObject *self, PyObject *args) {
+    int back = 0;
+    if (!PyArg_ParseTuple(args, "|i:async_losses", &back)) return NULL;
+    if (!model_ready(self)) return NULL;
+    float losses[3];
+    int st;
+    self->busy = 1;
+    GLAE_NOGIL(st, glae_model_async_losses(&self->m, losses, back));
     self->busy = 0;
     if (st) return glae_raise(st);
     return Py_BuildValue("{s:d,s:d,s:d}", "total", (double)losses[0], "local", (double)losses[1],
@@ -664,6 +692,14 @@ static PyMethodDef Model_methods[] = {
     {"train_step", (PyCFunction)(void (*)(void))Model_train_step, METH_VARARGS | METH_KEYWORDS,
      "train_step(x (N,H,W,3) f32, ages (N,) f32, sigma=None, stage=1, loss='base', mae=0.0) "
      "-> {'total', 'local', 'holistic'}; gradients accumulate into grads"},
+    {"train_step_async", (PyCFunction)(void (*)(void))Model_train_step_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "train_step_async(x, ages, sigma=None, stage=1, loss='base', mae=0.0) -> None: the same "
+     "step queued on the GPU without waiting (pinned, double-buffered input; the arrays may "
+     "be reused at once); on the CPU it is train_step. Read the losses with async_losses()"},
+    {"async_losses", (PyCFunction)Model_async_losses, METH_VARARGS,
+     "async_losses(back=0) -> {'total', 'local', 'holistic'} of the last train_step_async "
+     "(back=1: the one before); waits for that step only"},
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(x, training=False) -> {'feature', 'vanilla', 'balanced', ['vanilla_map', "
      "'balanced_map'], ['vanilla_local']}"},

@@ -203,3 +203,51 @@ def test_frpa_eval_distribution_matches_torch(frpa_pair):
     with torch.no_grad():
         _, logits = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).double())
     np.testing.assert_allclose(ours, F.softmax(logits, dim=1).numpy(), rtol=1e-3, atol=1e-5)
+
+
+# -- on the GPU: glae's CUDA model against PyTorch's CUDA model --------------------------------
+GLAE_GPU = bool(_C.HAS_CUDA and _C.cuda_devices())
+
+
+@pytest.mark.skipif(not (GLAE_GPU and torch.cuda.is_available()),
+                    reason="needs a GPU for both glae and torch")
+def test_frpa_gpu_step_matches_torch_gpu():
+    """The same fr+pa model, weights and batch in glae on the GPU (fp32 math) and in PyTorch
+    on the GPU (float32, TF32 off): the losses agree, and every gradient of ours is at
+    least as close to torch's float64 CPU result as torch's own GPU float32 one is."""
+    torch.manual_seed(0)
+    cfg = dict(r=4, k=4, s=4, proj_depth=1, proj_width=32)
+    m = _C.Model("resnet18", "fr+pa", input_size=64, seed=5, device="cuda", math="fp32", **cfg)
+    net = FRPATorch(4, 4, 4, 101, 2 * 2, 32, 1)
+    sd = {k: torch.from_numpy(m.get(k).copy()) for k, *_ in m.param_table()
+          if not k.startswith("balanced.")}
+    net.load_state_dict(sd, strict=False)
+    net64, net_gpu = net.double(), copy.deepcopy(net).float().cuda()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 64, 64, 3)).astype(np.float32)
+    ages = np.array([6.0, 31.0, 52.5, 77.0], np.float32)
+    m.zero_grad()
+    ours = m.train_step(x, ages, None, stage=1, loss="base")
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        def grads(model, dtype, device):
+            model.train()
+            model.zero_grad()
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device=device, dtype=dtype)
+            fmap, logits = model(xt)
+            total, l_loc, l_hol = frpa_losses_torch(fmap.cpu(), logits.cpu(),
+                                                    torch.from_numpy(ages).double())
+            total.backward()
+            return ([v.item() for v in (total, l_loc, l_hol)],
+                    {k: p.grad.double().cpu().numpy() for k, p in model.named_parameters()})
+
+        losses, ref64 = grads(net64, torch.float64, "cpu")
+        gpu_losses, ref32 = grads(net_gpu, torch.float32, "cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    for i, k in enumerate(("total", "local", "holistic")):
+        assert ours[k] == pytest.approx(losses[i], rel=1e-5), k
+        assert gpu_losses[i] == pytest.approx(losses[i], rel=1e-4), k
+    worst = compare_with_torch(m, net64, ref64, ref32, zero_grad=("proj.0.bias",))
+    assert len(worst) == 69

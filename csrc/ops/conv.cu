@@ -180,12 +180,29 @@ static int ws_size(glae_cuda_ctx *c, const descs *d, int op, int algo, size_t *b
 }
 
 /* Set the cached (or newly chosen) algorithm's math type on d->conv and return it. */
+/* append e (with `key`) to the cache */
+static int cache_add(glae_cuda_ctx *c, const int key[16], glae_conv_algo *e) {
+    memcpy(e->key, key, 16 * sizeof(int));
+    if (c->n_algos == c->cap_algos) {
+        int cap = c->cap_algos ? 2 * c->cap_algos : 64;
+        glae_conv_algo *grown = (glae_conv_algo *)realloc(c->algos, (size_t)cap * sizeof *grown);
+        if (!grown) return glae_fail(GLAE_ERR_MEMORY, "conv2d_cuda: cannot grow the algorithm cache");
+        c->algos = grown;
+        c->cap_algos = cap;
+    }
+    c->algos[c->n_algos++] = *e;
+    return GLAE_OK;
+}
+
 static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae_conv2d_shape *s,
                   glae_conv_algo *chosen) {
     int key[16];
     conv_key(key, op, bf16, c->math, s);
     for (int i = 0; i < c->n_algos; i++)
         if (!memcmp(c->algos[i].key, key, sizeof key)) {
+            if (c->algos[i].algo < 0) /* known to have none: the bf16 twins fall back */
+                return glae_fail(GLAE_ERR_CUDA, "conv2d_cuda: cuDNN has no algorithm for op %d, %s "
+                                 "(cached)", op, bf16 ? "bf16" : "float32");
             *chosen = c->algos[i];
             GLAE_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv, (cudnnMathType_t)chosen->math));
             return GLAE_OK;
@@ -217,6 +234,12 @@ static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae
             e.ws = need;
             pick = i;
         }
+    if (pick < 0) {
+        e.algo = -1; /* remembered, so the fallback decision costs no query next time */
+        e.math = 0;
+        e.ws = 0;
+    }
+    if (pick < 0 && cache_add(c, key, &e) != GLAE_OK) return GLAE_ERR_MEMORY;
     if (pick < 0)
         return glae_fail(GLAE_ERR_CUDA,
                          "conv2d_cuda: cuDNN has no algorithm for op %d, %s, shape n=%d h=%d w=%d "
@@ -224,15 +247,7 @@ static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae
                          "workspace", op, bf16 ? "bf16" : "float32", s->n, s->h, s->w, s->c_in,
                          s->c_out, s->kh, s->kw, s->stride_h, s->stride_w, s->pad_h, s->pad_w,
                          c->ws_limit);
-    memcpy(e.key, key, sizeof key);
-    if (c->n_algos == c->cap_algos) {
-        int cap = c->cap_algos ? 2 * c->cap_algos : 64;
-        glae_conv_algo *grown = (glae_conv_algo *)realloc(c->algos, (size_t)cap * sizeof *grown);
-        if (!grown) return glae_fail(GLAE_ERR_MEMORY, "conv2d_cuda: cannot grow the algorithm cache");
-        c->algos = grown;
-        c->cap_algos = cap;
-    }
-    c->algos[c->n_algos++] = e;
+    GLAE_TRY(cache_add(c, key, &e));
     *chosen = e;
     return GLAE_OK;
 }
@@ -349,11 +364,118 @@ static int backward(glae_ctx *ctx, void *din, float *dweight, float *dbias, cons
     return GLAE_OK;
 }
 
+/* ---- bf16 shapes cuDNN cannot run ---------------------------------------------------------
+ * The legacy API's bf16 NHWC kernels may have no algorithm for a shape (channel counts that
+ * are not multiples of 8: the stem's 3 input channels). Such a shape runs through the
+ * float32 twin (TF32 math in the BF16 mode) on widened copies of the same bf16 values and
+ * the bf16-rounded weight, with the same roundings of the results as the bf16 path (the
+ * CPU definition, ops/bf16.c). Temporaries are stream-ordered allocations: the float32
+ * twin uses the context's workspace itself. */
+
+__global__ static void round_w_k(float *out, const float *in, int64_t n) {
+    GLAE_FOR(i, n) out[i] = __bfloat162float(__float2bfloat16_rn(in[i]));
+}
+__global__ static void add_rounded_k(float *dst, const float *src, int64_t n) {
+    GLAE_FOR(i, n) dst[i] += __bfloat162float(__float2bfloat16_rn(src[i]));
+}
+
+/* 1 when cuDNN has bf16 algorithms for every op the call needs */
+static int bf16_runs(glae_ctx *ctx, const glae_conv2d_shape *s, int fwd, int bwd_data, int bwd_filter) {
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    descs d = {0};
+    glae_conv_algo a;
+    int ok = descs_make(&d, s, 1, c->math) == GLAE_OK;
+    if (ok && fwd) ok = choose(c, &d, OP_FWD, 1, s, &a) == GLAE_OK;
+    if (ok && bwd_data) ok = choose(c, &d, OP_BWD_DATA, 1, s, &a) == GLAE_OK;
+    if (ok && bwd_filter) ok = choose(c, &d, OP_BWD_FILTER, 1, s, &a) == GLAE_OK;
+    descs_free(&d);
+    return ok;
+}
+
+typedef struct {
+    void *p[4];
+    int n;
+    cudaStream_t st;
+} temps;
+
+static float *temp(temps *t, int64_t floats) {
+    void *p = NULL;
+    if (cudaMallocAsync(&p, (size_t)(floats > 0 ? floats : 1) * sizeof(float), t->st) != cudaSuccess) {
+        cudaGetLastError();
+        glae_fail(GLAE_ERR_MEMORY, "conv2d_bf16_cuda: cannot allocate %lld floats of device memory",
+                  (long long)floats);
+        return NULL;
+    }
+    t->p[t->n++] = p;
+    return (float *)p;
+}
+
+static void temps_free(temps *t) {
+    for (int i = 0; i < t->n; i++) cudaFreeAsync(t->p[i], t->st);
+}
+
+static int fwd_fallback(glae_ctx *ctx, glae_bf16 *out, const glae_bf16 *in, const float *weight,
+                        const float *bias, const glae_conv2d_shape *s) {
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    const int64_t ni = (int64_t)s->n * s->h * s->w * s->c_in, no = (int64_t)s->n * s->oh * s->ow * s->c_out;
+    const int64_t nw = w_numel(s);
+    temps t = {{0}, 0, c->stream};
+    float *x = temp(&t, ni), *w = x ? temp(&t, nw) : NULL, *y = w ? temp(&t, no) : NULL;
+    int st = y ? GLAE_OK : GLAE_ERR_MEMORY;
+    if (!st) {
+        bf2f_k<<<glae_grid(ni), GLAE_BLOCK, 0, c->stream>>>(x, (const __nv_bfloat16 *)in, ni);
+        round_w_k<<<glae_grid(nw), GLAE_BLOCK, 0, c->stream>>>(w, weight, nw);
+        st = glae_conv2d_forward_cuda(ctx, y, x, w, NULL, s);
+    }
+    if (!st) {
+        f2bf_k<<<glae_grid(no), GLAE_BLOCK, 0, c->stream>>>((__nv_bfloat16 *)out, y, no);
+        if (bias) bias_k<<<glae_grid(no), GLAE_BLOCK, 0, c->stream>>>(out, bias, no, s->c_out, 1, 0);
+        st = cudaGetLastError() == cudaSuccess ? GLAE_OK
+                                               : glae_fail(GLAE_ERR_CUDA, "conv2d_forward_bf16_cuda: launch failed");
+    }
+    temps_free(&t);
+    return st;
+}
+
+static int bwd_fallback(glae_ctx *ctx, glae_bf16 *din, float *dweight, float *dbias,
+                        const glae_bf16 *dout, const glae_bf16 *in, const float *weight,
+                        const glae_conv2d_shape *s) {
+    glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    const int64_t ni = (int64_t)s->n * s->h * s->w * s->c_in, no = (int64_t)s->n * s->oh * s->ow * s->c_out;
+    const int64_t nw = w_numel(s);
+    temps t = {{0}, 0, c->stream};
+    float *dy = temp(&t, no), *x = dy ? temp(&t, ni) : NULL, *w = x ? temp(&t, nw) : NULL;
+    float *g = w ? temp(&t, ni > nw ? ni : nw) : NULL;
+    int st = g ? GLAE_OK : GLAE_ERR_MEMORY;
+    if (!st) {
+        bf2f_k<<<glae_grid(no), GLAE_BLOCK, 0, c->stream>>>(dy, (const __nv_bfloat16 *)dout, no);
+        bf2f_k<<<glae_grid(ni), GLAE_BLOCK, 0, c->stream>>>(x, (const __nv_bfloat16 *)in, ni);
+        round_w_k<<<glae_grid(nw), GLAE_BLOCK, 0, c->stream>>>(w, weight, nw);
+    }
+    if (!st && din) {
+        st = glae_conv2d_backward_cuda(ctx, g, NULL, NULL, dy, x, w, s);
+        if (!st) f2bf_k<<<glae_grid(ni), GLAE_BLOCK, 0, c->stream>>>((__nv_bfloat16 *)din, g, ni);
+    }
+    if (!st && (dweight || dbias)) {
+        if (dweight && cudaMemsetAsync(g, 0, (size_t)nw * sizeof(float), c->stream) != cudaSuccess)
+            st = glae_fail(GLAE_ERR_CUDA, "conv2d_backward_bf16_cuda: memset failed");
+        if (!st) st = glae_conv2d_backward_cuda(ctx, NULL, dweight ? g : NULL, dbias, dy, x, weight, s);
+        /* the bf16 path's weight gradient is a bf16 tensor added to the float32 one */
+        if (!st && dweight) add_rounded_k<<<glae_grid(nw), GLAE_BLOCK, 0, c->stream>>>(dweight, g, nw);
+    }
+    if (!st && cudaGetLastError() != cudaSuccess)
+        st = glae_fail(GLAE_ERR_CUDA, "conv2d_backward_bf16_cuda: launch failed");
+    temps_free(&t);
+    return st;
+}
+
 static int fwd_entry(glae_ctx *ctx, void *out, const void *in, const float *weight,
                      const float *bias, const glae_conv2d_shape *s, int bf16, const char *fn) {
     if (!glae_cuda_of(ctx, fn)) return GLAE_ERR_VALUE;
     GLAE_TRY(check(s, fn));
     if ((int64_t)s->n * s->oh * s->ow * s->c_out == 0) return GLAE_OK;
+    if (bf16 && s->c_in > 0 && !bf16_runs(ctx, s, 1, 0, 0))
+        return fwd_fallback(ctx, (glae_bf16 *)out, (const glae_bf16 *)in, weight, bias, s);
     descs d = {0};
     int st = forward(ctx, out, in, weight, bias, s, bf16, &d);
     descs_free(&d);
@@ -366,6 +488,10 @@ static int bwd_entry(glae_ctx *ctx, void *din, float *dweight, float *dbias, con
     if (!glae_cuda_of(ctx, fn)) return GLAE_ERR_VALUE;
     GLAE_TRY(check(s, fn));
     if (s->n == 0) return GLAE_OK; /* every tensor the backward writes or adds to is empty / unchanged */
+    if (bf16 && s->c_in > 0 && s->c_out > 0 && (din || dweight) &&
+        !bf16_runs(ctx, s, 0, din != NULL, dweight != NULL))
+        return bwd_fallback(ctx, (glae_bf16 *)din, dweight, dbias, (const glae_bf16 *)dout,
+                            (const glae_bf16 *)in, weight, s);
     descs d = {0};
     int st = backward(ctx, din, dweight, dbias, dout, in, weight, s, bf16, &d);
     descs_free(&d);

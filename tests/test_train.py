@@ -482,3 +482,22 @@ def test_loader_threads_do_not_change_training(data):
     cfg = small_cfg(loader_threads=0)
     assert Trainer(Model.from_config(cfg), cfg, train, None, progress=False,
                    log=None).loader_threads() == min(os.cpu_count() or 1, 8)
+
+
+def test_bf16_training_run_and_checkpoint(data, tmp_path):
+    """Config(gpu_math="bf16") trains both stages on the CPU's bf16 layers (the GPU's
+    definition), its losses fall, and a checkpoint brings the math back."""
+    train, val = data
+    cfg = small_cfg(gpu_math="bf16", stage1_epochs=2, stage2_epochs=1)
+    model = Model.from_config(cfg)
+    assert model.core.math == "bf16"
+    t = Trainer(model, cfg, train, val, out_dir=str(tmp_path), progress=False, log=None)
+    t.fit()
+    log = [e for e in read_log(str(tmp_path)) if e["stage"] == 1]
+    assert log[-1]["train"]["total"] < log[0]["train"]["total"]
+    path = os.path.join(str(tmp_path), "final.glae")
+    model.save(path)
+    again = load(path)
+    assert again.config.gpu_math == "bf16" and again.core.math == "bf16"
+    np.testing.assert_allclose(again.predict(train.images[:4]), model.predict(train.images[:4]),
+                               rtol=1e-6)

@@ -400,8 +400,8 @@ def test_bf16_conv_layers(fp32, rng, case):
 
 @pytest.mark.parametrize("residual,relu", [(False, False), (False, True), (True, True)])
 @pytest.mark.parametrize("training", [True, False])
-def test_bf16_bn_act(fp32, rng, residual, relu, training):
-    c = 96
+@pytest.mark.parametrize("c", [96, 20])  # 8 channels per thread / one per thread
+def test_bf16_bn_act(fp32, rng, residual, relu, training, c):
     x = _C.bf16_round(f32(rng, 4, 9, 7, c, scale=2.0) + 1.0)
     res = _C.bf16_round(f32(rng, 4, 9, 7, c)) if residual else None
     g, beta = f32(rng, c) * 0.2 + 1.0, f32(rng, c)

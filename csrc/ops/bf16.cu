@@ -95,6 +95,36 @@ __global__ static void bn_act_apply_k(bf *out, const bf *in, const bf *res, cons
     }
 }
 
+/* Eight channels per thread (C % 8 == 0, 16-byte aligned tensors: every ResNet layer):
+ * one 128-bit load per tensor and one channel index per eight elements. */
+typedef union {
+    uint4 u;
+    bf h[8];
+} bf8;
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+__global__ static void bn_act_apply8_k(bf8 *out, const bf8 *in, const bf8 *res, const float *mean,
+                                       const float *invstd, const float *gamma, const float *beta,
+                                       int64_t total8, int c, int relu) {
+    GLAE_FOR(v, total8) {
+        const int j0 = (int)((v * 8) % c);
+        const bf8 x = in[v];
+        bf8 r, o;
+        if (res) r = res[v];
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            const int j = j0 + t;
+            const float scale = gamma ? (float)((double)gamma[j] * invstd[j]) : invstd[j];
+            float y = (__bfloat162float(x.h[t]) - mean[j]) * scale + (beta ? beta[j] : 0.0f);
+            if (res) y += __bfloat162float(r.h[t]);
+            if (relu && y <= 0.0f) y = 0.0f;
+            o.h[t] = __float2bfloat16_rn(y);
+        }
+        out[v] = o;
+    }
+}
+
 extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, float *save_mean,
                                              float *save_invstd, const glae_bf16 *in,
                                              const glae_bf16 *residual, const float *gamma,
@@ -130,9 +160,14 @@ extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, floa
     GLAE_LAUNCHED();
     const int64_t total = rows * c;
     if (total == 0) return GLAE_OK;
-    bn_act_apply_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(
-        (bf *)out, (const bf *)in, (const bf *)residual, save_mean, save_invstd, gamma, beta,
-        total, c, relu);
+    if (c % 8 == 0 && aligned16(out) && aligned16(in) && (!residual || aligned16(residual)))
+        bn_act_apply8_k<<<glae_grid(total / 8), GLAE_BLOCK, 0, st>>>(
+            (bf8 *)out, (const bf8 *)in, (const bf8 *)residual, save_mean, save_invstd, gamma,
+            beta, total / 8, c, relu);
+    else
+        bn_act_apply_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(
+            (bf *)out, (const bf *)in, (const bf *)residual, save_mean, save_invstd, gamma, beta,
+            total, c, relu);
     GLAE_LAUNCHED();
     return GLAE_OK;
 }
@@ -150,6 +185,27 @@ __global__ static void bn_act_bwd_apply_k(bf *din, bf *dres, const bf *dout, con
             din[i] = __float2bfloat16_rn(g * coef[3 * j] +
                                          ((x - mean[j]) * coef[3 * j + 1] + coef[3 * j + 2]));
         if (dres) dres[i] = __float2bfloat16_rn(g);
+    }
+}
+
+__global__ static void bn_act_bwd_apply8_k(bf8 *din, bf8 *dres, const bf8 *dout, const bf8 *out,
+                                           const bf8 *in, const float *mean, const float *coef,
+                                           int64_t total8, int c) {
+    GLAE_FOR(v, total8) {
+        const int j0 = (int)((v * 8) % c);
+        const bf8 d = dout[v], x = in[v];
+        bf8 m, a, g8;
+        if (out) m = out[v];
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            const int j = j0 + t;
+            const float g = (out && !(__bfloat162float(m.h[t]) > 0.0f)) ? 0.0f : __bfloat162float(d.h[t]);
+            a.h[t] = __float2bfloat16_rn(g * coef[3 * j] + ((__bfloat162float(x.h[t]) - mean[j]) *
+                                                                coef[3 * j + 1] + coef[3 * j + 2]));
+            g8.h[t] = __float2bfloat16_rn(g);
+        }
+        if (din) din[v] = a;
+        if (dres) dres[v] = g8;
     }
 }
 
@@ -177,9 +233,17 @@ extern "C" int glae_bn_act_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, gla
                                                         save_invstd, gamma, training);
     GLAE_LAUNCHED();
     if (din || dres) {
-        bn_act_bwd_apply_k<<<glae_grid(rows * c), GLAE_BLOCK, 0, st>>>(
-            (bf *)din, (bf *)dres, (const bf *)dout, mask, (const bf *)in, save_mean, coef,
-            rows * c, c);
+        const int vec = c % 8 == 0 && aligned16(dout) && aligned16(in) &&
+                        (!mask || aligned16(mask)) && (!din || aligned16(din)) &&
+                        (!dres || aligned16(dres));
+        if (vec)
+            bn_act_bwd_apply8_k<<<glae_grid(rows * c / 8), GLAE_BLOCK, 0, st>>>(
+                (bf8 *)din, (bf8 *)dres, (const bf8 *)dout, (const bf8 *)mask, (const bf8 *)in,
+                save_mean, coef, rows * c / 8, c);
+        else
+            bn_act_bwd_apply_k<<<glae_grid(rows * c), GLAE_BLOCK, 0, st>>>(
+                (bf *)din, (bf *)dres, (const bf *)dout, mask, (const bf *)in, save_mean, coef,
+                rows * c, c);
         GLAE_LAUNCHED();
     }
     return GLAE_OK;

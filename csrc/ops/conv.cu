@@ -194,6 +194,18 @@ static int cache_add(glae_cuda_ctx *c, const int key[16], glae_conv_algo *e) {
     return GLAE_OK;
 }
 
+/* A bf16 cuDNN call that the heuristics offered but that returned NOT_SUPPORTED when run:
+ * the entry is turned into a "no algorithm" one (later calls go straight to the float32
+ * fallback) and forward()/backward() return one of these to their entry point. */
+enum { BF16_UNSUPPORTED_FWD = -77, BF16_UNSUPPORTED_DATA = -78, BF16_UNSUPPORTED_FILTER = -79 };
+
+static void forget(glae_cuda_ctx *c, int op, const glae_conv2d_shape *s) {
+    int key[16];
+    conv_key(key, op, 1, c->math, s);
+    for (int i = 0; i < c->n_algos; i++)
+        if (!memcmp(c->algos[i].key, key, sizeof key)) c->algos[i].algo = -1;
+}
+
 static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae_conv2d_shape *s,
                   glae_conv_algo *chosen) {
     int key[16];
@@ -295,9 +307,14 @@ static int forward(glae_ctx *ctx, void *out, const void *in, const float *weight
         wd = ws;
     }
     const float one = 1.0f, zero = 0.0f;
-    GLAE_CUDNN_CHECK(cudnnConvolutionForward(c->cudnn, &one, d->x, in, d->w, wd, d->conv,
-                                             (cudnnConvolutionFwdAlgo_t)a.algo, ws + wbytes, a.ws,
-                                             &zero, d->y, out));
+    const cudnnStatus_t cs = cudnnConvolutionForward(c->cudnn, &one, d->x, in, d->w, wd, d->conv,
+                                                     (cudnnConvolutionFwdAlgo_t)a.algo, ws + wbytes,
+                                                     a.ws, &zero, d->y, out);
+    if (cs == CUDNN_STATUS_NOT_SUPPORTED && bf16) {
+        forget(c, OP_FWD, s);
+        return BF16_UNSUPPORTED_FWD;
+    }
+    GLAE_CUDNN_CHECK(cs);
     if (bias) {
         bias_k<<<glae_grid(ototal), GLAE_BLOCK, 0, c->stream>>>(out, bias, ototal, s->c_out, bf16, 0);
         GLAE_LAUNCHED();
@@ -340,9 +357,14 @@ static int backward(glae_ctx *ctx, void *din, float *dweight, float *dbias, cons
             GLAE_LAUNCHED();
             wd = ws;
         }
-        GLAE_CUDNN_CHECK(cudnnConvolutionBackwardData(c->cudnn, &one, d->w, wd, d->y, dout, d->conv,
-                                                      (cudnnConvolutionBwdDataAlgo_t)a.algo,
-                                                      ws + wbytes, a.ws, &zero, d->x, din));
+        const cudnnStatus_t cs = cudnnConvolutionBackwardData(
+            c->cudnn, &one, d->w, wd, d->y, dout, d->conv, (cudnnConvolutionBwdDataAlgo_t)a.algo,
+            ws + wbytes, a.ws, &zero, d->x, din);
+        if (cs == CUDNN_STATUS_NOT_SUPPORTED && bf16) {
+            forget(c, OP_BWD_DATA, s);
+            return BF16_UNSUPPORTED_DATA;
+        }
+        GLAE_CUDNN_CHECK(cs);
     }
     if (dweight) {
         glae_conv_algo a;
@@ -353,9 +375,14 @@ static int backward(glae_ctx *ctx, void *din, float *dweight, float *dbias, cons
          * added to the float32 gradient (autocast's cast backward does the same) */
         void *dw = bf16 ? (void *)ws : (void *)dweight;
         const float *beta = bf16 ? &zero : &one;
-        GLAE_CUDNN_CHECK(cudnnConvolutionBackwardFilter(c->cudnn, &one, d->x, in, d->y, dout, d->conv,
-                                                        (cudnnConvolutionBwdFilterAlgo_t)a.algo,
-                                                        ws + wbytes, a.ws, beta, d->w, dw));
+        const cudnnStatus_t cs = cudnnConvolutionBackwardFilter(
+            c->cudnn, &one, d->x, in, d->y, dout, d->conv, (cudnnConvolutionBwdFilterAlgo_t)a.algo,
+            ws + wbytes, a.ws, beta, d->w, dw);
+        if (cs == CUDNN_STATUS_NOT_SUPPORTED && bf16) {
+            forget(c, OP_BWD_FILTER, s);
+            return BF16_UNSUPPORTED_FILTER;
+        }
+        GLAE_CUDNN_CHECK(cs);
         if (bf16) {
             add_bf_to_f_k<<<glae_grid(wn), GLAE_BLOCK, 0, c->stream>>>(dweight, (const __nv_bfloat16 *)ws, wn);
             GLAE_LAUNCHED();
@@ -479,6 +506,8 @@ static int fwd_entry(glae_ctx *ctx, void *out, const void *in, const float *weig
     descs d = {0};
     int st = forward(ctx, out, in, weight, bias, s, bf16, &d);
     descs_free(&d);
+    if (st == BF16_UNSUPPORTED_FWD) /* nothing was written */
+        st = fwd_fallback(ctx, (glae_bf16 *)out, (const glae_bf16 *)in, weight, bias, s);
     return st;
 }
 
@@ -495,6 +524,14 @@ static int bwd_entry(glae_ctx *ctx, void *din, float *dweight, float *dbias, con
     descs d = {0};
     int st = backward(ctx, din, dweight, dbias, dout, in, weight, s, bf16, &d);
     descs_free(&d);
+    /* dbias is done by then; a failed data call left din and dweight to do, a failed
+     * filter call only dweight */
+    if (st == BF16_UNSUPPORTED_DATA)
+        st = bwd_fallback(ctx, (glae_bf16 *)din, dweight, NULL, (const glae_bf16 *)dout,
+                          (const glae_bf16 *)in, weight, s);
+    else if (st == BF16_UNSUPPORTED_FILTER)
+        st = bwd_fallback(ctx, NULL, dweight, NULL, (const glae_bf16 *)dout, (const glae_bf16 *)in,
+                          weight, s);
     return st;
 }
 

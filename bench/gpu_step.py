@@ -81,12 +81,14 @@ def glae_mem(m):
     return m.arena_bytes + 3 * 4 * n  # arena + params/grads/momentum
 
 
-def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda"):
+def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda", graph=False):
     """glae's whole-model step on the GPU (math fp32, tf32 or bf16), pipelined as the
     Trainer runs it (glae_step)."""
     import numpy as np
 
     m = glae_model(_C, arch, size, math, device)
+    if graph:
+        m.use_cuda_graph()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     y = rng.uniform(0, 100, batch).astype(np.float32)
@@ -94,11 +96,12 @@ def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda"):
     for i in range(warmup):
         glae_step(m, x, y, None, i == 0)
     t = time.perf_counter()
-    for _ in range(steps):
-        glae_step(m, x, y, None, False)
+    for i in range(steps):
+        glae_step(m, x, y, None, warmup == 0 and i == 0)
     m.get("conv1.weight")  # waits for the last SGD step
     dt = time.perf_counter() - t
-    return {"ips": batch * steps / dt, "mem": glae_mem(m), "step_s": dt / steps}
+    return {"ips": batch * steps / dt, "mem": glae_mem(m), "step_s": dt / steps,
+            "graph": m.cuda_graph}
 
 
 # ---- glae fed by its own loader from a packed file ----------------------------------------
@@ -400,19 +403,22 @@ def glae_rows(_C, why, a, name, arch, device, maths, eager_ips, setup):
         return f"{ips / eager_ips:>9.2f}" if eager_ips else f"{'':>9}"
 
     compute = {}
-    for math in maths:
-        label = f"glae {math} step"
+    for variant in maths:
+        math, graph = variant.split("+")[0], variant.endswith("+graph")
+        label = f"glae {math} {'graph ' if graph else ''}step"
         if why:
             print(f"{name:<10}{label:<26}{'not available in this build':>30}  ({why})")
             continue
         try:
-            g = bench_glae(_C, arch, a.batch, a.size, a.steps, a.warmup, math, device)
+            g = bench_glae(_C, arch, a.batch, a.size, a.steps, a.warmup, math, device, graph)
         except Exception as e:  # noqa: BLE001 - report and go on with the table
             print(f"{name:<10}{label:<26}failed: {type(e).__name__}: {e}")
             continue
-        compute[math] = g["ips"]
+        if not graph:
+            compute[math] = g["ips"]
+        note = f"CUDA graph {g['graph']}" if graph else "arena + params/grads/momentum"
         print(f"{name:<10}{label:<26}{g['ips']:>10.0f}{fmt_mem(g['mem']):>12}"
-              f"{ratio(g['ips'])}   (arena + params/grads/momentum)")
+              f"{ratio(g['ips'])}   ({note})")
     if setup is None:
         return
     math = a.e2e_math
@@ -542,7 +548,8 @@ def main():
                   f"{'':>12}{eager['e2e_ips'] / eager['ips']:>9.2f}")
         if eager["flops"]:
             print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{eager['flops'] / 1e9:>10.0f}")
-        glae_rows(glae_C, why, a, name, arch, "cuda", ("fp32", "tf32", "bf16"), eager["ips"], setup)
+        glae_rows(glae_C, why, a, name, arch, "cuda", ("fp32", "tf32", "bf16", "bf16+graph"),
+                  eager["ips"], setup)
     if setup and "tmp" in setup:
         setup["tmp"].cleanup()
     return 0

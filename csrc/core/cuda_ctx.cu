@@ -48,6 +48,7 @@ static void release(glae_cuda_ctx *c) {
     if (c->ws && c->stream) cudaFreeAsync(c->ws, c->stream); /* it came from cudaMallocAsync */
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
+    if (c->cublas_ws) cudaFree(c->cublas_ws); /* after the syncs above */
     if (c->cublaslt) cublasLtDestroy(c->cublaslt);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cudnn) cudnnDestroy(c->cudnn);
@@ -75,6 +76,12 @@ static int create(glae_cuda_ctx *c, int device, int math) {
     c->math = math;
     c->ws_limit = DEFAULT_WS_LIMIT;
     GLAE_CUDA_CHECK(cudaSetDevice(device));
+    /* stream-ordered allocations (the workspace, the bf16 fallback's temporaries) stay in
+     * the device's pool instead of going back to the driver at every synchronisation */
+    cudaMemPool_t pool;
+    GLAE_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    unsigned long long keep = ~0ULL;
+    GLAE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
     GLAE_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     GLAE_CUDA_CHECK(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
     GLAE_CUDA_CHECK(cudaEventCreateWithFlags(&c->copy_done, cudaEventDisableTiming));
@@ -172,6 +179,7 @@ extern "C" int glae_cuda_workspace(glae_ctx *ctx, size_t bytes, void **ptr) {
         size_t grown = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1); /* 1 MiB steps */
         GLAE_CUDA_CHECK(cudaMallocAsync(&c->ws, grown, c->stream));
         c->ws_size = grown;
+        c->ws_gen++;
     }
     *ptr = c->ws;
     return GLAE_OK;
@@ -390,4 +398,67 @@ extern "C" int glae_cuda_slot_host_sync_compute(glae_cuda_slot *slot) {
     if (!slot) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_host_sync_compute: slot is NULL");
     GLAE_CUDA_CHECK(cudaEventSynchronize(slot->compute_done));
     return GLAE_OK;
+}
+
+/* ---- CUDA graphs ----------------------------------------------------------------------- */
+
+#define CUBLAS_WS_BYTES ((size_t)32 << 20)
+
+extern "C" int glae_cuda_graph_ready(glae_ctx *ctx) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_graph_ready");
+    if (!c) return GLAE_ERR_VALUE;
+    if (c->cublas_ws) return GLAE_OK;
+    GLAE_CUDA_CHECK(cudaMalloc(&c->cublas_ws, CUBLAS_WS_BYTES));
+    GLAE_CUBLAS_CHECK(cublasSetWorkspace(c->cublas, c->cublas_ws, CUBLAS_WS_BYTES));
+    return GLAE_OK;
+}
+
+extern "C" unsigned long long glae_cuda_ws_generation(glae_ctx *ctx) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_ws_generation");
+    return c ? c->ws_gen : 0;
+}
+
+extern "C" int glae_cuda_capture_begin(glae_ctx *ctx) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_capture_begin");
+    if (!c) return GLAE_ERR_VALUE;
+    GLAE_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed));
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_capture_end(glae_ctx *ctx, int keep, void **exec) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_capture_end");
+    if (!c) return GLAE_ERR_VALUE;
+    if (exec) *exec = NULL;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (e != cudaSuccess || !keep) {
+        if (g) cudaGraphDestroy(g);
+        cudaGetLastError(); /* an invalidated capture is reported here, not later */
+        if (e != cudaSuccess)
+            return glae_fail(GLAE_ERR_CUDA, "cuda_capture_end: the capture failed: %s",
+                             cudaGetErrorString(e));
+        return GLAE_OK;
+    }
+    cudaGraphExec_t x = NULL;
+    e = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return glae_fail(GLAE_ERR_CUDA, "cuda_capture_end: cannot instantiate the graph: %s",
+                         cudaGetErrorString(e));
+    }
+    *exec = (void *)x;
+    return GLAE_OK;
+}
+
+extern "C" int glae_cuda_graph_launch(glae_ctx *ctx, void *exec) {
+    glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_graph_launch");
+    if (!c) return GLAE_ERR_VALUE;
+    if (!exec) return glae_fail(GLAE_ERR_VALUE, "cuda_graph_launch: no graph");
+    GLAE_CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)exec, c->stream));
+    return GLAE_OK;
+}
+
+extern "C" void glae_cuda_graph_destroy(void *exec) {
+    if (exec) cudaGraphExecDestroy((cudaGraphExec_t)exec);
 }

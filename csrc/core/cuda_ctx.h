@@ -111,6 +111,22 @@ int glae_cuda_slot_host_sync(glae_cuda_slot *slot);
  * step that recorded it, and what it queued before, e.g. a D2H of its losses). */
 int glae_cuda_slot_host_sync_compute(glae_cuda_slot *slot);
 
+/* ---- CUDA graphs of a fixed-shape step ---------------------------------------------
+ * Capture records what the context's ops queue on the compute stream (relaxed mode: the
+ * host calls they make between launches are allowed) instead of running it. Only valid
+ * while every pointer the ops used stays the same: the workspace generation changes when
+ * the workspace is reallocated (a graph captured before must then be discarded).
+ * cuBLAS gets a fixed workspace of its own for the lifetime of the context
+ * (glae_cuda_graph_ready), so it allocates nothing while being captured. */
+int glae_cuda_graph_ready(glae_ctx *ctx);
+unsigned long long glae_cuda_ws_generation(glae_ctx *ctx);
+int glae_cuda_capture_begin(glae_ctx *ctx);
+/* Ends the capture (always, also after a failed op: the stream is usable again) and,
+ * when keep, instantiates the graph into *exec. */
+int glae_cuda_capture_end(glae_ctx *ctx, int keep, void **exec);
+int glae_cuda_graph_launch(glae_ctx *ctx, void *exec);
+void glae_cuda_graph_destroy(void *exec); /* NULL is harmless */
+
 #ifdef __cplusplus
 }
 #endif
@@ -140,6 +156,8 @@ struct glae_cuda_ctx {
     cublasLtHandle_t cublaslt;
     void *ws;
     size_t ws_size, ws_limit;
+    unsigned long long ws_gen; /* bumped when ws is reallocated (graphs hold its address) */
+    void *cublas_ws;           /* cuBLAS's own workspace once graphs are used */
     glae_conv_algo *algos;
     int n_algos, cap_algos;
 };

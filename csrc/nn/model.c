@@ -157,6 +157,7 @@ static int plan(glae_model *m, int kind, int n, int h, int w) {
     }
     glae_arena_reset(&m->arena);
     GLAE_TRY(plan_into(m, &m->arena, kind, n, h, w));
+    m->plan_gen++;
     m->plan_kind = kind;
     m->plan_n = n;
     m->plan_h = h;
@@ -215,6 +216,9 @@ void glae_model_async_free(glae_model *m) {
         if (m->dslot[i]) glae_cuda_free(m->dslot[i]);
         m->pin[i] = m->dslot[i] = NULL;
     }
+    if (m->graph && m->ctx.device == GLAE_CUDA) glae_cuda_sync(&m->ctx); /* no launch in flight */
+    glae_cuda_graph_destroy(m->graph);
+    m->graph = NULL;
 #endif
     m->async_cap = 0;
 }
@@ -224,6 +228,10 @@ void glae_model_async_free(glae_model *m) {
  * [floats] for the losses of its step */
 static int async_grow(glae_model *m, size_t floats) {
     GLAE_TRY(glae_cuda_sync(&m->ctx));
+    /* the losses of the last two steps live in the old pinned tails */
+    float keep[2][3] = {{0}};
+    for (int i = 0; i < 2; i++)
+        if (m->pin[i]) memcpy(keep[i], m->pin[i] + m->async_cap, sizeof keep[i]);
     glae_model_async_free(m);
     for (int i = 0; i < 2; i++) {
         void *p = NULL, *d = NULL;
@@ -234,9 +242,80 @@ static int async_grow(glae_model *m, size_t floats) {
         m->dslot[i] = d;
     }
     m->async_cap = floats;
+    for (int i = 0; i < 2; i++) memcpy(m->pin[i] + floats, keep[i], sizeof keep[i]);
     return GLAE_OK;
 }
 #endif
+
+#ifdef GLAE_WITH_CUDA
+/* The step on the arena's inputs as a CUDA graph (glae_model_use_graph). */
+static int step_graph(glae_model *m, int n, int stage, int mode, float mae, int has_sigma) {
+    glae_ctx *ctx = &m->ctx;
+    const float *sig = has_sigma ? m->sig : NULL;
+    uint32_t mae_bits;
+    memcpy(&mae_bits, &mae, sizeof mae_bits);
+    unsigned long long key[8] = {m->plan_gen, (unsigned long long)(uintptr_t)m->arena.base,
+                                 (unsigned long long)n, (unsigned long long)stage,
+                                 (unsigned long long)mode, mae_bits,
+                                 (unsigned long long)has_sigma, glae_cuda_ws_generation(ctx)};
+    const int same = !memcmp(key, m->graph_key, sizeof key);
+    if (m->graph && same) return glae_cuda_graph_launch(ctx, m->graph);
+    glae_cuda_graph_destroy(m->graph);
+    m->graph = NULL;
+    if (m->graph_state != GLAE_GRAPH_WARM || !same) {
+        /* first step of this key: run it, so the workspace and the algorithm choices settle */
+        GLAE_TRY(step_core(m, m->xin, m->y, sig, n, stage, mode, mae));
+        key[7] = glae_cuda_ws_generation(ctx);
+        memcpy(m->graph_key, key, sizeof key);
+        m->graph_state = GLAE_GRAPH_WARM;
+        return GLAE_OK;
+    }
+    int st = glae_cuda_graph_ready(ctx);
+    void *exec = NULL;
+    if (!st) st = glae_cuda_capture_begin(ctx);
+    if (!st) {
+        int run = step_core(m, m->xin, m->y, sig, n, stage, mode, mae);
+        st = glae_cuda_capture_end(ctx, run == GLAE_OK, &exec);
+        if (!st) st = run;
+    }
+    if (!st && glae_cuda_ws_generation(ctx) != key[7])
+        st = glae_fail(GLAE_ERR_RUNTIME, "the workspace grew while capturing");
+    if (!st) {
+        m->graph = exec;
+        m->graph_state = GLAE_GRAPH_CAPTURED;
+        return glae_cuda_graph_launch(ctx, exec);
+    }
+    glae_cuda_graph_destroy(exec);
+    snprintf(m->graph_why, sizeof m->graph_why, "failed: %s", glae_last_error());
+    m->graph_state = GLAE_GRAPH_FAILED;
+    m->graph_on = 0;
+    glae_clear_error();
+    return step_core(m, m->xin, m->y, sig, n, stage, mode, mae); /* this step, plainly */
+}
+#endif
+
+int glae_model_use_graph(glae_model *m, int on) {
+    if (m->ctx.device != GLAE_CUDA)
+        return glae_fail(GLAE_ERR_VALUE, "use_graph: CUDA graphs need a CUDA model (device='cuda')");
+#ifdef GLAE_WITH_CUDA
+    glae_cuda_graph_destroy(m->graph);
+#endif
+    m->graph = NULL;
+    m->graph_on = on != 0;
+    m->graph_state = GLAE_GRAPH_OFF;
+    m->graph_why[0] = 0;
+    memset(m->graph_key, 0, sizeof m->graph_key);
+    return GLAE_OK;
+}
+
+const char *glae_model_graph_state(const glae_model *m) {
+    switch (m->graph_state) {
+    case GLAE_GRAPH_WARM: return "warming up";
+    case GLAE_GRAPH_CAPTURED: return "captured";
+    case GLAE_GRAPH_FAILED: return m->graph_why;
+    default: return "off";
+    }
+}
 
 int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int w,
                                 const float *ages, const float *sigma, int stage, int mode,
@@ -265,10 +344,25 @@ int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int
     /* copy stream: after step k-2's compute released dev[i]; compute waits for the copy */
     GLAE_TRY(glae_cuda_slot_h2d(ctx, slot, dev, pin, (img + (size_t)n * (sigma ? 2 : 1)) * sizeof(float)));
     GLAE_TRY(glae_cuda_slot_wait_copy(ctx, slot));
-    GLAE_TRY(step_core(m, dev, dev + img, sigma ? dev + img + n : NULL, n, stage, mode, mae));
+    int st;
+    if (m->graph_on) {
+        /* a graph reads fixed addresses: the arena's input buffers */
+        const glae_backend *ops = ctx->ops;
+        st = ops->copy(ctx, m->xin, dev, img * sizeof(float), GLAE_COPY_D2D);
+        if (!st) st = ops->copy(ctx, m->y, dev + img, (size_t)n * sizeof(float), GLAE_COPY_D2D);
+        if (!st && sigma)
+            st = ops->copy(ctx, m->sig, dev + img + n, (size_t)n * sizeof(float), GLAE_COPY_D2D);
+        if (!st) st = step_graph(m, n, stage, mode, mae, sigma != NULL);
+    } else {
+        st = step_core(m, dev, dev + img, sigma ? dev + img + n : NULL, n, stage, mode, mae);
+    }
     /* the losses come back behind the step, into the slot's pinned tail */
-    GLAE_TRY(glae_cuda_d2h_async(ctx, pin + m->async_cap, m->losses, 3 * sizeof(float)));
-    GLAE_TRY(glae_cuda_slot_compute_done(ctx, slot));
+    if (!st) st = glae_cuda_d2h_async(ctx, pin + m->async_cap, m->losses, 3 * sizeof(float));
+    /* also after a failure: whatever was queued reading dev[i] is before this event, so
+     * the next copy into the slot waits for it */
+    int st2 = glae_cuda_slot_compute_done(ctx, slot);
+    if (st) return st;
+    GLAE_TRY(st2);
     m->async_last = i;
     m->async_steps++;
     return GLAE_OK;

@@ -62,7 +62,15 @@ typedef struct {
     float *pin[2], *dslot[2];
     void *slot[2];        /* glae_cuda_slot */
     float cpu_losses[2][3]; /* CPU: the losses of the last two async steps */
+    /* CUDA graph of the async step (glae_model_use_graph) */
+    int graph_on, graph_state; /* GLAE_GRAPH_* */
+    void *graph;               /* cudaGraphExec_t */
+    unsigned long long graph_key[8];
+    unsigned long long plan_gen; /* bumped on every re-plan: the arena's pointers moved */
+    char graph_why[256];       /* why capturing failed */
 } glae_model;
+
+enum { GLAE_GRAPH_OFF = 0, GLAE_GRAPH_WARM = 1, GLAE_GRAPH_CAPTURED = 2, GLAE_GRAPH_FAILED = 3 };
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg);
 void glae_model_free(glae_model *m);
@@ -84,6 +92,18 @@ int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n,
 int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int w,
                                 const float *ages, const float *sigma, int stage, int mode,
                                 float mae);
+/* CUDA graphs for train_step_async (CUDA models; GLAE_ERR_VALUE on the CPU). With them on,
+ * each step's batch is copied from its slot into fixed arena buffers and the step
+ * (label distributions, forward, losses, backward: not zero_grad, not SGD) is one graph
+ * launch. The first step of a shape, stage, loss and mae runs plainly (the workspace and
+ * the algorithm choices settle), the second is captured and launched, the rest replay it;
+ * any change (a re-plan after predict, a grown workspace) discards the graph and warms
+ * up again. A failed capture turns graphs off for the model and says why
+ * (glae_model_graph_state); the step then runs plainly. */
+int glae_model_use_graph(glae_model *m, int on);
+/* "off", "warming up", "captured", "failed: <why>" */
+const char *glae_model_graph_state(const glae_model *m);
+
 /* The losses of the last async step (back = 0) or of the one before (back = 1, which
  * lets the caller read a finished step's losses while the last one runs); waits for
  * that step only. */

@@ -199,6 +199,15 @@ static int cache_add(glae_cuda_ctx *c, const int key[16], glae_conv_algo *e) {
  * fallback) and forward()/backward() return one of these to their entry point. */
 enum { BF16_UNSUPPORTED_FWD = -77, BF16_UNSUPPORTED_DATA = -78, BF16_UNSUPPORTED_FILTER = -79 };
 
+/* cuDNN 9 reports NOT_SUPPORTED with sub-codes (..._SHAPE, ..._LAYOUT, ...) */
+static int not_supported(cudnnStatus_t cs) {
+#ifdef CUDNN_STATUS_CATEGORY
+    return CUDNN_STATUS_CATEGORY(cs) == CUDNN_STATUS_NOT_SUPPORTED;
+#else
+    return cs == CUDNN_STATUS_NOT_SUPPORTED;
+#endif
+}
+
 static void forget(glae_cuda_ctx *c, int op, const glae_conv2d_shape *s) {
     int key[16];
     conv_key(key, op, 1, c->math, s);
@@ -310,7 +319,7 @@ static int forward(glae_ctx *ctx, void *out, const void *in, const float *weight
     const cudnnStatus_t cs = cudnnConvolutionForward(c->cudnn, &one, d->x, in, d->w, wd, d->conv,
                                                      (cudnnConvolutionFwdAlgo_t)a.algo, ws + wbytes,
                                                      a.ws, &zero, d->y, out);
-    if (cs == CUDNN_STATUS_NOT_SUPPORTED && bf16) {
+    if (not_supported(cs) && bf16) {
         forget(c, OP_FWD, s);
         return BF16_UNSUPPORTED_FWD;
     }
@@ -360,7 +369,7 @@ static int backward(glae_ctx *ctx, void *din, float *dweight, float *dbias, cons
         const cudnnStatus_t cs = cudnnConvolutionBackwardData(
             c->cudnn, &one, d->w, wd, d->y, dout, d->conv, (cudnnConvolutionBwdDataAlgo_t)a.algo,
             ws + wbytes, a.ws, &zero, d->x, din);
-        if (cs == CUDNN_STATUS_NOT_SUPPORTED && bf16) {
+        if (not_supported(cs) && bf16) {
             forget(c, OP_BWD_DATA, s);
             return BF16_UNSUPPORTED_DATA;
         }
@@ -378,7 +387,7 @@ static int backward(glae_ctx *ctx, void *din, float *dweight, float *dbias, cons
         const cudnnStatus_t cs = cudnnConvolutionBackwardFilter(
             c->cudnn, &one, d->x, in, d->y, dout, d->conv, (cudnnConvolutionBwdFilterAlgo_t)a.algo,
             ws + wbytes, a.ws, beta, d->w, dw);
-        if (cs == CUDNN_STATUS_NOT_SUPPORTED && bf16) {
+        if (not_supported(cs) && bf16) {
             forget(c, OP_BWD_FILTER, s);
             return BF16_UNSUPPORTED_FILTER;
         }
@@ -506,8 +515,10 @@ static int fwd_entry(glae_ctx *ctx, void *out, const void *in, const float *weig
     descs d = {0};
     int st = forward(ctx, out, in, weight, bias, s, bf16, &d);
     descs_free(&d);
-    if (st == BF16_UNSUPPORTED_FWD) /* nothing was written */
+    if (st == BF16_UNSUPPORTED_FWD) { /* nothing was written */
+        cudaGetLastError(); /* a launch cuDNN gave up on is not the fallback's error */
         st = fwd_fallback(ctx, (glae_bf16 *)out, (const glae_bf16 *)in, weight, bias, s);
+    }
     return st;
 }
 
@@ -526,6 +537,7 @@ static int bwd_entry(glae_ctx *ctx, void *din, float *dweight, float *dbias, con
     descs_free(&d);
     /* dbias is done by then; a failed data call left din and dweight to do, a failed
      * filter call only dweight */
+    if (st == BF16_UNSUPPORTED_DATA || st == BF16_UNSUPPORTED_FILTER) cudaGetLastError();
     if (st == BF16_UNSUPPORTED_DATA)
         st = bwd_fallback(ctx, (glae_bf16 *)din, dweight, NULL, (const glae_bf16 *)dout,
                           (const glae_bf16 *)in, weight, s);

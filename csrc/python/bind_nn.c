@@ -538,6 +538,21 @@ static PyObject *Model_train_step_async(ModelObject *self, PyObject *args, PyObj
     return train_step(self, args, kw, 1);
 }
 
+static PyObject *Model_use_cuda_graph(ModelObject *self, PyObject *args) {
+    int on = 1;
+    if (!PyArg_ParseTuple(args, "|p:use_cuda_graph", &on)) return NULL;
+    if (!model_ready(self)) return NULL;
+    int st = glae_model_use_graph(&self->m, on);
+    if (st) return glae_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_graph_state(ModelObject *self, void *c) {
+    (void)c;
+    if (!model_ready(self)) return NULL;
+    return PyUnicode_FromString(glae_model_graph_state(&self->m));
+}
+
 static PyObject *Model_async_losses(ModelObject *self, PyObject *args) {
     int back = 0;
     if (!PyArg_ParseTuple(args, "|i:async_losses", &back)) return NULL;
@@ -697,6 +712,10 @@ static PyMethodDef Model_methods[] = {
      "train_step_async(x, ages, sigma=None, stage=1, loss='base', mae=0.0) -> None: the same "
      "step queued on the GPU without waiting (pinned, double-buffered input; the arrays may "
      "be reused at once); on the CPU it is train_step. Read the losses with async_losses()"},
+    {"use_cuda_graph", (PyCFunction)Model_use_cuda_graph, METH_VARARGS,
+     "use_cuda_graph(on=True): train_step_async as one CUDA graph launch per step (CUDA "
+     "models): the first step of a shape runs plainly, the second is captured, the rest "
+     "replay; see cuda_graph for the state"},
     {"async_losses", (PyCFunction)Model_async_losses, METH_VARARGS,
      "async_losses(back=0) -> {'total', 'local', 'holistic'} of the last train_step_async "
      "(back=1: the one before); waits for that step only"},
@@ -716,6 +735,8 @@ static PyGetSetDef Model_getset[] = {
     {"buffers", (getter)Model_buffers, NULL, "BN running statistics (1-D view)", NULL},
     {"arena_bytes", (getter)Model_arena_bytes, NULL, "peak activation arena size in bytes", NULL},
     {"config", (getter)Model_config, NULL, "the constructor's arguments", NULL},
+    {"cuda_graph", (getter)Model_graph_state, NULL,
+     "'off', 'warming up', 'captured' or 'failed: <why>' (use_cuda_graph)", NULL},
     {"math", (getter)Model_math, NULL,
      "'fp32', 'tf32' or 'bf16' (mixed precision: the backbone's activations in bf16)", NULL},
     {"device", (getter)Model_device, NULL,

@@ -78,6 +78,7 @@ class Config:
     # "fp32" (FMA), "tf32" (CUDA tensor cores on float32) or "bf16" (mixed precision: bf16
     # backbone activations on tensor cores; on the CPU the same rounding, slowly, for checks)
     gpu_math: str = "fp32"
+    cuda_graph: bool = False  # CUDA models: each training step as one CUDA graph launch
     eval_every: int = 1
 
     def __post_init__(self):
@@ -104,6 +105,10 @@ class Config:
         choice("normalization", NORMALIZATIONS)
         choice("route", ROUTES)
         choice("gpu_math", ("fp32", "tf32", "bf16"))
+        if not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be true or false; got {self.cuda_graph!r}")
+        if self.cuda_graph and self.device == "cpu":
+            raise ValueError("cuda_graph needs a CUDA device (device='cuda'); the CPU has no graphs")
         if not isinstance(self.device, str) or not (
                 self.device in ("cpu", "cuda") or (self.device.startswith("cuda:")
                                                    and self.device[5:].isdigit())):

@@ -415,9 +415,28 @@ __global__ static void add_rounded_k(float *dst, const float *src, int64_t n) {
     GLAE_FOR(i, n) dst[i] += __bfloat162float(__float2bfloat16_rn(src[i]));
 }
 
+/* the cache's word on (op, bf16, shape): 1 an algorithm, 0 none, -1 not asked yet */
+static int cached_bf16(glae_cuda_ctx *c, int op, const glae_conv2d_shape *s) {
+    int key[16];
+    conv_key(key, op, 1, c->math, s);
+    for (int i = 0; i < c->n_algos; i++)
+        if (!memcmp(c->algos[i].key, key, sizeof key)) return c->algos[i].algo >= 0;
+    return -1;
+}
+
 /* 1 when cuDNN has bf16 algorithms for every op the call needs */
 static int bf16_runs(glae_ctx *ctx, const glae_conv2d_shape *s, int fwd, int bwd_data, int bwd_filter) {
     glae_cuda_ctx *c = (glae_cuda_ctx *)ctx->cuda;
+    /* the usual case costs a cache lookup, no descriptors */
+    const int ops[3] = {fwd ? OP_FWD : -1, bwd_data ? OP_BWD_DATA : -1, bwd_filter ? OP_BWD_FILTER : -1};
+    int known = 1;
+    for (int k = 0; k < 3; k++) {
+        if (ops[k] < 0) continue;
+        const int v = cached_bf16(c, ops[k], s);
+        if (v == 0) return 0;
+        if (v < 0) known = 0;
+    }
+    if (known) return 1;
     descs d = {0};
     glae_conv_algo a;
     int ok = descs_make(&d, s, 1, c->math) == GLAE_OK;

@@ -251,3 +251,72 @@ def test_frpa_gpu_step_matches_torch_gpu():
         assert gpu_losses[i] == pytest.approx(losses[i], rel=1e-4), k
     worst = compare_with_torch(m, net64, ref64, ref32, zero_grad=("proj.0.bias",))
     assert len(worst) == 69
+
+
+# -- mixed precision against PyTorch's autocast ------------------------------------------------
+def warmed_frpa(device, math, steps=10):
+    """An fr+pa model trained a few float32 steps on the CPU (past the chaotic start of a
+    random initialisation, see tests/test_bf16.py), then copied into a `math` model on
+    `device` and into the torch module."""
+    cfg = dict(r=4, k=4, s=4, proj_depth=1, proj_width=32)
+    base = _C.Model("resnet18", "fr+pa", input_size=64, seed=6, **cfg)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((8, 64, 64, 3)).astype(np.float32)
+    ages = rng.uniform(1, 90, 8).astype(np.float32)
+    for i in range(steps):
+        base.zero_grad()
+        base.train_step(x, ages)
+        base.sgd_step(0.002, 0.9, 0.0, 5e-4, True, i == 0)
+    m = _C.Model("resnet18", "fr+pa", input_size=64, seed=6, device=device, math=math, **cfg)
+    m.write_flat("params", base.params.copy())
+    m.write_flat("buffers", base.buffers.copy())
+    net = FRPATorch(4, 4, 4, 101, 2 * 2, 32, 1)
+    sd = {k: torch.from_numpy(base.get(k).copy()) for k, *_ in base.param_table()
+          if not k.startswith("balanced.")}
+    net.load_state_dict(sd, strict=False)
+    return m, net, x, ages
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bf16_step_as_close_to_float64_as_torch_autocast(device):
+    """glae's mixed precision (math="bf16") against torch.autocast(bfloat16) on the same
+    device, same weights and batch: measured against torch float64, glae's loss and
+    gradients must be about as close as autocast's (a bf16 implementation nobody here
+    wrote). CPU: glae's CPU bf16 layers vs torch's CPU autocast; cuda: both on the GPU."""
+    if device == "cuda" and not (GLAE_GPU and torch.cuda.is_available()):
+        pytest.skip("needs a GPU for both glae and torch")
+    m, net, x, ages = warmed_frpa(device, "bf16")
+    net64 = copy.deepcopy(net).double()
+    net16 = copy.deepcopy(net).float().to(device)
+    if device == "cuda":
+        net16 = net16.to(memory_format=torch.channels_last)
+    m.zero_grad()
+    ours = m.train_step(x, ages, None, stage=1, loss="base")
+
+    def grads(model, dtype, autocast):
+        model.train()
+        model.zero_grad()
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device=next(model.parameters()).device, dtype=dtype)
+        with torch.autocast(device_type=xt.device.type, dtype=torch.bfloat16, enabled=autocast):
+            fmap, logits = model(xt)
+        total, _, _ = frpa_losses_torch(fmap.double().cpu(), logits.double().cpu(),
+                                        torch.from_numpy(ages).double())
+        total.backward()
+        return total.item(), {k: p.grad.double().cpu().numpy() for k, p in model.named_parameters()}
+
+    l64, ref64 = grads(net64, torch.float64, False)
+    l16, amp = grads(net16, torch.float32, True)
+    ours_all, amp_all, ref_all = [], [], []
+    for name, shape, off, numel, is_buf, _, _ in m.param_table():
+        if is_buf or name.startswith("balanced.") or name == "proj.0.bias":
+            continue
+        ours_all.append(internal_to_torch(m.grads[off:off + numel], shape).ravel())
+        amp_all.append(amp[name].ravel())
+        ref_all.append(ref64[name].ravel())
+    ours_all, amp_all, ref_all = map(np.concatenate, (ours_all, amp_all, ref_all))
+    e_ours = np.linalg.norm(ours_all - ref_all) / np.linalg.norm(ref_all)
+    e_amp = np.linalg.norm(amp_all - ref_all) / np.linalg.norm(ref_all)
+    print(f"{device}: loss float64 {l64:.5f}, glae bf16 {ours['total']:.5f}, autocast {l16:.5f}; "
+          f"gradient rel. error glae {e_ours:.4f}, autocast {e_amp:.4f}")
+    assert abs(ours["total"] - l64) <= 3 * abs(l16 - l64) + 2e-3 * abs(l64)
+    assert e_ours <= 2 * e_amp + 0.01

@@ -48,9 +48,9 @@ static void release(glae_cuda_ctx *c) {
     if (c->ws && c->stream) cudaFreeAsync(c->ws, c->stream); /* it came from cudaMallocAsync */
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
-    if (c->cublas_ws) cudaFree(c->cublas_ws); /* after the syncs above */
     if (c->cublaslt) cublasLtDestroy(c->cublaslt);
     if (c->cublas) cublasDestroy(c->cublas);
+    if (c->cublas_ws) cudaFree(c->cublas_ws); /* after the handle that used it */
     if (c->cudnn) cudnnDestroy(c->cudnn);
     if (c->copy_done) cudaEventDestroy(c->copy_done);
     if (c->copy_stream) cudaStreamDestroy(c->copy_stream);
@@ -172,6 +172,13 @@ extern "C" int glae_cuda_workspace(glae_ctx *ctx, size_t bytes, void **ptr) {
     *ptr = NULL;
     if (bytes == 0) bytes = 1;
     if (bytes > c->ws_size) {
+        /* never while a graph is being captured: the new buffer would be the graph's own
+         * allocation, the old one cannot be freed inside it (the capture then fails
+         * cleanly and the step runs plainly) */
+        cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(c->stream, &cap) == cudaSuccess && cap != cudaStreamCaptureStatusNone)
+            return glae_fail(GLAE_ERR_CUDA, "cuda_workspace: cannot grow the workspace (%zu -> %zu "
+                             "bytes) while capturing a CUDA graph", c->ws_size, bytes);
         /* stream-ordered free / malloc: work already queued keeps the old buffer alive */
         if (c->ws) GLAE_CUDA_CHECK(cudaFreeAsync(c->ws, c->stream));
         c->ws = NULL;
@@ -191,6 +198,16 @@ extern "C" int glae_cuda_malloc(void **ptr, size_t bytes) {
     *ptr = NULL;
     if (bytes == 0) bytes = 1; /* a valid, distinct pointer even for empty tensors */
     cudaError_t e = cudaMalloc(ptr, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+        /* the stream-ordered pool keeps freed blocks (release threshold): give them back
+         * to the driver and try once more */
+        cudaGetLastError();
+        int dev = 0;
+        cudaMemPool_t pool;
+        if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess &&
+            cudaDeviceSynchronize() == cudaSuccess && cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
+            e = cudaMalloc(ptr, bytes);
+    }
     if (e != cudaSuccess) {
         cudaGetLastError();
         *ptr = NULL;

@@ -83,7 +83,12 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
 }
 
 void glae_model_free(glae_model *m) {
-    glae_model_async_free(m);
+    glae_model_async_free(m); /* waits for the slots' steps */
+#ifdef GLAE_WITH_CUDA
+    if (m->graph && m->ctx.device == GLAE_CUDA) glae_cuda_sync(&m->ctx); /* no launch in flight */
+    glae_cuda_graph_destroy(m->graph); /* the graph reads the arena, not the slots */
+    m->graph = NULL;
+#endif
     if (m->no_decay && m->ctx.ops) m->ctx.ops->free(&m->ctx, m->no_decay);
     glae_params_free(&m->p);
     glae_arena_free(&m->arena);
@@ -216,9 +221,6 @@ void glae_model_async_free(glae_model *m) {
         if (m->dslot[i]) glae_cuda_free(m->dslot[i]);
         m->pin[i] = m->dslot[i] = NULL;
     }
-    if (m->graph && m->ctx.device == GLAE_CUDA) glae_cuda_sync(&m->ctx); /* no launch in flight */
-    glae_cuda_graph_destroy(m->graph);
-    m->graph = NULL;
 #endif
     m->async_cap = 0;
 }
@@ -301,6 +303,10 @@ int glae_model_use_graph(glae_model *m, int on) {
     glae_cuda_graph_destroy(m->graph);
 #endif
     m->graph = NULL;
+#ifdef GLAE_WITH_CUDA
+    /* cuBLAS's fixed workspace before the warm-up step, so capture sees the same setup */
+    if (on) GLAE_TRY(glae_cuda_graph_ready(&m->ctx));
+#endif
     m->graph_on = on != 0;
     m->graph_state = GLAE_GRAPH_OFF;
     m->graph_why[0] = 0;

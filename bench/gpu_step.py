@@ -61,7 +61,10 @@ def glae_status():
 
 
 def glae_model(_C, arch, size, math, device="cuda"):
-    return _C.Model(f"resnet{arch}", "fr+pa", input_size=size, device=device, math=math)
+    m = _C.Model(f"resnet{arch}", "fr+pa", input_size=size, device=device, math=math)
+    if device != "cpu":
+        m.cudnn_benchmark(True)  # as the PyTorch rows (cudnn.benchmark = True)
+    return m
 
 
 def glae_step(m, x, y, sigma, first):

@@ -115,6 +115,8 @@ def test_cuda_graph_needs_a_cuda_model():
     assert m.cuda_graph == "off"
     with pytest.raises(ValueError, match="CUDA model"):
         m.use_cuda_graph()
+    with pytest.raises(ValueError, match="CUDA model"):
+        m.cudnn_benchmark()
 
 
 @needs_gpu
@@ -312,3 +314,19 @@ def test_get_set_write_flat_on_device():
         gpu.params[0] = 1.0  # a device model hands out read-only copies
     gpu.zero_grad()
     assert not gpu.grads.any()
+
+
+@needs_gpu
+@pytest.mark.parametrize("math", ["fp32", "bf16"])
+def test_cudnn_benchmark_mode_gives_the_same_step(math):
+    """Algorithms chosen by timing (cudnnFind) instead of the heuristics: the same step."""
+    kw = dict(backbone="resnet18", head="fr+pa", input_size=SIZE, proj_width=64, seed=5,
+              device="cuda", math=math)
+    a, b = _C.Model(**kw), _C.Model(**kw)
+    b.cudnn_benchmark(True)
+    x, ages, sigma = batch(seed=3)
+    la, lb = a.train_step(x, ages, sigma), b.train_step(x, ages, sigma)
+    tol = 1e-4 if math == "fp32" else 2e-2
+    assert lb["total"] == pytest.approx(la["total"], rel=tol)
+    g = a.grads
+    assert np.linalg.norm(b.grads - g) / np.linalg.norm(g) < (1e-3 if math == "fp32" else 0.3)

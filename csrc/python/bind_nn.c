@@ -5,6 +5,9 @@
 #include <string.h>
 
 #include "../nn/model.h"
+#ifdef GLAE_WITH_CUDA
+#include "../core/cuda_ctx.h"
+#endif
 #include "../ops/backend.h"
 #include "../ops/loss.h"
 
@@ -547,6 +550,21 @@ static PyObject *Model_use_cuda_graph(ModelObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Model_cudnn_benchmark(ModelObject *self, PyObject *args) {
+    int on = 1;
+    if (!PyArg_ParseTuple(args, "|p:cudnn_benchmark", &on)) return NULL;
+    if (!model_ready(self)) return NULL;
+    if (self->m.ctx.device != GLAE_CUDA) {
+        PyErr_SetString(PyExc_ValueError, "cudnn_benchmark: needs a CUDA model (device='cuda')");
+        return NULL;
+    }
+#ifdef GLAE_WITH_CUDA
+    int st = glae_cuda_set_benchmark(&self->m.ctx, on);
+    if (st) return glae_raise(st);
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyObject *Model_graph_state(ModelObject *self, void *c) {
     (void)c;
     if (!model_ready(self)) return NULL;
@@ -712,6 +730,9 @@ static PyMethodDef Model_methods[] = {
      "train_step_async(x, ages, sigma=None, stage=1, loss='base', mae=0.0) -> None: the same "
      "step queued on the GPU without waiting (pinned, double-buffered input; the arrays may "
      "be reused at once); on the CPU it is train_step. Read the losses with async_losses()"},
+    {"cudnn_benchmark", (PyCFunction)Model_cudnn_benchmark, METH_VARARGS,
+     "cudnn_benchmark(on=True): choose each convolution's algorithm by timing them "
+     "(cudnnFind, PyTorch's cudnn.benchmark) instead of cuDNN's heuristics (CUDA models)"},
     {"use_cuda_graph", (PyCFunction)Model_use_cuda_graph, METH_VARARGS,
      "use_cuda_graph(on=True): train_step_async as one CUDA graph launch per step (CUDA "
      "models): the first step of a shape runs plainly, the second is captured, the rest "

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/copy.h"
 #include "core/status.h"
 #ifdef GLAE_WITH_CUDA
 #include "core/cuda_ctx.h"
@@ -226,18 +227,6 @@ void glae_model_async_free(glae_model *m) {
 }
 
 #ifdef GLAE_WITH_CUDA
-/* memcpy on several threads for big batches: a float32 batch of 256 x 224 x 224 images is
- * 154 MB, ~15 ms on one core, a good part of a GPU step */
-static void big_memcpy(void *dst, const void *src, size_t bytes) {
-    const size_t piece = (size_t)4 << 20;
-    const long long n = (long long)((bytes + piece - 1) / piece);
-#pragma omp parallel for schedule(static) if (bytes >= ((size_t)32 << 20))
-    for (long long i = 0; i < n; i++) {
-        const size_t off = (size_t)i * piece, len = bytes - off < piece ? bytes - off : piece;
-        memcpy((char *)dst + off, (const char *)src + off, len);
-    }
-}
-
 /* two (pinned, device) slots of `floats` each; each pinned one has 4 more floats at
  * [floats] for the losses of its step */
 static int async_grow(glae_model *m, size_t floats) {
@@ -356,7 +345,7 @@ int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int
     float *pin = m->pin[i], *dev = m->dslot[i];
     /* the copy of step k-2 has finished reading pinned[i]: refill it */
     GLAE_TRY(glae_cuda_slot_host_sync(slot));
-    big_memcpy(pin, x, img * sizeof(float));
+    glae_memcpy_big(pin, x, img * sizeof(float));
     memcpy(pin + img, ages, (size_t)n * sizeof(float));
     if (sigma) memcpy(pin + img + n, sigma, (size_t)n * sizeof(float));
     /* copy stream: after step k-2's compute released dev[i]; compute waits for the copy */

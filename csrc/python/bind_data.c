@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "../core/copy.h"
 #include "../data/align.h"
 #include "../data/augment.h"
 #include "../data/loader.h"
@@ -647,7 +648,7 @@ static PyObject *loader_next(LoaderObject *o) {
         void *px = PyArray_DATA((PyArrayObject *)X);
         o->busy = 1;
         Py_BEGIN_ALLOW_THREADS;
-        memcpy(px, x, nx * sizeof(float));
+        glae_memcpy_big(px, x, nx * sizeof(float));
         Py_END_ALLOW_THREADS;
         o->busy = 0;
         memcpy(PyArray_DATA((PyArrayObject *)A), ages, (size_t)count * sizeof(float));

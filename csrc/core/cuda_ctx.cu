@@ -79,9 +79,10 @@ static int create(glae_cuda_ctx *c, int device, int math) {
     /* stream-ordered allocations (the workspace, the bf16 fallback's temporaries) stay in
      * the device's pool instead of going back to the driver at every synchronisation */
     cudaMemPool_t pool;
-    GLAE_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
     unsigned long long keep = ~0ULL;
-    GLAE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+        cudaGetLastError(); /* only a speed matter: the pool then returns blocks at syncs */
     GLAE_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     GLAE_CUDA_CHECK(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
     GLAE_CUDA_CHECK(cudaEventCreateWithFlags(&c->copy_done, cudaEventDisableTiming));

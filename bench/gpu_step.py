@@ -535,6 +535,93 @@ def main():
         name = f"R{arch} fr+pa"
         eager = bench_torch(torch, arch, a.batch, a.size, a.steps, a.warmup, False,
                             None if a.no_loader else a.workers)
+        def show(label, r):
+            frac = (r["flops"] / r["step_s"] / rate) if r["flops"] else float("nan")
+            print(f"{name:<10}{label:<26}{r['ips']:>10.0f}{fmt_mem(r['peak']):>12}"
+                  f"{r['ips'] / eager['ips']:>9.2f}{frac:>10.0%} ")
+
+        show("torch eager AMP", eager)
+        if "e2e_ips" in eager:
+            print(f"{name:<10}{'torch eager + loader':<26}{eager['e2e_ips']:>10.0f}"
+                  f"{'':>12}{eager['e2e_ips'] / eager['ips']:>9.2f}")
+        if eager["flops"]:
+            print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{eager['flops'] / 1e9:>10.0f}")
+        # glae before torch.compile, whose compilation may take minutes of a timed session
+        glae_rows(glae_C, why, a, name, arch, "cuda", ("fp32", "tf32", "bf16", "bf16+graph"),
+                  eager["ips"], setup)
+        if not a.no_compile:
+            try:
+                show("torch.compile AMP", bench_torch(torch, arch, a.batch, a.size, a.steps,
+                                                      a.warmup, True, None))
+            except Exception as e:  # noqa: BLE001 - compile support varies by install
+                print(f"{name:<10}{'torch.compile AMP':<26}failed: {type(e).__name__}: {e}")
+    if setup and "tmp" in setup:
+        setup["tmp"].cleanup()
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=None, choices=[18, 50],
+                    help="backbones (default 18 50; 18 with --dry-run-cpu)")
+    ap.add_argument("--batch", type=int, default=None, help="default 256 (4 with --dry-run-cpu)")
+    ap.add_argument("--size", type=int, default=None, help="default 224 (64 with --dry-run-cpu)")
+    ap.add_argument("--steps", type=int, default=None, help="default 20 (2 with --dry-run-cpu)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 5 (1 with --dry-run-cpu)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--workers", type=int, default=8, help="loader workers for the end-to-end run")
+    ap.add_argument("--no-loader", action="store_true",
+                    help="skip the end-to-end runs (PyTorch and glae loader rows)")
+    ap.add_argument("--loader-threads", type=int, default=None,
+                    help="glae Loader threads (default: all cores, os.cpu_count())")
+    ap.add_argument("--randaugment", action="store_true",
+                    help="glae Loader with RandAugment N=2 M=9 too (off by default)")
+    ap.add_argument("--pack-n", type=int, default=None,
+                    help="synthetic faces in the packed file (default 2x the batch)")
+    ap.add_argument("--e2e-math", choices=["fp32", "tf32", "bf16"], default=None,
+                    help="math of the loader-fed glae step (default bf16; fp32 on the CPU)")
+    ap.add_argument("--dry-run-cpu", action="store_true",
+                    help="no GPU needed: glae compute, loader and loader-fed rows with a CPU "
+                         "model at a tiny size, to check the code path")
+    a = ap.parse_args()
+    dry = a.dry_run_cpu
+    for k, gpu, cpu in (("arch", [18, 50], [18]), ("batch", 256, 4), ("size", 224, 64),
+                        ("steps", 20, 2), ("warmup", 5, 1), ("e2e_math", "bf16", "fp32")):
+        if getattr(a, k) is None:
+            setattr(a, k, cpu if dry else gpu)
+    if a.loader_threads is None:
+        a.loader_threads = min(os.cpu_count() or 1, 256)
+    if a.pack_n is None:
+        a.pack_n = 2 * a.batch
+    if dry:
+        return dry_run_cpu(a)
+
+    glae_C, why = glae_status()
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed: nothing to compare with")
+        print(f"glae: {why}")
+        print("(--dry-run-cpu runs the glae rows on the CPU at a tiny size)")
+        return 1
+    if not torch.cuda.is_available():
+        print("no CUDA device visible to PyTorch")
+        print("(--dry-run-cpu runs the glae rows on the CPU at a tiny size)")
+        return 1
+    torch.backends.cudnn.benchmark = True
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+          f"batch {a.batch}  {a.size}x{a.size}  bf16  steps {a.steps} (+{a.warmup} warm-up)")
+    rate = matmul_rate(torch)
+    print(f"measured bf16 matmul rate: {rate / 1e12:.1f} TFLOP/s (8192^3)")
+    # the packed file and the loader-alone rate once, before the table (shared by both
+    # backbones); with glae unusable the loader rows say why
+    setup = glae_setup(glae_C, a) if not why else (None if a.no_loader else {"error": why})
+    print(HDR)
+    print("-" * len(HDR))
+    for arch in a.arch:
+        name = f"R{arch} fr+pa"
+        eager = bench_torch(torch, arch, a.batch, a.size, a.steps, a.warmup, False,
+                            None if a.no_loader else a.workers)
         rows = [("torch eager AMP", eager)]
         if not a.no_compile:
             try:

@@ -154,6 +154,26 @@ __global__ static void bn_apply_k(float *out, const float *in, const float *mean
     }
 }
 
+/* four channels per thread (C % 4 == 0, 16-byte aligned: the backbone's layers): one
+ * 128-bit load and store, one channel index per four elements */
+static int aligned16f(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+__global__ static void bn_apply4_k(float4 *out, const float4 *in, const float *mean,
+                                   const float *invstd, const float *gamma, const float *beta,
+                                   int64_t total4, int c) {
+    GLAE_FOR(v, total4) {
+        const int j = (int)((v * 4) % c);
+        const float4 x = in[v];
+        float r[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            const float scale = gamma ? (float)((double)gamma[j + t] * invstd[j + t]) : invstd[j + t];
+            r[t] = (r[t] - mean[j + t]) * scale + (beta ? beta[j + t] : 0.0f);
+        }
+        out[v] = make_float4(r[0], r[1], r[2], r[3]);
+    }
+}
+
 extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *save_mean,
                                            float *save_invstd, const float *in,
                                            const float *gamma, const float *beta,
@@ -187,8 +207,12 @@ extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *sav
     GLAE_LAUNCHED();
     const int64_t total = rows * c;
     if (total == 0) return GLAE_OK;
-    bn_apply_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(out, in, save_mean, save_invstd, gamma,
-                                                        beta, total, c);
+    if (c % 4 == 0 && aligned16f(out) && aligned16f(in))
+        bn_apply4_k<<<glae_grid(total / 4), GLAE_BLOCK, 0, st>>>(
+            (float4 *)out, (const float4 *)in, save_mean, save_invstd, gamma, beta, total / 4, c);
+    else
+        bn_apply_k<<<glae_grid(total), GLAE_BLOCK, 0, st>>>(out, in, save_mean, save_invstd, gamma,
+                                                            beta, total, c);
     GLAE_LAUNCHED();
     return GLAE_OK;
 }
@@ -199,6 +223,23 @@ __global__ static void bn_bwd_apply_k(float *din, const float *dout, const float
     GLAE_FOR(i, total) {
         const int j = (int)(i % c);
         din[i] = dout[i] * coef[3 * j] + ((in[i] - mean[j]) * coef[3 * j + 1] + coef[3 * j + 2]);
+    }
+}
+
+__global__ static void bn_bwd_apply4_k(float4 *din, const float4 *dout, const float4 *in,
+                                       const float *mean, const float *coef, int64_t total4,
+                                       int c) {
+    GLAE_FOR(v, total4) {
+        const int j = (int)((v * 4) % c);
+        const float4 d4 = dout[v], x4 = in[v];
+        const float d[4] = {d4.x, d4.y, d4.z, d4.w}, x[4] = {x4.x, x4.y, x4.z, x4.w};
+        float r[4];
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            const int k = j + t;
+            r[t] = d[t] * coef[3 * k] + ((x[t] - mean[k]) * coef[3 * k + 1] + coef[3 * k + 2]);
+        }
+        din[v] = make_float4(r[0], r[1], r[2], r[3]);
     }
 }
 
@@ -222,8 +263,13 @@ extern "C" int glae_batchnorm_backward_cuda(glae_ctx *ctx, float *din, float *dg
                                                    save_invstd, gamma, training);
     GLAE_LAUNCHED();
     if (din) {
-        bn_bwd_apply_k<<<glae_grid(rows * c), GLAE_BLOCK, 0, st>>>(din, dout, in, save_mean, coef,
-                                                                   rows * c, c);
+        if (c % 4 == 0 && aligned16f(din) && aligned16f(dout) && aligned16f(in))
+            bn_bwd_apply4_k<<<glae_grid(rows * c / 4), GLAE_BLOCK, 0, st>>>(
+                (float4 *)din, (const float4 *)dout, (const float4 *)in, save_mean, coef,
+                rows * c / 4, c);
+        else
+            bn_bwd_apply_k<<<glae_grid(rows * c), GLAE_BLOCK, 0, st>>>(din, dout, in, save_mean,
+                                                                       coef, rows * c, c);
         GLAE_LAUNCHED();
     }
     return GLAE_OK;

@@ -20,8 +20,6 @@ typedef union {
     bf h[8];
 } bf8;
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 
 /* ---- conversions, add ---------------------------------------------------------------- */
 
@@ -45,7 +43,7 @@ extern "C" int glae_add_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const g
     GLAE_STREAM(ctx, "add_forward_bf16_cuda", st);
     if (n < 0) return glae_fail(GLAE_ERR_VALUE, "add_forward_bf16_cuda: negative size %lld", (long long)n);
     if (n == 0) return GLAE_OK;
-    if (n % 8 == 0 && aligned16(out) && aligned16(a) && aligned16(b))
+    if (n % 8 == 0 && glae_aligned16(out) && glae_aligned16(a) && glae_aligned16(b))
         add16v_k<<<glae_grid(n / 8), GLAE_BLOCK, 0, st>>>((bf8 *)out, (const bf8 *)a, (const bf8 *)b, n / 8);
     else
         add16_k<<<glae_grid(n), GLAE_BLOCK, 0, st>>>((bf *)out, (const bf *)a, (const bf *)b, n);
@@ -53,45 +51,10 @@ extern "C" int glae_add_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, const g
     return GLAE_OK;
 }
 
-/* ---- column sums of bf16 tensors (the layout of kernels.cuh's glae_colsum) -----------
+/* ---- column sums of bf16 tensors -----------------------------------------------------
  * what 0: q0 = x, q1 = x^2 (forward statistics);
- * what 1: g = relu ? dy [out > 0] : dy; q0 = g, q1 = g (x - mean) (backward). */
-__global__ static void colsum16_k(double *part, const bf *x, const bf *dy, const bf *out,
-                                  const float *mean, int64_t rows, int c, int64_t chunk,
-                                  int what) {
-    __shared__ double s0[8][33], s1[8][33];
-    const int j = blockIdx.x * 32 + threadIdx.x;
-    const int64_t r0 = (int64_t)blockIdx.y * chunk;
-    const int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
-    double a = 0.0, b = 0.0;
-    if (j < c) {
-        const double m = what ? (double)mean[j] : 0.0;
-        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
-            const int64_t i = r * c + j;
-            const double v = ld(x, i);
-            if (what == 0) {
-                a += v;
-                b += v * v;
-            } else {
-                const double g = (out && !(ld(out, i) > 0.0f)) ? 0.0 : (double)ld(dy, i);
-                a += g;
-                b += g * (v - m);
-            }
-        }
-    }
-    s0[threadIdx.y][threadIdx.x] = a;
-    s1[threadIdx.y][threadIdx.x] = b;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < c) {
-        for (int t = 1; t < 8; t++) {
-            a += s0[t][threadIdx.x];
-            b += s1[t][threadIdx.x];
-        }
-        double *p = part + ((int64_t)blockIdx.y * c + j) * 2;
-        p[0] = a;
-        p[1] = b;
-    }
-}
+ * what 1: g = relu ? dy [out > 0] : dy; q0 = g, q1 = g (x - mean) (backward).
+ * One channel per thread: kernels.cuh's column reduction (GLAE_COL_*_BF16). */
 
 /* The same sums, eight channels per thread (one 128-bit load per tensor and row): blocks
  * of tpr threads along the channels (8 tpr channels) times `lanes` rows, summed over the
@@ -187,8 +150,8 @@ static size_t colsum16_bytes(int64_t rows, int c, int vec) {
 
 static int colsum16(cudaStream_t st, double *part, int *nchunks, const bf *x, const bf *dy,
                     const bf *out, const float *mean, int64_t rows, int c, int what, int vec) {
-    int64_t chunk;
     if (vec) {
+        int64_t chunk;
         int tpr, lanes;
         vec_block(c, &tpr, &lanes);
         const int nch = vec_chunks(rows, c, &chunk);
@@ -200,12 +163,8 @@ static int colsum16(cudaStream_t st, double *part, int *nchunks, const bf *x, co
         GLAE_LAUNCHED();
         return GLAE_OK;
     }
-    const int nch = glae_col_chunks(rows, c, &chunk);
-    *nchunks = nch;
-    dim3 grid((unsigned)((c + 31) / 32), (unsigned)nch), block(32, 8);
-    colsum16_k<<<grid, block, 0, st>>>(part, x, dy, out, mean, rows, c, chunk, what);
-    GLAE_LAUNCHED();
-    return GLAE_OK;
+    return glae_colsum_masked(st, part, nchunks, x, dy, out, mean, rows, c,
+                              what ? GLAE_COL_DY_DYX_BF16 : GLAE_COL_X_X2_BF16);
 }
 
 /* ---- fused batch norm + residual + ReLU ------------------------------------------------ */
@@ -252,23 +211,13 @@ extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, floa
                                              float momentum, float eps, int training, int relu) {
     const char *fn = "bn_act_forward_bf16_cuda";
     GLAE_STREAM(ctx, fn, st);
-    if (rows < 0 || c < 0)
-        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return glae_fail(GLAE_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", fn, (double)eps);
-    if (!isfinite(momentum))
-        return glae_fail(GLAE_ERR_VALUE, "%s: momentum must be finite, got %g", fn, (double)momentum);
-    if (training && rows < 2 && c > 0)
-        return glae_fail(GLAE_ERR_VALUE, "%s: training needs more than 1 value per channel, got %lld",
-                         fn, (long long)rows);
-    if (!training && (!running_mean || !running_var))
-        return glae_fail(GLAE_ERR_VALUE, "%s: eval mode needs running statistics", fn);
+    GLAE_TRY(glae_bn_check(fn, rows, c, momentum, eps, training, running_mean, running_var));
     if (c == 0) return GLAE_OK;
     const unsigned cb = (unsigned)((c + 255) / 256);
     if (training) {
         double *part;
         int nch;
-        const int vec = c % 8 == 0 && aligned16(in);
+        const int vec = c % 8 == 0 && glae_aligned16(in);
         GLAE_TRY(glae_cuda_workspace(ctx, colsum16_bytes(rows, c, vec), (void **)&part));
         GLAE_TRY(colsum16(st, part, &nch, (const bf *)in, NULL, NULL, NULL, rows, c, 0, vec));
         glae_bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var,
@@ -280,7 +229,7 @@ extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, floa
     GLAE_LAUNCHED();
     const int64_t total = rows * c;
     if (total == 0) return GLAE_OK;
-    if (c % 8 == 0 && aligned16(out) && aligned16(in) && (!residual || aligned16(residual)))
+    if (c % 8 == 0 && glae_aligned16(out) && glae_aligned16(in) && (!residual || glae_aligned16(residual)))
         bn_act_apply8_k<<<glae_grid(total / 8), GLAE_BLOCK, 0, st>>>(
             (bf8 *)out, (const bf8 *)in, (const bf8 *)residual, save_mean, save_invstd, gamma,
             beta, total / 8, c, relu);
@@ -342,7 +291,7 @@ extern "C" int glae_bn_act_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, gla
     if (relu && !out) return glae_fail(GLAE_ERR_VALUE, "%s: relu needs the forward's output", fn);
     if (c == 0 || rows == 0 || (!din && !dres && !dgamma && !dbeta)) return GLAE_OK;
     const bf *mask = relu ? (const bf *)out : NULL;
-    const int vec = c % 8 == 0 && aligned16(in) && aligned16(dout) && (!mask || aligned16(mask));
+    const int vec = c % 8 == 0 && glae_aligned16(in) && glae_aligned16(dout) && (!mask || glae_aligned16(mask));
     const size_t pbytes = glae_align256(colsum16_bytes(rows, c, vec));
     char *ws;
     GLAE_TRY(glae_cuda_workspace(ctx, pbytes + (size_t)c * 3 * sizeof(float), (void **)&ws));
@@ -355,9 +304,9 @@ extern "C" int glae_bn_act_backward_bf16_cuda(glae_ctx *ctx, glae_bf16 *din, gla
                                                         save_invstd, gamma, training);
     GLAE_LAUNCHED();
     if (din || dres) {
-        const int vec = c % 8 == 0 && aligned16(dout) && aligned16(in) &&
-                        (!mask || aligned16(mask)) && (!din || aligned16(din)) &&
-                        (!dres || aligned16(dres));
+        const int vec = c % 8 == 0 && glae_aligned16(dout) && glae_aligned16(in) &&
+                        (!mask || glae_aligned16(mask)) && (!din || glae_aligned16(din)) &&
+                        (!dres || glae_aligned16(dres));
         if (vec)
             bn_act_bwd_apply8_k<<<glae_grid(rows * c / 8), GLAE_BLOCK, 0, st>>>(
                 (bf8 *)din, (bf8 *)dres, (const bf8 *)dout, (const bf8 *)mask, (const bf8 *)in,

@@ -58,20 +58,27 @@ enum {
     GLAE_COL_DY_DYX = 1, /* q0: dy, q1: dy * (x - mean[j])    (BN backward)  */
     GLAE_COL_SUM = 2,   /* q0: x                              (bias grads)   */
     GLAE_COL_SUM_BF16 = 3, /* q0: x, x bf16                   (bf16 bias)    */
-    GLAE_COL_PRELU = 4  /* q0: x <= 0 ? dy * x : 0            (PReLU slope)  */
+    GLAE_COL_PRELU = 4,  /* q0: x <= 0 ? dy * x : 0           (PReLU slope)  */
+    GLAE_COL_X_X2_BF16 = 5, /* GLAE_COL_X_X2 on bf16 x          (bf16 BN forward) */
+    /* g = mask ? dy [mask > 0] : dy on bf16 tensors; q0: g, q1: g * (x - mean[j])
+     * (the fused bf16 BN + ReLU backward, bf16.cu) */
+    GLAE_COL_DY_DYX_BF16 = 6
 };
 
-__global__ static void glae_colsum_kernel(double *part, const void *xv, const float *dy,
-                                          const float *mean, int64_t rows, int c, int64_t chunk,
-                                          int what) {
+__global__ static void glae_colsum_kernel(double *part, const void *xv, const void *dyv,
+                                          const void *maskv, const float *mean, int64_t rows,
+                                          int c, int64_t chunk, int what) {
     __shared__ double s0[8][33], s1[8][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
     const int64_t r0 = (int64_t)blockIdx.y * chunk;
     const int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
-    const float *x = (const float *)xv;
+    const float *x = (const float *)xv, *dy = (const float *)dyv;
+    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)xv, *dyb = (const __nv_bfloat16 *)dyv;
+    const __nv_bfloat16 *mb = (const __nv_bfloat16 *)maskv;
     double a = 0.0, b = 0.0;
     if (j < c) {
-        const double m = what == GLAE_COL_DY_DYX ? (double)mean[j] : 0.0;
+        const double m =
+            what == GLAE_COL_DY_DYX || what == GLAE_COL_DY_DYX_BF16 ? (double)mean[j] : 0.0;
         for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
             const int64_t i = r * c + j;
             switch (what) {
@@ -86,7 +93,18 @@ __global__ static void glae_colsum_kernel(double *part, const void *xv, const fl
                 b += d * ((double)x[i] - m);
             } break;
             case GLAE_COL_SUM: a += x[i]; break;
-            case GLAE_COL_SUM_BF16: a += __bfloat162float(((const __nv_bfloat16 *)xv)[i]); break;
+            case GLAE_COL_SUM_BF16: a += __bfloat162float(xb[i]); break;
+            case GLAE_COL_X_X2_BF16: {
+                const double v = __bfloat162float(xb[i]);
+                a += v;
+                b += v * v;
+            } break;
+            case GLAE_COL_DY_DYX_BF16: {
+                const double g = (mb && !(__bfloat162float(mb[i]) > 0.0f)) ? 0.0
+                                                                           : (double)__bfloat162float(dyb[i]);
+                a += g;
+                b += g * ((double)__bfloat162float(xb[i]) - m);
+            } break;
             default:
                 if (!(x[i] > 0.0f)) a += (double)dy[i] * x[i];
                 break;
@@ -126,16 +144,22 @@ static inline size_t glae_col_bytes(int64_t rows, int c) {
     return (size_t)glae_col_chunks(rows, c, &chunk) * (size_t)c * 2 * sizeof(double);
 }
 
-/* pass 1; *nchunks for the consumer */
-static inline int glae_colsum(cudaStream_t st, double *part, int *nchunks, const void *x,
-                              const float *dy, const float *mean, int64_t rows, int c, int what) {
+/* pass 1; *nchunks for the consumer. mask: the bf16 ReLU mask of GLAE_COL_DY_DYX_BF16 */
+static inline int glae_colsum_masked(cudaStream_t st, double *part, int *nchunks, const void *x,
+                                     const void *dy, const void *mask, const float *mean,
+                                     int64_t rows, int c, int what) {
     int64_t chunk;
     const int nch = glae_col_chunks(rows, c, &chunk);
     *nchunks = nch;
     dim3 grid((unsigned)((c + 31) / 32), (unsigned)nch), block(32, 8);
-    glae_colsum_kernel<<<grid, block, 0, st>>>(part, x, dy, mean, rows, c, chunk, what);
+    glae_colsum_kernel<<<grid, block, 0, st>>>(part, x, dy, mask, mean, rows, c, chunk, what);
     GLAE_LAUNCHED();
     return GLAE_OK;
+}
+
+static inline int glae_colsum(cudaStream_t st, double *part, int *nchunks, const void *x,
+                              const float *dy, const float *mean, int64_t rows, int c, int what) {
+    return glae_colsum_masked(st, part, nchunks, x, dy, NULL, mean, rows, c, what);
 }
 
 __device__ __forceinline__ double glae_col_total(const double *part, int nchunks, int c, int j,
@@ -149,6 +173,23 @@ __device__ __forceinline__ double glae_col_total(const double *part, int nchunks
 __global__ static void glae_col_add_kernel(float *dst, const double *part, int nchunks, int c) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j < c) dst[j] += (float)glae_col_total(part, nchunks, c, j, 0);
+}
+
+/* the batch-norm forwards' argument checks (float32 and bf16 twins; norm.c's rules) */
+static inline int glae_bn_check(const char *fn, int64_t rows, int c, float momentum, float eps,
+                                int training, const float *running_mean, const float *running_var) {
+    if (rows < 0 || c < 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return glae_fail(GLAE_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", fn, (double)eps);
+    if (!isfinite(momentum))
+        return glae_fail(GLAE_ERR_VALUE, "%s: momentum must be finite, got %g", fn, (double)momentum);
+    if (training && rows < 2 && c > 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: training needs more than 1 value per channel, got %lld",
+                         fn, (long long)rows);
+    if (!training && (!running_mean || !running_var))
+        return glae_fail(GLAE_ERR_VALUE, "%s: eval mode needs running statistics", fn);
+    return GLAE_OK;
 }
 
 /* ---- batch-norm per-channel kernels (layers.cu, bf16.cu): after a column reduction --- */
@@ -194,5 +235,7 @@ __global__ static void glae_bn_bwd_coef_k(float *coef, float *dgamma, float *dbe
 }
 
 static inline size_t glae_align256(size_t b) { return (b + 255) & ~(size_t)255; }
+/* 128-bit vector loads and stores need it */
+static inline int glae_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 #endif

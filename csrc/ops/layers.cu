@@ -156,8 +156,6 @@ __global__ static void bn_apply_k(float *out, const float *in, const float *mean
 
 /* four channels per thread (C % 4 == 0, 16-byte aligned: the backbone's layers): one
  * 128-bit load and store, one channel index per four elements */
-static int aligned16f(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 __global__ static void bn_apply4_k(float4 *out, const float4 *in, const float *mean,
                                    const float *invstd, const float *gamma, const float *beta,
                                    int64_t total4, int c) {
@@ -181,17 +179,7 @@ extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *sav
                                            int c, float momentum, float eps, int training) {
     const char *fn = "batchnorm_forward_cuda";
     GLAE_STREAM(ctx, fn, st);
-    if (rows < 0 || c < 0)
-        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return glae_fail(GLAE_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", fn, (double)eps);
-    if (!isfinite(momentum))
-        return glae_fail(GLAE_ERR_VALUE, "%s: momentum must be finite, got %g", fn, (double)momentum);
-    if (training && rows < 2 && c > 0)
-        return glae_fail(GLAE_ERR_VALUE, "%s: training needs more than 1 value per channel, got %lld",
-                         fn, (long long)rows);
-    if (!training && (!running_mean || !running_var))
-        return glae_fail(GLAE_ERR_VALUE, "%s: eval mode needs running statistics", fn);
+    GLAE_TRY(glae_bn_check(fn, rows, c, momentum, eps, training, running_mean, running_var));
     if (c == 0) return GLAE_OK;
     const unsigned cb = (unsigned)((c + 255) / 256);
     if (training) {
@@ -207,7 +195,7 @@ extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *sav
     GLAE_LAUNCHED();
     const int64_t total = rows * c;
     if (total == 0) return GLAE_OK;
-    if (c % 4 == 0 && aligned16f(out) && aligned16f(in))
+    if (c % 4 == 0 && glae_aligned16(out) && glae_aligned16(in))
         bn_apply4_k<<<glae_grid(total / 4), GLAE_BLOCK, 0, st>>>(
             (float4 *)out, (const float4 *)in, save_mean, save_invstd, gamma, beta, total / 4, c);
     else
@@ -263,7 +251,7 @@ extern "C" int glae_batchnorm_backward_cuda(glae_ctx *ctx, float *din, float *dg
                                                    save_invstd, gamma, training);
     GLAE_LAUNCHED();
     if (din) {
-        if (c % 4 == 0 && aligned16f(din) && aligned16f(dout) && aligned16f(in))
+        if (c % 4 == 0 && glae_aligned16(din) && glae_aligned16(dout) && glae_aligned16(in))
             bn_bwd_apply4_k<<<glae_grid(rows * c / 4), GLAE_BLOCK, 0, st>>>(
                 (float4 *)din, (const float4 *)dout, (const float4 *)in, save_mean, coef,
                 rows * c / 4, c);

@@ -126,23 +126,6 @@ static PyArrayObject *like(PyArrayObject *a, int typenum) {
     return glae_new_array(PyArray_NDIM(a), PyArray_DIMS(a), typenum);
 }
 
-static PyObject *tuple_of(int n, PyArrayObject **o) {
-    PyObject *t = PyTuple_New(n);
-    if (!t) {
-        for (int i = 0; i < n; i++) Py_XDECREF(o[i]);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++) {
-        if (!o[i]) {
-            Py_INCREF(Py_None);
-            PyTuple_SET_ITEM(t, i, Py_None);
-        } else {
-            PyTuple_SET_ITEM(t, i, (PyObject *)o[i]);
-        }
-    }
-    return t;
-}
-
 static void drop(int n, PyArrayObject **o) {
     for (int i = 0; i < n; i++) Py_XDECREF(o[i]);
 }
@@ -276,7 +259,7 @@ static PyObject *py_conv2d_backward_bf16(PyObject *self, PyObject *args) {
         drop(3, o);
         return NULL;
     }
-    return tuple_of(3, o);
+    return glae_return_arrays(GLAE_OK, 3, o);
 }
 
 /* ---- fused batch norm + residual + ReLU ------------------------------------------------ */
@@ -342,7 +325,7 @@ static PyObject *py_bn_act_forward_bf16(PyObject *self, PyObject *args) {
         drop(5, o);
         return NULL;
     }
-    return tuple_of(5, o);
+    return glae_return_arrays(GLAE_OK, 5, o);
 }
 
 /* bn_act_backward_bf16(dy, y | None, x, save_mean, save_invstd, gamma, training, relu,
@@ -406,7 +389,7 @@ static PyObject *py_bn_act_backward_bf16(PyObject *self, PyObject *args) {
         drop(4, o);
         return NULL;
     }
-    return tuple_of(4, o);
+    return glae_return_arrays(GLAE_OK, 4, o);
 }
 
 /* ---- add, max pool --------------------------------------------------------------------- */
@@ -479,7 +462,7 @@ static PyObject *py_maxpool2d_forward_bf16(PyObject *self, PyObject *args) {
         drop(2, o);
         return NULL;
     }
-    return tuple_of(2, o);
+    return glae_return_arrays(GLAE_OK, 2, o);
 }
 
 /* maxpool2d_backward_bf16(dy, argmax, h, w, k, stride, pad, ctx=None) -> dx (N, h, w, C) */

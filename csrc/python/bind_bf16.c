@@ -130,6 +130,17 @@ static void drop(int n, PyArrayObject **o) {
     for (int i = 0; i < n; i++) Py_XDECREF(o[i]);
 }
 
+/* the end of every binding: release the run, then the outputs (one array or a tuple), or
+ * drop them when something failed (an exception is set) */
+static PyObject *finish(run_t *r, int bad, int n, PyArrayObject **o) {
+    run_end(r);
+    if (bad) {
+        drop(n, o);
+        return NULL;
+    }
+    return glae_return_arrays(GLAE_OK, n, o);
+}
+
 static int64_t rows_of(PyArrayObject *a) {
     int64_t r = 1;
     for (int i = 0; i < PyArray_NDIM(a) - 1; i++) r *= PyArray_DIM(a, i);
@@ -206,12 +217,7 @@ static PyObject *py_conv2d_forward_bf16(PyObject *self, PyObject *args) {
         if (st) glae_raise(st);
         bad = st || out16(&r, y, dy);
     }
-    run_end(&r);
-    if (bad) {
-        Py_DECREF(y);
-        return NULL;
-    }
-    return (PyObject *)y;
+    return finish(&r, bad, 1, &y);
 }
 
 /* conv2d_backward_bf16(dy, x, w, stride, pad, has_bias, ctx=None) -> (dx, dw, db | None);
@@ -254,12 +260,7 @@ static PyObject *py_conv2d_backward_bf16(PyObject *self, PyObject *args) {
         if (st) glae_raise(st);
         bad = st || out16(&r, o[0], ddx) || out_raw(&r, o[1], gw) || (has_bias && out_raw(&r, o[2], gb));
     }
-    run_end(&r);
-    if (bad) {
-        drop(3, o);
-        return NULL;
-    }
-    return glae_return_arrays(GLAE_OK, 3, o);
+    return finish(&r, bad, 3, o);
 }
 
 /* ---- fused batch norm + residual + ReLU ------------------------------------------------ */
@@ -320,12 +321,7 @@ static PyObject *py_bn_act_forward_bf16(PyObject *self, PyObject *args) {
         bad = st || out16(&r, o[0], dy) || out_raw(&r, o[1], sm) || out_raw(&r, o[2], si) ||
               out_raw(&r, o[3], dp[2]) || out_raw(&r, o[4], dp[3]);
     }
-    run_end(&r);
-    if (bad) {
-        drop(5, o);
-        return NULL;
-    }
-    return glae_return_arrays(GLAE_OK, 5, o);
+    return finish(&r, bad, 5, o);
 }
 
 /* bn_act_backward_bf16(dy, y | None, x, save_mean, save_invstd, gamma, training, relu,
@@ -384,12 +380,7 @@ static PyObject *py_bn_act_backward_bf16(PyObject *self, PyObject *args) {
         bad = st || out16(&r, o[0], din) || out16(&r, o[1], dres) || out_raw(&r, o[2], dgam) ||
               out_raw(&r, o[3], dbet);
     }
-    run_end(&r);
-    if (bad) {
-        drop(4, o);
-        return NULL;
-    }
-    return glae_return_arrays(GLAE_OK, 4, o);
+    return finish(&r, bad, 4, o);
 }
 
 /* ---- add, max pool --------------------------------------------------------------------- */
@@ -417,12 +408,7 @@ static PyObject *py_add_forward_bf16(PyObject *self, PyObject *args) {
         if (st) glae_raise(st);
         bad = st || out16(&r, y, dy);
     }
-    run_end(&r);
-    if (bad) {
-        Py_DECREF(y);
-        return NULL;
-    }
-    return (PyObject *)y;
+    return finish(&r, bad, 1, &y);
 }
 
 /* maxpool2d_forward_bf16(x (N, H, W, C), k, stride, pad, ctx=None) -> (y, argmax) */
@@ -457,12 +443,7 @@ static PyObject *py_maxpool2d_forward_bf16(PyObject *self, PyObject *args) {
         if (st) glae_raise(st);
         bad = st || out16(&r, o[0], dy) || out_raw(&r, o[1], am);
     }
-    run_end(&r);
-    if (bad) {
-        drop(2, o);
-        return NULL;
-    }
-    return glae_return_arrays(GLAE_OK, 2, o);
+    return finish(&r, bad, 2, o);
 }
 
 /* maxpool2d_backward_bf16(dy, argmax, h, w, k, stride, pad, ctx=None) -> dx (N, h, w, C) */
@@ -511,12 +492,7 @@ static PyObject *py_maxpool2d_backward_bf16(PyObject *self, PyObject *args) {
         if (st) glae_raise(st);
         bad = st || out16(&r, dx, ddx);
     }
-    run_end(&r);
-    if (bad) {
-        Py_DECREF(dx);
-        return NULL;
-    }
-    return (PyObject *)dx;
+    return finish(&r, bad, 1, &dx);
 }
 
 PyMethodDef glae_bf16_methods[] = {

@@ -168,6 +168,7 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.log = log or (lambda *a, **k: None)
+        self._pending = None  # (stage, step, lr) of the queued step whose losses are unread
         # everything besides the model's tensors and momentum that an exact resume needs;
         # loss_sums/loss_count: the running sums of the current epoch (for its log line)
         # stage1_val_epoch: the stage-1 epoch whose model gave stage1_val_mae
@@ -300,12 +301,12 @@ class Trainer:
         m.sgd_step(lr, mom, 0.0, cfg.weight_decay, cfg.nesterov, step == 0, begin, end,
                    cfg.wd_exclude_bn_bias)
         self.state["step"] = step + 1
-        prev, self._pending = getattr(self, "_pending", None), (stage, step, lr)
+        prev, self._pending = self._pending, (stage, step, lr)
         return self._losses_of(prev, back=1) if prev else None
 
     def flush(self):
         """The losses of the last queued step (waits for it), or None."""
-        prev, self._pending = getattr(self, "_pending", None), None
+        prev, self._pending = self._pending, None
         return self._losses_of(prev, back=0) if prev else None
 
     def _losses_of(self, pending, back):

@@ -17,13 +17,14 @@ lambda*L1 (eq. 8-9); loss = L_loc + L_hol (eq. 10); SGD momentum 0.9 Nesterov, w
 glae: the whole-model GPU step in three maths: fp32 and tf32 (float32 activations) and
 bf16 (mixed precision: bf16 backbone activations, fused BN+add+ReLU, float32 head and
 master weights; the issue's row); each step as the Trainer runs it: train_step_async (the
-batch through pinned memory on the copy stream, double-buffered) and the previous step's
-losses read while this one runs.
+uint8 pixel batch through pinned memory on the copy stream, double-buffered, normalised on
+the GPU) and the previous step's losses read while this one runs.
 
 glae with its own data pipeline: synthetic faces at the benchmark size (2x the batch by
 default, --pack-n) are written once with write_packed to a temporary folder and opened as a
 memory-mapped PackedDataset; the C Loader (as glae.train builds it: crop 0.8-1 + flip 0.5
-+ colour jitter 0.4/0.4/0.4/0.1 + GLAE normalisation, RandAugment only with --randaugment,
++ colour jitter 0.4/0.4/0.4/0.1, uint8 batches normalised on the GPU (GLAE normalisation),
+RandAugment only with --randaugment,
 --loader-threads workers, default all cores) then gives two rows per backbone:
 "glae loader alone" (images/s the Loader delivers with nothing consuming them, timed from
 its construction over whole waves of batches, one batch per worker) and "glae <math> +
@@ -69,11 +70,11 @@ def glae_model(_C, arch, size, math, device="cuda"):
 
 def glae_step(m, x, y, sigma, first):
     """One stage-1 step as glae.train's Trainer does it: zero_grad, train_step_async (the
-    batch through a pinned slot on the copy stream, nothing waited for), SGD over backbone
-    + head, then the losses of the step before (which has finished, or nearly, while this
-    one runs)."""
+    uint8 batch through a pinned slot on the copy stream, normalised on the GPU, nothing
+    waited for), SGD over backbone + head, then the losses of the step before (which has
+    finished, or nearly, while this one runs)."""
     m.zero_grad()
-    m.train_step_async(x, y, sigma, stage=1)
+    m.train_step_async(x, y, sigma, stage=1, norm="glae")
     m.sgd_step(0.1, 0.9, 0.0, 5e-4, True, first, 0, m.group_range("head")[1])
     if not first:
         m.async_losses(1)
@@ -93,7 +94,7 @@ def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda", graph=
     if graph:
         m.use_cuda_graph()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+    x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)  # pixels, as the Loader's
     y = rng.uniform(0, 100, batch).astype(np.float32)
 
     for i in range(warmup):
@@ -138,7 +139,8 @@ def glae_loader(_C, ds, batch, size, batches, threads, aug, epoch):
     order = np.concatenate([rng.permutation(n) for _ in range(reps)])[:batches * batch]
     sigmas = np.full(n, 1.0, np.float32)  # Config.sigma where the data has none
     return _C.Loader(ds.images, ds.ages, sigmas, np.ascontiguousarray(order, np.int64), batch,
-                     size, seed=1, epoch=epoch, threads=threads, drop_last=True, **aug)
+                     size, seed=1, epoch=epoch, threads=threads, drop_last=True, dtype="uint8",
+                     **aug)
 
 
 def bench_loader(_C, ds, batch, size, steps, threads, aug):

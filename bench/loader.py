@@ -2,10 +2,11 @@
 
     python bench/loader.py [--n 384] [--batch 32] [--seconds 3]
 
-For 1 and 2 worker threads, with and without RandAugment (crop + flip + colour jitter +
-normalise always on), prints images/s (wall clock), images per CPU-second of the whole
-process (what one core sustains, meaningful on a shared machine), and the peak RSS. The
-inputs are synthetic 224 x 224 uint8 crops with face-like smooth content.
+For 1 and 2 worker threads, with and without RandAugment (crop + flip + colour jitter
+always on), float32 batches (normalised by the workers) and uint8 ones (the Trainer's:
+the model normalises on its device), prints images/s (wall clock), images per CPU-second of
+the whole process (what one core sustains, meaningful on a shared machine), and the peak
+RSS. The inputs are synthetic 224 x 224 uint8 crops with face-like smooth content.
 """
 import argparse
 import os
@@ -75,8 +76,10 @@ def main():
             k += 1
         cpu = (k * a.batch) / (time.process_time() - c0)
         print(f"{name:<32} {1:>7} {'':>11} {cpu:>10.0f} {peak_rss_mb():>12.0f}")
-    for name, cfg in [("crop+flip+jitter+norm", dict(randaugment=False)),
-                      ("+ RandAugment N=2 M=9", dict(randaugment=True))]:
+    for name, cfg in [("crop+flip+jitter+norm, float32", dict(randaugment=False)),
+                      ("crop+flip+jitter, uint8", dict(randaugment=False, dtype="uint8")),
+                      ("+ RandAugment N=2 M=9, float32", dict(randaugment=True)),
+                      ("+ RandAugment N=2 M=9, uint8", dict(randaugment=True, dtype="uint8"))]:
         for threads in (1, 2):
             wall, cpu = run(images, a.batch, threads, a.seconds, **cfg)
             print(f"{name:<32} {threads:>7} {wall:>11.0f} {cpu:>10.0f} {peak_rss_mb():>12.0f}")

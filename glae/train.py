@@ -264,13 +264,15 @@ class Trainer:
     def loader(self, order, stage, epoch):
         """The epoch's batches, augmented ahead by C worker threads. Always the whole
         epoch (augmentations are keyed by position in it), so a resumed epoch skips the
-        batches already done rather than starting a shorter sequence."""
+        batches already done rather than starting a shorter sequence. The batches are the
+        augmented uint8 pixels: the model normalises them on its device (step()), to the
+        same float32 values the loader would have made, with a quarter of the bytes to copy."""
         nb = self.batches_per_epoch()
         order = np.ascontiguousarray(order[:nb * self.cfg.batch_size], np.int64)
         return _C.Loader(self.train.images, self.train.ages, self.sigmas, order,
                          self.cfg.batch_size, self.cfg.image_size,
                          seed=self.cfg.seed * 2 + stage - 1, epoch=epoch,
-                         threads=self.loader_threads(), drop_last=True,
+                         threads=self.loader_threads(), drop_last=True, dtype="uint8",
                          **self.augment_config(True))
 
     def loader_threads(self):
@@ -284,7 +286,8 @@ class Trainer:
         the first). On a GPU the step runs while the caller fetches the next batch: the
         batch goes through pinned memory on a copy stream and nothing waits for the GPU
         but the previous step's losses (Model.train_step_async). flush() returns the last
-        step's losses."""
+        step's losses. x: float32 images already normalised, or the loader's uint8 pixels
+        (normalised by the model with Config.normalization)."""
         cfg, m = self.cfg, self.core
         if stage == 1:
             loss_mode, mae = cfg.loss, 0.0
@@ -293,7 +296,8 @@ class Trainer:
         else:
             loss_mode, mae = cfg.loss, 0.0
         m.zero_grad()
-        m.train_step_async(x, ages, sigma, stage=stage, loss=loss_mode, mae=mae)
+        norm = cfg.normalization if x.dtype == np.uint8 else None
+        m.train_step_async(x, ages, sigma, stage=stage, loss=loss_mode, mae=mae, norm=norm)
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])

@@ -334,3 +334,46 @@ def test_cudnn_benchmark_mode_gives_the_same_step(math):
     assert lb["total"] == pytest.approx(la["total"], rel=tol)
     g = a.grads
     assert np.linalg.norm(b.grads - g) / np.linalg.norm(g) < (1e-3 if math == "fp32" else 0.3)
+
+
+@needs_gpu
+@pytest.mark.parametrize("graph", [False, True])
+def test_uint8_batches_match_float_batches_on_gpu(graph):
+    """uint8 pixels sent as bytes and normalised on the device (the Trainer's path, from
+    Loader(dtype='uint8')) against the same batches normalised on the host and sent as
+    float32: the same steps, async (with and without a CUDA graph) and sync, and the same
+    predictions."""
+    kw = dict(backbone="resnet18", head="fr+pa", input_size=SIZE, proj_width=64, seed=6,
+              device="cuda", math="bf16")
+    a, b = _C.Model(**kw), _C.Model(**kw)
+    warm(_C.Model(**dict(kw, device="cpu", math="fp32")), a, b)
+    if graph:
+        b.use_cuda_graph()
+    rng = np.random.default_rng(1)
+    la, lb = [], []
+    for i in range(4):
+        u = rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+        _, ages, sigma = batch(seed=30 + i)
+        x = _C.normalise_u8(u, norm="imagenet")
+        for m in (a, b):
+            m.zero_grad()
+        a.train_step_async(x, ages, sigma)
+        b.train_step_async(u, ages, sigma, norm="imagenet")
+        u[:] = 0  # the caller may reuse its arrays at once
+        for m in (a, b):
+            m.sgd_step(0.002, 0.9, 0.0, 5e-4, True, i == 0)
+        la.append(a.async_losses()["total"])
+        lb.append(b.async_losses()["total"])
+    if graph:
+        assert b.cuda_graph == "captured", b.cuda_graph
+    np.testing.assert_allclose(lb, la, rtol=1e-2)
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-2, atol=1e-5)
+    u = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    x = _C.normalise_u8(u)
+    _, ages, sigma = batch(n=3, seed=40)
+    for m in (a, b):
+        m.zero_grad()
+    ra, rb = a.train_step(x, ages, sigma), b.train_step(u, ages, sigma)
+    np.testing.assert_allclose(rb["total"], ra["total"], rtol=1e-2)
+    pa, pb = a.predict(x, route="vanilla"), b.predict(u, route="vanilla")
+    np.testing.assert_allclose(pb[0], pa[0], rtol=1e-2)

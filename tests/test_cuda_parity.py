@@ -199,6 +199,10 @@ def test_model_util_ops(fp32, rng):
     a, b = f32(rng, 7, 101), f32(rng, 7, 101)
     np.testing.assert_array_equal(_C.cuda_avg2_forward(fp32, a, b),
                                   np.float32(0.5) * (a + b))
+    u = rng.integers(0, 256, (5, 17, 19, 3), dtype=np.uint8)  # 4845 values: odd tail
+    for norm in ("glae", "imagenet", "none"):
+        np.testing.assert_array_equal(_C.cuda_normalise_u8(fp32, u, norm),
+                                      _C.normalise_u8(u, norm=norm))
 
 
 @needs_gpu

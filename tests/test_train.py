@@ -476,6 +476,7 @@ def test_loader_threads_do_not_change_training(data):
         runs.append((batches, losses, t.core.params.copy()))
     (b1, l1, p1), (b2, l2, p2) = runs
     assert len(b1) == len(b2) == 5 and all(np.array_equal(x, y) for x, y in zip(b1, b2))
+    assert b1[0].dtype == np.uint8  # the pixels: the model normalises them (test_uint8_input)
     assert len(l1) == 3 and l1 == l2
     assert np.array_equal(p1, p2)
     assert Config().loader_threads == 0

@@ -395,27 +395,6 @@ static void rrc_box(glae_rng *r, int h, int w, const glae_aug_config *c, int *bx
     *by = (h - ch) / 2; *bx = (w - cw) / 2; *bw = cw; *bh = ch;
 }
 
-/* out = in * scale[c] + offset[c] over interleaved RGB: coefficient rows of 48 (a multiple of 3
- * and of the vector width) so the loop vectorises. */
-static void normalise(float *restrict out, const uint8_t *restrict in, size_t npix, int norm) {
-    static const double mean[3] = {0.485, 0.456, 0.406}, sd[3] = {0.229, 0.224, 0.225};
-    float sc[48], off[48];
-    for (int j = 0; j < 48; j++) {
-        int c = j % 3;
-        if (norm == GLAE_NORM_GLAE) { /* GLAE V-A: (x - 127.5) / 128, exact in float */
-            sc[j] = 1.0f / 128.0f; off[j] = -127.5f / 128.0f;
-        } else if (norm == GLAE_NORM_IMAGENET) { /* LAE 2.2: (x / 255 - mean) / std */
-            sc[j] = (float)(1.0 / (255.0 * sd[c])); off[j] = (float)(-mean[c] / sd[c]);
-        } else {
-            sc[j] = 1.0f; off[j] = 0.0f;
-        }
-    }
-    size_t n = npix * 3, j0 = 0;
-    for (; j0 + 48 <= n; j0 += 48)
-        for (int j = 0; j < 48; j++) out[j0 + j] = (float)in[j0 + j] * sc[j] + off[j];
-    for (size_t j = j0; j < n; j++) out[j] = (float)in[j] * sc[j - j0] + off[j - j0];
-}
-
 #define JCHUNK 2048 /* pixels; a multiple of 1024 (f_gray_sum blocks) and of 16 (normalise rows) */
 
 /* colour jitter adjustments order[k0..k1) on a chunk of m pixels (contrast excluded: it
@@ -432,13 +411,15 @@ static void jitter_ops(float *P, size_t ps, size_t m, const int order[4], int k0
     }
 }
 
-int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
+int glae_augment_sample(void *dst, int out_u8, int size, const uint8_t *img, int h, int w,
                         const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int64_t index,
                         uint32_t rep, glae_aug_scratch *s) {
     if (size <= 0) return glae_fail(GLAE_ERR_VALUE, "augment: out_size must be > 0, got %d", size);
     size_t npix = (size_t)size * size;
     GLAE_TRY(scratch_reserve(s, npix * 3));
-    uint8_t *a = s->a;
+    /* uint8 output: every stage below works in place on `a`, so it can be the output */
+    uint8_t *a = out_u8 ? dst : s->a;
+    float *out = out_u8 ? NULL : dst;
     glae_rng r;
     /* 1. random resized crop + flip in one resampling pass (LAE 2.3) */
     int bx = 0, by = 0, bw = w, bh = h;
@@ -484,7 +465,7 @@ int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
             if (kc < 4) gsum += f_gray_sum(P + c0, npix, m);
         }
         const float mean = (float)(npix ? gsum / (double)npix : 0.0);
-        const int fuse_norm = !(cfg->randaug && cfg->ra_n > 0);
+        const int fuse_norm = !out_u8 && !(cfg->randaug && cfg->ra_n > 0);
         for (size_t c0 = 0; c0 < npix; c0 += JCHUNK) {
             size_t m = npix - c0 < JCHUNK ? npix - c0 : JCHUNK;
             if (kc < 4) {
@@ -492,7 +473,7 @@ int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
                 jitter_ops(P + c0, npix, m, order, kc + 1, 4, val, cfg);
             }
             from_planes(a + 3 * c0, P + c0, npix, m);
-            if (fuse_norm) normalise(out + 3 * c0, a + 3 * c0, m, cfg->norm);
+            if (fuse_norm) GLAE_TRY(glae_normalise_u8(NULL, out + 3 * c0, a + 3 * c0, 3 * (int64_t)m, cfg->norm));
         }
         if (fuse_norm) return GLAE_OK;
     }
@@ -510,9 +491,8 @@ int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
             GLAE_TRY(glae_augment_op(a, size, size, op, m, s->b));
         }
     }
-    /* 4. normalisation to float32 */
-    normalise(out, a, npix, cfg->norm);
-    return GLAE_OK;
+    /* 4. normalisation to float32 (uint8 output: left to the model, Model.train_step) */
+    return out_u8 ? GLAE_OK : glae_normalise_u8(NULL, out, a, 3 * (int64_t)npix, cfg->norm);
 }
 
 int glae_occurrences(uint32_t *repeat, const int64_t *idx, int64_t b, int64_t n) {
@@ -556,7 +536,7 @@ int glae_augment_batch(float *out, int size, const uint8_t *images, int64_t n, i
         glae_aug_scratch s = {0};
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < b; i++) {
-            int e = glae_augment_sample(out + (size_t)i * out_sz, size, images + (size_t)indices[i] * img_sz,
+            int e = glae_augment_sample(out + (size_t)i * out_sz, 0, size, images + (size_t)indices[i] * img_sz,
                                         h, w, cfg, seed, epoch, indices[i], rep[i], &s);
             if (e) {
 #pragma omp critical(glae_augment_err)

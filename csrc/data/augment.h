@@ -11,7 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { GLAE_NORM_GLAE = 0, GLAE_NORM_IMAGENET = 1, GLAE_NORM_NONE = 2 };
+#include "../ops/ops.h" /* GLAE_NORM_*, glae_normalise_u8 */
+
 
 /* The 14 RandAugment ops in the order the RandAugment paper lists them (Cubuk et al.
  * 2020), not torchvision's (identity, shear x/y, translate x/y, rotate, brightness,
@@ -66,8 +67,10 @@ typedef struct {
 } glae_aug_scratch;
 void glae_aug_scratch_free(glae_aug_scratch *s);
 
-/* Augment one image (h, w, 3) into out (size, size, 3) float32. */
-int glae_augment_sample(float *out, int size, const uint8_t *img, int h, int w,
+/* Augment one image (h, w, 3) into out (size, size, 3): float32 normalised with cfg->norm,
+ * or (out_u8) the uint8 pixels before the normalisation, for a model that normalises on
+ * its device (glae_normalise_u8 gives the float32 output from them, bit for bit). */
+int glae_augment_sample(void *out, int out_u8, int size, const uint8_t *img, int h, int w,
                         const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int64_t index,
                         uint32_t repeat, glae_aug_scratch *s);
 

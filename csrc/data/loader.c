@@ -13,7 +13,8 @@
 enum { SLOT_FREE = 0, SLOT_BUSY, SLOT_READY };
 
 typedef struct {
-    float *x, *ages, *sigmas;
+    void *x; /* float32 or (out_u8) uint8 images */
+    float *ages, *sigmas;
     int64_t *idx;
     int64_t batch; /* which batch the slot holds */
     int state, count, status;
@@ -28,7 +29,7 @@ struct glae_loader {
     int64_t *order;
     uint32_t *rep;
     int64_t total, nbatches;
-    int batch, size;
+    int batch, size, out_u8;
     glae_aug_config cfg;
     uint64_t seed;
     uint32_t epoch;
@@ -47,7 +48,8 @@ struct glae_loader {
 static int fill(glae_loader *L, slot_t *s, int64_t b, glae_aug_scratch *scr) {
     int64_t first = b * L->batch;
     int count = (int)(L->total - first < L->batch ? L->total - first : L->batch);
-    const size_t img_sz = (size_t)L->h * L->w * 3, out_sz = (size_t)L->size * L->size * 3;
+    const size_t img_sz = (size_t)L->h * L->w * 3;
+    const size_t out_bytes = (size_t)L->size * L->size * 3 * (L->out_u8 ? 1 : sizeof(float));
     s->count = count;
     for (int i = 0; i < count; i++) {
         if (__atomic_load_n(&L->stop, __ATOMIC_RELAXED)) return GLAE_OK; /* being torn down */
@@ -55,7 +57,8 @@ static int fill(glae_loader *L, slot_t *s, int64_t b, glae_aug_scratch *scr) {
         if (idx < 0 || idx >= L->n)
             return glae_fail(GLAE_ERR_VALUE, "Loader: index %lld at position %lld outside [0, %lld)",
                              (long long)idx, (long long)(first + i), (long long)L->n);
-        GLAE_TRY(glae_augment_sample(s->x + (size_t)i * out_sz, L->size, L->images + (size_t)idx * img_sz,
+        GLAE_TRY(glae_augment_sample((char *)s->x + (size_t)i * out_bytes, L->out_u8, L->size,
+                                     L->images + (size_t)idx * img_sz,
                                      L->h, L->w, &L->cfg, L->seed, L->epoch, idx, L->rep[first + i], scr));
         s->ages[i] = L->ages ? L->ages[idx] : 0.0f;
         s->sigmas[i] = L->sigmas ? L->sigmas[idx] : 0.0f;
@@ -130,7 +133,7 @@ int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int 
                        const float *ages, const float *sigmas, const int64_t *order,
                        int64_t total, int batch, int drop_last, int size,
                        const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int nthreads,
-                       int nslots) {
+                       int nslots, int out_u8) {
     *out = NULL;
     if (n < 0 || total < 0) return glae_fail(GLAE_ERR_VALUE, "Loader: negative size");
     if (h <= 0 || w <= 0) return glae_fail(GLAE_ERR_VALUE, "Loader: empty images (%d x %d)", h, w);
@@ -148,12 +151,12 @@ int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int 
     pthread_cond_init(&L->cv_ready, NULL);
     L->images = images; L->n = n; L->h = h; L->w = w;
     L->ages = ages; L->sigmas = sigmas;
-    L->total = total; L->batch = batch; L->size = size;
+    L->total = total; L->batch = batch; L->size = size; L->out_u8 = out_u8 != 0;
     L->cfg = *cfg; L->seed = seed; L->epoch = epoch;
     L->nbatches = drop_last ? total / batch : (total + batch - 1) / batch;
     L->nslots = nslots;
     L->nthreads = nthreads;
-    size_t out_sz = (size_t)size * size * 3;
+    const size_t out_bytes = (size_t)size * size * 3 * (out_u8 ? 1 : sizeof(float));
     L->order = malloc(sizeof(int64_t) * (size_t)(total ? total : 1));
     L->rep = calloc((size_t)(total ? total : 1), sizeof(uint32_t));
     uint32_t *cnt = calloc((size_t)(n ? n : 1), sizeof(uint32_t));
@@ -162,7 +165,7 @@ int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int 
     int ok = L->order && L->rep && cnt && L->slots && L->th;
     for (int k = 0; ok && k < nslots; k++) {
         slot_t *s = &L->slots[k];
-        s->x = malloc(sizeof(float) * out_sz * (size_t)batch);
+        s->x = malloc(out_bytes * (size_t)batch);
         s->ages = malloc(sizeof(float) * (size_t)batch);
         s->sigmas = malloc(sizeof(float) * (size_t)batch);
         s->idx = malloc(sizeof(int64_t) * (size_t)batch);
@@ -194,7 +197,7 @@ int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int 
 
 int64_t glae_loader_num_batches(const glae_loader *L) { return L->nbatches; }
 
-int glae_loader_take(glae_loader *L, int timeout_ms, int *count, const float **x,
+int glae_loader_take(glae_loader *L, int timeout_ms, int *count, const void **x,
                      const float **ages, const float **sigmas, const int64_t **indices) {
     struct timespec until;
     if (timeout_ms >= 0) {

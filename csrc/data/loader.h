@@ -16,19 +16,21 @@
 typedef struct glae_loader glae_loader;
 
 /* images (n, h, w, 3) uint8, ages and sigmas (n,) float32 (either may be NULL: zeros);
- * they must outlive the loader. order (total,) is copied. */
+ * they must outlive the loader. order (total,) is copied. The batches hold float32 images
+ * normalised with cfg->norm, or (out_u8) the augmented uint8 pixels before it, a quarter of
+ * the bytes to hand over and send to a GPU (the model normalises: glae_normalise_u8). */
 int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int h, int w,
                        const float *ages, const float *sigmas, const int64_t *order,
                        int64_t total, int batch, int drop_last, int size,
                        const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int nthreads,
-                       int nslots);
+                       int nslots, int out_u8);
 int64_t glae_loader_num_batches(const glae_loader *L);
 
 /* Wait up to timeout_ms (< 0: forever) for the next batch. Returns 1 when a batch is ready
  * (then *count, and pointers into the ring valid until glae_loader_release), 0 at the
  * end of the epoch, 2 on timeout, or -status when the worker failed on this batch (the
  * message is in glae_last_error of the calling thread). */
-int glae_loader_take(glae_loader *L, int timeout_ms, int *count, const float **x,
+int glae_loader_take(glae_loader *L, int timeout_ms, int *count, const void **x,
                      const float **ages, const float **sigmas, const int64_t **indices);
 /* Hand the slot of the batch just taken back to the workers. */
 void glae_loader_release(glae_loader *L);

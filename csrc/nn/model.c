@@ -126,6 +126,9 @@ static int plan_into(glae_model *m, glae_arena *a, int kind, int n, int h, int w
     ALLOC_F(m->y, n);
     m->dfeat = NULL;
     m->xflip = m->xin = m->sig = m->losses = NULL;
+    /* a quarter of the float input's size, whether or not the batches come as uint8 */
+    m->xu8 = glae_arena_alloc(a, (size_t)n * h * w * 3);
+    if (!m->xu8) return GLAE_ERR_MEMORY;
     m->o_prob = m->o_age = m->o_ups = NULL;
     m->o_choice = NULL;
     if (kind == GLAE_PLAN_TRAIN1)
@@ -171,6 +174,27 @@ static int plan(glae_model *m, int kind, int n, int h, int w) {
     return GLAE_OK;
 }
 
+static int check_input(const char *fn, int xnorm) {
+    if (xnorm < GLAE_INPUT_F32 || xnorm > GLAE_NORM_NONE)
+        return glae_fail(GLAE_ERR_VALUE, "%s: unknown input format %d", fn, xnorm);
+    return GLAE_OK;
+}
+
+/* The network's float32 input at dst (device) from the caller's host batch of `values`
+ * numbers: a copy, or for uint8 pixels a copy of the bytes and the normalisation on the
+ * device (the CPU normalises straight from the caller's array). */
+static int stage_input(glae_model *m, float *dst, const void *x, int xnorm, size_t values) {
+    glae_ctx *ctx = &m->ctx;
+    if (xnorm == GLAE_INPUT_F32)
+        return ctx->ops->copy(ctx, dst, x, values * sizeof(float), GLAE_COPY_H2D);
+    const uint8_t *src = x;
+    if (ctx->device != GLAE_CPU) {
+        GLAE_TRY(ctx->ops->copy(ctx, m->xu8, x, values, GLAE_COPY_H2D));
+        src = m->xu8;
+    }
+    return ctx->ops->normalise_u8(ctx, dst, src, (int64_t)values, xnorm);
+}
+
 static int check_step(int n, int stage, int mode) {
     if (stage != 1 && stage != 2)
         return glae_fail(GLAE_ERR_VALUE, "train_step: stage must be 1 or 2, got %d", stage);
@@ -197,13 +221,15 @@ static int step_core(glae_model *m, const float *x, const float *ages, const flo
     return GLAE_OK;
 }
 
-int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
-                          const float *ages, const float *sigma, int stage, int mode, float mae) {
+int glae_model_train_step(glae_model *m, float losses[3], const void *x, int xnorm, int n, int h,
+                          int w, const float *ages, const float *sigma, int stage, int mode,
+                          float mae) {
     GLAE_TRY(check_step(n, stage, mode));
+    GLAE_TRY(check_input("train_step", xnorm));
     GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
     glae_ctx *ctx = &m->ctx;
     const glae_backend *ops = ctx->ops;
-    GLAE_TRY(ops->copy(ctx, m->xin, x, (size_t)n * h * w * 3 * sizeof(float), GLAE_COPY_H2D));
+    GLAE_TRY(stage_input(m, m->xin, x, xnorm, (size_t)n * h * w * 3));
     GLAE_TRY(ops->copy(ctx, m->y, ages, (size_t)n * sizeof(float), GLAE_COPY_H2D));
     if (sigma) GLAE_TRY(ops->copy(ctx, m->sig, sigma, (size_t)n * sizeof(float), GLAE_COPY_H2D));
     GLAE_TRY(step_core(m, m->xin, m->y, sigma ? m->sig : NULL, n, stage, mode, mae));
@@ -227,9 +253,9 @@ void glae_model_async_free(glae_model *m) {
 }
 
 #ifdef GLAE_WITH_CUDA
-/* two (pinned, device) slots of `floats` each; each pinned one has 4 more floats at
- * [floats] for the losses of its step */
-static int async_grow(glae_model *m, size_t floats) {
+/* two (pinned, device) slots of `bytes` each; each pinned one has 16 more bytes at
+ * [bytes] for the losses of its step */
+static int async_grow(glae_model *m, size_t bytes) {
     GLAE_TRY(glae_cuda_sync(&m->ctx));
     /* the losses of the last two steps live in the old pinned tails */
     float keep[2][3] = {{0}};
@@ -239,13 +265,13 @@ static int async_grow(glae_model *m, size_t floats) {
     for (int i = 0; i < 2; i++) {
         void *p = NULL, *d = NULL;
         GLAE_TRY(glae_cuda_slot_create(&m->ctx, (glae_cuda_slot **)&m->slot[i]));
-        GLAE_TRY(glae_cuda_host_alloc(&p, (floats + 4) * sizeof(float)));
+        GLAE_TRY(glae_cuda_host_alloc(&p, bytes + 4 * sizeof(float)));
         m->pin[i] = p;
-        GLAE_TRY(glae_cuda_malloc(&d, floats * sizeof(float)));
+        GLAE_TRY(glae_cuda_malloc(&d, bytes));
         m->dslot[i] = d;
     }
-    m->async_cap = floats;
-    for (int i = 0; i < 2; i++) memcpy(m->pin[i] + floats, keep[i], sizeof keep[i]);
+    m->async_cap = bytes;
+    for (int i = 0; i < 2; i++) memcpy(m->pin[i] + bytes, keep[i], sizeof keep[i]);
     return GLAE_OK;
 }
 #endif
@@ -324,13 +350,14 @@ const char *glae_model_graph_state(const glae_model *m) {
     }
 }
 
-int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int w,
+int glae_model_train_step_async(glae_model *m, const void *x, int xnorm, int n, int h, int w,
                                 const float *ages, const float *sigma, int stage, int mode,
                                 float mae) {
     GLAE_TRY(check_step(n, stage, mode));
+    GLAE_TRY(check_input("train_step_async", xnorm));
     if (m->ctx.device != GLAE_CUDA) {
-        GLAE_TRY(glae_model_train_step(m, m->cpu_losses[m->async_steps & 1], x, n, h, w, ages,
-                                       sigma, stage, mode, mae));
+        GLAE_TRY(glae_model_train_step(m, m->cpu_losses[m->async_steps & 1], x, xnorm, n, h, w,
+                                       ages, sigma, stage, mode, mae));
         m->async_last = (int)(m->async_steps & 1);
         m->async_steps++;
         return GLAE_OK;
@@ -338,30 +365,38 @@ int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int
 #ifdef GLAE_WITH_CUDA
     GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
     glae_ctx *ctx = &m->ctx;
-    const size_t img = (size_t)n * h * w * 3, floats = img + 2 * (size_t)n;
-    if (floats > m->async_cap) GLAE_TRY(async_grow(m, floats));
+    const glae_backend *ops = ctx->ops;
+    /* a slot: the images (float32 or uint8, padded to 16 bytes), ages, sigmas */
+    const size_t img = (size_t)n * h * w * 3, F = sizeof(float);
+    const size_t ximg = img * (xnorm == GLAE_INPUT_F32 ? F : 1), xpad = (ximg + 15) & ~(size_t)15;
+    if (xpad + 2 * n * F > m->async_cap) GLAE_TRY(async_grow(m, xpad + 2 * n * F));
     const int i = (int)(m->async_steps & 1);
     glae_cuda_slot *slot = m->slot[i];
-    float *pin = m->pin[i], *dev = m->dslot[i];
+    unsigned char *pin = m->pin[i], *dev = m->dslot[i];
+    float *dev_y = (float *)(dev + xpad);
     /* the copy of step k-2 has finished reading pinned[i]: refill it */
     GLAE_TRY(glae_cuda_slot_host_sync(slot));
-    glae_memcpy_big(pin, x, img * sizeof(float));
-    memcpy(pin + img, ages, (size_t)n * sizeof(float));
-    if (sigma) memcpy(pin + img + n, sigma, (size_t)n * sizeof(float));
+    glae_memcpy_big(pin, x, ximg);
+    memcpy(pin + xpad, ages, n * F);
+    if (sigma) memcpy(pin + xpad + n * F, sigma, n * F);
     /* copy stream: after step k-2's compute released dev[i]; compute waits for the copy */
-    GLAE_TRY(glae_cuda_slot_h2d(ctx, slot, dev, pin, (img + (size_t)n * (sigma ? 2 : 1)) * sizeof(float)));
+    GLAE_TRY(glae_cuda_slot_h2d(ctx, slot, dev, pin, xpad + n * F * (sigma ? 2 : 1)));
     GLAE_TRY(glae_cuda_slot_wait_copy(ctx, slot));
-    int st;
+    /* uint8 pixels are normalised into the arena's input; float32 ones are read in place */
+    const float *xd = (const float *)dev;
+    int st = GLAE_OK;
+    if (xnorm != GLAE_INPUT_F32) {
+        st = ops->normalise_u8(ctx, m->xin, dev, (int64_t)img, xnorm);
+        xd = m->xin;
+    }
     if (m->graph_on) {
         /* a graph reads fixed addresses: the arena's input buffers */
-        const glae_backend *ops = ctx->ops;
-        st = ops->copy(ctx, m->xin, dev, img * sizeof(float), GLAE_COPY_D2D);
-        if (!st) st = ops->copy(ctx, m->y, dev + img, (size_t)n * sizeof(float), GLAE_COPY_D2D);
-        if (!st && sigma)
-            st = ops->copy(ctx, m->sig, dev + img + n, (size_t)n * sizeof(float), GLAE_COPY_D2D);
+        if (!st && xd != m->xin) st = ops->copy(ctx, m->xin, xd, img * F, GLAE_COPY_D2D);
+        if (!st) st = ops->copy(ctx, m->y, dev_y, n * F, GLAE_COPY_D2D);
+        if (!st && sigma) st = ops->copy(ctx, m->sig, dev_y + n, n * F, GLAE_COPY_D2D);
         if (!st) st = step_graph(m, n, stage, mode, mae, sigma != NULL);
-    } else {
-        st = step_core(m, dev, dev + img, sigma ? dev + img + n : NULL, n, stage, mode, mae);
+    } else if (!st) {
+        st = step_core(m, xd, dev_y, sigma ? dev_y + n : NULL, n, stage, mode, mae);
     }
     /* the losses come back behind the step, into the slot's pinned tail */
     if (!st) st = glae_cuda_d2h_async(ctx, pin + m->async_cap, m->losses, 3 * sizeof(float));
@@ -403,15 +438,16 @@ static int copy_out(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
     return dst ? ctx->ops->copy(ctx, dst, src, bytes, GLAE_COPY_D2H) : GLAE_OK;
 }
 
-int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int training,
+int glae_model_forward(glae_model *m, const void *x, int xnorm, int n, int h, int w, int training,
                        float *feat, float *p_van, float *p_bal, float *map_van, float *map_bal,
                        float *loc_van) {
     if (n < 1) return glae_fail(GLAE_ERR_VALUE, "forward: empty batch");
+    GLAE_TRY(check_input("forward", xnorm));
     GLAE_TRY(plan(m, GLAE_PLAN_INFER, n, h, w));
     const int K = m->cfg.num_classes;
     glae_ctx *ctx = &m->ctx;
     const size_t F = sizeof(float);
-    GLAE_TRY(ctx->ops->copy(ctx, m->xflip, x, (size_t)n * h * w * 3 * F, GLAE_COPY_H2D));
+    GLAE_TRY(stage_input(m, m->xflip, x, xnorm, (size_t)n * h * w * 3));
     GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xflip, training));
     GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, m->net.feat, training));
     GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, m->net.feat, training));
@@ -428,10 +464,11 @@ int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int t
 }
 
 int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
-                       const float *x, int n, int h, int w, int route, int flip) {
+                       const void *x, int xnorm, int n, int h, int w, int route, int flip) {
     if (route < GLAE_PRED_SMALLER || route > GLAE_PRED_BALANCED)
         return glae_fail(GLAE_ERR_VALUE, "predict: unknown route %d", route);
     if (n < 1) return glae_fail(GLAE_ERR_VALUE, "predict: empty batch");
+    GLAE_TRY(check_input("predict", xnorm));
     const int K = m->cfg.num_classes;
     int need_flip = flip || route == GLAE_PRED_SMALLER || route == GLAE_PRED_BIGGER;
     int nb = need_flip ? 2 * n : n;
@@ -440,7 +477,7 @@ int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, fl
     glae_ctx *ctx = &m->ctx;
     const glae_backend *ops = ctx->ops;
     const size_t F = sizeof(float), img = (size_t)h * w * 3;
-    GLAE_TRY(ops->copy(ctx, m->xflip, x, (size_t)n * img * F, GLAE_COPY_H2D));
+    GLAE_TRY(stage_input(m, m->xflip, x, xnorm, (size_t)n * img));
     if (need_flip) GLAE_TRY(ops->hflip_forward(ctx, m->xflip + n * img, m->xflip, n, h, w, 3));
     GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xflip, 0));
     GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, m->net.feat, 0));

@@ -48,6 +48,7 @@ typedef struct {
     int plan_kind, plan_n, plan_h, plan_w;
     float *z, *y, *xflip; /* labels (n, K), ages (n); input + flipped batch (inference) */
     float *xin, *sig;     /* the training batch and its sigmas, staged on the device */
+    uint8_t *xu8;         /* a uint8 batch on its way to xin or xflip (glae_normalise_u8) */
     float *losses;        /* total, local, holistic of the last step (device) */
     float *o_prob, *o_age, *o_ups; /* predict's outputs before the copy back */
     int32_t *o_choice;
@@ -55,11 +56,11 @@ typedef struct {
     uint8_t *no_decay;    /* (p.n) 1 = no weight decay (GLAE_P_NO_DECAY), on the device */
     size_t peak_bytes;    /* largest arena ever reserved */
     /* the pipelined step (glae_model_train_step_async): two input slots on CUDA, each a
-     * pinned host buffer and a device buffer of async_cap floats (x, ages, sigma) */
+     * pinned host buffer and a device buffer of async_cap bytes (x, ages, sigma) */
     long long async_steps;
     int async_last;
     size_t async_cap;
-    float *pin[2], *dslot[2];
+    unsigned char *pin[2], *dslot[2];
     void *slot[2];        /* glae_cuda_slot */
     float cpu_losses[2][3]; /* CPU: the losses of the last two async steps */
     /* CUDA graph of the async step (glae_model_use_graph) */
@@ -78,18 +79,25 @@ void glae_model_free(glae_model *m);
 /* feature map and FR map sizes for an h x w input (GLAE_ERR_VALUE when too small) */
 int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *hp, int *wp);
 
-/* One training step on x (n, h, w, 3) NHWC: forward, loss (mode GLAE_LOSS_*), backward.
+/* Every function below that takes a batch x (n, h, w, 3) NHWC on the host takes its
+ * format in xnorm: GLAE_INPUT_F32 for float32 images already normalised, or a GLAE_NORM_*
+ * (ops.h) for uint8 pixels, which are sent as bytes (a quarter of the copy) and normalised
+ * on the model's device by glae_normalise_u8, to the same float32 values as the loader's. */
+#define GLAE_INPUT_F32 (-1)
+
+/* One training step on x: forward, loss (mode GLAE_LOSS_*), backward.
  * Gradients accumulate into m->p.grads (stage 1: backbone + head; stage 2: balanced head
  * only). sigma (n) or NULL (sigma 1). losses = total, local, holistic (batch means). */
-int glae_model_train_step(glae_model *m, float losses[3], const float *x, int n, int h, int w,
-                          const float *ages, const float *sigma, int stage, int mode, float mae);
+int glae_model_train_step(glae_model *m, float losses[3], const void *x, int xnorm, int n, int h,
+                          int w, const float *ages, const float *sigma, int stage, int mode,
+                          float mae);
 
 /* The same step, pipelined (CUDA): the batch is copied into a pinned buffer and sent on
  * the copy stream while the previous step may still run; the step is queued and the call
  * returns without waiting for the GPU. Two slots alternate, so the caller's next batch
  * (loaded meanwhile) overlaps this step's compute. x, ages, sigma may be reused as soon
  * as the call returns. On the CPU it is glae_model_train_step. */
-int glae_model_train_step_async(glae_model *m, const float *x, int n, int h, int w,
+int glae_model_train_step_async(glae_model *m, const void *x, int xnorm, int n, int h, int w,
                                 const float *ages, const float *sigma, int stage, int mode,
                                 float mae);
 /* CUDA graphs for train_step_async (CUDA models; GLAE_ERR_VALUE on the CPU). With them on,
@@ -114,7 +122,7 @@ void glae_model_async_free(glae_model *m);
  * map_van, map_bal (n, H', W', K) FR logits maps (FR heads); loc_van (n, H', W', K) local
  * branch distributions (FRPA). training: BN batch statistics (running stats updated, as
  * in PyTorch's train mode). */
-int glae_model_forward(glae_model *m, const float *x, int n, int h, int w, int training,
+int glae_model_forward(glae_model *m, const void *x, int xnorm, int n, int h, int w, int training,
                        float *feat, float *p_van, float *p_bal, float *map_van, float *map_bal,
                        float *loc_van);
 
@@ -125,7 +133,7 @@ enum { GLAE_PRED_SMALLER = 0, GLAE_PRED_BIGGER = 1, GLAE_PRED_VANILLA = 2, GLAE_
  * always computed); VANILLA/BALANCED: that head alone. flip: average the distribution
  * with the flipped image's. */
 int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
-                       const float *x, int n, int h, int w, int route, int flip);
+                       const void *x, int xnorm, int n, int h, int w, int route, int flip);
 
 /* One SGD step (optim.h) on [begin, end) of the model's flat buffers, on its device.
  * wd_exclude: skip weight decay on the GLAE_P_NO_DECAY tensors (BN, biases). */

@@ -70,6 +70,7 @@ typedef struct glae_backend {
     int (*flatten_nchw_backward)(glae_ctx *ctx, float *din, const float *dout, int n, int64_t p,
                                  int c);
     int (*avg2_forward)(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+    int (*normalise_u8)(glae_ctx *ctx, float *out, const uint8_t *in, int64_t n, int norm);
     /* mixed precision: bf16 activations (ops.h, bf16.c / bf16.cu) */
     int (*f32_to_bf16)(glae_ctx *ctx, glae_bf16 *out, const float *in, int64_t n);
     int (*bf16_to_f32)(glae_ctx *ctx, float *out, const glae_bf16 *in, int64_t n);

@@ -124,6 +124,17 @@ int glae_flatten_nchw_backward(glae_ctx *ctx, float *din, const float *dout, int
                                int c);
 int glae_avg2_forward(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
 
+/* ---- input normalisation (util.c): uint8 RGB pixels -> the float32 the network reads --
+ * out[i] = (float)in[i] * scale[c] + offset[c], c = i % 3, the two float operations
+ * rounded separately (no FMA), so the CPU, the CUDA twin and the data loader's float
+ * output (augment.c) agree bitwise. n = the number of values (pixels * 3). Norms:
+ *   GLAE_NORM_GLAE      (x - 127.5) / 128            GLAE sec. V-A
+ *   GLAE_NORM_IMAGENET  (x / 255 - mean[c]) / std[c] LAE sec. 2.2, torchvision's constants
+ *   GLAE_NORM_NONE      x                            */
+enum { GLAE_NORM_GLAE = 0, GLAE_NORM_IMAGENET = 1, GLAE_NORM_NONE = 2 };
+int glae_norm_coeffs(int norm, float scale[3], float offset[3]);
+int glae_normalise_u8(glae_ctx *ctx, float *out, const uint8_t *in, int64_t n, int norm);
+
 /* ---- mixed precision: bf16 activations (bf16.c) -------------------------------------
  * The backbone's activations and their gradients stored as bfloat16, parameters and
  * their gradients float32 (autocast's split). Each op computes in float32 (double for

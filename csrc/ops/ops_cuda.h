@@ -104,6 +104,7 @@ int glae_flatten_nchw_forward_cuda(glae_ctx *ctx, float *out, const float *in, i
 int glae_flatten_nchw_backward_cuda(glae_ctx *ctx, float *din, const float *dout, int n,
                                     int64_t p, int c);
 int glae_avg2_forward_cuda(glae_ctx *ctx, float *out, const float *a, const float *b, int64_t n);
+int glae_normalise_u8_cuda(glae_ctx *ctx, float *out, const uint8_t *in, int64_t n, int norm);
 
 /* ---- loss.cu (loss.h) --------------------------------------------------------------- */
 int glae_label_distribution_cuda(glae_ctx *ctx, float *z, const float *y, const float *sigma,

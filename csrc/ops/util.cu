@@ -61,3 +61,29 @@ extern "C" int glae_avg2_forward_cuda(glae_ctx *ctx, float *out, const float *a,
     GLAE_LAUNCHED();
     return GLAE_OK;
 }
+
+/* __fmul_rn/__fadd_rn: no FMA contraction (nvcc contracts by default), so the result is
+ * the CPU's bit for bit */
+__global__ static void normalise_u8_k(float *out, const uint8_t *in, int64_t n, float s0, float s1,
+                                      float s2, float o0, float o1, float o2) {
+    GLAE_FOR(i, n) {
+        const int c = (int)(i % 3);
+        const float sc = c == 0 ? s0 : c == 1 ? s1 : s2, off = c == 0 ? o0 : c == 1 ? o1 : o2;
+        out[i] = __fadd_rn(__fmul_rn((float)in[i], sc), off);
+    }
+}
+
+extern "C" int glae_normalise_u8_cuda(glae_ctx *ctx, float *out, const uint8_t *in, int64_t n,
+                                      int norm) {
+    GLAE_STREAM(ctx, "normalise_u8_cuda", st);
+    if (n < 0 || n % 3)
+        return glae_fail(GLAE_ERR_VALUE, "normalise_u8_cuda: %lld values is not a whole number of RGB pixels",
+                         (long long)n);
+    float sc[3], off[3];
+    GLAE_TRY(glae_norm_coeffs(norm, sc, off));
+    if (n == 0) return GLAE_OK;
+    normalise_u8_k<<<glae_grid(n), GLAE_BLOCK, 0, st>>>(out, in, n, sc[0], sc[1], sc[2], off[0],
+                                                         off[1], off[2]);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}

@@ -18,7 +18,7 @@
     X(cuda_ldl_loss_backward) X(cuda_expected_age) X(cuda_kl_rows) X(cuda_adaptive_route)   \
     X(cuda_sgd_step) X(cuda_metrics_mae) X(cuda_metrics_epsilon) X(cuda_fill)               \
     X(cuda_flatten_nchw_forward) X(cuda_flatten_nchw_backward) X(cuda_avg2_forward)         \
-    X(cuda_double_buffer_relu)
+    X(cuda_normalise_u8) X(cuda_double_buffer_relu)
 
 #ifndef GLAE_WITH_CUDA
 
@@ -323,6 +323,21 @@ static PyObject *py_cuda_avg2_forward(PyObject *self, PyObject *args) {
     JOB_START(co);
     float *da = job_in(&J, a), *db = job_in(&J, b), *o = job_out(&J, DIMS(a), NPY_FLOAT32, 0);
     RUN(glae_avg2_forward_cuda(J.ctx, o, da, db, PyArray_SIZE(a)));
+}
+
+/* cuda_normalise_u8(ctx, x uint8 (..., 3), norm='glae') -> float32 */
+static PyObject *py_cuda_normalise_u8(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *xo, *no = NULL;
+    int norm = GLAE_NORM_GLAE;
+    if (!PyArg_ParseTuple(args, "OO|O:cuda_normalise_u8", &co, &xo, &no)) return NULL;
+    if (no && glae_parse_norm(no, "cuda_normalise_u8", &norm)) return NULL;
+    PyArrayObject *x = glae_arg_array(xo, "x", NPY_UINT8, -1);
+    if (!x) return NULL;
+    JOB_START(co);
+    uint8_t *i = job_in(&J, x);
+    float *o = job_out(&J, DIMS(x), NPY_FLOAT32, 0);
+    RUN(glae_normalise_u8_cuda(J.ctx, o, i, PyArray_SIZE(x), norm));
 }
 
 /* ---- element-wise ----------------------------------------------------------------------- */

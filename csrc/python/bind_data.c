@@ -274,17 +274,7 @@ static int config_item(glae_aug_config *c, PyObject *ko, PyObject *v, int *jitte
     if (!strcmp(k, "ra_n")) return get_int(v, k, &c->ra_n);
     if (!strcmp(k, "ra_m")) return get_int(v, k, &c->ra_m);
     if (!strcmp(k, "ra_bins")) return get_int(v, k, &c->ra_bins);
-    if (!strcmp(k, "norm")) {
-        const char *s = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
-        if (s && !strcmp(s, "glae")) c->norm = GLAE_NORM_GLAE;
-        else if (s && !strcmp(s, "imagenet")) c->norm = GLAE_NORM_IMAGENET;
-        else if (s && !strcmp(s, "none")) c->norm = GLAE_NORM_NONE;
-        else {
-            PyErr_SetString(PyExc_ValueError, "augment config: norm must be 'glae', 'imagenet' or 'none'");
-            return -1;
-        }
-        return 0;
-    }
+    if (!strcmp(k, "norm")) return glae_parse_norm(v, "augment config", &c->norm);
     PyErr_Format(PyExc_ValueError, "augment config: unknown key '%s' (known: %s)", k, config_keys);
     return -1;
 }
@@ -496,7 +486,7 @@ typedef struct {
     glae_loader *L;
     PyObject *images, *ages, *sigmas; /* kept alive: the workers read them */
     int busy;                         /* a next() is waiting without the GIL */
-    int size;
+    int size, u8; /* u8: the batches are uint8 pixels (dtype='uint8') */
     Py_ssize_t nbatches;
     /* the last two image batches handed out: one whose only reference is this pool is
      * refilled instead of allocating ~20 MB of fresh (page-faulting) memory per batch; a
@@ -532,7 +522,7 @@ static PyObject *loader_batch_array(LoaderObject *o, int count) {
         return (PyObject *)p;
     }
     npy_intp d4[4] = {count, o->size, o->size, 3};
-    PyObject *X = PyArray_SimpleNew(4, d4, NPY_FLOAT32);
+    PyObject *X = PyArray_SimpleNew(4, d4, o->u8 ? NPY_UINT8 : NPY_FLOAT32);
     if (!X) return NULL;
     Py_XSETREF(*slot, X);
     Py_INCREF(X);
@@ -551,14 +541,30 @@ static PyArrayObject *arg_labels(PyObject *o, const char *name, npy_intp n) {
     return a;
 }
 
+/* dtype='float32' or 'uint8' (any spelling numpy.dtype takes) -> *u8 */
+static int parse_out_dtype(PyObject *o, int *u8) {
+    PyArray_Descr *d = NULL;
+    if (!PyArray_DescrConverter2(o, &d)) return -1;
+    int t = d ? d->type_num : NPY_FLOAT32;
+    Py_XDECREF(d);
+    if (t != NPY_FLOAT32 && t != NPY_UINT8) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be float32 (normalised images) or uint8 (pixels)");
+        return -1;
+    }
+    *u8 = t == NPY_UINT8;
+    return 0;
+}
+
 /* Loader(images, ages, sigmas, indices, batch_size, out_size=224, seed=0, epoch=0,
- *        threads=1, prefetch=0, drop_last=False, config=None, **config) */
+ *        threads=1, prefetch=0, drop_last=False, config=None, dtype='float32', **config) */
 static PyObject *loader_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static const char *const names[] = {"images", "ages", "sigmas", "indices", "batch_size", "out_size",
-                                        "seed", "epoch", "threads", "prefetch", "drop_last", "config"};
-    PyObject *v[12], *rest = NULL;
+                                        "seed", "epoch", "threads", "prefetch", "drop_last", "config",
+                                        "dtype"};
+    PyObject *v[13], *rest = NULL;
     LoaderObject *self = NULL;
-    if (split_args("Loader", args, kw, names, 12, 5, v, &rest)) return NULL;
+    int u8 = 0;
+    if (split_args("Loader", args, kw, names, 13, 5, v, &rest)) return NULL;
     long long batch, size = 224, epoch = 0, threads = 1, prefetch = 0;
     uint64_t seed = 0;
     int drop_last = 0;
@@ -576,19 +582,21 @@ static PyObject *loader_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         (v[7] && as_ll(v[7], "epoch", 0, 0xFFFFFFFFLL, &epoch)) ||
         (v[8] && as_ll(v[8], "threads", 1, 256, &threads)) ||
         (v[9] && as_ll(v[9], "prefetch", 0, 1024, &prefetch)) ||
-        (v[10] && (drop_last = PyObject_IsTrue(v[10])) < 0) || parse_config(&cfg, v[11], rest))
+        (v[10] && (drop_last = PyObject_IsTrue(v[10])) < 0) || parse_config(&cfg, v[11], rest) ||
+        (v[12] && parse_out_dtype(v[12], &u8)))
         goto fail;
     if (prefetch == 0) prefetch = threads + 1;
     self = (LoaderObject *)type->tp_alloc(type, 0);
     if (!self) goto fail;
     self->size = (int)size;
+    self->u8 = u8;
     int st;
     glae_loader *L = NULL;
     GLAE_NOGIL(st, glae_loader_create(&L, PyArray_DATA(images), n, (int)PyArray_DIM(images, 1),
                                       (int)PyArray_DIM(images, 2), ages ? PyArray_DATA(ages) : NULL,
                                       sig ? PyArray_DATA(sig) : NULL, PyArray_DATA(idx), PyArray_DIM(idx, 0),
                                       (int)batch, drop_last, (int)size, &cfg, seed, (uint32_t)epoch,
-                                      (int)threads, (int)prefetch));
+                                      (int)threads, (int)prefetch, u8));
     if (st) {
         glae_raise(st);
         goto fail;
@@ -623,7 +631,8 @@ static PyObject *loader_next(LoaderObject *o) {
     o->busy = 1;
     glae_loader *L = o->L;
     int r, count = 0;
-    const float *x = NULL, *ages = NULL, *sig = NULL;
+    const void *x = NULL;
+    const float *ages = NULL, *sig = NULL;
     const int64_t *ids = NULL;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS;
@@ -648,7 +657,7 @@ static PyObject *loader_next(LoaderObject *o) {
         void *px = PyArray_DATA((PyArrayObject *)X);
         o->busy = 1;
         Py_BEGIN_ALLOW_THREADS;
-        glae_memcpy_big(px, x, nx * sizeof(float));
+        glae_memcpy_big(px, x, nx * (o->u8 ? 1 : sizeof(float)));
         Py_END_ALLOW_THREADS;
         o->busy = 0;
         memcpy(PyArray_DATA((PyArrayObject *)A), ages, (size_t)count * sizeof(float));
@@ -687,12 +696,16 @@ static PyTypeObject LoaderType = {
     .tp_basicsize = sizeof(LoaderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Loader(images, ages, sigmas, indices, batch_size, out_size=224, seed=0, epoch=0,\n"
-              "       threads=1, prefetch=threads+1, drop_last=False, config=None, **config)\n\n"
+              "       threads=1, prefetch=threads+1, drop_last=False, config=None, dtype='float32',\n"
+              "       **config)\n\n"
               "One epoch over `indices` (int64, positions into images (N, H, W, 3) uint8, a\n"
               "np.memmap works): C threads augment batches ahead into `prefetch` ring slots;\n"
               "iterating yields (x float32 (B, S, S, 3), ages float32 (B,), sigmas float32 (B,)),\n"
               "fresh arrays copied out of the ring, identical for any thread count. ages/sigmas\n"
-              "may be None (zeros). A bad index raises when its batch is reached.",
+              "may be None (zeros). A bad index raises when its batch is reached.\n"
+              "dtype='uint8' yields the augmented pixels before the normalisation instead\n"
+              "(a quarter of the bytes; Model.train_step(x_uint8, ..., norm=) normalises them\n"
+              "on its device to the same float32 values, bit for bit).",
     .tp_new = loader_new,
     .tp_dealloc = (destructor)loader_dealloc,
     .tp_iter = loader_iter,

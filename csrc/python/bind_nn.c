@@ -456,10 +456,22 @@ static PyObject *Model_group_range(ModelObject *self, PyObject *arg) {
 /* ---- compute ------------------------------------------------------------------------ */
 
 /* x: float32 (N, H, W, 3), N >= 1, H and W big enough for the model */
-static PyArrayObject *arg_images(ModelObject *self, PyObject *xo, int *fh, int *fw, int *hp,
-                                 int *wp) {
-    PyArrayObject *x = glae_arg_f32(xo, "x", 4);
+/* x (N, H, W, 3): float32 images already normalised, or uint8 pixels the model
+ * normalises with `norm` (None: 'glae'; an error for float32 input) -> *xnorm */
+static PyArrayObject *arg_images(ModelObject *self, PyObject *xo, PyObject *normo, int *xnorm,
+                                 int *fh, int *fw, int *hp, int *wp) {
+    const int u8 = PyArray_Check(xo) && PyArray_TYPE((PyArrayObject *)xo) == NPY_UINT8;
+    PyArrayObject *x = u8 ? glae_arg_array(xo, "x", NPY_UINT8, 4) : glae_arg_f32(xo, "x", 4);
     if (!x || glae_check_dim(x, "x", 3, 3)) return NULL;
+    *xnorm = GLAE_INPUT_F32;
+    if (u8) {
+        *xnorm = GLAE_NORM_GLAE;
+        if (normo && normo != Py_None && glae_parse_norm(normo, "x uint8", xnorm)) return NULL;
+    } else if (normo && normo != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "norm applies to uint8 pixels; x is float32, taken as "
+                                          "already normalised");
+        return NULL;
+    }
     if (PyArray_DIM(x, 0) < 1) {
         PyErr_SetString(PyExc_ValueError, "x: the batch is empty");
         return NULL;
@@ -489,17 +501,17 @@ static int parse_loss(const char *s, int *mode) {
 
 /* train_step and train_step_async: the same arguments; async returns None */
 static PyObject *train_step(ModelObject *self, PyObject *args, PyObject *kw, int async) {
-    static char *kwlist[] = {"x", "ages", "sigma", "stage", "loss", "mae", NULL};
-    PyObject *xo, *ao, *so = Py_None;
+    static char *kwlist[] = {"x", "ages", "sigma", "stage", "loss", "mae", "norm", NULL};
+    PyObject *xo, *ao, *so = Py_None, *no = NULL;
     int stage = 1, mode;
     const char *loss = "base";
     float mae = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, async ? "OO|Oisf:train_step_async" : "OO|Oisf:train_step", kwlist, &xo, &ao, &so,
-                                     &stage, &loss, &mae))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, async ? "OO|OisfO:train_step_async" : "OO|OisfO:train_step",
+                                     kwlist, &xo, &ao, &so, &stage, &loss, &mae, &no))
         return NULL;
     if (!model_ready(self)) return NULL;
-    int fh, fw, hp, wp, ok;
-    PyArrayObject *x = arg_images(self, xo, &fh, &fw, &hp, &wp);
+    int fh, fw, hp, wp, ok, xnorm;
+    PyArrayObject *x = arg_images(self, xo, no, &xnorm, &fh, &fw, &hp, &wp);
     if (!x) return NULL;
     const npy_intp n = PyArray_DIM(x, 0);
     PyArrayObject *ages = glae_arg_f32(ao, "ages", 1);
@@ -521,10 +533,10 @@ static PyObject *train_step(ModelObject *self, PyObject *args, PyObject *kw, int
     const int h = (int)PyArray_DIM(x, 1), w = (int)PyArray_DIM(x, 2);
     const float *sp = sigma ? PyArray_DATA(sigma) : NULL;
     if (async)
-        GLAE_NOGIL(st, glae_model_train_step_async(&self->m, PyArray_DATA(x), (int)n, h, w,
+        GLAE_NOGIL(st, glae_model_train_step_async(&self->m, PyArray_DATA(x), xnorm, (int)n, h, w,
                                                    PyArray_DATA(ages), sp, stage, mode, mae));
     else
-        GLAE_NOGIL(st, glae_model_train_step(&self->m, losses, PyArray_DATA(x), (int)n, h, w,
+        GLAE_NOGIL(st, glae_model_train_step(&self->m, losses, PyArray_DATA(x), xnorm, (int)n, h, w,
                                              PyArray_DATA(ages), sp, stage, mode, mae));
     self->busy = 0;
     if (st) return glae_raise(st);
@@ -592,13 +604,14 @@ static int dict_steal(PyObject *d, const char *key, PyArrayObject *a) {
 }
 
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "training", NULL};
-    PyObject *xo;
+    static char *kwlist[] = {"x", "training", "norm", NULL};
+    PyObject *xo, *no = NULL;
     int training = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:forward", kwlist, &xo, &training)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pO:forward", kwlist, &xo, &training, &no))
+        return NULL;
     if (!model_ready(self)) return NULL;
-    int fh, fw, hp, wp;
-    PyArrayObject *x = arg_images(self, xo, &fh, &fw, &hp, &wp);
+    int fh, fw, hp, wp, xnorm;
+    PyArrayObject *x = arg_images(self, xo, no, &xnorm, &fh, &fw, &hp, &wp);
     if (!x) return NULL;
     const npy_intp n = PyArray_DIM(x, 0), K = self->m.cfg.num_classes;
     const int kind = self->m.cfg.head;
@@ -619,7 +632,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
 #define DATA_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
     int st;
     self->busy = 1;
-    GLAE_NOGIL(st, glae_model_forward(&self->m, PyArray_DATA(x), (int)n, (int)PyArray_DIM(x, 1),
+    GLAE_NOGIL(st, glae_model_forward(&self->m, PyArray_DATA(x), xnorm, (int)n, (int)PyArray_DIM(x, 1),
                                       (int)PyArray_DIM(x, 2), training, PyArray_DATA(feat),
                                       PyArray_DATA(pv), PyArray_DATA(pb), DATA_OR_NULL(mv),
                                       DATA_OR_NULL(mb), DATA_OR_NULL(lv)));
@@ -652,12 +665,12 @@ fail:
 }
 
 static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "route", "flip", "return_upsilon", NULL};
-    PyObject *xo;
+    static char *kwlist[] = {"x", "route", "flip", "return_upsilon", "norm", NULL};
+    PyObject *xo, *no = NULL;
     const char *route = "smaller";
     int flip = 1, want_ups = 0, r;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|spp:predict", kwlist, &xo, &route, &flip,
-                                     &want_ups))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|sppO:predict", kwlist, &xo, &route, &flip,
+                                     &want_ups, &no))
         return NULL;
     if (!model_ready(self)) return NULL;
     if (!strcmp(route, "smaller")) r = GLAE_PRED_SMALLER;
@@ -669,8 +682,8 @@ static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) 
                      "route must be 'smaller', 'bigger', 'vanilla' or 'balanced', got '%s'", route);
         return NULL;
     }
-    int fh, fw, hp, wp;
-    PyArrayObject *x = arg_images(self, xo, &fh, &fw, &hp, &wp);
+    int fh, fw, hp, wp, xnorm;
+    PyArrayObject *x = arg_images(self, xo, no, &xnorm, &fh, &fw, &hp, &wp);
     if (!x) return NULL;
     const npy_intp n = PyArray_DIM(x, 0), K = self->m.cfg.num_classes;
     npy_intp d1[1] = {n}, d2[2] = {n, K}, du[2] = {n, 2};
@@ -683,7 +696,7 @@ static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) 
     self->busy = 1;
     GLAE_NOGIL(st, glae_model_predict(&self->m, PyArray_DATA(age), PyArray_DATA(prob),
                                       PyArray_DATA(head), PyArray_DATA(ups), PyArray_DATA(x),
-                                      (int)n, (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2), r,
+                                      xnorm, (int)n, (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2), r,
                                       flip));
     self->busy = 0;
     if (st) {
@@ -723,11 +736,13 @@ static PyMethodDef Model_methods[] = {
     {"group_range", (PyCFunction)Model_group_range, METH_O,
      "group_range(group: 'backbone'|'head'|'balanced'|0..2) -> (begin, end) in floats"},
     {"train_step", (PyCFunction)(void (*)(void))Model_train_step, METH_VARARGS | METH_KEYWORDS,
-     "train_step(x (N,H,W,3) f32, ages (N,) f32, sigma=None, stage=1, loss='base', mae=0.0) "
-     "-> {'total', 'local', 'holistic'}; gradients accumulate into grads"},
+     "train_step(x (N,H,W,3), ages (N,) f32, sigma=None, stage=1, loss='base', mae=0.0, "
+     "norm=None) -> {'total', 'local', 'holistic'}; gradients accumulate into grads. x: float32 "
+     "images already normalised, or uint8 pixels normalised on the model's device with norm "
+     "('glae' (default), 'imagenet', 'none'; Loader(dtype='uint8') gives such batches)"},
     {"train_step_async", (PyCFunction)(void (*)(void))Model_train_step_async,
      METH_VARARGS | METH_KEYWORDS,
-     "train_step_async(x, ages, sigma=None, stage=1, loss='base', mae=0.0) -> None: the same "
+     "train_step_async(x, ages, sigma=None, stage=1, loss='base', mae=0.0, norm=None) -> None: the same "
      "step queued on the GPU without waiting (pinned, double-buffered input; the arrays may "
      "be reused at once); on the CPU it is train_step. Read the losses with async_losses()"},
     {"cudnn_benchmark", (PyCFunction)Model_cudnn_benchmark, METH_VARARGS,
@@ -741,11 +756,12 @@ static PyMethodDef Model_methods[] = {
      "async_losses(back=0) -> {'total', 'local', 'holistic'} of the last train_step_async "
      "(back=1: the one before); waits for that step only"},
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(x, training=False) -> {'feature', 'vanilla', 'balanced', ['vanilla_map', "
+     "forward(x, training=False, norm=None) -> {'feature', 'vanilla', 'balanced', ['vanilla_map', "
      "'balanced_map'], ['vanilla_local']}"},
     {"predict", (PyCFunction)(void (*)(void))Model_predict, METH_VARARGS | METH_KEYWORDS,
      "predict(x, route='smaller'|'bigger'|'vanilla'|'balanced', flip=True, "
-     "return_upsilon=False) -> (age (N,), prob (N,K), head (N,) int32[, upsilon (N,2)])"},
+     "return_upsilon=False, norm=None) -> (age (N,), prob (N,K), head (N,) int32[, upsilon (N,2)]); "
+     "x float32 or uint8 as in train_step"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -552,7 +552,32 @@ static PyObject *py_hflip_forward(PyObject *self, PyObject *args) {
     return glae_return_arrays(st, 1, outs);
 }
 
+/* normalise_u8(x uint8 (..., 3), norm='glae') -> float32 of the same shape */
+static PyObject *py_normalise_u8(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kws[] = {"x", "norm", NULL};
+    PyObject *xo, *no = NULL;
+    int norm = GLAE_NORM_GLAE;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:normalise_u8", kws, &xo, &no)) return NULL;
+    if (no && glae_parse_norm(no, "normalise_u8", &norm)) return NULL;
+    PyArrayObject *x = glae_arg_array(xo, "x", NPY_UINT8, -1);
+    if (!x) return NULL;
+    if (PyArray_NDIM(x) < 1 || PyArray_DIM(x, PyArray_NDIM(x) - 1) != 3) {
+        PyErr_SetString(PyExc_ValueError, "x: the last dimension must be 3 (RGB)");
+        return NULL;
+    }
+    PyArrayObject *outs[1] = {glae_new_array(PyArray_NDIM(x), PyArray_DIMS(x), NPY_FLOAT32)};
+    if (!outs[0]) return NULL;
+    int st;
+    glae_ctx ctx = {0};
+    GLAE_NOGIL(st, glae_normalise_u8(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(x), PyArray_SIZE(x), norm));
+    return glae_return_arrays(st, 1, outs);
+}
+
 PyMethodDef glae_ops_methods[] = {
+    {"normalise_u8", (PyCFunction)(void (*)(void))py_normalise_u8, METH_VARARGS | METH_KEYWORDS,
+     "normalise_u8(x uint8 (..., 3), norm='glae'|'imagenet'|'none') -> float32: the input "
+     "normalisation the Loader and the model apply to pixels"},
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(x) -> max(x, 0)"},
     {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dy, y) -> dx = dy * [y > 0]"},
     {"add_forward", py_add_forward, METH_VARARGS, "add_forward(a, b) -> a + b"},

@@ -123,6 +123,19 @@ int glae_check_fits_int(PyArrayObject *a, const char *name) {
     return 0;
 }
 
+int glae_parse_norm(PyObject *o, const char *what, int *norm) {
+    static const char *const names[] = {"glae", "imagenet", "none"}; /* GLAE_NORM_* order */
+    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8(o) : NULL;
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *norm = i;
+            return 0;
+        }
+    PyErr_Clear(); /* a failed UTF-8 conversion becomes the message below */
+    PyErr_Format(PyExc_ValueError, "%s: norm must be 'glae', 'imagenet' or 'none'", what);
+    return -1;
+}
+
 PyObject *glae_raise(int status) {
     PyObject *exc;
     switch (status) {

@@ -42,6 +42,8 @@ int glae_poison_enabled(void);
 PyObject *glae_return_arrays(int st, int n, PyArrayObject **outs);
 /* ValueError unless every dimension of `a` fits a C int. 0 on success, -1 on error. */
 int glae_check_fits_int(PyArrayObject *a, const char *name);
+/* 'glae' | 'imagenet' | 'none' -> GLAE_NORM_* (ops.h). 0, or -1 with ValueError naming `what`. */
+int glae_parse_norm(PyObject *o, const char *what, int *norm);
 
 /* Raise the Python exception for a failed glae_status using the thread's message. */
 PyObject *glae_raise(int status);

@@ -504,7 +504,11 @@ def save_checkpoint(path, model, cfg, state):
     (so `safetensors`/PyTorch users can load the backbone), plus the flat momentum."""
     core = model.core
     tensors = {name: core.get(name) for name, *_ in core.param_table()}
-    tensors["optimizer.momentum"] = np.array(core.momentum, copy=True)
+    # packed in table order, without the padding between tensors in the model's flat
+    # buffer (its layout may change; the tensors' order and sizes are the format)
+    mom = core.momentum
+    tensors["optimizer.momentum"] = np.concatenate(
+        [mom[off:off + n] for _, _, off, n, buf, *_ in core.param_table() if not buf])
     meta = {"format": "glae-checkpoint-1", "config": json.loads(cfg.to_json()),
             "state": json.loads(json.dumps(state, default=_json_default))}
     if getattr(model, "data_info", None) is not None:
@@ -535,9 +539,14 @@ def load_checkpoint(path, model_factory):
         except (ValueError, TypeError) as e:
             raise ckpt.CheckpointError(f"{path}: tensor {name!r}: {e}") from None
     mom = tensors.get("optimizer.momentum")
-    if mom is None or mom.shape != core.momentum.shape or mom.dtype != np.float32:
+    rows = [(off, n) for _, _, off, n, buf, *_ in core.param_table() if not buf]
+    if mom is None or mom.shape != (sum(n for _, n in rows),) or mom.dtype != np.float32:
         raise ckpt.CheckpointError(f"{path}: optimizer.momentum missing or of the wrong size")
-    core.write_flat("momentum", mom)
+    flat, pos = np.zeros(core.momentum.size, np.float32), 0
+    for off, n in rows:
+        flat[off:off + n] = mom[pos:pos + n]
+        pos += n
+    core.write_flat("momentum", flat)
     model.data_info = _data_info(meta.get("data"), path)
     state = meta.get("state", {})
     state = json.loads(state) if isinstance(state, str) else dict(state)

@@ -66,11 +66,21 @@ def test_names_shapes_counts_match_torchvision(depth, total):
                    ("balanced.fc.bias", (1000,))]
     trainable = sum(numel for _, _, _, numel, buf, group, _ in table if not buf and group < 2)
     assert trainable == total
-    b0, e0 = m.group_range("backbone")
-    b1, e1 = m.group_range("head")
-    assert (e0 - b0) + (e1 - b1) == total
-    assert m.params.size == sum(numel for _, _, _, numel, buf, *_ in table if not buf)
-    assert m.buffers.size == sum(numel for _, _, _, numel, buf, *_ in table if buf)
+    # each group's range spans exactly its tensors
+    for g, gname in enumerate(("backbone", "head", "balanced")):
+        rows = [(off, off + numel) for _, _, off, numel, buf, group, _ in table
+                if not buf and group == g]
+        assert m.group_range(gname) == (min(r[0] for r in rows), max(r[1] for r in rows))
+    # offsets in table order, each on a 16-float (64-byte) boundary for cuDNN and cuBLAS,
+    # no overlap, less than 16 floats of (zero) padding before each; the flat buffers end
+    # with the last tensor
+    for is_buf, flat in ((False, m.params), (True, m.buffers)):
+        end = 0
+        for _, _, off, numel, buf, *_ in table:
+            if buf == is_buf:
+                assert off % 16 == 0 and end <= off < end + 16
+                end = off + numel
+        assert flat.size == end
     # offsets tile the buffers, no_decay marks BN parameters and biases
     for name, shape, off, numel, buf, group, nd in table:
         assert numel == int(np.prod(shape))

@@ -296,6 +296,12 @@ def test_log_and_checkpoints(data, reference_run):
         assert m.stage2_trained and m.config == ref.cfg
     m = load(os.path.join(out, "last.safetensors"))
     assert_same_state(snapshot(m.core), snapshot(ref.core))
+    # the file's momentum is packed in table order, without the flat buffer's padding
+    tensors, _ = ckpt.load(os.path.join(out, "last.safetensors"))
+    rows = [(off, n) for _, _, off, n, buf, *_ in ref.core.param_table() if not buf]
+    assert ref.core.momentum.size > sum(n for _, n in rows)  # there is padding to leave out
+    np.testing.assert_array_equal(tensors["optimizer.momentum"], np.concatenate(
+        [ref.core.momentum[off:off + n] for off, n in rows]))
     # the training set's age histogram travels with the checkpoint (eval's MAE by shot)
     np.testing.assert_array_equal(m.train_ages, np.sort(np.rint(train.ages)))
     assert m.align is None  # synthetic crops: no alignment recorded

@@ -38,27 +38,37 @@ int glae_cudnn_version(void);
 #ifdef __CUDACC__
 #include "status.h"
 /* Every CUDA / cuBLAS / cuDNN call goes through these: the failing expression, file and
- * line become the error message and the function returns GLAE_ERR_CUDA. */
+ * line become the error message and the function returns GLAE_ERR_CUDA. A failed call
+ * (or a library's failed call inside it, e.g. an out-of-memory cudaMalloc) also leaves
+ * its code as the runtime's "last error", which the next launch check (GLAE_LAUNCHED,
+ * cudaGetLastError) would report as its own: reporting the error consumes it. A sticky
+ * error (a fault on the device) stays: cudaGetLastError cannot reset those. */
 #define GLAE_CUDA_CHECK(expr)                                                              \
     do {                                                                                   \
         cudaError_t e_ = (expr);                                                           \
-        if (e_ != cudaSuccess)                                                             \
+        if (e_ != cudaSuccess) {                                                           \
+            (void)cudaGetLastError();                                                      \
             return glae_fail(GLAE_ERR_CUDA, "%s failed at %s:%d: %s", #expr, __FILE__,      \
                              __LINE__, cudaGetErrorString(e_));                            \
+        }                                                                                  \
     } while (0)
 #define GLAE_CUDNN_CHECK(expr)                                                             \
     do {                                                                                   \
         cudnnStatus_t e_ = (expr);                                                         \
-        if (e_ != CUDNN_STATUS_SUCCESS)                                                    \
+        if (e_ != CUDNN_STATUS_SUCCESS) {                                                  \
+            (void)cudaGetLastError();                                                      \
             return glae_fail(GLAE_ERR_CUDA, "%s failed at %s:%d: %s", #expr, __FILE__,      \
                              __LINE__, cudnnGetErrorString(e_));                           \
+        }                                                                                  \
     } while (0)
 #define GLAE_CUBLAS_CHECK(expr)                                                            \
     do {                                                                                   \
         cublasStatus_t e_ = (expr);                                                        \
-        if (e_ != CUBLAS_STATUS_SUCCESS)                                                   \
+        if (e_ != CUBLAS_STATUS_SUCCESS) {                                                 \
+            (void)cudaGetLastError();                                                      \
             return glae_fail(GLAE_ERR_CUDA, "%s failed at %s:%d: cuBLAS status %d", #expr,  \
                              __FILE__, __LINE__, (int)e_);                                 \
+        }                                                                                  \
     } while (0)
 #endif
 

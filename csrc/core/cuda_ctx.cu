@@ -130,7 +130,8 @@ extern "C" int glae_cuda_set_math(glae_ctx *ctx, int math_mode) {
     glae_cuda_ctx *c = glae_cuda_of(ctx, "cuda_set_math");
     if (!c) return GLAE_ERR_VALUE;
     GLAE_TRY(check_math("cuda_set_math", math_mode));
-    c->math = math_mode; /* the algorithm cache is keyed by math mode: no flush needed */
+    c->math = math_mode; /* the algorithm cache is keyed by math mode: no flush needed, */
+    c->ws_gen++;         /* but the new mode's choices are yet to be made (not in a capture) */
     return apply_math(c);
 }
 
@@ -143,6 +144,7 @@ extern "C" int glae_cuda_set_benchmark(glae_ctx *ctx, int benchmark) {
     if (!c) return GLAE_ERR_VALUE;
     c->benchmark = benchmark != 0;
     c->n_algos = 0;
+    c->ws_gen++; /* a captured step would now search for algorithms: warm up again */
     return GLAE_OK;
 }
 
@@ -151,6 +153,7 @@ extern "C" int glae_cuda_set_workspace_limit(glae_ctx *ctx, size_t bytes) {
     if (!c) return GLAE_ERR_VALUE;
     c->ws_limit = bytes;
     c->n_algos = 0; /* choices were made under the old limit */
+    c->ws_gen++;
     return GLAE_OK;
 }
 
@@ -400,7 +403,10 @@ extern "C" int glae_cuda_slot_host_query(glae_cuda_slot *slot, int *ready) {
     if (!slot || !ready) return glae_fail(GLAE_ERR_VALUE, "cuda_slot_host_query: NULL argument");
     *ready = 0;
     cudaError_t e = cudaEventQuery(slot->copy_done);
-    if (e == cudaErrorNotReady) return GLAE_OK; /* still copying: not an error, not sticky */
+    if (e == cudaErrorNotReady) { /* still copying: not an error, but recorded as the last */
+        (void)cudaGetLastError();  /* error, which the next launch check would report */
+        return GLAE_OK;
+    }
     GLAE_CUDA_CHECK(e);
     *ready = 1;
     return GLAE_OK;

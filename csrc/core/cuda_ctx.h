@@ -115,7 +115,8 @@ int glae_cuda_slot_host_sync_compute(glae_cuda_slot *slot);
  * Capture records what the context's ops queue on the compute stream (relaxed mode: the
  * host calls they make between launches are allowed) instead of running it. Only valid
  * while every pointer the ops used stays the same: the workspace generation changes when
- * the workspace is reallocated (a graph captured before must then be discarded).
+ * the workspace is reallocated (a graph captured before must then be discarded) or the
+ * algorithm cache is cleared (the next capture would have to search: warm up first).
  * cuBLAS gets a fixed workspace of its own for the lifetime of the context
  * (glae_cuda_graph_ready), so it allocates nothing while being captured. */
 int glae_cuda_graph_ready(glae_ctx *ctx);
@@ -156,7 +157,10 @@ struct glae_cuda_ctx {
     cublasLtHandle_t cublaslt;
     void *ws;
     size_t ws_size, ws_limit;
-    unsigned long long ws_gen; /* bumped when ws is reallocated (graphs hold its address) */
+    /* bumped when ws is reallocated (graphs hold its address) and when the algorithm
+     * cache is cleared (a capture must find every choice made: cudnnFind cannot run in
+     * one); part of a graph's key (nn/model.c) */
+    unsigned long long ws_gen;
     void *cublas_ws;           /* cuBLAS's own workspace once graphs are used */
     glae_conv_algo *algos;
     int n_algos, cap_algos;

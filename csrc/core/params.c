@@ -34,13 +34,12 @@ int glae_params_add(glae_params *p, const char *name, int ndim, const int64_t *s
     }
     t->flags = flags;
     t->group = group;
-    if (flags & GLAE_P_BUFFER) {
-        t->offset = p->n_buffers;
-        p->n_buffers += (size_t)t->numel;
-    } else {
-        t->offset = p->n;
-        p->n += (size_t)t->numel;
-    }
+    /* every tensor starts on a GLAE_PARAM_ALIGN boundary: cuDNN and cuBLAS take the
+     * weights straight from the flat buffer, and their vectorised (tensor-core) kernels
+     * want 16-byte aligned pointers; a 101-float bias would misalign all that follows */
+    size_t *end = (flags & GLAE_P_BUFFER) ? &p->n_buffers : &p->n;
+    t->offset = (*end + GLAE_PARAM_ALIGN - 1) / GLAE_PARAM_ALIGN * GLAE_PARAM_ALIGN;
+    *end = t->offset + (size_t)t->numel;
     if (index) *index = p->count;
     p->count++;
     return GLAE_OK;

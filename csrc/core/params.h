@@ -19,12 +19,16 @@
 /* groups: which part of the model a tensor belongs to (stage 2 freezes the backbone) */
 enum { GLAE_G_BACKBONE = 0, GLAE_G_HEAD = 1, GLAE_G_BALANCED = 2, GLAE_G_NUM = 3 };
 
+/* tensor offsets are rounded up to this many floats (64 bytes) */
+#define GLAE_PARAM_ALIGN 16
+
 typedef struct {
     char name[GLAE_NAME_LEN];
     int ndim;
     int64_t shape[4];
     int64_t numel;
-    size_t offset; /* in floats, into params (or buffers when GLAE_P_BUFFER) */
+    size_t offset; /* in floats, into params (or buffers when GLAE_P_BUFFER); a multiple
+                    * of GLAE_PARAM_ALIGN */
     unsigned flags;
     int group;
 } glae_param_info;
@@ -32,8 +36,8 @@ typedef struct {
 typedef struct {
     glae_param_info *info;
     int count, cap;
-    size_t n;         /* trainable floats */
-    size_t n_buffers; /* buffer floats */
+    size_t n;         /* trainable floats, with the zero padding between tensors */
+    size_t n_buffers; /* buffer floats, likewise */
     float *params, *grads, *momentum, *buffers;
     /* NULL: the four arrays are host memory. A device ctx: they were moved there by
      * glae_params_to_device and every pointer above is a device pointer. */

@@ -17,6 +17,17 @@ import numpy as np
 from glae import _C
 
 
+def write_csv(path, curves):
+    """step, loss_cpu, loss_gpu; written beside and renamed over, never half-written"""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss_cpu", "loss_gpu"])
+        for s, (c, g) in enumerate(zip(curves["cpu"], curves["gpu"])):
+            w.writerow([s, f"{c:.7g}", f"{g:.7g}"])
+    os.replace(tmp, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200)
@@ -41,6 +52,8 @@ def main():
     pool_y = rng.uniform(1, 90, (8, a.batch)).astype(np.float32)
     lrs = [_C.onecycle(s, a.steps, a.lr, 0.3, 25.0, 1e4, True, 0.85, 0.95) for s in range(a.steps)]
     curves = {k: [] for k in models}
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"gpu_agreement_{a.backbone}_{a.math}")
     times = {k: 0.0 for k in models}
     for step in range(a.steps):
         x, y = pool_x[step % 8], pool_y[step % 8]
@@ -55,13 +68,8 @@ def main():
         if step % 20 == 0 or step == a.steps - 1:
             print(f"step {step:4d}  cpu {curves['cpu'][-1]:.5f}  gpu {curves['gpu'][-1]:.5f}",
                   flush=True)
-    os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"gpu_agreement_{a.backbone}_{a.math}")
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss_cpu", "loss_gpu"])
-        for s in range(a.steps):
-            w.writerow([s, f"{curves['cpu'][s]:.7g}", f"{curves['gpu'][s]:.7g}"])
+            # so far, so a run stopped by a time limit still leaves its curves
+            write_csv(stem + ".csv", curves)
     c, g = np.array(curves["cpu"]), np.array(curves["gpu"])
     rel = np.abs(c - g) / np.maximum(np.abs(c), 1e-12)
     print(f"largest relative gap {rel.max():.3g} at step {rel.argmax()}; final cpu {c[-1]:.5f} "

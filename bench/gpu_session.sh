@@ -66,7 +66,10 @@ if has agree; then
 fi
 
 if has step; then
-    timeout 400 $PY bench/gpu_step.py --steps 20 --warmup 5 >"$OUT/gpu_step.log" 2>&1
+    # the issue's rows (bf16, as a graph too) and TF32; torch.compile for ResNet-18 only,
+    # the backbone the issue compares it with (its compile takes minutes of device time)
+    timeout 400 $PY bench/gpu_step.py --steps 20 --warmup 5 --maths bf16 bf16+graph tf32 \
+        --compile-arch 18 >"$OUT/gpu_step.log" 2>&1
     stamp "gpu_step rc=$?"
     tail -40 "$OUT/gpu_step.log"
 fi

@@ -485,6 +485,9 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="default 20 (2 with --dry-run-cpu)")
     ap.add_argument("--warmup", type=int, default=None, help="default 5 (1 with --dry-run-cpu)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--compile-arch", type=int, nargs="+", default=None, choices=[18, 50],
+                    help="the backbones with a torch.compile row (default: all of --arch; the "
+                         "issue compares it for ResNet-18)")
     ap.add_argument("--workers", type=int, default=8, help="loader workers for the end-to-end run")
     ap.add_argument("--no-loader", action="store_true",
                     help="skip the end-to-end runs (PyTorch and glae loader rows)")
@@ -555,7 +558,7 @@ def main():
             print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{eager['flops'] / 1e9:>10.0f}")
         # glae before torch.compile, whose compilation may take minutes of a timed session
         glae_rows(glae_C, why, a, name, arch, "cuda", a.maths, eager["ips"], setup)
-        if not a.no_compile:
+        if not a.no_compile and (a.compile_arch is None or arch in a.compile_arch):
             try:
                 show("torch.compile AMP", bench_torch(torch, arch, a.batch, a.size, a.steps,
                                                       a.warmup, True, None))

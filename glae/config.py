@@ -79,6 +79,11 @@ class Config:
     # backbone activations on tensor cores; on the CPU the same rounding, slowly, for checks)
     gpu_math: str = "fp32"
     cuda_graph: bool = False  # CUDA models: each training step as one CUDA graph launch
+    # CUDA models: choose each convolution's algorithm by timing the candidates (cudnnFind,
+    # as PyTorch's cudnn.benchmark) rather than by cuDNN's heuristics: faster steps for the
+    # fixed training shapes; the choice, and so the last bits of the results, may differ
+    # between runs
+    cudnn_benchmark: bool = False
     eval_every: int = 1
 
     def __post_init__(self):
@@ -109,6 +114,10 @@ class Config:
             raise ValueError(f"cuda_graph must be true or false; got {self.cuda_graph!r}")
         if self.cuda_graph and self.device == "cpu":
             raise ValueError("cuda_graph needs a CUDA device (device='cuda'); the CPU has no graphs")
+        if not isinstance(self.cudnn_benchmark, bool):
+            raise ValueError(f"cudnn_benchmark must be true or false; got {self.cudnn_benchmark!r}")
+        if self.cudnn_benchmark and self.device == "cpu":
+            raise ValueError("cudnn_benchmark needs a CUDA device (device='cuda'); the CPU has no cuDNN")
         if not isinstance(self.device, str) or not (
                 self.device in ("cpu", "cuda") or (self.device.startswith("cuda:")
                                                    and self.device[5:].isdigit())):

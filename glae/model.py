@@ -70,6 +70,8 @@ class Model:
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
                               input_size=config.image_size, device=config.device,
                               math=config.gpu_math, **kw)
+        if config.cudnn_benchmark:
+            self.core.cudnn_benchmark()
         if config.cuda_graph:
             self.core.use_cuda_graph()
         # pretrained=PATH: ImageNet backbone (glae.weights); a checkpoint restore skips it

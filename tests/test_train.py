@@ -201,7 +201,8 @@ def test_exact_resume(data, reference_run, tmp_path):
     {"augment": {"mixup": True}}, {"augment": {"crop": "yes"}},
     {"augment": {"crop_scale": [0.9, 0.1]}}, {"nesterov": "true"}, {"route": "random"},
     {"proj_depth": 3}, {"threads": -1}, {"lam": -1.0}, {"loader_threads": -1},
-    {"loader_threads": 1.5},
+    {"loader_threads": 1.5}, {"cuda_graph": True}, {"cuda_graph": 1}, {"cudnn_benchmark": True},
+    {"cudnn_benchmark": "yes"}, {"gpu_math": "fp16"}, {"device": "gpu"},
 ])
 def test_bad_config_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):

@@ -55,7 +55,7 @@ fi
 if has tests; then
     timeout 300 $PY -m pytest -q -rfE -p no:cacheprovider --timeout 150 \
         tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
-        tests/test_torch_reference.py \
+        tests/test_cuda_train.py tests/test_torch_reference.py \
         >"$OUT/tests.log" 2>&1
     stamp "GPU tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 fi

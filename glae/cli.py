@@ -258,6 +258,21 @@ def cmd_train(args):
     return 0
 
 
+def _load_model(args):
+    """The checkpoint's model on --device; without --device on the device it was trained
+    on, or on the CPU (with a note) when that is a GPU this machine cannot use."""
+    from .model import load
+    from .train import DeviceUnavailableError
+
+    if args.device:
+        return load(args.checkpoint, device=args.device)
+    try:
+        return load(args.checkpoint)
+    except DeviceUnavailableError as e:
+        print(f"note: {e}; running on the CPU", file=sys.stderr)
+        return load(args.checkpoint, device="cpu")
+
+
 def cmd_eval(args):
     from . import load
     from .data import PackedDataset
@@ -267,7 +282,7 @@ def cmd_eval(args):
     # MAE by shot needs the training set's age histogram: --train, else the one the
     # trainer stored in the checkpoint
     train_ages = PackedDataset(args.train).ages if args.train else None
-    model = load(args.checkpoint)
+    model = _load_model(args)
     if train_ages is None:
         train_ages = model.train_ages
     _, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
@@ -309,7 +324,7 @@ def cmd_predict(args):
     for path in args.images:  # a wrong path fails before the model is built
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
-    model = load(args.checkpoint)
+    model = _load_model(args)
     route = _route_for(model, args.route)
     if not args.detect:
         ages, heads = model.predict(args.images, route=route, return_head=True)
@@ -400,6 +415,9 @@ def build_parser():
                         "left out when neither exists)")
     e.add_argument("--json", help="also write the report here (JSON)")
     e.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    e.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: the checkpoint's device, or the CPU when "
+                        "that is a GPU this machine cannot use)")
     e.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("predict", help="print one age per image file (aligned crops), or with "
@@ -417,6 +435,9 @@ def build_parser():
                          "was prepared with, from the checkpoint; else 0)")
     pd.add_argument("--mtcnn-weights", default=None, metavar="DIR",
                     help="with --detect: folder with pnet.pt, rnet.pt, onet.pt")
+    pd.add_argument("--device", default=None,
+                    help="cpu, cuda or cuda:N (default: the checkpoint's device, or the CPU when "
+                         "that is a GPU this machine cannot use)")
     pd.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="write an ONNX graph of the inference model")

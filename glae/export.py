@@ -229,7 +229,7 @@ def export_onnx(checkpoint_or_model, path, head="routed", batch=None, flip=True,
 
     cfg_json = None
     if isinstance(checkpoint_or_model, (str, bytes, os.PathLike)):
-        checkpoint_or_model = load(checkpoint_or_model)
+        checkpoint_or_model = load(checkpoint_or_model, device="cpu")  # weights only
     if isinstance(checkpoint_or_model, Model):
         if head == "routed" and not checkpoint_or_model.stage2_trained:
             warnings.warn("exporting head='routed' from a model whose balanced head was not "

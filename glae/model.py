@@ -250,11 +250,15 @@ class Model:
         return self.core.load_state_dict(state, strict=strict)
 
 
-def load(path):
-    """A Model from a file written by Model.save or by the trainer (best/last)."""
+def load(path, device=None, gpu_math=None):
+    """A Model from a file written by Model.save or by the trainer (best/last).
+
+    device: "cpu", "cuda" or "cuda:N" (default: where it was trained; a GPU-trained model
+    needs device="cpu" on a machine without a GPU). On the CPU the model runs in fp32
+    unless gpu_math ("fp32", "tf32", "bf16") says otherwise."""
     from .train import load_checkpoint
 
-    model, cfg, state = load_checkpoint(path, _Restore)
+    model, cfg, state = load_checkpoint(path, _Restore, device=device, gpu_math=gpu_math)
     model.stage2_trained = bool(state.get("stage2_trained", state.get("stage", 1) == 2
                                           and state.get("epoch", 0) > 0))
     return model

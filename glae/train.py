@@ -516,9 +516,42 @@ def save_checkpoint(path, model, cfg, state):
     ckpt.save(path, tensors, meta)
 
 
-def load_checkpoint(path, model_factory):
+class DeviceUnavailableError(RuntimeError):
+    """A checkpoint's model is on a CUDA device this machine cannot use."""
+
+
+def placed_config(cfg, device=None, gpu_math=None):
+    """cfg with its model on another device and/or math. On the CPU the CUDA-only switches
+    (cuda_graph, cudnn_benchmark) go off and the math becomes fp32 unless gpu_math says
+    otherwise (bf16 runs there only as the GPU's slow reference)."""
+    changes = {}
+    if device is not None:
+        changes["device"] = device
+        if device == "cpu":
+            changes.update(cuda_graph=False, cudnn_benchmark=False, gpu_math="fp32")
+    if gpu_math is not None:
+        changes["gpu_math"] = gpu_math
+    return cfg.replace(**changes) if changes else cfg
+
+
+def cuda_unusable():
+    """None when a CUDA device can hold a model, else why not (one line)."""
+    if not _C.HAS_CUDA:
+        return "glae was built without CUDA"
+    try:
+        if _C.cuda_devices():
+            return None
+    except RuntimeError as e:
+        return str(e)
+    return _C.cuda_device_status()["message"] or "no CUDA device"
+
+
+def load_checkpoint(path, model_factory, device=None, gpu_math=None):
     """(model, config, trainer state) from a file of save_checkpoint. Every problem is a
-    CheckpointError (a ValueError) naming the file; a missing file is FileNotFoundError."""
+    CheckpointError (a ValueError) naming the file; a missing file is FileNotFoundError.
+    device / gpu_math: place the model elsewhere than it was trained (placed_config); a
+    model saved on a GPU needs device='cpu' on a machine without one (else
+    DeviceUnavailableError, a RuntimeError)."""
     tensors, meta = ckpt.load(path)
     if not isinstance(meta, dict) or meta.get("format") != "glae-checkpoint-1" \
             or "config" not in meta:
@@ -527,6 +560,15 @@ def load_checkpoint(path, model_factory):
     cfg = meta["config"]
     try:
         cfg = Config.from_dict(cfg) if isinstance(cfg, dict) else Config.from_json(cfg)
+    except (ValueError, TypeError) as e:
+        raise ckpt.CheckpointError(f"{path}: unusable config in the checkpoint: {e}") from None
+    cfg = placed_config(cfg, device, gpu_math)  # a bad device or math: ValueError, as given
+    why = cfg.device != "cpu" and cuda_unusable()
+    if why:
+        raise DeviceUnavailableError(f"{path}: the model is on {cfg.device!r} but this machine cannot run "
+                           f"CUDA ({why}); load it with device='cpu' (glae.load(path, "
+                           "device='cpu'), or --device cpu on the command line)")
+    try:
         model = model_factory.from_config(cfg)
     except (ValueError, TypeError) as e:
         raise ckpt.CheckpointError(f"{path}: unusable config in the checkpoint: {e}") from None

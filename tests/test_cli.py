@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import glae
-from glae import metrics
+from glae import _C, metrics
+from glae import checkpoint as ckpt
+from glae.train import DeviceUnavailableError
 from glae.cli import build_parser, main, parse_overrides
 from glae.data import synthetic_faces, write_packed
 
@@ -260,3 +262,38 @@ def test_predict_missing_image(trained, tmp_path, capsys):
 def test_parser_knows_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)
+
+
+def gpu_checkpoint(src, dst):
+    """A copy of checkpoint `src` whose config says it was trained on a GPU in bf16 with
+    CUDA graphs and cudnnFind (what a GPU run writes); the tensors are the same."""
+    tensors, meta = ckpt.load(src)
+    cfg = dict(meta["config"], device="cuda", gpu_math="bf16", cuda_graph=True,
+               cudnn_benchmark=True)
+    ckpt.save(str(dst), tensors, dict(meta, config=cfg))
+    return str(dst)
+
+
+@pytest.mark.skipif(glae.HAS_CUDA and bool(_C.cuda_devices()), reason="a CUDA device is present")
+def test_gpu_checkpoint_on_a_machine_without_gpu(files, trained, tmp_path, capsys):
+    """A GPU-trained checkpoint: glae.load says how to load it here; device='cpu' gives the
+    same model in fp32 with the CUDA-only switches off; the CLI falls back with a note."""
+    path = gpu_checkpoint(trained["last"], tmp_path / "gpu.safetensors")
+    with pytest.raises(DeviceUnavailableError, match="device='cpu'"):
+        glae.load(path)
+    m = glae.load(path, device="cpu")
+    c = m.config
+    assert (c.device, c.gpu_math, c.cuda_graph, c.cudnn_benchmark) == ("cpu", "fp32", False, False)
+    assert m.core.device == "cpu" and m.core.math == "fp32"
+    ref = trained["model"]
+    np.testing.assert_array_equal(m.core.params, ref.core.params)
+    np.testing.assert_array_equal(m.predict(files["pngs"]), ref.predict(files["pngs"]))
+    assert glae.load(path, device="cpu", gpu_math="bf16").core.math == "bf16"
+    with pytest.raises(ValueError, match="device"):
+        glae.load(path, device="gpu")
+    rc, text, err = run_cli(capsys, "predict", path, *files["pngs"])
+    assert rc == 0 and "running on the CPU" in err and len(text.strip().splitlines()) == 2
+    rc, text, err = run_cli(capsys, "predict", path, "--device", "cpu", files["pngs"][0])
+    assert rc == 0 and err == "" and len(text.strip().splitlines()) == 1
+    rc, text, err = run_cli(capsys, "eval", path, files["test"])
+    assert rc == 0 and "running on the CPU" in err and "MAE" in text

@@ -106,11 +106,13 @@ class Model:
         return t.fit()
 
     # -- inference -----------------------------------------------------------------
-    def preprocess(self, images):
+    def preprocess(self, images, dtype=np.float32):
         """Images (paths, PIL images, uint8 arrays (H,W,3) or (N,H,W,3)) -> the network's
         normalised float32 NHWC batch at config.image_size (centre crop + resize; faces
         are expected to be aligned crops like the training data). A 4-D batch of another
-        size, square or not, gets the same centre crop as a list of its images would."""
+        size, square or not, gets the same centre crop as a list of its images would.
+        dtype=np.uint8: the resized pixels before the normalisation (what predict sends
+        to the model, which normalises them on its device: a quarter of the memory)."""
         from .data.readers import load_image
 
         size = self.config.image_size
@@ -140,7 +142,7 @@ class Model:
         if len(batch) == 0:
             raise ValueError("no images given")
         return _C.augment_batch(np.ascontiguousarray(batch), np.arange(len(batch), dtype=np.int64),
-                                self.config.image_size, 0, 0, **eval_augment(self.config))
+                                self.config.image_size, 0, 0, dtype=dtype, **eval_augment(self.config))
 
     def predict(self, images, route=None, flip=None, return_distribution=False,
                 return_head=False, batch_size=64):
@@ -152,11 +154,12 @@ class Model:
         1 balanced)."""
         route = route or (self.config.route if self.stage2_trained else "vanilla")
         flip = self.config.flip_test if flip is None else flip
-        x = self.preprocess(images)
+        x = self.preprocess(images, dtype=np.uint8)  # normalised by the model
+        norm = self.config.normalization
         ages, probs, heads = [], [], []
         for s in range(0, len(x), batch_size):
             a, p, h = self.core.predict(np.ascontiguousarray(x[s:s + batch_size]), route=route,
-                                        flip=flip)
+                                        flip=flip, norm=norm)
             ages.append(a), probs.append(p), heads.append(h)
         out = [np.concatenate(ages)]
         if return_distribution:

@@ -123,3 +123,33 @@ def test_model_input_errors(rng):
         m.train_step(u.astype(np.int16), ages)
     with pytest.raises(ValueError, match="dimension 3"):
         m.forward(np.zeros((2, 64, 64, 4), np.uint8))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2] + [dict(crop=False, flip=0.0, jitter=False,
+                                                     randaugment=False)])
+def test_uint8_augment_batch_is_the_float_one_before_normalising(rng, cfg):
+    images = rng.integers(0, 256, (6, 40, 30, 3), dtype=np.uint8)
+    idx = np.array([3, 1, 3, 0, 5], np.int64)  # a repeat gets a fresh augmentation in both
+    x = _C.augment_batch(images, idx, 24, 7, 1, **cfg)
+    u = _C.augment_batch(images, idx, 24, 7, 1, dtype="uint8", **cfg)
+    assert u.dtype == np.uint8 and u.shape == x.shape == (5, 24, 24, 3)
+    np.testing.assert_array_equal(_C.normalise_u8(u, norm=cfg.get("norm", "glae")), x)
+
+
+@pytest.mark.parametrize("normalization", ["glae", "imagenet"])
+def test_public_predict_sends_pixels(rng, normalization):
+    """glae.Model.predict hands the model uint8 pixels (preprocess(dtype=uint8)): the same
+    ages, bitwise, as the normalised float32 batch of preprocess() through core.predict."""
+    import glae
+
+    m = glae.Model(backbone="resnet18", head="fr+pa", image_size=64, proj_width=32,
+                   normalization=normalization, seed=1)
+    faces = rng.integers(0, 256, (5, 80, 72, 3), dtype=np.uint8)  # not square: centre crop
+    x = m.preprocess(faces)
+    assert x.dtype == np.float32 and m.preprocess(faces, dtype=np.uint8).dtype == np.uint8
+    want = m.core.predict(x, route="vanilla", flip=True)[0]
+    np.testing.assert_array_equal(m.predict(faces), want)
+    # batches of 2 (a GEMM's rounding may depend on the batch size: compare like with like)
+    want2 = np.concatenate([m.core.predict(x[i:i + 2], route="vanilla", flip=True)[0]
+                            for i in range(0, len(x), 2)])
+    np.testing.assert_array_equal(m.predict(list(faces), batch_size=2), want2)

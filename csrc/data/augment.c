@@ -510,7 +510,7 @@ int glae_occurrences(uint32_t *repeat, const int64_t *idx, int64_t b, int64_t n)
     return GLAE_OK;
 }
 
-int glae_augment_batch(float *out, int size, const uint8_t *images, int64_t n, int h, int w,
+int glae_augment_batch(void *out, int out_u8, int size, const uint8_t *images, int64_t n, int h, int w,
                        const int64_t *indices, int64_t b, const glae_aug_config *cfg,
                        uint64_t seed, uint32_t epoch, int nthreads) {
     if (size <= 0) return glae_fail(GLAE_ERR_VALUE, "augment_batch: out_size must be > 0, got %d", size);
@@ -522,7 +522,8 @@ int glae_augment_batch(float *out, int size, const uint8_t *images, int64_t n, i
     if (!rep) return glae_fail(GLAE_ERR_MEMORY, "augment_batch: out of memory");
     int st = glae_occurrences(rep, indices, b, n);
     if (st) { free(rep); return st; }
-    const size_t img_sz = (size_t)h * w * 3, out_sz = (size_t)size * size * 3;
+    const size_t img_sz = (size_t)h * w * 3;
+    const size_t out_bytes = (size_t)size * size * 3 * (out_u8 ? 1 : sizeof(float));
     int64_t bad = b; /* first failing sample, so the error reported does not depend on threads */
     int bad_st = GLAE_OK;
     char bad_msg[256] = {0};
@@ -536,7 +537,8 @@ int glae_augment_batch(float *out, int size, const uint8_t *images, int64_t n, i
         glae_aug_scratch s = {0};
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < b; i++) {
-            int e = glae_augment_sample(out + (size_t)i * out_sz, 0, size, images + (size_t)indices[i] * img_sz,
+            int e = glae_augment_sample((char *)out + (size_t)i * out_bytes, out_u8, size,
+                                        images + (size_t)indices[i] * img_sz,
                                         h, w, cfg, seed, epoch, indices[i], rep[i], &s);
             if (e) {
 #pragma omp critical(glae_augment_err)

@@ -77,9 +77,10 @@ int glae_augment_sample(void *out, int out_u8, int size, const uint8_t *img, int
 /* repeat[i] = number of earlier occurrences of idx[i] in idx[0..i) (idx in [0, n)). */
 int glae_occurrences(uint32_t *repeat, const int64_t *idx, int64_t b, int64_t n);
 
-/* out (b, size, size, 3) from images (n, h, w, 3) at indices (b,), OpenMP with nthreads
- * (<= 0: the OpenMP default). Fails on an index outside [0, n). */
-int glae_augment_batch(float *out, int size, const uint8_t *images, int64_t n, int h, int w,
+/* out (b, size, size, 3) float32 or (out_u8) uint8, as glae_augment_sample, from images
+ * (n, h, w, 3) at indices (b,), OpenMP with nthreads (<= 0: the OpenMP default). Fails on
+ * an index outside [0, n). */
+int glae_augment_batch(void *out, int out_u8, int size, const uint8_t *images, int64_t n, int h, int w,
                        const int64_t *indices, int64_t b, const glae_aug_config *cfg,
                        uint64_t seed, uint32_t epoch, int nthreads);
 

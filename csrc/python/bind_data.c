@@ -382,26 +382,44 @@ static PyArrayObject *arg_images(PyObject *o) {
     return a;
 }
 
-/* augment_batch(images, indices, out_size, seed, epoch, config=None, threads=0, **config) */
+/* dtype='float32' or 'uint8' (any spelling numpy.dtype takes) -> *u8 */
+static int parse_out_dtype(PyObject *o, int *u8) {
+    PyArray_Descr *d = NULL;
+    if (!PyArray_DescrConverter2(o, &d)) return -1;
+    int t = d ? d->type_num : NPY_FLOAT32;
+    Py_XDECREF(d);
+    if (t != NPY_FLOAT32 && t != NPY_UINT8) {
+        PyErr_SetString(PyExc_ValueError, "dtype must be float32 (normalised images) or uint8 (pixels)");
+        return -1;
+    }
+    *u8 = t == NPY_UINT8;
+    return 0;
+}
+
+/* augment_batch(images, indices, out_size, seed, epoch, config=None, threads=0,
+ *               dtype='float32', **config) */
 static PyObject *py_augment_batch(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static const char *const names[] = {"images", "indices", "out_size", "seed", "epoch", "config", "threads"};
-    PyObject *v[7], *rest = NULL, *res = NULL;
-    if (split_args("augment_batch", args, kw, names, 7, 5, v, &rest)) return NULL;
+    static const char *const names[] = {"images", "indices", "out_size", "seed", "epoch", "config",
+                                        "threads", "dtype"};
+    PyObject *v[8], *rest = NULL, *res = NULL;
+    if (split_args("augment_batch", args, kw, names, 8, 5, v, &rest)) return NULL;
     glae_aug_config cfg;
     long long size, epoch, threads = 0;
     uint64_t seed;
+    int u8 = 0;
     PyArrayObject *images = arg_images(v[0]);
     PyArrayObject *idx = images ? glae_arg_array(v[1], "indices", NPY_INT64, 1) : NULL;
     if (!idx || as_ll(v[2], "out_size", 1, 65536, &size) || as_seed(v[3], &seed) ||
         as_ll(v[4], "epoch", 0, 0xFFFFFFFFLL, &epoch) ||
-        (v[6] && as_ll(v[6], "threads", 0, 1024, &threads)) || parse_config(&cfg, v[5], rest))
+        (v[6] && as_ll(v[6], "threads", 0, 1024, &threads)) || parse_config(&cfg, v[5], rest) ||
+        (v[7] && parse_out_dtype(v[7], &u8)))
         goto done;
     npy_intp dims[4] = {PyArray_DIM(idx, 0), (npy_intp)size, (npy_intp)size, 3};
-    PyArrayObject *out = glae_new_array(4, dims, NPY_FLOAT32);
+    PyArrayObject *out = glae_new_array(4, dims, u8 ? NPY_UINT8 : NPY_FLOAT32);
     if (!out) goto done;
     int st;
-    GLAE_NOGIL(st, glae_augment_batch(PyArray_DATA(out), (int)size, PyArray_DATA(images), PyArray_DIM(images, 0),
+    GLAE_NOGIL(st, glae_augment_batch(PyArray_DATA(out), u8, (int)size, PyArray_DATA(images), PyArray_DIM(images, 0),
                                       (int)PyArray_DIM(images, 1), (int)PyArray_DIM(images, 2),
                                       PyArray_DATA(idx), PyArray_DIM(idx, 0), &cfg, seed,
                                       (uint32_t)epoch, (int)threads));
@@ -539,20 +557,6 @@ static PyArrayObject *arg_labels(PyObject *o, const char *name, npy_intp n) {
     PyArrayObject *a = glae_arg_f32(o, name, 1);
     if (a && glae_check_dim(a, name, 0, n)) return NULL;
     return a;
-}
-
-/* dtype='float32' or 'uint8' (any spelling numpy.dtype takes) -> *u8 */
-static int parse_out_dtype(PyObject *o, int *u8) {
-    PyArray_Descr *d = NULL;
-    if (!PyArray_DescrConverter2(o, &d)) return -1;
-    int t = d ? d->type_num : NPY_FLOAT32;
-    Py_XDECREF(d);
-    if (t != NPY_FLOAT32 && t != NPY_UINT8) {
-        PyErr_SetString(PyExc_ValueError, "dtype must be float32 (normalised images) or uint8 (pixels)");
-        return -1;
-    }
-    *u8 = t == NPY_UINT8;
-    return 0;
 }
 
 /* Loader(images, ages, sigmas, indices, batch_size, out_size=224, seed=0, epoch=0,
@@ -729,7 +733,8 @@ PyMethodDef glae_data_methods[] = {
      "template_points(size, margin=0.0) -> float32 (5, 2): the ArcFace 5-point template for size x size"},
     {"augment_batch", (PyCFunction)(void (*)(void))py_augment_batch, METH_VARARGS | METH_KEYWORDS,
      "augment_batch(images uint8 (N, H, W, 3), indices int64 (B,), out_size, seed, epoch, config=None,\n"
-     "              threads=0, **config) -> float32 (B, out_size, out_size, 3)"},
+     "              threads=0, dtype='float32', **config) -> float32 (B, out_size, out_size, 3),\n"
+     "or with dtype='uint8' the pixels before the normalisation (as the Loader's)"},
     {"augment_op", (PyCFunction)(void (*)(void))py_augment_op, METH_VARARGS | METH_KEYWORDS,
      "augment_op(img uint8 (H, W, 3), op, param=0.0) -> uint8: one augmentation with its raw parameter"},
     {"randaug_magnitude", (PyCFunction)(void (*)(void))py_randaug_magnitude, METH_VARARGS | METH_KEYWORDS,

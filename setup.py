@@ -109,8 +109,12 @@ def extension():
     c_sources = sorted(glob.glob("csrc/**/*.c", recursive=True))
     cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     debug = os.environ.get("GLAE_DEBUG") == "1"
-    cflags = ["-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter",
-              "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+    # -ffp-contract=off: no a*b+c fused into an FMA (gcc's C11 mode already says so,
+    # clang's default does not), so e.g. the input normalisation is the CUDA twin's bit
+    # for bit (docs/data-pipeline.md)
+    cflags = ["-std=c11", "-fopenmp", "-ffp-contract=off", "-Wall", "-Wextra",
+              "-Wno-unused-parameter", "-Wno-missing-field-initializers",
+              "-Wno-cast-function-type"]
     # -fno-trapping-math: glae never reads floating-point exception flags; without it GCC
     # will not if-convert float clamps (x < 0 ? 0 : x), so loops such as the uint8
     # rounding of the resampler stay scalar on AVX2 machines. Values are unchanged (no

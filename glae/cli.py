@@ -274,7 +274,6 @@ def _load_model(args):
 
 
 def cmd_eval(args):
-    from . import load
     from .data import PackedDataset
 
     # the packed files first: a wrong path fails before the model is built
@@ -319,8 +318,6 @@ def _route_for(model, route):
 
 
 def cmd_predict(args):
-    from .model import load
-
     for path in args.images:  # a wrong path fails before the model is built
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")

@@ -87,7 +87,7 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        n = self.core.params.size
+        n = sum(numel for _, _, _, numel, buf, *_ in self.core.param_table() if not buf)
         return (f"glae.Model(backbone={c.backbone!r}, head={c.head!r}, image_size={c.image_size}, "
                 f"params={n:,}, stage2_trained={self.stage2_trained})")
 

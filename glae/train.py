@@ -566,8 +566,8 @@ def load_checkpoint(path, model_factory, device=None, gpu_math=None):
     why = cfg.device != "cpu" and cuda_unusable()
     if why:
         raise DeviceUnavailableError(f"{path}: the model is on {cfg.device!r} but this machine cannot run "
-                           f"CUDA ({why}); load it with device='cpu' (glae.load(path, "
-                           "device='cpu'), or --device cpu on the command line)")
+                           f"CUDA ({why}); load it with glae.load(path, device='cpu') (on the command line, "
+                           "eval and predict take --device cpu)")
     try:
         model = model_factory.from_config(cfg)
     except (ValueError, TypeError) as e:

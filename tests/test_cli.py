@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import glae
-from glae import _C, metrics
+from glae import metrics
 from glae import checkpoint as ckpt
-from glae.train import DeviceUnavailableError
+from glae.train import DeviceUnavailableError, cuda_unusable
 from glae.cli import build_parser, main, parse_overrides
 from glae.data import synthetic_faces, write_packed
 
@@ -274,7 +274,7 @@ def gpu_checkpoint(src, dst):
     return str(dst)
 
 
-@pytest.mark.skipif(glae.HAS_CUDA and bool(_C.cuda_devices()), reason="a CUDA device is present")
+@pytest.mark.skipif(cuda_unusable() is None, reason="a CUDA device is present")
 def test_gpu_checkpoint_on_a_machine_without_gpu(files, trained, tmp_path, capsys):
     """A GPU-trained checkpoint: glae.load says how to load it here; device='cpu' gives the
     same model in fp32 with the CUDA-only switches off; the CLI falls back with a note."""

@@ -81,7 +81,7 @@ def test_names_shapes_counts_match_torchvision(depth, total):
                 assert off % 16 == 0 and end <= off < end + 16
                 end = off + numel
         assert flat.size == end
-    # offsets tile the buffers, no_decay marks BN parameters and biases
+    # no_decay marks BN parameters and biases
     for name, shape, off, numel, buf, group, nd in table:
         assert numel == int(np.prod(shape))
         assert nd == (not buf and (name.endswith("bias") or ".bn" in name or name.startswith("bn")

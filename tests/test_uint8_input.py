@@ -104,10 +104,17 @@ def test_model_uint8_input_is_the_float_input(rng, norm):
         np.testing.assert_array_equal(fb[k], fa[k])
 
 
-def test_model_uint8_default_norm_is_glae(rng):
+def test_model_uint8_needs_its_norm(rng):
+    """The model does not know how its data was normalised: uint8 input without norm is an
+    error rather than a silent guess (glae.Model passes Config.normalization)."""
     u = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     m = model()
-    np.testing.assert_array_equal(m.predict(u)[0], m.predict(_C.normalise_u8(u, norm="glae"))[0])
+    for call in (lambda: m.predict(u), lambda: m.forward(u), lambda: m.train_step_async(
+            u, np.ones(2, np.float32)), lambda: m.train_step(u, np.ones(2, np.float32), norm=None)):
+        with pytest.raises(ValueError, match="give norm="):
+            call()
+    np.testing.assert_array_equal(m.predict(u, norm="glae")[0],
+                                  m.predict(_C.normalise_u8(u, norm=None))[0])  # None: 'glae'
 
 
 def test_model_input_errors(rng):

@@ -421,6 +421,9 @@ int glae_model_async_losses(glae_model *m, float losses[3], int back) {
                          m->async_steps);
     /* step j used slot j % 2; the last one is async_steps - 1 */
     const int i = (int)((m->async_steps - 1 - back) & 1);
+    if (m->ctx.device == GLAE_CUDA && !m->pin[i]) /* a later step's slots failed to grow */
+        return glae_fail(GLAE_ERR_RUNTIME, "async_losses: the input slots could not be "
+                         "allocated, so the losses of those steps are gone");
     if (m->ctx.device != GLAE_CUDA) {
         memcpy(losses, m->cpu_losses[i], 3 * sizeof(float));
         return GLAE_OK;

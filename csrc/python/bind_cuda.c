@@ -331,7 +331,7 @@ static PyObject *py_cuda_normalise_u8(PyObject *self, PyObject *args) {
     PyObject *co, *xo, *no = NULL;
     int norm = GLAE_NORM_GLAE;
     if (!PyArg_ParseTuple(args, "OO|O:cuda_normalise_u8", &co, &xo, &no)) return NULL;
-    if (no && glae_parse_norm(no, "cuda_normalise_u8", &norm)) return NULL;
+    if (no && no != Py_None && glae_parse_norm(no, "cuda_normalise_u8", &norm)) return NULL;
     PyArrayObject *x = glae_arg_array(xo, "x", NPY_UINT8, -1);
     if (!x) return NULL;
     JOB_START(co);

@@ -457,7 +457,8 @@ static PyObject *Model_group_range(ModelObject *self, PyObject *arg) {
 
 /* x: float32 (N, H, W, 3), N >= 1, H and W big enough for the model */
 /* x (N, H, W, 3): float32 images already normalised, or uint8 pixels the model
- * normalises with `norm` (None: 'glae'; an error for float32 input) -> *xnorm */
+ * normalises with `norm` (required: the model does not know the data's normalisation;
+ * an error for float32 input) -> *xnorm */
 static PyArrayObject *arg_images(ModelObject *self, PyObject *xo, PyObject *normo, int *xnorm,
                                  int *fh, int *fw, int *hp, int *wp) {
     const int u8 = PyArray_Check(xo) && PyArray_TYPE((PyArrayObject *)xo) == NPY_UINT8;
@@ -465,8 +466,13 @@ static PyArrayObject *arg_images(ModelObject *self, PyObject *xo, PyObject *norm
     if (!x || glae_check_dim(x, "x", 3, 3)) return NULL;
     *xnorm = GLAE_INPUT_F32;
     if (u8) {
-        *xnorm = GLAE_NORM_GLAE;
-        if (normo && normo != Py_None && glae_parse_norm(normo, "x uint8", xnorm)) return NULL;
+        if (!normo || normo == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "x is uint8 pixels: give norm='glae', 'imagenet' "
+                                              "or 'none' (the normalisation the model was "
+                                              "trained with, Config.normalization)");
+            return NULL;
+        }
+        if (glae_parse_norm(normo, "x uint8", xnorm)) return NULL;
     } else if (normo && normo != Py_None) {
         PyErr_SetString(PyExc_ValueError, "norm applies to uint8 pixels; x is float32, taken as "
                                           "already normalised");
@@ -739,7 +745,8 @@ static PyMethodDef Model_methods[] = {
      "train_step(x (N,H,W,3), ages (N,) f32, sigma=None, stage=1, loss='base', mae=0.0, "
      "norm=None) -> {'total', 'local', 'holistic'}; gradients accumulate into grads. x: float32 "
      "images already normalised, or uint8 pixels normalised on the model's device with norm "
-     "('glae' (default), 'imagenet', 'none'; Loader(dtype='uint8') gives such batches)"},
+     "('glae', 'imagenet', 'none': required with uint8; Loader(dtype='uint8') gives such "
+     "batches)"},
     {"train_step_async", (PyCFunction)(void (*)(void))Model_train_step_async,
      METH_VARARGS | METH_KEYWORDS,
      "train_step_async(x, ages, sigma=None, stage=1, loss='base', mae=0.0, norm=None) -> None: the same "

@@ -559,7 +559,7 @@ static PyObject *py_normalise_u8(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *xo, *no = NULL;
     int norm = GLAE_NORM_GLAE;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:normalise_u8", kws, &xo, &no)) return NULL;
-    if (no && glae_parse_norm(no, "normalise_u8", &norm)) return NULL;
+    if (no && no != Py_None && glae_parse_norm(no, "normalise_u8", &norm)) return NULL;
     PyArrayObject *x = glae_arg_array(xo, "x", NPY_UINT8, -1);
     if (!x) return NULL;
     if (PyArray_NDIM(x) < 1 || PyArray_DIM(x, PyArray_NDIM(x) - 1) != 3) {

@@ -23,7 +23,7 @@ from . import detect, metrics
 from .config import Config
 from .losses import label_distribution
 from .model import Model, load
-from .train import Dataset, Trainer
+from .train import Dataset, DeviceUnavailableError, Trainer
 
 __version__ = _C.__version__
 HAS_CUDA = bool(_C.HAS_CUDA)
@@ -31,5 +31,6 @@ HAS_CUDA = bool(_C.HAS_CUDA)
 set_num_threads = _C.set_num_threads
 get_num_threads = _C.get_num_threads
 
-__all__ = ["Config", "Dataset", "HAS_CUDA", "Model", "Trainer", "__version__", "detect",
-           "get_num_threads", "label_distribution", "load", "metrics", "set_num_threads"]
+__all__ = ["Config", "Dataset", "DeviceUnavailableError", "HAS_CUDA", "Model", "Trainer",
+           "__version__", "detect", "get_num_threads", "label_distribution", "load", "metrics",
+           "set_num_threads"]

@@ -12,7 +12,7 @@ import pytest
 import glae
 from glae import metrics
 from glae import checkpoint as ckpt
-from glae.train import DeviceUnavailableError, cuda_unusable
+from glae.train import cuda_unusable
 from glae.cli import build_parser, main, parse_overrides
 from glae.data import synthetic_faces, write_packed
 
@@ -279,7 +279,7 @@ def test_gpu_checkpoint_on_a_machine_without_gpu(files, trained, tmp_path, capsy
     """A GPU-trained checkpoint: glae.load says how to load it here; device='cpu' gives the
     same model in fp32 with the CUDA-only switches off; the CLI falls back with a note."""
     path = gpu_checkpoint(trained["last"], tmp_path / "gpu.safetensors")
-    with pytest.raises(DeviceUnavailableError, match="device='cpu'"):
+    with pytest.raises(glae.DeviceUnavailableError, match="device='cpu'"):
         glae.load(path)
     m = glae.load(path, device="cpu")
     c = m.config

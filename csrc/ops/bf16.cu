@@ -213,20 +213,15 @@ extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, floa
     GLAE_STREAM(ctx, fn, st);
     GLAE_TRY(glae_bn_check(fn, rows, c, momentum, eps, training, running_mean, running_var));
     if (c == 0) return GLAE_OK;
-    const unsigned cb = (unsigned)((c + 255) / 256);
+    double *part = NULL;
+    int nch = 0;
     if (training) {
-        double *part;
-        int nch;
         const int vec = c % 8 == 0 && glae_aligned16(in);
         GLAE_TRY(glae_cuda_workspace(ctx, colsum16_bytes(rows, c, vec), (void **)&part));
         GLAE_TRY(colsum16(st, part, &nch, (const bf *)in, NULL, NULL, NULL, rows, c, 0, vec));
-        glae_bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var,
-                                            part, nch, c, rows, momentum, eps);
-    } else {
-        glae_bn_eval_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean,
-                                                 running_var, c, eps);
     }
-    GLAE_LAUNCHED();
+    GLAE_TRY(glae_bn_stats(st, save_mean, save_invstd, running_mean, running_var, part, nch, c,
+                           rows, momentum, eps));
     const int64_t total = rows * c;
     if (total == 0) return GLAE_OK;
     if (c % 8 == 0 && glae_aligned16(out) && glae_aligned16(in) && (!residual || glae_aligned16(residual)))

@@ -219,6 +219,22 @@ __global__ static void glae_bn_eval_stats_k(float *save_mean, float *save_invstd
     save_invstd[j] = (float)(1.0 / sqrt((double)rv[j] + (double)eps));
 }
 
+/* The BN forwards' statistics (float32 and bf16 twins): from the column sums `part`
+ * (nch chunks) in training, else from the running statistics (part NULL). */
+static inline int glae_bn_stats(cudaStream_t st, float *save_mean, float *save_invstd,
+                                float *running_mean, float *running_var, const double *part,
+                                int nch, int c, int64_t rows, float momentum, float eps) {
+    const unsigned cb = (unsigned)((c + 255) / 256);
+    if (part)
+        glae_bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var,
+                                            part, nch, c, rows, momentum, eps);
+    else
+        glae_bn_eval_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean,
+                                                 running_var, c, eps);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}
+
 /* coef[j] = (a, k1, k2) with dx = dy * a + (x - mean) * k1 + k2 (see norm.c) */
 __global__ static void glae_bn_bwd_coef_k(float *coef, float *dgamma, float *dbeta, const double *part,
                                      int nch, int c, int64_t rows, const float *invstd,

@@ -181,18 +181,14 @@ extern "C" int glae_batchnorm_forward_cuda(glae_ctx *ctx, float *out, float *sav
     GLAE_STREAM(ctx, fn, st);
     GLAE_TRY(glae_bn_check(fn, rows, c, momentum, eps, training, running_mean, running_var));
     if (c == 0) return GLAE_OK;
-    const unsigned cb = (unsigned)((c + 255) / 256);
+    double *part = NULL;
+    int nch = 0;
     if (training) {
-        double *part;
-        int nch;
         GLAE_TRY(glae_cuda_workspace(ctx, glae_col_bytes(rows, c), (void **)&part));
         GLAE_TRY(glae_colsum(st, part, &nch, in, NULL, NULL, rows, c, GLAE_COL_X_X2));
-        glae_bn_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var, part,
-                                       nch, c, rows, momentum, eps);
-    } else {
-        glae_bn_eval_stats_k<<<cb, 256, 0, st>>>(save_mean, save_invstd, running_mean, running_var, c, eps);
     }
-    GLAE_LAUNCHED();
+    GLAE_TRY(glae_bn_stats(st, save_mean, save_invstd, running_mean, running_var, part, nch, c,
+                           rows, momentum, eps));
     const int64_t total = rows * c;
     if (total == 0) return GLAE_OK;
     if (c % 4 == 0 && glae_aligned16(out) && glae_aligned16(in))

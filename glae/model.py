@@ -210,33 +210,23 @@ class Model:
         return [gd.Face(boxes[i].copy(), landmarks[i].copy(), float(ages[i]), int(heads[i]))
                 for i in range(len(boxes))]
 
-    def evaluate_batch(self, x, route="smaller", flip=True):
-        """One normalised batch through both heads with and without its flip (two
-        backbone passes): the vanilla, balanced and routed ages and the routing choice.
+    def evaluate_batch(self, x, route="smaller", flip=True, norm=None):
+        """One batch through both heads, with its flip in the same backbone pass: the
+        vanilla, balanced and routed ages and the routing choice.
 
-        Same rules as ``core.predict`` (docs/losses.md): routing ("smaller"/"bigger")
-        always needs the flipped image (Upsilon compares each head's distributions on the
-        image and its flip); ``flip`` only decides whether the answers are averaged over
-        the two. With flip=False the routed answer is the chosen head's unflipped age."""
+        x: float32 already normalised, or uint8 pixels with norm (default: the model's
+        Config.normalization), normalised and flipped on the model's device. Same rules as
+        ``core.predict`` (docs/losses.md): routing ("smaller"/"bigger") always needs the
+        flipped image (Upsilon compares each head's distributions on the image and its
+        flip); ``flip`` only decides whether the answers are averaged over the two. With
+        flip=False the routed answer is the chosen head's unflipped age."""
         if route not in ("smaller", "bigger", "vanilla", "balanced"):
             raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
-        routed = route in ("smaller", "bigger")
-        f = self.core.forward(x)
-        g = self.core.forward(_C.hflip_forward(x)) if (flip or routed) else None
-        if flip:
-            pv, pb = 0.5 * (f["vanilla"] + g["vanilla"]), 0.5 * (f["balanced"] + g["balanced"])
-        else:
-            pv, pb = f["vanilla"], f["balanced"]
-        van, bal = _C.expected_age(np.ascontiguousarray(pv)), _C.expected_age(np.ascontiguousarray(pb))
-        if route == "vanilla":
-            age, choice = van, np.zeros(len(x), np.int32)
-        elif route == "balanced":
-            age, choice = bal, np.ones(len(x), np.int32)
-        else:
-            r = _C.adaptive_route(f["vanilla"], g["vanilla"], f["balanced"], g["balanced"],
-                                  mode=route, flip_average=bool(flip))
-            age, choice = r["age"], r["choice"]
-        return {"vanilla_age": van, "balanced_age": bal, "age": age, "head": choice}
+        if isinstance(x, np.ndarray) and x.dtype == np.uint8 and norm is None:
+            norm = self.config.normalization
+        age, _, choice, heads = self.core.predict(x, route=route, flip=bool(flip), norm=norm,
+                                                  head_ages=True)
+        return {"vanilla_age": heads[0], "balanced_age": heads[1], "age": age, "head": choice}
 
     # -- persistence ---------------------------------------------------------------
     def save(self, path):

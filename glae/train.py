@@ -104,8 +104,8 @@ def predict_dataset(model, dataset, batch_size=64):
     outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
-        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, **aug)
-        r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test)
+        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8", **aug)
+        r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test, norm=cfg.normalization)
         outs["vanilla"].append(r["vanilla_age"])
         outs["balanced"].append(r["balanced_age"])
         outs["routed"].append(r["age"])

@@ -295,6 +295,10 @@ def test_stage2_sgd_and_predict_match_cpu():
         np.testing.assert_allclose(ug, uc, rtol=1e-2, atol=1e-5)
         if route != "smaller":  # a near tie of the Upsilons may flip the routed head
             np.testing.assert_array_equal(hg, hc)
+        for flip in (True, False):  # the evaluation's per-head ages (head_ages)
+            hac = cpu.predict(x, route=route, flip=flip, head_ages=True)[3]
+            hag = gpu.predict(x, route=route, flip=flip, head_ages=True)[3]
+            np.testing.assert_allclose(hag, hac, rtol=1e-3, atol=1e-2)
     fc, fg = cpu.forward(x), gpu.forward(x)
     for k in fc:
         np.testing.assert_allclose(fg[k], fc[k], rtol=1e-3, atol=1e-4, err_msg=k)

@@ -278,6 +278,41 @@ def test_evaluate_batch_routes_like_predict(images, flip):
         m.evaluate_batch(images, route="best")
 
 
+@pytest.mark.parametrize("flip", [True, False])
+def test_evaluate_batch_one_pass_matches_two_forwards(flip):
+    """evaluate_batch runs the images and their flips as one batch of 2N (C predict with
+    head_ages); its per-head ages equal two separate forwards and NumPy's flip average, and
+    uint8 pixels give the same numbers as the float32 batch the loader normalises."""
+    import glae
+    from glae.model import eval_augment
+
+    m = glae.Model(backbone="resnet18", head="fr", image_size=64, seed=5)
+    core = m.core
+    core.copy_head_to_balanced()
+    rng = np.random.default_rng(2)
+    w = core.get("balanced.fr.weight")
+    core.set("balanced.fr.weight", (w + rng.standard_normal(w.shape) * 0.05).astype(np.float32))
+    pix = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    idx = np.arange(4, dtype=np.int64)
+    aug = eval_augment(m.config)
+    x = _C.augment_batch(pix, idx, 64, 0, 0, **aug)
+    u = _C.augment_batch(pix, idx, 64, 0, 0, dtype="uint8", **aug)
+    np.testing.assert_array_equal(u, pix)
+    f, g = core.forward(x), core.forward(_C.hflip_forward(x))
+    for route in ("smaller", "vanilla", "balanced"):
+        r = m.evaluate_batch(x, route=route, flip=flip)
+        for name, head in (("vanilla_age", "vanilla"), ("balanced_age", "balanced")):
+            p = 0.5 * (f[head] + g[head]) if flip else f[head]
+            want = (p * np.arange(K, dtype=np.float32)).sum(1)
+            np.testing.assert_allclose(r[name], want, rtol=1e-5, atol=1e-4)
+        assert not np.allclose(r["vanilla_age"], r["balanced_age"])
+        ru = m.evaluate_batch(u, route=route, flip=flip)  # norm: the model's
+        for k in r:
+            np.testing.assert_array_equal(ru[k], r[k])
+    with pytest.raises(ValueError, match="norm"):
+        m.evaluate_batch(x, norm="glae")  # float32 is taken as already normalised
+
+
 @pytest.mark.parametrize("shape", [(3, 50, 50, 3), (3, 32, 48, 3), (3, 64, 40, 3), (2, 32, 32, 3)])
 def test_predict_batch_of_another_size_equals_list(shape):
     """A 4-D uint8 batch of any size gets the centre crop a list of the same images gets

@@ -467,7 +467,8 @@ int glae_model_forward(glae_model *m, const void *x, int xnorm, int n, int h, in
 }
 
 int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
-                       const void *x, int xnorm, int n, int h, int w, int route, int flip) {
+                       float *head_age, const void *x, int xnorm, int n, int h, int w, int route,
+                       int flip) {
     if (route < GLAE_PRED_SMALLER || route > GLAE_PRED_BALANCED)
         return glae_fail(GLAE_ERR_VALUE, "predict: unknown route %d", route);
     if (n < 1) return glae_fail(GLAE_ERR_VALUE, "predict: empty batch");
@@ -487,6 +488,16 @@ int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, fl
     GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, m->net.feat, 0));
     const float *pv = m->head.prob, *pb = m->bal.prob;
     const int64_t nk = (int64_t)n * K;
+    /* o_prob and o_age are scratch here: the route below writes its own answer over them */
+    for (int k = 0; head_age && k < 2; k++) {
+        const float *src = k ? pb : pv, *p = src;
+        if (flip) {
+            GLAE_TRY(ops->avg2_forward(ctx, m->o_prob, src, src + nk, nk));
+            p = m->o_prob;
+        }
+        GLAE_TRY(ops->expected_age(ctx, m->o_age, p, n, K));
+        GLAE_TRY(copy_out(ctx, head_age + (size_t)k * n, m->o_age, (size_t)n * F));
+    }
     if (route == GLAE_PRED_SMALLER || route == GLAE_PRED_BIGGER) {
         GLAE_TRY(ops->adaptive_route(ctx, m->o_prob, m->o_age, m->o_choice, ups ? m->o_ups : NULL,
                                      pv, pv + nk, pb, pb + nk, n, K,

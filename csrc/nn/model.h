@@ -129,11 +129,14 @@ int glae_model_forward(glae_model *m, const void *x, int xnorm, int n, int h, in
 enum { GLAE_PRED_SMALLER = 0, GLAE_PRED_BIGGER = 1, GLAE_PRED_VANILLA = 2, GLAE_PRED_BALANCED = 3 };
 
 /* Inference (eval-mode BN): age (n), prob (n, K), head (n: 0 vanilla, 1 balanced), ups
- * (n, 2) Upsilon_1/2 or NULL. route SMALLER/BIGGER: Adaptive Routing (needs the flip:
- * always computed); VANILLA/BALANCED: that head alone. flip: average the distribution
- * with the flipped image's. */
+ * (n, 2) Upsilon_1/2 or NULL, head_age (2, n) or NULL: the vanilla then the balanced
+ * head's expected age, flip-averaged with flip (the evaluation reports all three answers
+ * from this one pass). route SMALLER/BIGGER: Adaptive Routing (needs the flip: always
+ * computed); VANILLA/BALANCED: that head alone. flip: average the distribution with the
+ * flipped image's. */
 int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, float *ups,
-                       const void *x, int xnorm, int n, int h, int w, int route, int flip);
+                       float *head_age, const void *x, int xnorm, int n, int h, int w, int route,
+                       int flip);
 
 /* One SGD step (optim.h) on [begin, end) of the model's flat buffers, on its device.
  * wd_exclude: skip weight decay on the GLAE_P_NO_DECAY tensors (BN, biases). */

@@ -671,12 +671,12 @@ fail:
 }
 
 static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "route", "flip", "return_upsilon", "norm", NULL};
+    static char *kwlist[] = {"x", "route", "flip", "return_upsilon", "norm", "head_ages", NULL};
     PyObject *xo, *no = NULL;
     const char *route = "smaller";
-    int flip = 1, want_ups = 0, r;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|sppO:predict", kwlist, &xo, &route, &flip,
-                                     &want_ups, &no))
+    int flip = 1, want_ups = 0, want_ha = 0, r;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|sppOp:predict", kwlist, &xo, &route, &flip,
+                                     &want_ups, &no, &want_ha))
         return NULL;
     if (!model_ready(self)) return NULL;
     if (!strcmp(route, "smaller")) r = GLAE_PRED_SMALLER;
@@ -692,31 +692,35 @@ static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) 
     PyArrayObject *x = arg_images(self, xo, no, &xnorm, &fh, &fw, &hp, &wp);
     if (!x) return NULL;
     const npy_intp n = PyArray_DIM(x, 0), K = self->m.cfg.num_classes;
-    npy_intp d1[1] = {n}, d2[2] = {n, K}, du[2] = {n, 2};
+    npy_intp d1[1] = {n}, d2[2] = {n, K}, du[2] = {n, 2}, dh[2] = {2, n};
     PyArrayObject *age = glae_new_array(1, d1, NPY_FLOAT32);
     PyArrayObject *prob = glae_new_array(2, d2, NPY_FLOAT32);
     PyArrayObject *head = glae_new_array(1, d1, NPY_INT32);
     PyArrayObject *ups = glae_new_array(2, du, NPY_FLOAT32);
-    if (!age || !prob || !head || !ups) goto fail;
+    PyArrayObject *ha = want_ha ? glae_new_array(2, dh, NPY_FLOAT32) : NULL;
+    if (!age || !prob || !head || !ups || (want_ha && !ha)) goto fail;
     int st;
     self->busy = 1;
     GLAE_NOGIL(st, glae_model_predict(&self->m, PyArray_DATA(age), PyArray_DATA(prob),
-                                      PyArray_DATA(head), PyArray_DATA(ups), PyArray_DATA(x),
-                                      xnorm, (int)n, (int)PyArray_DIM(x, 1), (int)PyArray_DIM(x, 2), r,
-                                      flip));
+                                      PyArray_DATA(head), PyArray_DATA(ups), DATA_OR_NULL(ha),
+                                      PyArray_DATA(x), xnorm, (int)n, (int)PyArray_DIM(x, 1),
+                                      (int)PyArray_DIM(x, 2), r, flip));
     self->busy = 0;
     if (st) {
         glae_raise(st);
         goto fail;
     }
-    if (want_ups) return Py_BuildValue("(NNNN)", age, prob, head, ups);
-    Py_DECREF(ups);
+    if (!want_ups) Py_CLEAR(ups);
+    if (ups && ha) return Py_BuildValue("(NNNNN)", age, prob, head, ups, ha);
+    if (ups) return Py_BuildValue("(NNNN)", age, prob, head, ups);
+    if (ha) return Py_BuildValue("(NNNN)", age, prob, head, ha);
     return Py_BuildValue("(NNN)", age, prob, head);
 fail:
     Py_XDECREF(age);
     Py_XDECREF(prob);
     Py_XDECREF(head);
     Py_XDECREF(ups);
+    Py_XDECREF(ha);
     return NULL;
 }
 
@@ -767,8 +771,9 @@ static PyMethodDef Model_methods[] = {
      "'balanced_map'], ['vanilla_local']}"},
     {"predict", (PyCFunction)(void (*)(void))Model_predict, METH_VARARGS | METH_KEYWORDS,
      "predict(x, route='smaller'|'bigger'|'vanilla'|'balanced', flip=True, "
-     "return_upsilon=False, norm=None) -> (age (N,), prob (N,K), head (N,) int32[, upsilon (N,2)]); "
-     "x float32 or uint8 as in train_step"},
+     "return_upsilon=False, norm=None, head_ages=False) -> (age (N,), prob (N,K), head (N,) "
+     "int32[, upsilon (N,2)][, head_ages (2,N): the vanilla and balanced heads' ages, "
+     "flip-averaged with flip]); x float32 or uint8 as in train_step"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,21 +11,33 @@
 # and the device call is
 #   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
 #
-# Stages (GLAE_GPU_STAGES, default all): build info tests agree step. Each has its own
-# time limit so one stuck stage cannot eat the others' time. All five may not fit one
-# 10-minute call: run "build info tests agree" first and, at once (a warm machine keeps
-# the built extension; it is handed back after ~30 s idle), "step" in a second call
-# (with "build" again if the machine was handed back).
+# Stages (GLAE_GPU_STAGES, default all, run in this order): build info tests step agree.
+# The issue's two must-haves (parity tests, the benchmark table) come first. Each stage's
+# time limit is its own cap or what is left of GLAE_GPU_DEADLINE (default 585 s, under the
+# device tool's 600 s per call), whichever is smaller, so a slow stage shortens the later
+# ones instead of the device tool killing the whole call. What did not fit goes into a
+# second call at once ("agree", with "build" again if the machine was handed back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-STAGES=${GLAE_GPU_STAGES:-"build info tests agree step"}
+STAGES=${GLAE_GPU_STAGES:-"build info tests step agree"}
+DEADLINE=${GLAE_GPU_DEADLINE:-585}
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 t0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - t0 )) s: $*" | tee -a "$OUT/summary.txt"; }
 has() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
+# limit CAP: CAP seconds, or what is left before the deadline less 10 s for the summary
+limit() {
+    local left=$(( DEADLINE - ($(date +%s) - t0) - 10 ))
+    [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+# skip STAGE: true (and a line in the summary) when under 30 s would be left for it
+skip() {
+    [ "$(limit 30)" -ge 30 ] && return 1
+    stamp "$1 skipped: $(( DEADLINE - ($(date +%s) - t0) )) s left before the deadline (a stage needs 30 s, plus 10 s for the summary)"
+}
 
 stamp "start; $(nvidia-smi -L 2>&1 | head -1); $($PY --version 2>&1)"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -36,7 +48,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 if has build; then
     # sm_90 only: half the compile time of the default arch list, and PTX is added anyway
-    GLAE_CUDA=1 GLAE_CUDA_ARCH=${GLAE_CUDA_ARCH:-90} timeout 300 \
+    GLAE_CUDA=1 GLAE_CUDA_ARCH=${GLAE_CUDA_ARCH:-90} timeout "$(limit 300)" \
         $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1
     rc=$?
     stamp "build rc=$rc ($(grep -c -i 'warning' "$OUT/build.log") warning lines)"
@@ -52,25 +64,25 @@ print("devices:", _C.cuda_devices())
 EOF
 fi
 
-if has tests; then
-    timeout 300 $PY -m pytest -q -rfE -p no:cacheprovider --timeout 150 \
+if has tests && ! skip tests; then
+    timeout "$(limit 240)" $PY -m pytest -q -rfE -p no:cacheprovider --timeout 150 \
         tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
         tests/test_cuda_train.py tests/test_torch_reference.py \
         >"$OUT/tests.log" 2>&1
     stamp "GPU tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 fi
 
-if has agree; then
-    timeout 150 $PY bench/gpu_agreement.py --steps 200 --math bf16 --out "$OUT" >"$OUT/agreement.log" 2>&1
-    stamp "200-step agreement rc=$? ($(tail -1 "$OUT/agreement.log"))"
-fi
-
-if has step; then
+if has step && ! skip step; then
     # the issue's rows (bf16, as a graph too) and TF32; torch.compile for ResNet-18 only,
     # the backbone the issue compares it with (its compile takes minutes of device time)
-    timeout 400 $PY bench/gpu_step.py --steps 20 --warmup 5 --maths bf16 bf16+graph tf32 \
+    timeout "$(limit 400)" $PY bench/gpu_step.py --steps 20 --warmup 5 --maths bf16 bf16+graph tf32 \
         --compile-arch 18 >"$OUT/gpu_step.log" 2>&1
     stamp "gpu_step rc=$?"
     tail -40 "$OUT/gpu_step.log"
 fi
+if has agree && ! skip agree; then
+    timeout "$(limit 150)" $PY bench/gpu_agreement.py --steps 200 --math bf16 --out "$OUT" >"$OUT/agreement.log" 2>&1
+    stamp "200-step agreement rc=$? ($(tail -1 "$OUT/agreement.log"))"
+fi
+
 stamp "done"

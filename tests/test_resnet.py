@@ -425,3 +425,37 @@ def test_bad_input(rng):
     # nothing is broken after the failures
     m.forward(x)
     m.train_step(x, ages)
+
+
+@pytest.mark.parametrize("math", ["fp32", "bf16"])
+def test_plans_without_backward_reuse_activation_buffers(math):
+    """Without a backward (predict, forward, a stage-2 step on the frozen backbone) no
+    activation outlives the next block, so glae_resnet_plan lets four buffers take turns
+    instead of keeping all of them: ResNet-50 then needs a sixth of a stage-1 step's arena
+    (ResNet-18, whose stem output is the largest activation by far, under half). The answers
+    do not depend on the plan: predict on a fresh model equals predict after a stage-1 plan
+    (every activation in its own place) grew the arena, bit for bit; the NumPy references
+    (test_resnet50_forward_matches_numpy, bf16 in test_bf16.py) check the values."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    ages = np.full(4, 30, np.float32)
+    for arch, most in (("resnet18", 0.5), ("resnet50", 0.2)):
+        sizes, probs = {}, {}
+        for what in ("predict", "stage2", "stage1"):
+            m = _C.Model(arch, "gap", input_size=96, math=math, seed=1)
+            m.copy_head_to_balanced()
+            start = np.array(m.buffers)
+            if what == "predict":
+                # the batch itself, no flipped copy: the same N as the training steps
+                probs["fresh"] = m.predict(x, route="vanilla", flip=False, norm="glae")[1]
+            else:
+                m.train_step(x, ages, None, stage=1 if what == "stage1" else 2, loss="lae_cls",
+                             mae=4.0, norm="glae")
+            sizes[what] = m.arena_bytes
+        # the stage-1 model's parameters are unchanged (no SGD step); its BN statistics
+        # moved with the step: put them back
+        m.write_flat("buffers", start)
+        probs["after stage 1"] = m.predict(x, route="vanilla", flip=False, norm="glae")[1]
+        assert sizes["predict"] < most * sizes["stage1"], (arch, sizes)
+        assert sizes["stage2"] < most * sizes["stage1"], (arch, sizes)
+        np.testing.assert_array_equal(probs["after stage 1"], probs["fresh"])

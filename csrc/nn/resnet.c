@@ -216,32 +216,16 @@ static int plan_bn(glae_bn_layer *l, glae_arena *a) {
     return GLAE_OK;
 }
 
-int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads) {
-    if (n < 1 || h < 1 || w < 1)
-        return glae_fail(GLAE_ERR_VALUE, "resnet: bad batch shape (%d, %d, %d)", n, h, w);
-    GLAE_TRY(glae_resnet_out_size(h, w, &net->fh, &net->fw));
-    net->n = n;
-    net->h = h;
-    net->w = w;
+/* Every layer's shape for a batch (n, h, w, 3), the blocks' input and output sizes and
+ * the largest activation (gmax): what the allocation pass needs to know first. */
+static int plan_shapes(glae_resnet *net, int n, int h, int w) {
     glae_conv_layer *c = &net->conv1;
     GLAE_TRY(glae_conv2d_shape_init(&c->s, n, h, w, 3, 64, 7, 7, 2, 2, 3, 3));
-    int64_t m = (int64_t)n * c->s.oh * c->s.ow * 64, gmax = m;
-    ACT(net->c1, net->c1_h, m);
-    ACT(net->a1, net->a1_h, m);
-    GLAE_TRY(plan_bn(&net->bn1, a));
+    int64_t gmax = (int64_t)n * c->s.oh * c->s.ow * 64;
     GLAE_TRY(glae_pool_shape_init(&net->pool, n, c->s.oh, c->s.ow, 64, 3, 2, 1, 0));
-    int ph = net->pool.oh, pw = net->pool.ow;
-    m = (int64_t)n * ph * pw * 64;
-    ACT(net->p1, net->p1_h, m);
-    net->argmax = glae_arena_alloc(a, (size_t)m * sizeof(int32_t));
-    if (!net->argmax) return GLAE_ERR_MEMORY;
-    const float *in = net->p1;
-    const glae_bf16 *in_h = net->p1_h;
-    int ih = ph, iw = pw;
+    int ih = net->pool.oh, iw = net->pool.ow;
     for (int i = 0; i < net->nblocks; i++) {
         glae_block *b = &net->blocks[i];
-        b->in = in;
-        b->in_h = in_h;
         b->in_numel = (int64_t)n * ih * iw * b->conv[0].c_in;
         int ch = ih, cw = iw;
         for (int j = 0; j < b->nconv; j++) {
@@ -250,34 +234,91 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
                                             l->stride, l->stride, l->pad, l->pad));
             ch = l->s.oh;
             cw = l->s.ow;
-            m = (int64_t)n * ch * cw * l->c_out;
-            if (m > gmax) gmax = m;
-            ACT(b->c[j], b->c_h[j], m);
-            GLAE_TRY(plan_bn(&b->bn[j], a));
-            if (j < b->nconv - 1) ACT(b->a[j], b->a_h[j], m);
+            b->out_numel = (int64_t)n * ch * cw * l->c_out;
+            if (b->out_numel > gmax) gmax = b->out_numel;
         }
-        b->out_numel = m;
-        ACT(b->out, b->out_h, m);
         if (b->has_down) {
             glae_conv_layer *l = &b->dconv;
             GLAE_TRY(glae_conv2d_shape_init(&l->s, n, ih, iw, l->c_in, l->c_out, 1, 1, l->stride,
                                             l->stride, 0, 0));
             if (l->s.oh != ch || l->s.ow != cw)
                 return glae_fail(GLAE_ERR_RUNTIME, "resnet: downsample shape mismatch");
-            ACT(b->dc, b->dc_h, m);
-            ACT(b->db, b->db_h, m);
-            GLAE_TRY(plan_bn(&b->dbn, a));
         }
-        in = b->out;
-        in_h = b->out_h;
         ih = ch;
         iw = cw;
     }
     if (ih != net->fh || iw != net->fw)
         return glae_fail(GLAE_ERR_RUNTIME, "resnet: planned %dx%d, expected %dx%d", ih, iw,
                          net->fh, net->fw);
-    net->feat = net->blocks[net->nblocks - 1].out;
     net->gmax = gmax;
+    return GLAE_OK;
+}
+
+int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads) {
+    if (n < 1 || h < 1 || w < 1)
+        return glae_fail(GLAE_ERR_VALUE, "resnet: bad batch shape (%d, %d, %d)", n, h, w);
+    GLAE_TRY(glae_resnet_out_size(h, w, &net->fh, &net->fw));
+    net->n = n;
+    net->h = h;
+    net->w = w;
+    GLAE_TRY(plan_shapes(net, n, h, w));
+    /* Without a backward (inference, the frozen backbone of stage 2) no activation outlives
+     * the next block, so four buffers of gmax values take turns: a block reads its input
+     * from slot X and uses C (inner conv outputs, then the identity's BN), A (inner ReLU
+     * outputs, then the block's output: the next X) and D (the last conv's and the
+     * downsample conv's outputs). The order of both forwards (resnet.c, resnet_bf16.c)
+     * never writes a slot whose value is still to be read (docs/model.md). A training
+     * plan keeps every activation for the backward. */
+    float *sf[4] = {NULL};
+    glae_bf16 *sh[4] = {NULL};
+    if (!grads)
+        for (int k = 0; k < 4; k++) ACT(sf[k], sh[k], net->gmax);
+#define SLOT(f, h, count, k)            \
+    do {                                \
+        if (grads) {                    \
+            ACT(f, h, count);           \
+        } else {                        \
+            (f) = sf[k];                \
+            (h) = sh[k];                \
+        }                               \
+    } while (0)
+    const glae_conv_layer *c = &net->conv1;
+    int64_t m = (int64_t)n * c->s.oh * c->s.ow * 64;
+    SLOT(net->c1, net->c1_h, m, 1);
+    SLOT(net->a1, net->a1_h, m, 2);
+    GLAE_TRY(plan_bn(&net->bn1, a));
+    m = (int64_t)n * net->pool.oh * net->pool.ow * 64;
+    SLOT(net->p1, net->p1_h, m, 0);
+    net->argmax = glae_arena_alloc(a, (size_t)m * sizeof(int32_t));
+    if (!net->argmax) return GLAE_ERR_MEMORY;
+    const float *in = net->p1;
+    const glae_bf16 *in_h = net->p1_h;
+    int x = 0; /* the slot holding the block's input */
+    for (int i = 0; i < net->nblocks; i++) {
+        glae_block *b = &net->blocks[i];
+        const int C = (x + 1) % 4, A = (x + 2) % 4, D = (x + 3) % 4, last = b->nconv - 1;
+        b->in = in;
+        b->in_h = in_h;
+        m = b->out_numel;
+        for (int j = 0; j < b->nconv; j++) {
+            const glae_conv_layer *l = &b->conv[j];
+            const int64_t mj = (int64_t)n * l->s.oh * l->s.ow * l->c_out;
+            SLOT(b->c[j], b->c_h[j], mj, j < last ? C : D);
+            GLAE_TRY(plan_bn(&b->bn[j], a));
+            if (j < last) SLOT(b->a[j], b->a_h[j], mj, A);
+        }
+        SLOT(b->out, b->out_h, m, A);
+        if (b->has_down) {
+            SLOT(b->dc, b->dc_h, m, D);
+            SLOT(b->db, b->db_h, m, C);
+            GLAE_TRY(plan_bn(&b->dbn, a));
+        }
+        in = b->out;
+        in_h = b->out_h;
+        x = A;
+    }
+#undef SLOT
+    net->feat = net->blocks[net->nblocks - 1].out;
     const int64_t nfeat = (int64_t)n * net->fh * net->fw * net->out_c;
     net->x_h = net->dfeat_h = NULL;
     if (net->bf16) {
@@ -287,7 +328,7 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
     }
     for (int i = 0; i < 4; i++) net->g[i] = NULL, net->g_h[i] = NULL;
     if (grads)
-        for (int i = 0; i < 4; i++) ACT(net->g[i], net->g_h[i], gmax);
+        for (int i = 0; i < 4; i++) ACT(net->g[i], net->g_h[i], net->gmax);
     return GLAE_OK;
 }
 

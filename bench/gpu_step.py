@@ -541,29 +541,35 @@ def main():
     setup = glae_setup(glae_C, a) if not why else (None if a.no_loader else {"error": why})
     print(HDR)
     print("-" * len(HDR))
+    eager = {}
+
+    def show(arch, label, r):
+        frac = (r["flops"] / r["step_s"] / rate) if r["flops"] else float("nan")
+        print(f"{'R%d fr+pa' % arch:<10}{label:<26}{r['ips']:>10.0f}{fmt_mem(r['peak']):>12}"
+              f"{r['ips'] / eager[arch]['ips']:>9.2f}{frac:>10.0%} ")
+
     for arch in a.arch:
         name = f"R{arch} fr+pa"
-        eager = bench_torch(torch, arch, a.batch, a.size, a.steps, a.warmup, False,
-                            None if a.no_loader else a.workers)
-        def show(label, r):
-            frac = (r["flops"] / r["step_s"] / rate) if r["flops"] else float("nan")
-            print(f"{name:<10}{label:<26}{r['ips']:>10.0f}{fmt_mem(r['peak']):>12}"
-                  f"{r['ips'] / eager['ips']:>9.2f}{frac:>10.0%} ")
-
-        show("torch eager AMP", eager)
-        if "e2e_ips" in eager:
-            print(f"{name:<10}{'torch eager + loader':<26}{eager['e2e_ips']:>10.0f}"
-                  f"{'':>12}{eager['e2e_ips'] / eager['ips']:>9.2f}")
-        if eager["flops"]:
-            print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{eager['flops'] / 1e9:>10.0f}")
-        # glae before torch.compile, whose compilation may take minutes of a timed session
-        glae_rows(glae_C, why, a, name, arch, "cuda", a.maths, eager["ips"], setup)
-        if not a.no_compile and (a.compile_arch is None or arch in a.compile_arch):
-            try:
-                show("torch.compile AMP", bench_torch(torch, arch, a.batch, a.size, a.steps,
-                                                      a.warmup, True, None))
-            except Exception as e:  # noqa: BLE001 - compile support varies by install
-                print(f"{name:<10}{'torch.compile AMP':<26}failed: {type(e).__name__}: {e}")
+        e = eager[arch] = bench_torch(torch, arch, a.batch, a.size, a.steps, a.warmup, False,
+                                      None if a.no_loader else a.workers)
+        show(arch, "torch eager AMP", e)
+        if "e2e_ips" in e:
+            print(f"{name:<10}{'torch eager + loader':<26}{e['e2e_ips']:>10.0f}"
+                  f"{'':>12}{e['e2e_ips'] / e['ips']:>9.2f}")
+        if e["flops"]:
+            print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{e['flops'] / 1e9:>10.0f}")
+        glae_rows(glae_C, why, a, name, arch, "cuda", a.maths, e["ips"], setup)
+    # torch.compile last, for every backbone: its compilation may take minutes of a timed
+    # session, and a time limit should cut it rather than the other backbone's rows
+    for arch in a.arch:
+        if a.no_compile or (a.compile_arch is not None and arch not in a.compile_arch):
+            continue
+        try:
+            show(arch, "torch.compile AMP", bench_torch(torch, arch, a.batch, a.size, a.steps,
+                                                         a.warmup, True, None))
+        except Exception as ex:  # noqa: BLE001 - compile support varies by install
+            print(f"{'R%d fr+pa' % arch:<10}{'torch.compile AMP':<26}failed: "
+                  f"{type(ex).__name__}: {ex}")
     if setup and "tmp" in setup:
         setup["tmp"].cleanup()
     return 0

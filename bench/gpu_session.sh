@@ -65,7 +65,7 @@ EOF
 fi
 
 if has tests && ! skip tests; then
-    timeout "$(limit 240)" $PY -m pytest -q -rfE -p no:cacheprovider --timeout 150 \
+    timeout "$(limit 240)" $PY -m pytest -q -rfE -p no:cacheprovider --timeout 90 \
         tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
         tests/test_cuda_train.py tests/test_torch_reference.py \
         >"$OUT/tests.log" 2>&1

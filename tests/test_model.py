@@ -245,19 +245,25 @@ def test_batch_shape_change_replans(images):
     np.testing.assert_allclose(m.predict(images[:2])[1], a[:2], rtol=1e-5, atol=1e-8)
 
 
+def _distinct_heads(head, seed, rng):
+    """A ResNet-18 glae.Model whose balanced head is the vanilla one plus noise, so the two
+    heads answer differently and routing chooses per image."""
+    import glae
+
+    m = glae.Model(backbone="resnet18", head=head, image_size=64, seed=seed)
+    m.core.copy_head_to_balanced()
+    name = "balanced.fc.weight" if head == "gap" else "balanced.fr.weight"
+    w = m.core.get(name)
+    m.core.set(name, (w + rng.standard_normal(w.shape) * 0.05).astype(np.float32))
+    return m
+
+
 @pytest.mark.parametrize("flip", [True, False])
 def test_evaluate_batch_routes_like_predict(images, flip):
     """The trainer's evaluation path (Model.evaluate_batch) routes with and without flip
     averaging, exactly as the C predict does (routing always needs the flipped image)."""
-    import glae
-
-    m = glae.Model(backbone="resnet18", head="gap", image_size=64, seed=4)
+    m = _distinct_heads("gap", 4, np.random.default_rng(1))
     core = m.core
-    # a balanced head that differs from the vanilla one, so the choice is per image
-    core.copy_head_to_balanced()
-    rng = np.random.default_rng(1)
-    w = core.get("balanced.fc.weight")
-    core.set("balanced.fc.weight", (w + rng.standard_normal(w.shape) * 0.05).astype(np.float32))
     for route in ("smaller", "bigger", "vanilla", "balanced"):
         r = m.evaluate_batch(images, route=route, flip=flip)
         age, _, head = core.predict(images, route=route, flip=flip)
@@ -283,15 +289,11 @@ def test_evaluate_batch_one_pass_matches_two_forwards(flip):
     """evaluate_batch runs the images and their flips as one batch of 2N (C predict with
     head_ages); its per-head ages equal two separate forwards and NumPy's flip average, and
     uint8 pixels give the same numbers as the float32 batch the loader normalises."""
-    import glae
     from glae.model import eval_augment
 
-    m = glae.Model(backbone="resnet18", head="fr", image_size=64, seed=5)
-    core = m.core
-    core.copy_head_to_balanced()
     rng = np.random.default_rng(2)
-    w = core.get("balanced.fr.weight")
-    core.set("balanced.fr.weight", (w + rng.standard_normal(w.shape) * 0.05).astype(np.float32))
+    m = _distinct_heads("fr", 5, rng)
+    core = m.core
     pix = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     idx = np.arange(4, dtype=np.int64)
     aug = eval_augment(m.config)

@@ -62,6 +62,9 @@ print("build:", _C.BUILD_INFO)
 print("device status:", _C.cuda_device_status())
 print("devices:", _C.cuda_devices())
 EOF
+    # the first sign of life: one small training step per GPU math against the CPU
+    timeout "$(limit 90)" $PY -m glae info --check --math fp32 tf32 bf16 2>&1 | tee -a "$OUT/summary.txt"
+    stamp "self-check rc=${PIPESTATUS[0]}"
 fi
 
 if has tests && ! skip tests; then

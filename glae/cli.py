@@ -1,4 +1,4 @@
-"""`python -m glae <command>`: demo, prepare, train, eval, predict, export."""
+"""`python -m glae <command>`: demo, prepare, train, eval, predict, export, info."""
 from __future__ import annotations
 
 import argparse
@@ -355,6 +355,27 @@ def cmd_export(args):
     return 0
 
 
+def cmd_info(args):
+    from . import info
+
+    print(info.format_info(info.build_info()))
+    if not args.check:
+        return 0
+    devices = args.device or None
+    if devices is None and not info.build_info()["devices"]:
+        print("\nself-check: no usable GPU on this machine, nothing to compare with the CPU")
+        return 0
+    print(f"\nself-check: one ResNet-18 fr+pa training step ({info.CHECK_BATCH} images "
+          f"{info.CHECK_MODEL['input_size']} px) per device and math, against the CPU")
+    rows = info.self_check(devices, maths=tuple(args.math))
+    print(info.format_check(rows))
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        print(f"{len(bad)} check(s) failed: see docs/cuda.md, \"Likely first-run failures\"",
+              file=sys.stderr)
+    return 1 if bad else 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m glae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -442,6 +463,17 @@ def build_parser():
     x.add_argument("output")
     x.add_argument("--head", default="routed", choices=("routed", "vanilla", "balanced"))
     x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="how glae was built, which GPUs it can use; --check "
+                                    "compares a training step on each GPU with the CPU")
+    i.add_argument("--check", action="store_true",
+                   help="one small training step on each usable GPU (or --device) in each "
+                        "--math, against the same step on the CPU; exit status 1 on a mismatch")
+    i.add_argument("--device", action="append", metavar="cuda:N",
+                   help="the GPU to check (repeatable; default: every usable one)")
+    i.add_argument("--math", nargs="+", default=["fp32", "bf16"], choices=("fp32", "tf32", "bf16"),
+                   help="GPU maths to check (default fp32 bf16)")
+    i.set_defaults(func=cmd_info)
     return p
 
 

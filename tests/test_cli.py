@@ -17,7 +17,7 @@ from glae.cli import build_parser, main, parse_overrides
 from glae.data import synthetic_faces, write_packed
 
 SIZE = 32
-COMMANDS = ("demo", "prepare", "train", "eval", "predict", "export")
+COMMANDS = ("demo", "prepare", "train", "eval", "predict", "export", "info")
 
 # a tiny fr+pa run: 40 images, batch 8 (5 steps per epoch), 2 + 1 epochs; strings that
 # start with f/t/digits are given through --set on purpose (they used to reach json.loads)
@@ -297,3 +297,49 @@ def test_gpu_checkpoint_on_a_machine_without_gpu(files, trained, tmp_path, capsy
     assert rc == 0 and err == "" and len(text.strip().splitlines()) == 1
     rc, text, err = run_cli(capsys, "eval", path, files["test"])
     assert rc == 0 and "running on the CPU" in err and "MAE" in text
+
+
+def test_info_says_how_glae_was_built(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"glae {glae.__version__}" in out
+    assert "CUDA backend: " + ("built" if glae._C.HAS_CUDA else "not built") in out
+    state = glae._C.cuda_device_status()["state"]
+    assert f"CUDA devices: {state}" in out
+
+
+@pytest.mark.skipif(cuda_unusable() is None, reason="a CUDA device is present")
+def test_info_check_without_gpu_compares_nothing(capsys):
+    assert main(["info", "--check"]) == 0
+    assert "no usable GPU" in capsys.readouterr().out
+
+
+def test_info_check_passes_for_the_same_engine_and_flags_a_wrong_gradient(capsys, monkeypatch):
+    """--device cpu runs the self-check machinery against the CPU itself: every row passes;
+    a device whose gradient is off by 10% (a wrong kernel) is reported as a mismatch with
+    exit status 1, and a device that fails to build a model as failed."""
+    from glae import info
+
+    assert main(["info", "--check", "--device", "cpu", "--math", "fp32", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 2 and "reference" in out and "MISMATCH" not in out
+
+    Model = glae._C.Model
+
+    class WrongGradient(Model):  # a device whose backward is 10% off
+        def train_step(self, *args, **kw):
+            losses = super().train_step(*args, **kw)
+            self.grads[:] *= 1.1
+            return losses
+
+    def on_the_device(*args, **kw):
+        return (WrongGradient if "device" in kw else Model)(*args, **kw)
+
+    monkeypatch.setattr(info._C, "Model", on_the_device)
+    assert main(["info", "--check", "--device", "cpu", "--math", "fp32"]) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out and "failed" in captured.err
+    monkeypatch.undo()
+    rows = info.self_check(["cuda:99"], maths=("fp32",))
+    assert rows[1]["error"] and not rows[1]["ok"]
+    assert "failed: " in info.format_check(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -134,6 +135,11 @@ def _progress(iterable, total, desc, enabled):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency; stay usable without it
+        return iterable
+    # a terminal bar on a stderr that is a file or a pipe (a log, CI) would write one
+    # carriage-returned update per step into it; Jupyter's widget bar is always shown
+    if "notebook" not in tqdm.__module__ and not (hasattr(sys.stderr, "isatty")
+                                                  and sys.stderr.isatty()):
         return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 

@@ -509,3 +509,25 @@ def test_bf16_training_run_and_checkpoint(data, tmp_path):
     assert again.config.gpu_math == "bf16" and again.core.math == "bf16"
     np.testing.assert_allclose(again.predict(train.images[:4]), model.predict(train.images[:4]),
                                rtol=1e-6)
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    """Redirected to a file or a pipe (a log, CI), training prints its epoch lines without
+    a progress bar's per-step carriage-return updates; on a terminal the bar is shown."""
+    import io
+    import sys
+
+    from glae.train import _progress
+
+    items = [1, 2, 3]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert _progress(items, 3, "x", True) is items
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = _progress(items, 3, "x", True)
+    assert bar is not items and list(bar) == items
+    assert _progress(items, 3, "x", False) is items

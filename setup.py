@@ -7,7 +7,7 @@ Environment switches:
   GLAE_CUDA_ARCH  SASS targets, ';'-separated (default 80;90); PTX of the highest is added
   GLAE_NATIVE=0   do not pass -march=native (for wheels meant for other machines)
   GLAE_DEBUG=1    -O0 -g, no -march
-  GLAE_BUILD_JOBS compilers run at once (default: the CPUs this process may use)
+  GLAE_BUILD_JOBS compilers run at once (default: the CPUs this process may use, at most 8)
 """
 import glob
 import os
@@ -45,14 +45,17 @@ def cuda_config():
 
 
 def build_jobs():
-    """GLAE_BUILD_JOBS, else the CPUs this process may use: each source is its own
-    compiler process (nvcc takes 4-8 s a file), so the build scales with cores."""
+    """GLAE_BUILD_JOBS, else the CPUs this process may use (at most 8): each source is its
+    own compiler process (nvcc takes 4-8 s a file), so the build scales with cores."""
     n = os.environ.get("GLAE_BUILD_JOBS")
     if n:
         if not n.isdigit() or int(n) < 1:
             raise SystemExit(f"GLAE_BUILD_JOBS must be a positive integer, got {n!r}")
         return int(n)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # at most 8: a container's memory limit does not show in the CPU count, and an nvcc
+    # process takes up to a GiB or two
+    return min(cpus, 8)
 
 
 def compile_in_parallel(compiler, jobs):

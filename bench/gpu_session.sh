@@ -23,14 +23,17 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 STAGES=${GLAE_GPU_STAGES:-"build info tests step agree"}
 DEADLINE=${GLAE_GPU_DEADLINE:-585}
+case "$DEADLINE" in ''|*[!0-9]*) echo "GLAE_GPU_DEADLINE must be whole seconds, got '$DEADLINE'" >&2; exit 2 ;; esac
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 t0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - t0 )) s: $*" | tee -a "$OUT/summary.txt"; }
 has() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
-# limit CAP: CAP seconds, or what is left before the deadline less 10 s for the summary
+# limit CAP: CAP seconds, or what is left before the deadline less 10 s for the summary;
+# never under 1 (timeout 0 would mean no limit at all, a negative one is an error)
 limit() {
     local left=$(( DEADLINE - ($(date +%s) - t0) - 10 ))
+    [ "$left" -lt 1 ] && left=1
     [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
 # skip STAGE: true (and a line in the summary) when under 30 s would be left for it
@@ -55,7 +58,7 @@ if has build; then
     [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 
-if has info; then
+if has info && ! skip info; then
     $PY - <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
 from glae import _C
 print("build:", _C.BUILD_INFO)

@@ -362,7 +362,12 @@ def cmd_info(args):
     if not args.check:
         return 0
     devices = args.device or None
-    if devices is None and not info.build_info()["devices"]:
+    state = info.build_info()
+    if devices is None and not state["devices"]:
+        if state["cuda"]["state"] == "driver_error":  # a GPU is there but unusable
+            print("\nself-check: the NVIDIA driver fails (above): no GPU can be checked",
+                  file=sys.stderr)
+            return 1
         print("\nself-check: no usable GPU on this machine, nothing to compare with the CPU")
         return 0
     print(f"\nself-check: one ResNet-18 fr+pa training step ({info.CHECK_BATCH} images "

@@ -100,7 +100,8 @@ def self_check(devices=None, maths=("fp32", "bf16"), warm_steps=8):
     loss32, g32, t_cpu = _step(like_cpu32(), x, ages)
     rows = [{"device": "cpu", "math": "fp32", "loss": loss32, "loss_rel": 0.0, "grad_rel": 0.0,
              "limit": 0.0, "ok": True, "step_s": t_cpu, "error": None, "reference": True}]
-    ref16 = None
+    # the CPU's bf16 layers: what a GPU's bf16 step is measured against
+    ref16 = _step(like_cpu32(math="bf16"), x, ages) if "bf16" in maths else None
     for dev in devices:
         for math in maths:
             row = {"device": dev, "math": math, "loss": float("nan"), "loss_rel": float("nan"),
@@ -108,8 +109,6 @@ def self_check(devices=None, maths=("fp32", "bf16"), warm_steps=8):
                    "step_s": float("nan"), "error": None, "reference": False}
             rows.append(row)
             try:
-                if math == "bf16" and ref16 is None:
-                    ref16 = _step(like_cpu32(math="bf16"), x, ages)
                 loss, g, row["step_s"] = _step(like_cpu32(device=dev, math=math), x, ages)
             except (RuntimeError, ValueError, MemoryError) as e:
                 row["error"] = f"{type(e).__name__}: {e}"

@@ -136,12 +136,21 @@ def _progress(iterable, total, desc, enabled):
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency; stay usable without it
         return iterable
-    # a terminal bar on a stderr that is a file or a pipe (a log, CI) would write one
-    # carriage-returned update per step into it; Jupyter's widget bar is always shown
-    if "notebook" not in tqdm.__module__ and not (hasattr(sys.stderr, "isatty")
-                                                  and sys.stderr.isatty()):
+    if not _bar_wanted(tqdm, sys.stderr):
         return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _bar_wanted(tqdm_class, stream):
+    """Jupyter's widget bar always; a terminal bar only on a terminal: on a stderr that is
+    a file or a pipe (a log, CI) it would write a carriage-returned update per step."""
+    try:
+        from tqdm.notebook import tqdm as notebook_tqdm
+        if issubclass(tqdm_class, notebook_tqdm):  # what tqdm.auto picks in Jupyter
+            return True
+    except ImportError:
+        pass
+    return bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
 class Trainer:

@@ -314,6 +314,21 @@ def test_info_check_without_gpu_compares_nothing(capsys):
     assert "no usable GPU" in capsys.readouterr().out
 
 
+def test_info_check_with_a_failing_driver_is_an_error(capsys, monkeypatch):
+    """A GPU whose driver fails is not "no GPU": --check says so and exits 1."""
+    from glae import info
+
+    broken = dict(info.build_info(), devices=[],
+                  cuda={"state": "driver_error", "count": 0, "driver_version": 0,
+                        "runtime_version": 13000,
+                        "message": "CUDA driver 12.2 is older than the runtime 13.0"})
+    monkeypatch.setattr(info, "build_info", lambda: broken)
+    assert main(["info", "--check"]) == 1
+    captured = capsys.readouterr()
+    assert "driver_error (CUDA driver 12.2" in captured.out
+    assert "driver fails" in captured.err
+
+
 def test_info_check_passes_for_the_same_engine_and_flags_a_wrong_gradient(capsys, monkeypatch):
     """--device cpu runs the self-check machinery against the CPU itself: every row passes;
     a device whose gradient is off by 10% (a wrong kernel) is reported as a mismatch with

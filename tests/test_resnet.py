@@ -432,10 +432,11 @@ def test_plans_without_backward_reuse_activation_buffers(math):
     """Without a backward (predict, forward, a stage-2 step on the frozen backbone) no
     activation outlives the next block, so glae_resnet_plan lets four buffers take turns
     instead of keeping all of them: ResNet-50 then needs a sixth of a stage-1 step's arena
-    (ResNet-18, whose stem output is the largest activation by far, under half). The answers
-    do not depend on the plan: predict on a fresh model equals predict after a stage-1 plan
-    (every activation in its own place) grew the arena, bit for bit; the NumPy references
-    (test_resnet50_forward_matches_numpy, bf16 in test_bf16.py) check the values."""
+    (ResNet-18, whose stem output is the largest activation by far, under half). Predict on
+    a fresh model equals predict after a stage-1 plan grew the arena, bit for bit (the
+    re-plan back). The shared buffers' values are checked by independent references:
+    test_resnet50_forward_matches_numpy (float32, every block kind) and
+    test_bf16_model_forward_close_to_float32 (bf16, both backbones)."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
     ages = np.full(4, 30, np.float32)

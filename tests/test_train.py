@@ -531,3 +531,16 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     bar = _progress(items, 3, "x", True)
     assert bar is not items and list(bar) == items
     assert _progress(items, 3, "x", False) is items
+    # in Jupyter tqdm.auto gives a subclass of the notebook bar (defined in tqdm.auto, so
+    # its module name says nothing) and stderr is no terminal: the widget is still shown
+    from tqdm.notebook import tqdm as notebook_tqdm
+    from tqdm.std import tqdm as std_tqdm
+
+    from glae.train import _bar_wanted
+
+    class JupyterAuto(notebook_tqdm):
+        pass
+
+    assert _bar_wanted(JupyterAuto, io.StringIO())
+    assert not _bar_wanted(std_tqdm, io.StringIO())
+    assert _bar_wanted(std_tqdm, Terminal())

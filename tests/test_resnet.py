@@ -430,9 +430,9 @@ def test_bad_input(rng):
 @pytest.mark.parametrize("math", ["fp32", "bf16"])
 def test_plans_without_backward_reuse_activation_buffers(math):
     """Without a backward (predict, forward, a stage-2 step on the frozen backbone) no
-    activation outlives the next block, so glae_resnet_plan lets four buffers take turns
-    instead of keeping all of them: ResNet-50 then needs a sixth of a stage-1 step's arena
-    (ResNet-18, whose stem output is the largest activation by far, under half). Predict on
+    activation outlives the next block, so glae_resnet_plan lets four slots take turns
+    instead of keeping every activation: ResNet-50 then needs a sixth of a stage-1 step's
+    arena, ResNet-18 under two fifths. Predict on
     a fresh model equals predict after a stage-1 plan grew the arena, bit for bit (the
     re-plan back). The shared buffers' values are checked by independent references:
     test_resnet50_forward_matches_numpy (float32, every block kind) and
@@ -440,7 +440,7 @@ def test_plans_without_backward_reuse_activation_buffers(math):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
     ages = np.full(4, 30, np.float32)
-    for arch, most in (("resnet18", 0.5), ("resnet50", 0.2)):
+    for arch, most in (("resnet18", 0.4), ("resnet50", 0.2)):
         sizes, probs = {}, {}
         for what in ("predict", "stage2", "stage1"):
             m = _C.Model(arch, "gap", input_size=96, math=math, seed=1)

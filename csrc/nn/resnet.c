@@ -254,43 +254,47 @@ static int plan_shapes(glae_resnet *net, int n, int h, int w) {
     return GLAE_OK;
 }
 
-int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads) {
-    if (n < 1 || h < 1 || w < 1)
-        return glae_fail(GLAE_ERR_VALUE, "resnet: bad batch shape (%d, %d, %d)", n, h, w);
-    GLAE_TRY(glae_resnet_out_size(h, w, &net->fh, &net->fw));
-    net->n = n;
-    net->h = h;
-    net->w = w;
-    GLAE_TRY(plan_shapes(net, n, h, w));
-    /* Without a backward (inference, the frozen backbone of stage 2) no activation outlives
-     * the next block, so four buffers of gmax values take turns: a block reads its input
-     * from slot X and uses C (inner conv outputs, then the identity's BN), A (inner ReLU
-     * outputs, then the block's output: the next X) and D (the last conv's and the
-     * downsample conv's outputs). The order of both forwards (resnet.c, resnet_bf16.c)
-     * never writes a slot whose value is still to be read (docs/model.md). A training
-     * plan keeps every activation for the backward. */
-    float *sf[4] = {NULL};
-    glae_bf16 *sh[4] = {NULL};
-    if (!grads)
-        for (int k = 0; k < 4; k++) ACT(sf[k], sh[k], net->gmax);
-#define SLOT(f, h, count, k)            \
-    do {                                \
-        if (grads) {                    \
-            ACT(f, h, count);           \
-        } else {                        \
-            (f) = sf[k];                \
-            (h) = sh[k];                \
-        }                               \
-    } while (0)
+/* Where a plan puts the backbone's activations. KEEP: each in a place of its own (a
+ * training plan: the backward reads them all). Without a backward (inference, the frozen
+ * backbone of stage 2) no activation outlives the next block, so four slots take turns:
+ * MEASURE records each slot's largest tenant, SHARE points the activations into the slots
+ * (see glae_resnet_plan). */
+enum { PLACE_KEEP, PLACE_MEASURE, PLACE_SHARE };
+
+typedef struct {
+    int mode;
+    float *f[4]; /* the slots, float32 or bf16 as the plan's precision */
+    glae_bf16 *h[4];
+    int64_t need[4]; /* values, after MEASURE */
+} glae_placer;
+
+static int place(glae_resnet *net, glae_arena *a, glae_placer *pl, float **f, glae_bf16 **h,
+                 int64_t count, int slot) {
+    switch (pl->mode) {
+    case PLACE_KEEP:
+        ACT(*f, *h, count);
+        break;
+    case PLACE_MEASURE:
+        if (count > pl->need[slot]) pl->need[slot] = count;
+        *f = NULL, *h = NULL;
+        break;
+    default:
+        *f = pl->f[slot], *h = pl->h[slot];
+    }
+    return GLAE_OK;
+}
+
+/* A block reads its input from slot X and uses C (inner conv outputs, then the identity's
+ * BN), A (inner ReLU outputs, then the block's output: the next X) and D (the last conv's
+ * and the downsample conv's outputs). The order of both forwards (resnet.c, resnet_bf16.c)
+ * never writes a slot whose value is still to be read (docs/model.md). */
+static int place_activations(glae_resnet *net, glae_arena *a, glae_placer *pl) {
+#define PLACE(f, h, count, slot) GLAE_TRY(place(net, a, pl, &(f), &(h), count, slot))
+    const int n = net->n;
     const glae_conv_layer *c = &net->conv1;
-    int64_t m = (int64_t)n * c->s.oh * c->s.ow * 64;
-    SLOT(net->c1, net->c1_h, m, 1);
-    SLOT(net->a1, net->a1_h, m, 2);
-    GLAE_TRY(plan_bn(&net->bn1, a));
-    m = (int64_t)n * net->pool.oh * net->pool.ow * 64;
-    SLOT(net->p1, net->p1_h, m, 0);
-    net->argmax = glae_arena_alloc(a, (size_t)m * sizeof(int32_t));
-    if (!net->argmax) return GLAE_ERR_MEMORY;
+    PLACE(net->c1, net->c1_h, (int64_t)n * c->s.oh * c->s.ow * 64, 1);
+    PLACE(net->a1, net->a1_h, (int64_t)n * c->s.oh * c->s.ow * 64, 2);
+    PLACE(net->p1, net->p1_h, (int64_t)n * net->pool.oh * net->pool.ow * 64, 0);
     const float *in = net->p1;
     const glae_bf16 *in_h = net->p1_h;
     int x = 0; /* the slot holding the block's input */
@@ -299,25 +303,49 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
         const int C = (x + 1) % 4, A = (x + 2) % 4, D = (x + 3) % 4, last = b->nconv - 1;
         b->in = in;
         b->in_h = in_h;
-        m = b->out_numel;
         for (int j = 0; j < b->nconv; j++) {
             const glae_conv_layer *l = &b->conv[j];
-            const int64_t mj = (int64_t)n * l->s.oh * l->s.ow * l->c_out;
-            SLOT(b->c[j], b->c_h[j], mj, j < last ? C : D);
-            GLAE_TRY(plan_bn(&b->bn[j], a));
-            if (j < last) SLOT(b->a[j], b->a_h[j], mj, A);
+            const int64_t m = (int64_t)n * l->s.oh * l->s.ow * l->c_out;
+            PLACE(b->c[j], b->c_h[j], m, j < last ? C : D);
+            if (j < last) PLACE(b->a[j], b->a_h[j], m, A);
         }
-        SLOT(b->out, b->out_h, m, A);
+        PLACE(b->out, b->out_h, b->out_numel, A);
         if (b->has_down) {
-            SLOT(b->dc, b->dc_h, m, D);
-            SLOT(b->db, b->db_h, m, C);
-            GLAE_TRY(plan_bn(&b->dbn, a));
+            PLACE(b->dc, b->dc_h, b->out_numel, D);
+            PLACE(b->db, b->db_h, b->out_numel, C);
         }
         in = b->out;
         in_h = b->out_h;
         x = A;
     }
-#undef SLOT
+#undef PLACE
+    return GLAE_OK;
+}
+
+int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads) {
+    if (n < 1 || h < 1 || w < 1)
+        return glae_fail(GLAE_ERR_VALUE, "resnet: bad batch shape (%d, %d, %d)", n, h, w);
+    GLAE_TRY(glae_resnet_out_size(h, w, &net->fh, &net->fw));
+    net->n = n;
+    net->h = h;
+    net->w = w;
+    GLAE_TRY(plan_shapes(net, n, h, w));
+    glae_placer pl = {.mode = grads ? PLACE_KEEP : PLACE_MEASURE};
+    if (!grads) { /* slots sized to their largest tenant */
+        GLAE_TRY(place_activations(net, a, &pl));
+        for (int k = 0; k < 4; k++) ACT(pl.f[k], pl.h[k], pl.need[k]);
+        pl.mode = PLACE_SHARE;
+    }
+    GLAE_TRY(place_activations(net, a, &pl));
+    GLAE_TRY(plan_bn(&net->bn1, a));
+    const int64_t npool = (int64_t)n * net->pool.oh * net->pool.ow * 64;
+    net->argmax = glae_arena_alloc(a, (size_t)npool * sizeof(int32_t));
+    if (!net->argmax) return GLAE_ERR_MEMORY;
+    for (int i = 0; i < net->nblocks; i++) {
+        glae_block *b = &net->blocks[i];
+        for (int j = 0; j < b->nconv; j++) GLAE_TRY(plan_bn(&b->bn[j], a));
+        if (b->has_down) GLAE_TRY(plan_bn(&b->dbn, a));
+    }
     net->feat = net->blocks[net->nblocks - 1].out;
     const int64_t nfeat = (int64_t)n * net->fh * net->fw * net->out_c;
     net->x_h = net->dfeat_h = NULL;

@@ -84,7 +84,7 @@ int glae_resnet_init(const glae_resnet *net, glae_params *p, uint64_t seed);
 int glae_resnet_out_size(int h, int w, int *fh, int *fw);
 /* Allocate (or, on a measuring arena, count) the activations for a batch (n, h, w, 3);
  * grads != 0 keeps every activation and adds the backward's work buffers; grads == 0
- * (no backward) lets four buffers of the largest activation take turns. */
+ * (no backward) lets four slots, each as large as its largest tenant, take turns. */
 int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads);
 /* x (n, h, w, 3) -> net->feat. training: batch-statistics BN (running stats updated). */
 int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,

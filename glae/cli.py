@@ -135,6 +135,13 @@ def cmd_demo(args):
     from .model import Model
     from .train import Dataset, Trainer
 
+    if args.device != "cpu":
+        from .train import cuda_unusable
+
+        why = cuda_unusable()
+        if why:
+            print(f"glae demo: error: --device {args.device}: {why}", file=sys.stderr)
+            return 2
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     for stale in ("log.jsonl",):
@@ -151,7 +158,8 @@ def cmd_demo(args):
     cfg = Config(backbone="resnet18", head="fr+pa", image_size=args.size,
                  batch_size=args.batch, stage1_epochs=args.epochs1, stage2_epochs=args.epochs2,
                  base_lr1=args.lr1, base_lr2=args.lr2, linear_scaling=False, seed=args.seed,
-                 augment={"crop": True, "flip": True, "color_jitter": False, "randaugment": False})
+                 augment={"crop": True, "flip": True, "color_jitter": False, "randaugment": False},
+                 device=args.device, gpu_math=args.math)
     model = Model.from_config(cfg)
     trainer = Trainer(model, cfg, train, val, out_dir=out, progress=not args.no_progress)
     trainer.fit()
@@ -164,14 +172,21 @@ def cmd_demo(args):
     print(f"\n(always predicting the training mean: MAE {mean_mae:.2f})")
     fig = os.path.join(out, "per_age_mae.png")
     plots.per_age_mae({k: (val.ages, p[k]) for k in rep}, train_ages=train.ages, path=fig)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(rep, f, indent=1, default=_jsonable)
+    _write_json(os.path.join(out, "report.json"), rep)
     print(f"log {os.path.join(out, 'log.jsonl')}"
           f"\ncheckpoint {os.path.join(out, 'last.safetensors')} (the model above; "
           f"best.safetensors: the epoch with the best validation MAE)"
           f"\nfigure {fig}\nreport {os.path.join(out, 'report.json')}"
           f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _write_json(path, obj):
+    """Written beside and renamed over: never a half-written report."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_jsonable)
+    os.replace(tmp, path)
 
 
 def _jsonable(o):
@@ -298,10 +313,7 @@ def cmd_eval(args):
     print()
     print(format_report(rep))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rep, f, indent=1, default=_jsonable)
-        os.replace(tmp, args.json)
+        _write_json(args.json, rep)
         print(f"\nreport written to {args.json}")
     return 0
 
@@ -397,6 +409,9 @@ def build_parser():
     d.add_argument("--lr2", type=float, default=0.002, help="stage-2 peak learning rate (OneCycle)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    d.add_argument("--math", default="fp32", choices=("fp32", "tf32", "bf16"),
+                   help="GPU maths with --device cuda (default fp32: the CPU's numbers)")
     d.set_defaults(func=cmd_demo)
 
     pr = sub.add_parser("prepare", help="decode, align and pack a data set")

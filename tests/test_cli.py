@@ -121,6 +121,16 @@ def test_demo_tiny(tmp_path, capsys):
     assert f"{rep['routed']['mae']:.2f}" in text
 
 
+@pytest.mark.skipif(cuda_unusable() is None, reason="a CUDA device is present")
+def test_demo_on_a_gpu_this_machine_lacks(tmp_path, capsys):
+    """--device cuda without a usable GPU: a one-line error naming why, nothing written."""
+    out = tmp_path / "demo"
+    rc, text, err = run_cli(capsys, "demo", "--out", out, "--device", "cuda", "--math", "bf16")
+    assert rc == 2 and "glae demo: error: --device cuda:" in err
+    assert cuda_unusable() in err
+    assert not out.exists() and not (out / "report.json.tmp").exists()
+
+
 def test_parse_overrides():
     from glae.config import Config
 

@@ -84,3 +84,19 @@ def test_gpu_bf16_graph_run_learns_and_resumes(data, tmp_path):
     stage1 = [e["train"]["total"] for e in log_of(out) if e["stage"] == 1]
     assert len(stage1) == 3 and stage1[-1] < stage1[0]
     assert not t2.model.core.cuda_graph.startswith("failed"), t2.model.core.cuda_graph
+
+
+def test_demo_command_on_the_gpu(tmp_path, capsys):
+    """`python -m glae demo --device cuda --math bf16` at a tiny size: both stages, the
+    report, and a checkpoint that loads on the CPU."""
+    from glae.cli import main
+
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--n", "60", "--size", str(SIZE), "--batch", "8",
+               "--epochs1", "1", "--epochs2", "1", "--no-progress", "--device", "cuda",
+               "--math", "bf16"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert any(line.startswith("routed") for line in text.splitlines())
+    m = load(str(out / "last.safetensors"), device="cpu")
+    assert m.core.device == "cpu" and m.stage2_trained

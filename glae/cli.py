@@ -370,12 +370,12 @@ def cmd_export(args):
 def cmd_info(args):
     from . import info
 
-    print(info.format_info(info.build_info()))
+    state = info.build_info()
+    print(info.format_info(state))
     if not args.check:
         return 0
-    devices = args.device or None
-    state = info.build_info()
-    if devices is None and not state["devices"]:
+    devices = args.device or [f"cuda:{i}" for i in range(len(state["devices"]))]
+    if not devices:
         if state["cuda"]["state"] == "driver_error":  # a GPU is there but unusable
             print("\nself-check: the NVIDIA driver fails (above): no GPU can be checked",
                   file=sys.stderr)

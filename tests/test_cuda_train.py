@@ -40,23 +40,38 @@ def log_of(out):
 
 
 def test_gpu_run_follows_the_cpu_run(data, tmp_path):
-    """fp32 on both: every epoch's training loss and validation MAE close to the CPU's
-    (cuDNN sums in other orders, so not bitwise); the last checkpoint loads back onto the
-    GPU (and onto the CPU) and predicts what the trained model does."""
+    """fp32 on both: every epoch's training loss and validation MAE as close to the CPU's
+    as a CPU run whose initial weights were moved by 1e-6 relative is (cuDNN sums in
+    other orders, which is such a perturbation; training from a random start is chaotic
+    and magnifies it: measured on the CPU, the control run's validation MAE is 6% off
+    after two epochs, beyond any fixed tolerance a bug would still exceed). The last
+    checkpoint loads back onto the GPU (and onto the CPU) and predicts what the trained
+    model does."""
     train, val = data
     runs = {}
-    for device in ("cpu", "cuda"):
+    for name, device, eps in (("cpu", "cpu", 0.0), ("control", "cpu", 1e-6),
+                              ("cuda", "cuda", 0.0)):
         c = cfg(device=device)
-        out = str(tmp_path / device)
-        t = Trainer(Model.from_config(c), c, train, val, out_dir=out, progress=False, log=None)
+        model = Model.from_config(c)
+        if eps:
+            p = model.core.params.astype(np.float64)
+            noise = np.random.default_rng(1).standard_normal(p.size)
+            model.core.write_flat("params", (p * (1 + eps * noise)).astype(np.float32))
+        out = str(tmp_path / name)
+        t = Trainer(model, c, train, val, out_dir=out, progress=False, log=None)
         t.fit()
-        runs[device] = (t, log_of(out))
-    (tc, lc), (tg, lg) = runs["cpu"], runs["cuda"]
+        runs[name] = (t, log_of(out))
+    (tc, lc), (_, lp), (tg, lg) = runs["cpu"], runs["control"], runs["cuda"]
     assert [(e["stage"], e["epoch"]) for e in lg] == [(e["stage"], e["epoch"]) for e in lc]
-    for a, b in zip(lc, lg):
-        np.testing.assert_allclose(b["train"]["total"], a["train"]["total"], rtol=2e-2)
-        np.testing.assert_allclose(b["val"]["vanilla"]["mae"], a["val"]["vanilla"]["mae"],
-                                   rtol=5e-2)
+
+    def gaps(log, get):
+        return np.array([abs(get(b) - get(a)) / abs(get(a)) for a, b in zip(lc, log)])
+
+    for what, get, floor in (("loss", lambda e: e["train"]["total"], 2e-3),
+                             ("MAE", lambda e: e["val"]["vanilla"]["mae"], 1e-2)):
+        gpu, control = gaps(lg, get), gaps(lp, get)
+        print(f"{what}: GPU vs CPU {np.round(gpu, 4)}, control {np.round(control, 4)}")
+        assert gpu.max() <= 4 * control.max() + floor, (what, gpu, control)
     last = str(tmp_path / "cuda" / "last.safetensors")
     m = load(last)
     assert m.core.device.startswith("cuda") and m.stage2_trained

@@ -374,7 +374,7 @@ def cmd_info(args):
     print(info.format_info(state))
     if not args.check:
         return 0
-    devices = args.device or [f"cuda:{i}" for i in range(len(state["devices"]))]
+    devices = args.device or info.usable_gpus(state)
     if not devices:
         if state["cuda"]["state"] == "driver_error":  # a GPU is there but unusable
             print("\nself-check: the NVIDIA driver fails (above): no GPU can be checked",

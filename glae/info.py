@@ -32,6 +32,12 @@ def build_info():
             "build": dict(_C.BUILD_INFO), "cuda": cuda, "devices": devices}
 
 
+def usable_gpus(info=None):
+    """["cuda:0", ...]: the GPUs glae can use, from build_info() (computed when None)."""
+    info = build_info() if info is None else info
+    return [f"cuda:{i}" for i in range(len(info["devices"]))]
+
+
 def format_info(info):
     b, c = info["build"], info["cuda"]
     lines = [f"glae {info['version']}  Python {info['python']}  NumPy {info['numpy']}  "
@@ -79,8 +85,7 @@ def self_check(devices=None, maths=("fp32", "bf16"), warm_steps=8):
     dict per (device, math): device, math, loss, loss_rel, grad_rel (to the CPU float32
     gradient), limit, ok, step_s (the checked step, first-call costs included), error
     (when it failed), reference (the first row only)."""
-    if devices is None:
-        devices = [f"cuda:{i}" for i in range(len(build_info()["devices"]))]
+    devices = usable_gpus() if devices is None else devices
     x, ages = _batch(1)
     cpu32 = _C.Model(**CHECK_MODEL)
     wx, wa = _batch(2)

@@ -81,6 +81,7 @@ if has tests && ! skip tests; then
     timeout "$(limit 240)" $PY -m pytest -q -rfE -p no:cacheprovider --timeout 90 $par \
         tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
         tests/test_cuda_train.py tests/test_torch_reference.py \
+        tests/test_resnet.py::test_shared_activation_slots_equal_keeping_every_activation \
         >"$OUT/tests.log" 2>&1
     stamp "GPU tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 fi

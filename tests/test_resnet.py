@@ -460,3 +460,67 @@ def test_plans_without_backward_reuse_activation_buffers(math):
         assert sizes["predict"] < most * sizes["stage1"], (arch, sizes)
         assert sizes["stage2"] < most * sizes["stage1"], (arch, sizes)
         np.testing.assert_array_equal(probs["after stage 1"], probs["fresh"])
+
+
+GPUS = ["cuda"] if _C.HAS_CUDA and _C.cuda_devices() else []
+
+
+@pytest.mark.parametrize("device", ["cpu"] + GPUS)
+@pytest.mark.parametrize("math", ["fp32", "bf16"])
+def test_shared_activation_slots_equal_keeping_every_activation(math, device):
+    """The four slots of a plan without backward give what keeping every activation gives
+    (keep_activations, the training plan's placement): predict with every route and flip
+    setting, forward in both BN modes, a stage-2 step's losses and gradient, for both
+    backbones and heads. A slot overwritten while its value is still to be read changes
+    some output here, whatever the forward's order. On the CPU bit for bit; on a GPU to
+    1e-6 (its reductions may use atomics), far below what an overwritten slot does."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    ages = np.array([7, 30, 64], np.float32)
+
+    def same(a, b, what):
+        if device == "cpu":
+            np.testing.assert_array_equal(a, b, err_msg=what)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=what)
+
+    def outputs(m):
+        out = {}
+        for route in ("vanilla", "balanced", "smaller", "bigger"):
+            for flip in (False, True):
+                r = m.predict(x, route=route, flip=flip, norm="glae", head_ages=True,
+                              return_upsilon=True)
+                for i, v in enumerate(r):
+                    out[f"predict {route} flip={flip} [{i}]"] = np.array(v)
+        for training in (False, True):
+            for k, v in m.forward(x, training=training, norm="glae").items():
+                out[f"forward training={training} {k}"] = np.array(v)
+        m.zero_grad()
+        out["stage 2 losses"] = np.array(m.train_step(x, ages, None, stage=2, mae=4.0,
+                                                      norm="glae"))
+        out["stage 2 grads"] = np.array(m.grads)
+        return out
+
+    for arch in ("resnet18", "resnet50"):
+        for head in ("gap", "fr+pa"):
+            m = _C.Model(arch, head, input_size=64, math=math, seed=2, device=device)
+            # the balanced head unlike the vanilla one, so that the routes differ
+            for name, shape, off, numel, buf, group, nd in m.param_table():
+                if name.startswith("balanced.") and not buf:
+                    m.set(name, (0.05 * rng.standard_normal(shape)).astype(np.float32))
+            start = np.array(m.buffers)
+            shared = outputs(m)
+            shared_bytes = m.arena_bytes
+            m.write_flat("buffers", start)  # forward(training=True) moved the BN statistics
+            m.keep_activations()
+            kept = outputs(m)
+            assert m.arena_bytes > shared_bytes, (arch, head)
+            assert shared.keys() == kept.keys()
+            for k in shared:
+                same(shared[k], kept[k], f"{arch} {head} {k}")
+            # and back: sharing again after keeping
+            m.write_flat("buffers", start)
+            m.keep_activations(False)
+            again = outputs(m)
+            for k in shared:
+                same(again[k], shared[k], f"{arch} {head} {k}")

@@ -341,6 +341,11 @@ int glae_model_use_graph(glae_model *m, int on) {
     return GLAE_OK;
 }
 
+void glae_model_keep_activations(glae_model *m, int on) {
+    m->net.keep_all = on != 0;
+    m->plan_kind = GLAE_PLAN_NONE;
+}
+
 const char *glae_model_graph_state(const glae_model *m) {
     switch (m->graph_state) {
     case GLAE_GRAPH_WARM: return "warming up";

@@ -111,6 +111,9 @@ int glae_model_train_step_async(glae_model *m, const void *x, int xnorm, int n, 
 int glae_model_use_graph(glae_model *m, int on);
 /* "off", "warming up", "captured", "failed: <why>" */
 const char *glae_model_graph_state(const glae_model *m);
+/* Plans without a backward keep every activation (on) or share four slots (off, the
+ * default); the next call re-plans. A check of the slot sharing (glae_resnet.keep_all). */
+void glae_model_keep_activations(glae_model *m, int on);
 
 /* The losses of the last async step (back = 0) or of the one before (back = 1, which
  * lets the caller read a finished step's losses while the last one runs); waits for

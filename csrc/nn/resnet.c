@@ -330,8 +330,9 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
     net->h = h;
     net->w = w;
     GLAE_TRY(plan_shapes(net, n, h, w));
-    glae_placer pl = {.mode = grads ? PLACE_KEEP : PLACE_MEASURE};
-    if (!grads) { /* slots sized to their largest tenant */
+    const int share = !grads && !net->keep_all;
+    glae_placer pl = {.mode = share ? PLACE_MEASURE : PLACE_KEEP};
+    if (share) { /* slots sized to their largest tenant */
         GLAE_TRY(place_activations(net, a, &pl));
         for (int k = 0; k < 4; k++) ACT(pl.f[k], pl.h[k], pl.need[k]);
         pl.mode = PLACE_SHARE;

@@ -73,6 +73,9 @@ typedef struct {
      * rounded into dfeat_h. */
     int bf16;
     glae_bf16 *x_h, *c1_h, *a1_h, *p1_h, *g_h[4], *dfeat_h;
+    /* Set before planning: plans without a backward keep every activation as a training
+     * plan does. Never faster; it is what the slot sharing is checked against. */
+    int keep_all;
 } glae_resnet;
 
 /* Register the backbone's tensors (group GLAE_G_BACKBONE) in torchvision's order. */
@@ -84,7 +87,8 @@ int glae_resnet_init(const glae_resnet *net, glae_params *p, uint64_t seed);
 int glae_resnet_out_size(int h, int w, int *fh, int *fw);
 /* Allocate (or, on a measuring arena, count) the activations for a batch (n, h, w, 3);
  * grads != 0 keeps every activation and adds the backward's work buffers; grads == 0
- * (no backward) lets four slots, each as large as its largest tenant, take turns. */
+ * (no backward) lets four slots, each as large as its largest tenant, take turns
+ * (unless net->keep_all). */
 int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int grads);
 /* x (n, h, w, 3) -> net->feat. training: batch-statistics BN (running stats updated). */
 int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,

@@ -583,6 +583,14 @@ static PyObject *Model_cudnn_benchmark(ModelObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Model_keep_activations(ModelObject *self, PyObject *args) {
+    int on = 1;
+    if (!PyArg_ParseTuple(args, "|p:keep_activations", &on)) return NULL;
+    if (!model_ready(self)) return NULL;
+    glae_model_keep_activations(&self->m, on);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Model_graph_state(ModelObject *self, void *c) {
     (void)c;
     if (!model_ready(self)) return NULL;
@@ -763,6 +771,10 @@ static PyMethodDef Model_methods[] = {
      "use_cuda_graph(on=True): train_step_async as one CUDA graph launch per step (CUDA "
      "models): the first step of a shape runs plainly, the second is captured, the rest "
      "replay; see cuda_graph for the state"},
+    {"keep_activations", (PyCFunction)Model_keep_activations, METH_VARARGS,
+     "keep_activations(on=True): predict, forward and stage-2 steps keep every backbone "
+     "activation instead of letting four slots take turns (more memory, never faster: "
+     "what the slot sharing is checked against); the next call re-plans"},
     {"async_losses", (PyCFunction)Model_async_losses, METH_VARARGS,
      "async_losses(back=0) -> {'total', 'local', 'holistic'} of the last train_step_async "
      "(back=1: the one before); waits for that step only"},

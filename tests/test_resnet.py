@@ -434,9 +434,10 @@ def test_plans_without_backward_reuse_activation_buffers(math):
     instead of keeping every activation: ResNet-50 then needs a sixth of a stage-1 step's
     arena, ResNet-18 under two fifths. Predict on
     a fresh model equals predict after a stage-1 plan grew the arena, bit for bit (the
-    re-plan back). The shared buffers' values are checked by independent references:
-    test_resnet50_forward_matches_numpy (float32, every block kind) and
-    test_bf16_model_forward_close_to_float32 (bf16, both backbones)."""
+    re-plan back). The shared buffers' values are checked against keeping every
+    activation (test_shared_activation_slots_equal_keeping_every_activation) and by
+    independent references: test_resnet50_forward_matches_numpy (float32, every block
+    kind) and test_bf16_model_forward_close_to_float32 (bf16, both backbones)."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
     ages = np.full(4, 30, np.float32)

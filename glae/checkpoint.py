@@ -15,6 +15,10 @@ stored as a JSON string, and the key ``__glae__`` marks such a file so that ``lo
 them again. A file written by someone else (no ``__glae__`` key) gives its metadata back as
 the plain strings it holds.
 
+The ``__glae__`` entry also holds each tensor's CRC-32 (``zlib.crc32`` of its bytes), which
+``load`` checks when present: a file whose data bytes were damaged (its header intact) is
+refused, naming the tensor, instead of loading weights that turn into NaN later.
+
 Writes are atomic: a temporary file in the same folder, fsync'd, then ``os.replace``'d over
 the target, so a crash leaves either the old checkpoint or the new one, never half of one.
 """
@@ -22,6 +26,7 @@ import json
 import os
 import struct
 import secrets
+import zlib
 
 import numpy as np
 
@@ -59,7 +64,11 @@ def _dtype_name(a, name):
     return _NAMES[key]
 
 
-def _encode_metadata(metadata):
+def _crc(buf):
+    return zlib.crc32(buf) & 0xFFFFFFFF
+
+
+def _encode_metadata(metadata, crcs):
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -74,7 +83,7 @@ def _encode_metadata(metadata):
             out[k] = json.dumps(v, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise TypeError(f"metadata[{k!r}] is not JSON-serialisable: {e}") from None
-    out[_MAGIC_KEY] = json.dumps({"version": _FORMAT_VERSION})
+    out[_MAGIC_KEY] = json.dumps({"version": _FORMAT_VERSION, "crc32": crcs}, sort_keys=True)
     return out
 
 
@@ -109,7 +118,8 @@ def save(path, tensors, metadata=None):
         header[name] = {"dtype": dname, "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
-    header["__metadata__"] = _encode_metadata(metadata)
+    crcs = {name: _crc(arrays[name][1].reshape(-1).view(np.uint8)) for name in order}
+    header["__metadata__"] = _encode_metadata(metadata, crcs)
     hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hbytes += b" " * (-len(hbytes) % 8)
 
@@ -118,7 +128,11 @@ def save(path, tensors, metadata=None):
     # O_EXCL on a fresh random name (mode 0o666 minus the umask, like a plain open)
     tmp = os.path.join(
         folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:  # name the file asked for, not the temporary one
+        what = "folder not found" if not os.path.isdir(folder) else e.strerror
+        raise OSError(e.errno, f"cannot write {path}: {what}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(hbytes)))
@@ -233,13 +247,18 @@ def _parse_header(raw, path, data_len):
 
 
 def _decode_metadata(meta, path):
+    """(metadata, {tensor: CRC-32} or None when the file has none)."""
     if _MAGIC_KEY not in meta:
-        return dict(meta)  # a foreign safetensors file: plain strings
+        return dict(meta), None  # a foreign safetensors file: plain strings
     try:
         info = json.loads(meta[_MAGIC_KEY])
         version = info["version"]
-    except (ValueError, TypeError, KeyError):
+        crcs = info.get("crc32")  # absent in files written before checksums
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry") from None
+    if crcs is not None and not (isinstance(crcs, dict)
+                                 and all(_is_int(v) for v in crcs.values())):
+        raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry (crc32)")
     if not _is_int(version) or version > _FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than "
                               f"this glae understands ({_FORMAT_VERSION})")
@@ -251,7 +270,7 @@ def _decode_metadata(meta, path):
             out[k] = json.loads(v)
         except ValueError:
             raise CheckpointError(f"{path}: metadata[{k!r}] is not valid JSON") from None
-    return out
+    return out, crcs
 
 
 def load(path):
@@ -272,6 +291,10 @@ def load(path):
             raise CheckpointError(f"{path}: truncated or not a safetensors checkpoint (header "
                                   f"length {n} exceeds the {size - 8} bytes that follow)")
         entries, meta = _parse_header(f.read(n), path, size - 8 - n)
+        meta, crcs = _decode_metadata(meta, path)
+        if crcs is not None and set(crcs) != {e[2] for e in entries}:
+            raise CheckpointError(f"{path}: the checksums do not name the file's tensors "
+                                  "(corrupted header)")
         tensors = {}
         base = 8 + n
         for b, e, name, dname, shape in entries:
@@ -279,6 +302,9 @@ def load(path):
             f.seek(base + b)
             if e > b and f.readinto(buf) != e - b:
                 raise CheckpointError(f"{path}: tensor {name!r}: file ended early (truncated)")
+            if crcs is not None and _crc(buf) != crcs[name]:
+                raise CheckpointError(f"{path}: tensor {name!r}: its bytes do not match the "
+                                      "checksum saved with them (the file is corrupted)")
             a = np.frombuffer(buf, dtype=_DTYPES[dname]).reshape(shape)
             tensors[name] = a.astype(a.dtype.newbyteorder("="), copy=False)
-    return tensors, _decode_metadata(meta, path)
+    return tensors, meta

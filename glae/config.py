@@ -3,6 +3,7 @@ any work starts (a bad value raises ValueError naming the field)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -131,6 +132,12 @@ class Config:
             positive(name, allow_zero=True)
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
+        if self.seed >= 2**64:  # the engine's Philox key is 64 bits
+            raise ValueError(f"seed must be below 2**64; got {self.seed}")
+        if self.threads > 1024:
+            raise ValueError(f"threads must be at most 1024; got {self.threads}")
+        if self.image_size > 4096:  # the papers use 224; a 4096 px batch of 256 needs ~150 GiB
+            raise ValueError(f"image_size must be at most 4096; got {self.image_size}")
         for name in ("linear_scaling", "cycle_momentum", "nesterov", "wd_exclude_bn_bias",
                      "flip_test"):
             if not isinstance(getattr(self, name), bool):
@@ -184,7 +191,20 @@ class Config:
         return base * self.batch_size / 256 if self.linear_scaling else base
 
     def replace(self, **changes) -> "Config":
+        self.check_keys(changes)
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def check_keys(cls, keys):
+        """ValueError naming every key that is not a field, with the closest field names."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(keys) - set(names))
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.7)
+                hints.append(f"{k} (did you mean {close[0]}?)" if close else str(k))
+            raise ValueError(f"unknown config key(s): {', '.join(hints)}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -193,10 +213,7 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a table of fields; got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        cls.check_keys(d)
         d = dict(d)
         if "milestones" in d:
             d["milestones"] = tuple(d["milestones"])

@@ -56,6 +56,7 @@ class Model:
         from .config import Config
 
         if config is None:
+            Config.check_keys(fields)
             config = Config(**fields)
         elif fields:
             config = config.replace(**fields)
@@ -113,7 +114,7 @@ class Model:
         size, square or not, gets the same centre crop as a list of its images would.
         dtype=np.uint8: the resized pixels before the normalisation (what predict sends
         to the model, which normalises them on its device: a quarter of the memory)."""
-        from .data.readers import load_image
+        from .data.readers import _to_rgb, load_image
 
         size = self.config.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -126,12 +127,15 @@ class Model:
         else:
             if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or _is_pil(images):
                 images = [images]
+            elif not isinstance(images, (list, tuple)) and not hasattr(images, "__iter__"):
+                raise TypeError("images must be a path, a PIL image, a uint8 array (H, W, 3) "
+                                f"or (N, H, W, 3), or a list of them; got {type(images).__name__}")
             crops = []
             for im in images:
                 if isinstance(im, (str, bytes, os.PathLike)):
                     im = load_image(im)
                 elif _is_pil(im):
-                    im = np.asarray(im.convert("RGB"))
+                    im = _to_rgb(im)  # load_image's conversion: a file and its PIL image agree
                 im = np.asarray(im)
                 if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
                     raise ValueError(f"images must be uint8 RGB (H, W, 3); got {im.dtype} {im.shape}")
@@ -153,6 +157,13 @@ class Model:
         return_head, also the (N, 101) distributions and which head answered (0 vanilla,
         1 balanced)."""
         route = route or (self.config.route if self.stage2_trained else "vanilla")
+        if route not in ("smaller", "bigger", "vanilla", "balanced"):
+            raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
+        if route != "vanilla" and not self.stage2_trained:
+            raise ValueError(f"route={route!r}: this model's balanced head was never trained "
+                             "(stage 2 has not run); use route='vanilla' or fit both stages")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         flip = self.config.flip_test if flip is None else flip
         x = self.preprocess(images, dtype=np.uint8)  # normalised by the model
         norm = self.config.normalization
@@ -224,6 +235,8 @@ class Model:
             raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
         if isinstance(x, np.ndarray) and x.dtype == np.uint8 and norm is None:
             norm = self.config.normalization
+        elif isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError("x: the batch holds NaN or infinite values")
         age, _, choice, heads = self.core.predict(x, route=route, flip=bool(flip), norm=norm,
                                                   head_ages=True)
         return {"vanilla_age": heads[0], "balanced_age": heads[1], "age": age, "head": choice}

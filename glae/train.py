@@ -40,6 +40,8 @@ class Dataset:
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 \
                 or self.images.ndim != 4 or self.images.shape[3] != 3:
             raise ValueError("images must be a uint8 array (N, S, S, 3)")
+        if not self.images.flags.c_contiguous:  # a strided view; memmaps are contiguous
+            self.images = np.ascontiguousarray(self.images)
         if self.images.shape[1] != self.images.shape[2]:
             # evaluation resizes without cropping: a non-square set would be stretched
             raise ValueError(f"images must be square crops (N, S, S, 3); got {self.images.shape}")
@@ -171,6 +173,12 @@ class Trainer:
         if config.batch_size < 2 and config.stage1_epochs + config.stage2_epochs > 0:
             raise ValueError("batch_size must be >= 2 to train (batch normalisation needs "
                              "more than one value per channel)")
+        top = config.num_classes - 1  # label_distribution's last age
+        for name, d in (("training", train), ("validation", val)):
+            if d is not None and len(d) and d.ages.max() > top:
+                i = int(np.argmax(d.ages > top))
+                raise ValueError(f"{name} set: ages[{i}] = {d.ages[i]:g} is above {top}, the "
+                                 f"oldest age of a model with num_classes={config.num_classes}")
         if (config.stage2_loss == "lae" and config.stage2_epochs > 0
                 and (val is None or len(val) == 0)):
             raise ValueError("stage2_loss='lae' needs a validation set (its loss uses the "
@@ -179,10 +187,14 @@ class Trainer:
         self.core = model.core
         self.cfg = config
         self.train = train
-        self.val = val
+        self.val = val if val is not None and len(val) else None  # empty: none
         self.out_dir = out_dir
         self.progress = progress
         self.log = log or (lambda *a, **k: None)
+        crop = train.images.shape[1]
+        if crop < config.image_size:
+            self.log(f"note: the training crops are {crop} px and are upsampled to image_size "
+                     f"{config.image_size} (prepare them at that size, or set image_size={crop})")
         self._pending = None  # (stage, step, lr) of the queued step whose losses are unread
         # everything besides the model's tensors and momentum that an exact resume needs;
         # loss_sums/loss_count: the running sums of the current epoch (for its log line)
@@ -355,14 +367,23 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------
     def predict(self, dataset, batch_size=None):
-        """Distributions of both heads for every image (with and without flip averaging
-        handled by the model), and the routed answer."""
-        return predict_dataset(self.model, dataset, batch_size or min(self.cfg.batch_size, 64))
+        """{"vanilla", "balanced", "routed": ages (N,), "choice": the answering head (N,)}
+        for every image of a data set (anything `fit` takes: a Dataset, a packed file, an
+        (images, ages) tuple), with the evaluation resize, the Config's route and flip
+        averaging. Model.predict takes bare images."""
+        return predict_dataset(self.model, as_dataset(dataset),
+                               batch_size or min(self.cfg.batch_size, 64))
 
     def evaluate(self, dataset=None, stage=None):
-        dataset = self.val if dataset is None else dataset
-        if dataset is None or len(dataset) == 0:
-            return None
+        """glae.metrics.report of the validation set (or of `dataset`) for each head:
+        {"vanilla"[, "balanced", "routed"]} (both heads once stage 2 has begun)."""
+        if dataset is None:
+            if self.val is None:
+                raise ValueError("evaluate: this Trainer has no validation set; pass a data set")
+            dataset = self.val
+        dataset = as_dataset(dataset)
+        if len(dataset) == 0:
+            raise ValueError("evaluate: the data set is empty")
         stage = stage or self.state["stage"]
         return report_dataset(dataset, self.predict(dataset), both_heads=stage == 2,
                               train_ages=self.train.ages)
@@ -434,7 +455,7 @@ class Trainer:
         # may be epochs old (eval_every not dividing stage1_epochs), so evaluate again
         # unless it was on stage 1's last epoch (nothing else reads this MAE)
         lae = self.cfg.stage2_loss == "lae" and self.cfg.stage2_epochs > 0
-        if lae and self.val is not None and len(self.val) and \
+        if lae and self.val is not None and \
                 self.state.get("stage1_val_epoch") != self.cfg.stage1_epochs:
             rep = self.evaluate(stage=1)
             self.state["stage1_val_mae"] = rep["vanilla"]["mae"]

@@ -114,6 +114,50 @@ def test_truncated_file(tmp_path, rng):
             checkpoint.load(path)
 
 
+def test_damaged_data_bytes_are_refused(tmp_path, rng):
+    """One flipped byte in a tensor's data (the header intact) is caught by that tensor's
+    CRC-32 and named; a file without checksums (written before them) still loads."""
+    path = tmp_path / "c.safetensors"
+    tensors = sample_tensors(rng)
+    checkpoint.save(path, tensors, META)
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k, v in header.items() if k != "__metadata__"
+                and v["data_offsets"][1] > v["data_offsets"][0])
+    at = 8 + n + header[name]["data_offsets"][0]
+    raw[at] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=f"{name}.*checksum.*corrupted"):
+        checkpoint.load(path)
+    # the same file as an older glae wrote it: no crc32 in its __glae__ entry
+    info = json.loads(header["__metadata__"]["__glae__"])
+    assert set(info["crc32"]) == set(tensors)
+    del info["crc32"]
+    header["__metadata__"]["__glae__"] = json.dumps(info)
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    raw[at] ^= 0x10  # undo the damage
+    path.write_bytes(struct.pack("<Q", len(hb)) + hb + bytes(raw[8 + n:]))
+    back, meta = checkpoint.load(path)
+    assert meta == META and back.keys() == tensors.keys()
+    # checksums that do not name the tensors: a corrupted header
+    info["crc32"] = {"other": 1}
+    header["__metadata__"]["__glae__"] = json.dumps(info)
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    path.write_bytes(struct.pack("<Q", len(hb)) + hb + bytes(raw[8 + n:]))
+    with pytest.raises(CheckpointError, match="checksums"):
+        checkpoint.load(path)
+
+
+def test_save_into_a_missing_folder_names_the_path(tmp_path, rng):
+    target = tmp_path / "no" / "dir" / "m.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*m\.safetensors: folder not found"):
+        checkpoint.save(target, sample_tensors(rng), META)
+    assert not (tmp_path / "no").exists()
+
+
 def test_foreign_files(tmp_path):
     path = tmp_path / "f"
     foreign = [

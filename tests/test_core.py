@@ -88,6 +88,9 @@ def test_threads_roundtrip():
     glae.set_num_threads(n)
     with pytest.raises(ValueError, match="n must be >= 1"):
         glae.set_num_threads(0)
+    with pytest.raises(ValueError, match="at most 1024"):
+        glae.set_num_threads(10000)
+    assert glae.get_num_threads() == n
 
 
 def test_bad_arguments_to_core_bindings():

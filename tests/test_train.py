@@ -203,6 +203,7 @@ def test_exact_resume(data, reference_run, tmp_path):
     {"proj_depth": 3}, {"threads": -1}, {"lam": -1.0}, {"loader_threads": -1},
     {"loader_threads": 1.5}, {"cuda_graph": True}, {"cuda_graph": 1}, {"cudnn_benchmark": True},
     {"cudnn_benchmark": "yes"}, {"gpu_math": "fp16"}, {"device": "gpu"},
+    {"seed": 2**64}, {"threads": 1025}, {"image_size": 4097},
 ])
 def test_bad_config_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -251,6 +252,116 @@ def test_bad_trainer_arguments_fail_before_work(data, tmp_path):
     with pytest.raises(ValueError, match="max_steps"):
         Trainer(m, cfg, train, val, progress=False).fit(max_steps=0)
     assert not out.exists(), "nothing written before the arguments were checked"
+
+
+def test_ages_beyond_the_last_class_fail_before_work(data, tmp_path):
+    """An age above num_classes - 1 is refused when the Trainer is built, naming its index
+    in the data set (label_distribution would refuse it only inside some batch)."""
+    train, val = data
+    cfg = small_cfg()
+    m = Model.from_config(cfg)
+    for age in (150.0, 100.4):
+        ages = train.ages.copy()
+        ages[17] = age
+        with pytest.raises(ValueError, match=rf"training set: ages\[17\] = {age:g} is above 100"):
+            Trainer(m, cfg, Dataset(train.images, ages), val, progress=False)
+    ages = val.ages.copy()
+    ages[3] = 101
+    with pytest.raises(ValueError, match=r"validation set: ages\[3\] = 101 is above 100"):
+        m.fit((train.images, train.ages), (val.images, ages), out_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+    # 100 itself is the last class
+    ages = train.ages.copy()
+    ages[0] = 100
+    Trainer(m, cfg, Dataset(train.images, ages), val, progress=False)
+
+
+def test_config_typos_name_the_closest_field():
+    with pytest.raises(ValueError, match=r"batchsize \(did you mean batch_size\?\)"):
+        Model(batchsize=8)
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): colour$"):
+        small_cfg().replace(colour=1)
+    with pytest.raises(ValueError, match=r"stage1_epoch \(did you mean stage1_epochs\?\)"):
+        Config.from_dict({"stage1_epoch": 3})
+
+
+def test_small_crops_are_upsampled_with_a_note(data):
+    train, val = data
+    cfg = small_cfg(image_size=2 * SIZE)
+    said = []
+    Trainer(Model.from_config(cfg), cfg, train, val, progress=False, log=said.append)
+    assert said == [f"note: the training crops are {SIZE} px and are upsampled to image_size "
+                    f"{2 * SIZE} (prepare them at that size, or set image_size={SIZE})"]
+    said.clear()
+    Trainer(Model.from_config(small_cfg()), small_cfg(), train, val, progress=False,
+            log=said.append)
+    assert not said
+
+
+def test_a_file_and_its_pil_image_are_the_same_input(tmp_path):
+    """predict decodes a path and converts a PIL image the same way (load_image's
+    conversion), a 16-bit grayscale PNG included."""
+    from PIL import Image
+
+    m = Model.from_config(small_cfg())
+    g = np.random.default_rng(4).integers(0, 65536, (40, 40), dtype=np.uint16)
+    f = tmp_path / "deep.png"
+    Image.fromarray(g).save(f)
+    with Image.open(f) as im:
+        assert im.mode.startswith("I")
+        np.testing.assert_array_equal(m.predict(im), m.predict(str(f)))
+
+
+def test_strided_images_are_accepted_for_training(data):
+    train, _ = data
+    strided = np.repeat(train.images, 2, axis=2)[:, :, ::2]
+    assert not strided.flags.c_contiguous
+    d = Dataset(strided, train.ages)
+    assert d.images.flags.c_contiguous and np.array_equal(d.images, train.images)
+
+
+def test_trainer_predict_and_evaluate_take_what_fit_takes(data, reference_run):
+    t = reference_run[0]
+    _, val = data
+    want = t.predict(val)
+    assert set(want) == {"vanilla", "balanced", "routed", "choice"}
+    assert want["routed"].shape == (len(val),)
+    as_tuple = t.predict((val.images, val.ages))
+    for k in want:
+        np.testing.assert_array_equal(as_tuple[k], want[k])
+    rep = t.evaluate((val.images, val.ages))
+    assert rep.keys() == {"vanilla", "balanced", "routed"}
+    assert rep["routed"]["mae"] == t.evaluate()["routed"]["mae"]
+    with pytest.raises(TypeError, match="Model.predict|tuple"):
+        t.predict(val.images)
+    no_val = Trainer(t.model, t.cfg, t.train, None, progress=False)
+    with pytest.raises(ValueError, match="no validation set"):
+        no_val.evaluate()
+    with pytest.raises(ValueError, match="empty"):
+        t.evaluate((val.images[:0], val.ages[:0]))
+
+
+def test_predict_refuses_what_it_cannot_answer(data, reference_run):
+    _, val = data
+    batch = np.ascontiguousarray(val.images[:3])
+    fresh = Model.from_config(small_cfg())  # stage 2 never ran: its balanced head is noise
+    assert fresh.predict(batch).shape == (3,)  # the vanilla head by default
+    for route in ("balanced", "smaller", "bigger"):
+        with pytest.raises(ValueError, match="balanced head was never trained"):
+            fresh.predict(batch, route=route)
+    m = reference_run[0].model
+    with pytest.raises(ValueError, match="route must be"):
+        m.predict(batch, route="best")
+    for bs in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            m.predict(batch, batch_size=bs)
+    for nothing in (None, 5):
+        with pytest.raises(TypeError, match="images must be"):
+            m.predict(nothing)
+    x = m.preprocess(batch)
+    x[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.evaluate_batch(x)
 
 
 def test_resume_rejects_bad_checkpoints(data, reference_run, tmp_path):

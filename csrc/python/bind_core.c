@@ -11,6 +11,10 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
     int n;
     if (!PyArg_ParseTuple(args, "i:set_num_threads", &n)) return NULL;
     if (glae_check_min(n, "n", 1)) return NULL;
+    if (n > 1024) { /* OpenMP would try to start them all at the next parallel loop */
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be at most 1024; got %d", n);
+        return NULL;
+    }
     glae_set_num_threads(n);
     Py_RETURN_NONE;
 }

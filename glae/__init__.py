@@ -15,11 +15,12 @@ Five-minute tour::
                        base_lr1=0.005, base_lr2=0.002, linear_scaling=False)
     trainer = model.fit((images[tr], ages[tr]), (images[va], ages[va]))   # both stages
     pred = model.predict(images[va])                           # Adaptive Routing + flip averaging
-    print(glae.metrics.report(ages[va], pred))                  # MAE, CMAE, AAR, group MAE, ...
+    report = glae.metrics.report(ages[va], pred)               # MAE, CMAE, AAR, group MAE, ... (a dict)
+    print(glae.plots.table({"routed": report}))                # the papers' table as text
     model.save("model.safetensors"); model = glae.load("model.safetensors")
 """
 from ._lib import _C
-from . import detect, metrics
+from . import detect, metrics, plots
 from .config import Config
 from .losses import label_distribution
 from .model import Model, load
@@ -33,4 +34,4 @@ get_num_threads = _C.get_num_threads
 
 __all__ = ["Config", "Dataset", "DeviceUnavailableError", "HAS_CUDA", "Model", "Trainer",
            "__version__", "detect", "get_num_threads", "label_distribution", "load", "metrics",
-           "set_num_threads"]
+           "plots", "set_num_threads"]

@@ -6,6 +6,7 @@ buffers (``params``, ``grads``, ``momentum``, ``buffers``); ``state_dict()`` giv
 torchvision-layout copies (conv weights OIHW) keyed by torchvision's names.
 """
 import os
+import threading
 
 import numpy as np
 
@@ -62,6 +63,8 @@ class Model:
             config = config.replace(**fields)
         config.validate()
         self.config = config
+        # the engine refuses a second call while one runs; threads wait their turn here
+        self._lock = threading.Lock()
         self.stage2_trained = False
         # set by the Trainer, saved in checkpoints: {"train_age_hist", "align"} (train.py)
         self.data_info = None
@@ -155,7 +158,8 @@ class Model:
         route: "smaller" (Adaptive Routing, default), "bigger", "vanilla", "balanced";
         flip: test-time flip averaging (default on, GLAE V-A). With return_distribution /
         return_head, also the (N, 101) distributions and which head answered (0 vanilla,
-        1 balanced)."""
+        1 balanced). Calls from several threads take turns (one model runs one batch at a
+        time; for parallel inference give each thread its own model)."""
         route = route or (self.config.route if self.stage2_trained else "vanilla")
         if route not in ("smaller", "bigger", "vanilla", "balanced"):
             raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
@@ -168,10 +172,11 @@ class Model:
         x = self.preprocess(images, dtype=np.uint8)  # normalised by the model
         norm = self.config.normalization
         ages, probs, heads = [], [], []
-        for s in range(0, len(x), batch_size):
-            a, p, h = self.core.predict(np.ascontiguousarray(x[s:s + batch_size]), route=route,
-                                        flip=flip, norm=norm)
-            ages.append(a), probs.append(p), heads.append(h)
+        with self._lock:
+            for s in range(0, len(x), batch_size):
+                a, p, h = self.core.predict(np.ascontiguousarray(x[s:s + batch_size]),
+                                            route=route, flip=flip, norm=norm)
+                ages.append(a), probs.append(p), heads.append(h)
         out = [np.concatenate(ages)]
         if return_distribution:
             out.append(np.concatenate(probs))
@@ -237,8 +242,9 @@ class Model:
             norm = self.config.normalization
         elif isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError("x: the batch holds NaN or infinite values")
-        age, _, choice, heads = self.core.predict(x, route=route, flip=bool(flip), norm=norm,
-                                                  head_ages=True)
+        with self._lock:
+            age, _, choice, heads = self.core.predict(x, route=route, flip=bool(flip), norm=norm,
+                                                      head_ages=True)
         return {"vanilla_age": heads[0], "balanced_age": heads[1], "age": age, "head": choice}
 
     # -- persistence ---------------------------------------------------------------

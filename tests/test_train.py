@@ -312,6 +312,20 @@ def test_a_file_and_its_pil_image_are_the_same_input(tmp_path):
         np.testing.assert_array_equal(m.predict(im), m.predict(str(f)))
 
 
+def test_predict_from_several_threads_takes_turns(data):
+    """The engine refuses a second call while one runs; Model.predict queues them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, val = data
+    m = Model.from_config(small_cfg())
+    batch = np.ascontiguousarray(val.images[:8])
+    want = m.predict(batch, batch_size=2)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: m.predict(batch, batch_size=2), range(8)))
+    for g in got:
+        np.testing.assert_array_equal(g, want)
+
+
 def test_strided_images_are_accepted_for_training(data):
     train, _ = data
     strided = np.repeat(train.images, 2, axis=2)[:, :, ::2]

@@ -10,11 +10,14 @@ import time
 
 import numpy as np
 
+from .train import DeviceUnavailableError
+
 DEMO_HELP = """Train a small GLAE model on built-in synthetic faces, on the CPU, in a few minutes:
 stage 1 (whole network, instance-balanced), stage 2 (balanced head on the frozen backbone,
-class-balanced), then print MAE, CMAE, AAR and group MAE for the vanilla head, the balanced
-head and Adaptive Routing, and write the log, the checkpoint and a figure. The synthetic
-faces are a stand-in that lets the pipeline run anywhere, not a benchmark of real accuracy."""
+class-balanced), then print MAE, CMAE, AAR (LAE groups) and group MAE for the vanilla head,
+the balanced head and Adaptive Routing, and write the log, the checkpoint and a figure. The
+synthetic faces are a stand-in that lets the pipeline run anywhere, not a benchmark of real
+accuracy."""
 
 EVAL_HELP = """Evaluate a checkpoint on a packed set and print every metric: MAE, CMAE, AAR
 (LAE and GLAE groups), group MAE/CMAE, cumulative score, per-age MAE, epsilon-error when
@@ -22,12 +25,91 @@ every image has a sigma (Chalearn), MAE by shot (from the training-age histogram
 trainer stores in the checkpoint, or the set --train gives), and routing usage. A stage-2 checkpoint is reported for the vanilla head, the balanced head and
 the routed answer (the checkpoint's route and flip_test); a stage-1 one for the vanilla head."""
 
+TRAIN_HELP = """Two-stage training (stage 1: the whole network; stage 2: the balanced head
+on the frozen backbone) on a packed training set, with an optional packed validation set.
+The settings are the Config defaults, changed by a TOML file (--config, optional) and then
+by --set KEY=VALUE. Writes log.jsonl, last.safetensors and best.safetensors to --out.
+--resume continues a run exactly from its checkpoint, with the checkpoint's own config."""
+
+PREPARE_HELP = """Decode each image of a data set once, align its face (from the source's
+landmarks, or MTCNN with --detect) and write SIZE x SIZE crops with their ages to one packed
+file for train, eval and the loader."""
+
+PREDICT_HELP = """Print the estimated age of each image: one line per file (file, age, the head
+that answered) for aligned face crops, or with --detect one line per face found in a raw
+photo (file, face index, box, age, head)."""
+
+EXPORT_HELP = """Write an ONNX graph of a checkpoint's inference model (input: float32 images
+N x 3 x S x S, normalised as glae's loader does; outputs: age, prob, head). Needs the onnx
+package: pip install onnx (or the project's [export] extra). Layout and conventions:
+docs/weights.md."""
+
+INFO_HELP = """Print how glae was built (CUDA backend, cuDNN) and which CUDA devices it can use.
+With --check, also run one small training step on each usable GPU (or each --device) in each
+--math and compare its loss and gradient with the same step on the CPU: exit status 1 on a
+mismatch or a failed device."""
+
 HEAD_NAMES = ("vanilla", "balanced")  # the C engine's head index -> name
+CHECKPOINT_HELP = "a .safetensors checkpoint (best/last of train, or Model.save)"
+
+
+def _prog(argv0=None):
+    """The program name in usage lines: "glae" when run as the installed console script,
+    "python -m glae" otherwise (python -m glae, or main() called from Python)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(argv0 or "")
+    return "glae" if os.path.splitext(name)[0] == "glae" else "python -m glae"
+
+
+def check_device(device, option="--device"):
+    """`device` when it is a device string the rest of glae accepts (as Config.device: "cpu",
+    "cuda" or "cuda:N"), else ValueError naming the option. Checked before any work."""
+    from .config import is_device
+
+    if is_device(device):
+        return device
+    raise ValueError(f"{option} {device}: expected cpu, cuda or cuda:N (e.g. cuda:0)")
+
+
+def check_gpu(device, option="--device"):
+    """ValueError, before any work, when `device` (a checked device string) is a GPU this
+    machine cannot use: why CUDA is unusable, or the devices there are for a cuda:N out of
+    range."""
+    if device == "cpu":
+        return
+    from . import info
+    from .train import cuda_unusable
+
+    why = cuda_unusable()
+    if why:
+        raise ValueError(f"{option} {device}: {why}")
+    if device.startswith("cuda:"):
+        gpus = info.usable_gpus()
+        if device not in gpus:
+            raise ValueError(f"{option} {device}: this machine has {len(gpus)} usable CUDA "
+                             f"device(s): {', '.join(gpus) or 'none'}")
+
+
+def check_output(path, option):
+    """OSError naming `path` (the user's output file, given by `option`) when it cannot be
+    written: its folder missing or not a folder, or `path` itself a folder. Called before
+    any work, so that a long evaluation is not thrown away for a typo."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option} {path}: is a folder; give a file name")
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{option} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: the folder {folder} is not writable")
 
 
 def _table(rows: dict) -> str:
     groups = ("0-17", "18-65", "66-100")
-    head = f"{'':<10}{'MAE':>7}{'CMAE':>7}{'AAR':>7}" + "".join(f"{'MAE ' + g:>12}" for g in groups)
+    # AAR over LAE's eight groups (metrics.LAE_GROUPS), as the AAR-LAE column of eval
+    head = (f"{'':<10}{'MAE':>7}{'CMAE':>7}{'AAR-LAE':>9}"
+            + "".join(f"{'MAE ' + g:>12}" for g in groups))
     lines = [head, "-" * len(head)]
     for name, rep in rows.items():
         g = rep.get("group") or {}
@@ -36,7 +118,7 @@ def _table(rows: dict) -> str:
             v = (g.get(key) or {}).get("mae")
             cells.append(f"{v:>12.2f}" if v is not None else f"{'-':>12}")
         lines.append(f"{name:<10}{rep['mae']:>7.2f}{rep['cmae']:>7.2f}"
-                     f"{rep['aar_lae']['aar']:>7.2f}" + "".join(cells))
+                     f"{_f(rep['aar_lae']['aar'], 9)}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -135,13 +217,7 @@ def cmd_demo(args):
     from .model import Model
     from .train import Dataset, Trainer
 
-    if args.device != "cpu":
-        from .train import cuda_unusable
-
-        why = cuda_unusable()
-        if why:
-            print(f"glae demo: error: --device {args.device}: {why}", file=sys.stderr)
-            return 2
+    check_gpu(check_device(args.device))
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     for stale in ("log.jsonl",):
@@ -182,11 +258,22 @@ def cmd_demo(args):
 
 
 def _write_json(path, obj):
-    """Written beside and renamed over: never a half-written report."""
+    """Written beside and renamed over: never a half-written report. An OSError names
+    `path` (not the temporary file) and leaves no temporary file behind."""
+    path = os.fspath(path)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=_jsonable)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise type(e)(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):  # a failed dump or rename
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 def _jsonable(o):
@@ -200,6 +287,7 @@ def _jsonable(o):
 def cmd_prepare(args):
     from .data import prepare
 
+    check_output(args.out, "out")  # before the images are read
     report = prepare(args.source, args.out, size=args.size, margin=args.margin,
                      workers=args.workers, detect=args.detect, detector_weights=args.mtcnn_weights,
                      pick=args.pick)
@@ -253,7 +341,7 @@ def parse_overrides(items, config=None) -> dict:
 def cmd_train(args):
     from .config import Config
     from .model import Model
-    from .train import Trainer
+    from .train import Trainer, placed_config
 
     if args.resume and (args.config or args.set):
         raise ValueError("--resume continues with the checkpoint's own config: "
@@ -262,15 +350,40 @@ def cmd_train(args):
     overrides = parse_overrides(args.set, cfg)
     if overrides:
         cfg = Config.from_dict({**json.loads(cfg.to_json()), **overrides})
+    if args.device:
+        check_gpu(check_device(args.device))
+        cfg = placed_config(cfg, args.device)
+    elif not args.resume:  # a resumed run's device: load_checkpoint says when it is unusable
+        check_gpu(cfg.device, option="the config's device")
     train = _load_packed(args.train)
     val = _load_packed(args.val) if args.val else None
     if args.resume:
-        trainer = Trainer.resume(args.resume, train, val, out_dir=args.out)
+        trainer = Trainer.resume(args.resume, train, val, out_dir=args.out, device=args.device)
+        done = run_complete(trainer.cfg, trainer.state)
+        if done:
+            print(f"{args.resume}: the run was already complete ({done}); nothing to train, "
+                  f"nothing written to {args.out}")
+            return 0
     else:
         trainer = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=args.out)
     trainer.fit()
     print(f"checkpoints in {args.out}")
     return 0
+
+
+def run_complete(cfg, state):
+    """"stage N: E/E epochs" when the trainer state `state` (Trainer.state, as resumed from a
+    checkpoint) has no step left to take under `cfg`, else None. A run ends at the end of
+    stage 2's last epoch (stage 2, epoch == stage2_epochs); with stage2_epochs = 0 the last
+    checkpoint is written at the end of stage 1 (stage 1, epoch == stage1_epochs)."""
+    stage, epoch, batch = state["stage"], state["epoch"], state["batch"]
+    if batch != 0:
+        return None
+    if stage == 2 and epoch >= cfg.stage2_epochs:
+        return f"stage 2: {epoch}/{cfg.stage2_epochs} epochs"
+    if stage == 1 and cfg.stage2_epochs == 0 and epoch >= cfg.stage1_epochs:
+        return f"stage 1: {epoch}/{cfg.stage1_epochs} epochs, no stage 2"
+    return None
 
 
 def _load_model(args):
@@ -291,6 +404,10 @@ def _load_model(args):
 def cmd_eval(args):
     from .data import PackedDataset
 
+    if args.device:
+        check_gpu(check_device(args.device))
+    if args.json:  # before the evaluation, not after it
+        check_output(args.json, "--json")
     # the packed files first: a wrong path fails before the model is built
     data = _load_packed(args.data)
     # MAE by shot needs the training set's age histogram: --train, else the one the
@@ -330,6 +447,8 @@ def _route_for(model, route):
 
 
 def cmd_predict(args):
+    if args.device:
+        check_gpu(check_device(args.device))
     for path in args.images:  # a wrong path fails before the model is built
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
@@ -358,6 +477,9 @@ def cmd_predict(args):
 def cmd_export(args):
     from .export import export_onnx
 
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    check_output(args.output, "output")
     try:
         export_onnx(args.checkpoint, args.output, head=args.head)
     except ImportError as e:  # the optional onnx package
@@ -370,6 +492,10 @@ def cmd_export(args):
 def cmd_info(args):
     from . import info
 
+    for dev in args.device or ():
+        check_device(dev)  # "cpu" too: it exercises the check against the CPU itself
+    if args.device and not args.check:
+        raise ValueError("--device chooses what --check checks; add --check")
     state = info.build_info()
     print(info.format_info(state))
     if not args.check:
@@ -393,8 +519,11 @@ def cmd_info(args):
     return 1 if bad else 0
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m glae", description=__doc__)
+def build_parser(prog=None):
+    """The argument parser; prog (the name in usage lines) defaults to _prog()."""
+    prog = _prog() if prog is None else prog
+    p = argparse.ArgumentParser(prog=prog,
+                                description=__doc__.replace("`python -m glae", f"`{prog}"))
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a small model on synthetic faces and report",
@@ -402,27 +531,39 @@ def build_parser():
     d.add_argument("--out", default="glae-demo", help="output folder (default: ./glae-demo)")
     d.add_argument("--n", type=int, default=2400, help="synthetic images (default 2400)")
     d.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
-    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--batch", type=int, default=32,
+                   help="training batch size (default: %(default)s)")
     d.add_argument("--epochs1", type=int, default=6, help="stage-1 epochs (default 6)")
     d.add_argument("--epochs2", type=int, default=2, help="stage-2 epochs (default 2)")
-    d.add_argument("--lr1", type=float, default=0.005, help="stage-1 peak learning rate (OneCycle)")
-    d.add_argument("--lr2", type=float, default=0.002, help="stage-2 peak learning rate (OneCycle)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--lr1", type=float, default=0.005,
+                   help="stage-1 peak learning rate (OneCycle; default: %(default)s)")
+    d.add_argument("--lr2", type=float, default=0.002,
+                   help="stage-2 peak learning rate (OneCycle; default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic faces, the split and the training "
+                        "(default: %(default)s)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     d.add_argument("--math", default="fp32", choices=("fp32", "tf32", "bf16"),
                    help="GPU maths with --device cuda (default fp32: the CPU's numbers)")
     d.set_defaults(func=cmd_demo)
 
-    pr = sub.add_parser("prepare", help="decode, align and pack a data set")
+    pr = sub.add_parser("prepare", help="decode, align and pack a data set",
+                        description=PREPARE_HELP)
     pr.add_argument("source", help='"utkface:FOLDER", "csv:FILE", "chalearn:FILE", "mivia:FILE" or "folders:ROOT"')
     pr.add_argument("out", help="packed file to write")
-    pr.add_argument("--size", type=int, default=224)
-    pr.add_argument("--margin", type=float, default=0.0)
-    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--size", type=int, default=224,
+                    help="side of the aligned square crops in pixels (default: %(default)s)")
+    pr.add_argument("--margin", type=float, default=0.0,
+                    help="border added on each side of the aligned face, as a fraction of "
+                         "the face box (0.1: 10%%; images without landmarks are centre-cropped "
+                         "and ignore it) (default: %(default)s)")
+    pr.add_argument("--workers", type=int, default=None,
+                    help="decoding/alignment threads (default: one per CPU core)")
     pr.add_argument("--detect", default="never", choices=("never", "missing", "always"),
                     help="run MTCNN on images without landmarks (missing) or on all (always); "
-                         "one face per image, images with no face are skipped and reported")
+                         "one face per image, images with no face are skipped and reported "
+                         "(default: %(default)s)")
     pr.add_argument("--pick", default="most_confident", choices=("most_confident", "largest"),
                     help="which face to keep when MTCNN finds several (default most_confident)")
     pr.add_argument("--mtcnn-weights", default=None, metavar="DIR",
@@ -430,7 +571,9 @@ def build_parser():
                          "or an installed facenet-pytorch)")
     pr.set_defaults(func=cmd_prepare)
 
-    t = sub.add_parser("train", help="two-stage training from packed files and a TOML config")
+    t = sub.add_parser("train", help="two-stage training from packed files (settings: the "
+                                     "defaults, an optional TOML config, --set)",
+                       description=TRAIN_HELP)
     t.add_argument("--config", help="TOML file with Config fields (see configs/)")
     t.add_argument("--train", required=True, help="packed training set")
     t.add_argument("--val", help="packed validation set")
@@ -441,11 +584,14 @@ def build_parser():
                         "pretrained=resnet18.pth); augment.OPTION=VALUE changes one "
                         "augmentation option")
     t.add_argument("--resume", help="checkpoint to resume from (exactly)")
+    t.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: the config's device; with --resume, the "
+                        "run's own; a run continued on another device is not bit-exact)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="full metric report of a checkpoint on a packed set",
                        description=EVAL_HELP)
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help=CHECKPOINT_HELP)
     e.add_argument("data", help="packed file to evaluate on (any size)")
     e.add_argument("--train", metavar="PACK",
                    help="packed training set: its age histogram gives the many/medium/few-shot "
@@ -459,9 +605,11 @@ def build_parser():
     e.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("predict", help="print one age per image file (aligned crops), or with "
-                                           "--detect one line per face found in raw photos")
-    pd.add_argument("checkpoint")
-    pd.add_argument("images", nargs="+")
+                                           "--detect one line per face found in raw photos",
+                        description=PREDICT_HELP)
+    pd.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    pd.add_argument("images", nargs="+",
+                    help="image files: aligned face crops, or raw photos with --detect")
     pd.add_argument("--route", default=None, choices=("smaller", "bigger", "vanilla", "balanced"),
                     help="which head answers (default: the checkpoint's route after stage 2, "
                          "the vanilla head for a stage-1 checkpoint)")
@@ -478,19 +626,25 @@ def build_parser():
                          "that is a GPU this machine cannot use)")
     pd.set_defaults(func=cmd_predict)
 
-    x = sub.add_parser("export", help="write an ONNX graph of the inference model")
-    x.add_argument("checkpoint")
-    x.add_argument("output")
-    x.add_argument("--head", default="routed", choices=("routed", "vanilla", "balanced"))
+    x = sub.add_parser("export", help="write an ONNX graph of the inference model",
+                       description=EXPORT_HELP)
+    x.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    x.add_argument("output", help="the .onnx file to write (its folder must exist)")
+    x.add_argument("--head", default="routed", choices=("routed", "vanilla", "balanced"),
+                   help="routed: Adaptive Routing between the two heads (on the image and its "
+                        "flip); vanilla or balanced: that head alone (default: %(default)s)")
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="how glae was built, which GPUs it can use; --check "
-                                    "compares a training step on each GPU with the CPU")
+                                    "compares a training step on each GPU with the CPU",
+                       description=INFO_HELP)
     i.add_argument("--check", action="store_true",
                    help="one small training step on each usable GPU (or --device) in each "
                         "--math, against the same step on the CPU; exit status 1 on a mismatch")
     i.add_argument("--device", action="append", metavar="cuda:N",
-                   help="the GPU to check (repeatable; default: every usable one)")
+                   help="the GPU to check: cuda or cuda:N (repeatable; default: every usable "
+                        "one); cpu checks the CPU engine against itself, which only exercises "
+                        "the check")
     i.add_argument("--math", nargs="+", default=["fp32", "bf16"], choices=("fp32", "tf32", "bf16"),
                    help="GPU maths to check (default fp32 bf16)")
     i.set_defaults(func=cmd_info)
@@ -503,6 +657,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError, DeviceUnavailableError) as e:
         print(f"glae {args.command}: error: {e}", file=sys.stderr)
         return 2

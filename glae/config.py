@@ -23,6 +23,12 @@ ROUTES = ("smaller", "bigger", "vanilla", "balanced")
 TOML_TABLES = ("model", "data", "optim", "eval", "run")
 
 
+def is_device(d) -> bool:
+    """True for the device strings glae takes: "cpu", "cuda", "cuda:N"."""
+    return isinstance(d, str) and (d in ("cpu", "cuda") or (
+        d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit()))
+
+
 @dataclass
 class Config:
     """One object for a whole two-stage run (LAE section 2.4 / 3.3, GLAE Algorithm 1, V-A).
@@ -119,9 +125,7 @@ class Config:
             raise ValueError(f"cudnn_benchmark must be true or false; got {self.cudnn_benchmark!r}")
         if self.cudnn_benchmark and self.device == "cpu":
             raise ValueError("cudnn_benchmark needs a CUDA device (device='cuda'); the CPU has no cuDNN")
-        if not isinstance(self.device, str) or not (
-                self.device in ("cpu", "cuda") or (self.device.startswith("cuda:")
-                                                   and self.device[5:].isdigit())):
+        if not is_device(self.device):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
         for name in ("r", "k", "s", "num_classes", "image_size", "batch_size", "eval_every"):
             positive(name)

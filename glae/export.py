@@ -1,5 +1,6 @@
 """ONNX export of the inference model (needs the optional ``onnx`` package:
-``pip install glae[export]``). The graph is built node by node with ``onnx.helper`` from
+``pip install onnx``, or the project's ``export`` extra: ``pip install -e ".[export]"`` in a
+source checkout). The graph is built node by node with ``onnx.helper`` from
 the model's tensors; layout and conventions are in docs/weights.md.
 
 Input ``image``: float32 (N, 3, S, S), RGB, normalised exactly as glae's loader does for
@@ -25,8 +26,9 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise ImportError("ONNX export needs the onnx package: pip install onnx "
-                          "(or pip install glae[export])") from None
+        raise ImportError("ONNX export needs the onnx package: pip install onnx (or the "
+                          "project's [export] extra: pip install -e \".[export]\" in a source "
+                          "checkout of glae)") from None
     return onnx
 
 
@@ -224,6 +226,9 @@ def export_onnx(checkpoint_or_model, path, head="routed", batch=None, flip=True,
     batch: None (dynamic N) or a fixed batch size. flip: average each distribution with
     its horizontal flip's (GLAE V-A; always computed for routing). layout: "nchw" or
     "nhwc" input. Returns path."""
+    if isinstance(checkpoint_or_model, (str, bytes, os.PathLike)) \
+            and not os.path.isfile(checkpoint_or_model):  # before the onnx package is asked for
+        raise FileNotFoundError(f"checkpoint not found: {os.fsdecode(checkpoint_or_model)}")
     onnx = _onnx()
     from .model import CoreModel, Model, load
 
@@ -251,6 +256,15 @@ def export_onnx(checkpoint_or_model, path, head="routed", batch=None, flip=True,
     onnx.checker.check_model(model)
     path = os.fspath(path)
     tmp = path + ".tmp"
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # name the user's path, not the temporary one
+        raise type(e)(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
     return path

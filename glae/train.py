@@ -506,14 +506,16 @@ class Trainer:
         return path
 
     @classmethod
-    def resume(cls, path, train, val=None, out_dir=None, **kw):
+    def resume(cls, path, train, val=None, out_dir=None, device=None, **kw):
         """A Trainer that continues the run saved in `path` (a last/best checkpoint)
         exactly: model tensors, BN buffers, momentum, stage/epoch/batch/step, the running
-        epoch losses. `train` must be the same training set (its size is checked)."""
+        epoch losses. `train` must be the same training set (its size is checked).
+        device: continue on another device ("cpu", "cuda", "cuda:N"; default the run's
+        own); the steps are then the same equations, not the same bits."""
         from .model import _Restore
 
         # every tensor comes from the file: config.pretrained is not read again
-        model, cfg, state = load_checkpoint(path, _Restore)
+        model, cfg, state = load_checkpoint(path, _Restore, device=device)
         missing = [k for k in ("stage", "epoch", "batch", "step") if k not in state]
         if missing:
             raise ckpt.CheckpointError(
@@ -601,9 +603,13 @@ def load_checkpoint(path, model_factory, device=None, gpu_math=None):
     cfg = placed_config(cfg, device, gpu_math)  # a bad device or math: ValueError, as given
     why = cfg.device != "cpu" and cuda_unusable()
     if why:
-        raise DeviceUnavailableError(f"{path}: the model is on {cfg.device!r} but this machine cannot run "
-                           f"CUDA ({why}); load it with glae.load(path, device='cpu') (on the command line, "
-                           "eval and predict take --device cpu)")
+        if device is not None:
+            raise DeviceUnavailableError(f"{path}: device={device!r} was asked for, but this "
+                                         f"machine cannot run CUDA ({why})")
+        raise DeviceUnavailableError(
+            f"{path}: the model was trained on {cfg.device!r}, but this machine cannot run CUDA "
+            f"({why}); load it with glae.load(path, device='cpu') (Trainer.resume and the "
+            "command line's train, eval and predict take device='cpu' / --device cpu)")
     try:
         model = model_factory.from_config(cfg)
     except (ValueError, TypeError) as e:

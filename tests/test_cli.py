@@ -109,7 +109,7 @@ def test_demo_tiny(tmp_path, capsys):
     assert rc == 0, err
     for row in ("vanilla", "balanced", "routed"):
         assert any(line.startswith(row) for line in text.splitlines())
-    assert "MAE" in text and "CMAE" in text and "AAR" in text
+    assert "MAE" in text and "CMAE" in text and "AAR-LAE" in text
     for name in ("log.jsonl", "last.safetensors", "best.safetensors", "per_age_mae.png",
                  "report.json"):
         assert (out / name).is_file(), name
@@ -368,3 +368,252 @@ def test_info_check_passes_for_the_same_engine_and_flags_a_wrong_gradient(capsys
     rows = info.self_check(["cuda:99"], maths=("fp32",))
     assert rows[1]["error"] and not rows[1]["ok"]
     assert "failed: " in info.format_check(rows)
+
+
+# -- the user review of the command line ---------------------------------------------------
+
+def no_gpu(monkeypatch, why="no CUDA device (test)"):
+    """Make this machine look like one without a usable GPU, whatever it has: cuda_unusable
+    (read by the CLI's --device check and by load_checkpoint) gives `why`."""
+    import glae.train
+
+    monkeypatch.setattr(glae.train, "cuda_unusable", lambda: why)
+    return why
+
+
+def test_eval_and_predict_on_a_gpu_this_machine_lacks(files, trained, tmp_path, monkeypatch,
+                                                      capsys):
+    """--device cuda / cuda:N without a usable GPU: one line naming the option and why, exit
+    status 2, no traceback, nothing evaluated or written."""
+    why = no_gpu(monkeypatch)
+    js = tmp_path / "r.json"
+    rc, out, err = run_cli(capsys, "eval", trained["last"], files["test"], "--device", "cuda",
+                           "--json", js)
+    assert (rc, out) == (2, "") and err == f"glae eval: error: --device cuda: {why}\n"
+    assert not js.exists()
+    rc, out, err = run_cli(capsys, "predict", trained["last"], files["pngs"][0],
+                           "--device", "cuda:0")
+    assert (rc, out) == (2, "") and err == f"glae predict: error: --device cuda:0: {why}\n"
+    rc, _, err = run_cli(capsys, "eval", trained["last"], files["test"], "--device", "gpu")
+    assert rc == 2 and "glae eval: error: --device gpu: expected cpu, cuda or cuda:N" in err
+
+
+def test_a_gpu_index_this_machine_lacks(files, trained, monkeypatch, capsys):
+    """A machine with one usable GPU: --device cuda:1 says which GPUs there are."""
+    import glae.train
+    from glae import info
+
+    monkeypatch.setattr(glae.train, "cuda_unusable", lambda: None)
+    monkeypatch.setattr(info, "usable_gpus", lambda state=None: ["cuda:0"])
+    rc, out, err = run_cli(capsys, "predict", trained["last"], files["pngs"][0],
+                           "--device", "cuda:1")
+    assert (rc, out) == (2, "")
+    assert err == "glae predict: error: --device cuda:1: this machine has 1 usable CUDA " \
+                  "device(s): cuda:0\n"
+
+
+def test_device_unavailable_error_is_a_clear_error(files, trained, tmp_path, monkeypatch,
+                                                   capsys):
+    """glae.DeviceUnavailableError (a RuntimeError) reaching main: `glae <cmd>: error:` and
+    exit status 2 like a ValueError, not a traceback. train --resume of a GPU run here, and a
+    config whose device is a GPU this machine lacks (checked before any data is read)."""
+    why = no_gpu(monkeypatch)
+    gpu = gpu_checkpoint(trained["last"], tmp_path / "gpu.safetensors")
+    rc, _, err = run_cli(capsys, "train", "--train", files["train"], "--out", tmp_path / "run",
+                         "--resume", gpu)
+    assert rc == 2 and err.startswith("glae train: error: ") and err.count("\n") == 1
+    assert "cannot run CUDA" in err and why in err and "Traceback" not in err
+    assert "trained on 'cuda'" in err and "--device cpu" in err
+    # the way out it names: the same run continued on the CPU (finished already here)
+    rc, out, err = run_cli(capsys, "train", "--train", files["train"], "--out", tmp_path / "run",
+                           "--resume", gpu, "--device", "cpu")
+    assert rc == 0 and "already complete" in out, err
+    # a device asked for is named as asked, not as where the model was trained
+    with pytest.raises(glae.DeviceUnavailableError, match="device='cuda' was asked for"):
+        glae.load(trained["last"], device="cuda")
+    rc, _, err = run_cli(capsys, "train", "--train", files["train"], "--out", tmp_path / "run",
+                         "--resume", trained["last"], "--device", "cuda")
+    assert rc == 2 and err == f"glae train: error: --device cuda: {why}\n"
+    rc, _, err = run_cli(capsys, "train", "--config", files["toml"], "--train",
+                         tmp_path / "absent.glae", "--out", tmp_path / "run2",
+                         "--set", "device=cuda")
+    assert rc == 2 and err == f"glae train: error: the config's device cuda: {why}\n"
+    assert not (tmp_path / "run2").exists()
+
+
+def test_output_folders_are_checked_before_any_work(files, trained, tmp_path, capsys):
+    """eval --json, export's output and prepare's out in a folder that does not exist (or is
+    a file): an error naming the user's path before anything is evaluated, exported or read
+    (prepare's source does not exist either: the output is checked first)."""
+    target = tmp_path / "nonexist" / "r.json"
+    rc, out, err = run_cli(capsys, "eval", trained["last"], files["test"], "--json", target)
+    assert (rc, out) == (2, "")
+    assert err == f"glae eval: error: --json {target}: the folder {target.parent} does not " \
+                  "exist\n"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    rc, out, err = run_cli(capsys, "eval", trained["last"], files["test"], "--json",
+                           afile / "r.json")
+    assert (rc, out) == (2, "") and f"{afile} is not a folder" in err
+    rc, out, err = run_cli(capsys, "eval", trained["last"], files["test"], "--json", tmp_path)
+    assert (rc, out) == (2, "") and "is a folder; give a file name" in err
+    onnx_out = tmp_path / "nonexist" / "m.onnx"
+    rc, out, err = run_cli(capsys, "export", trained["last"], onnx_out)
+    assert (rc, out) == (2, "")
+    assert err == f"glae export: error: output {onnx_out}: the folder {onnx_out.parent} does " \
+                  "not exist\n"
+    packed = tmp_path / "nonexist" / "faces.glae"
+    rc, _, err = run_cli(capsys, "prepare", f"csv:{tmp_path / 'absent.csv'}", packed)
+    assert rc == 2 and err == f"glae prepare: error: out {packed}: the folder " \
+                              f"{packed.parent} does not exist\n"
+
+
+def test_write_json_names_the_users_path(tmp_path):
+    """A report that cannot be renamed into place (the path is a non-empty folder): the
+    error names the path given, not the temporary file, and leaves no temporary file."""
+    from glae.cli import _write_json
+
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "x").write_text("")
+    with pytest.raises(OSError) as e:
+        _write_json(str(target), {"mae": 1.0})
+    assert str(e.value).startswith(f"cannot write {target}: ") and ".tmp" not in str(e.value)
+    assert not (tmp_path / "taken.tmp").exists()
+    _write_json(str(tmp_path / "ok.json"), {"mae": np.float32(1.5)})
+    assert json.loads((tmp_path / "ok.json").read_text()) == {"mae": 1.5}
+    assert sorted(os.listdir(tmp_path)) == ["ok.json", "taken"]
+
+
+def test_export_checks_the_checkpoint_before_onnx(trained, tmp_path, monkeypatch, capsys):
+    """Without the onnx package: a missing checkpoint is reported as such (not as the missing
+    package); a present one gets install advice that works for a source install too."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    rc, _, err = run_cli(capsys, "export", tmp_path / "nope.safetensors", tmp_path / "m.onnx")
+    assert rc == 2
+    assert err == f"glae export: error: checkpoint not found: {tmp_path / 'nope.safetensors'}\n"
+    rc, _, err = run_cli(capsys, "export", trained["last"], tmp_path / "m.onnx")
+    assert rc == 2 and err.startswith("glae export: error: ONNX export needs the onnx package")
+    assert "pip install onnx" in err and "[export]" in err and "glae[export]" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_info_check_devices_are_validated_up_front(monkeypatch, capsys):
+    """info --check --device: a string that is no device is an error (exit 2) before the
+    report and before any check runs; cuda and cuda:N reach the self-check as given;
+    --device without --check is an error rather than silently ignored."""
+    from glae import info
+
+    ran = []
+
+    def fake_check(devices, maths):
+        ran.append((list(devices), maths))
+        return [{"device": "cpu", "math": "fp32", "loss": 1.0, "loss_rel": 0.0, "grad_rel": 0.0,
+                 "limit": 0.0, "ok": True, "step_s": 0.0, "error": None, "reference": True}]
+
+    monkeypatch.setattr(info, "self_check", fake_check)
+    for bad in ("banana", "cuda:", "cuda:x", "gpu:0", "CUDA"):
+        rc, out, err = run_cli(capsys, "info", "--check", "--device", "cuda:0", "--device", bad)
+        assert (rc, out) == (2, "")
+        assert err == f"glae info: error: --device {bad}: expected cpu, cuda or cuda:N " \
+                      "(e.g. cuda:0)\n"
+    assert ran == []
+    rc, out, err = run_cli(capsys, "info", "--device", "cuda:0")
+    assert (rc, out) == (2, "") and "add --check" in err
+    rc, out, err = run_cli(capsys, "info", "--check", "--device", "cuda:1", "--device", "cuda",
+                           "--math", "fp32")
+    assert rc == 0, err
+    assert ran == [(["cuda:1", "cuda"], ("fp32",))] and "reference" in out
+
+
+def _description(parser):
+    return (parser.description or "").strip()
+
+
+def test_help_describes_every_command_and_option():
+    """Every command has a description of its own (its --help); every option has a help
+    text, and one with a default says it."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert len(_description(parser)) > 40, name
+        for a in parser._actions:
+            if a.dest == "help":
+                continue
+            assert a.help, f"{name} {a.dest}: no help"
+            if a.default not in (None, False):
+                assert "default" in a.help, f"{name} {a.dest}: default {a.default!r} not shown"
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert "optional TOML config" in helps["train"]
+    def text(cmd):  # the help as printed, lines joined
+        return " ".join(sub.choices[cmd].format_help().split())
+
+    assert "(default: 224)" in text("prepare") and "(default: 0.0)" in text("prepare")
+    assert "(default: 32)" in text("demo") and "(default: 0)" in text("demo")
+    assert "(default: routed)" in text("export")
+
+
+@pytest.mark.parametrize("argv0, prog", [("/usr/local/bin/glae", "glae"),
+                                         ("glae", "glae"),
+                                         ("/src/glae/glae/__main__.py", "python -m glae"),
+                                         ("/usr/bin/pytest", "python -m glae"),
+                                         ("", "python -m glae")])
+def test_usage_names_the_program_as_invoked(argv0, prog, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [argv0, "eval", "--help"])
+    assert build_parser().prog == prog
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert capsys.readouterr().out.startswith(f"usage: {prog} eval ")
+
+
+def test_console_script_usage_says_glae():
+    """The installed `glae` console script (pip install -e .) prints `usage: glae`."""
+    script = os.path.join(os.path.dirname(sys.executable), "glae")
+    if not os.path.isfile(script):
+        pytest.skip("no glae console script beside this interpreter")
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: glae [-h]")
+    assert "`glae <command>`" in r.stdout
+
+
+def test_resume_of_a_finished_run_says_so(files, trained, tmp_path, capsys):
+    """train --resume of a run whose last epoch is done: says the run was already complete,
+    trains nothing and writes no checkpoint."""
+    out = tmp_path / "again"
+    rc, text, err = run_cli(capsys, "train", "--train", files["train"], "--out", out,
+                            "--resume", trained["last"])
+    assert rc == 0, err
+    assert f"{trained['last']}: the run was already complete (stage 2: 1/1 epochs)" in text
+    assert "checkpoints in" not in text
+    assert not (out / "last.safetensors").exists() and not (out / "log.jsonl").exists()
+
+
+def test_run_complete():
+    from glae.cli import run_complete
+    from glae.config import Config
+
+    cfg = Config(stage1_epochs=2, stage2_epochs=1)
+
+    def st(stage, epoch, batch=0):
+        return {"stage": stage, "epoch": epoch, "batch": batch}
+
+    assert run_complete(cfg, st(2, 1)) == "stage 2: 1/1 epochs"
+    for state in (st(1, 0), st(1, 1, 3), st(1, 2), st(2, 0), st(2, 0, 2)):
+        assert run_complete(cfg, state) is None, state
+    s1 = Config(stage1_epochs=2, stage2_epochs=0)
+    assert run_complete(s1, st(1, 2)) == "stage 1: 2/2 epochs, no stage 2"
+    assert run_complete(s1, st(1, 1)) is None
+
+
+def test_demo_table_names_the_aar_groups():
+    """The demo's table: the AAR column says it is over LAE's groups (eval prints both), and
+    holds the LAE value."""
+    from glae.cli import _table
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(1, 100, 300)
+    yhat = y + rng.normal(0, 1, 300) + np.where(y > 81, 4, 0)  # ages LAE's groups leave out
+    rep = metrics.report(y, yhat)
+    assert round(rep["aar_lae"]["aar"], 2) != round(rep["aar_glae"]["aar"], 2)
+    lines = _table({"vanilla": rep}).splitlines()
+    assert lines[0].split()[:3] == ["MAE", "CMAE", "AAR-LAE"]
+    assert lines[2].split()[3] == f"{rep['aar_lae']['aar']:.2f}"

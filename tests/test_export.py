@@ -1,6 +1,8 @@
 """glae.export: the ONNX graph, run by ONNX Runtime, gives glae's predict outputs (age,
 prob, head) for the routed, vanilla and balanced heads (skipped without onnx /
 onnxruntime)."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -128,4 +130,22 @@ def test_bad_arguments(tmp_path):
         export_onnx(3, tmp_path / "x.onnx")
     m = Model(backbone="resnet18", head="gap", image_size=32)
     with pytest.warns(UserWarning, match="stage 2"):
+        export_onnx(m, tmp_path / "x.onnx")
+
+
+def test_errors_name_the_users_paths(tmp_path, monkeypatch):
+    """A missing checkpoint is named before the onnx package is needed; a file that cannot
+    be written is named as given (not its temporary name) and leaves nothing behind; the
+    missing-package advice suits a source install too."""
+    m = Model(backbone="resnet18", head="gap", image_size=32)
+    m.stage2_trained = True
+    target = tmp_path / "missing" / "x.onnx"
+    with pytest.raises(OSError) as e:
+        export_onnx(m, target)
+    assert str(e.value).startswith(f"cannot write {target}: ") and ".tmp" not in str(e.value)
+    assert not (tmp_path / "missing").exists()
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.safetensors"):
+        export_onnx(tmp_path / "nope.safetensors", tmp_path / "x.onnx")
+    with pytest.raises(ImportError, match=r"pip install onnx \(or the project's \[export\] extra"):
         export_onnx(m, tmp_path / "x.onnx")

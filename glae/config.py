@@ -48,7 +48,10 @@ class Config:
     num_classes: int = 101
     lam: float = 1.0  # lambda of l_base = l_kl + lambda * l_er
     loss: str = "base"  # stage-1 loss: "base" (l_base) or "kl" (GLAE Table II row 1)
-    sigma: float = 1.0  # label-distribution sigma when the data has none
+    sigma: float = 1.0  # label-distribution sigma (GLAE eq. 1, LAE 2.1: 1)
+    # True: each image's own sigma where the data has one (Chalearn's vote spread), `sigma`
+    # for the others; False: `sigma` for every image, as eq. 1 is written
+    sigma_from_data: bool = False
     # data
     image_size: int = 224
     normalization: str = "glae"  # (x - 127.5) / 128 (GLAE) or ImageNet mean/std (LAE)
@@ -143,7 +146,7 @@ class Config:
         if self.image_size > 4096:  # the papers use 224; a 4096 px batch of 256 needs ~150 GiB
             raise ValueError(f"image_size must be at most 4096; got {self.image_size}")
         for name in ("linear_scaling", "cycle_momentum", "nesterov", "wd_exclude_bn_bias",
-                     "flip_test"):
+                     "sigma_from_data", "flip_test"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if not isinstance(self.pretrained, str):

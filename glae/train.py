@@ -207,8 +207,9 @@ class Trainer:
         # the age histogram (MAE by shot) and the alignment of the crops (raw photos)
         model.data_info = {"train_age_hist": np.bincount(self.labels).tolist(),
                            "align": train.align}
-        self.sigmas = np.full(len(train), config.sigma, np.float32) if train.sigmas is None \
-            else np.where(np.isnan(train.sigmas), np.float32(config.sigma), train.sigmas)
+        self.sigmas = np.full(len(train), config.sigma, np.float32)
+        if config.sigma_from_data and train.sigmas is not None:
+            self.sigmas = np.where(np.isnan(train.sigmas), self.sigmas, train.sigmas)
         self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
         self._check_schedules()
         if out_dir:

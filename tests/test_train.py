@@ -483,6 +483,25 @@ def test_model_save_load_and_predict_inputs(data, reference_run, tmp_path):
         Model(backbone="resnet34")
 
 
+def test_label_sigma_is_the_configs_unless_asked_for_the_datas(data):
+    """GLAE eq. 1: sigma = Config.sigma for every image, even where the data has its own;
+    sigma_from_data takes the data's (NaN: Config.sigma for that image)."""
+    train, val = data
+    own = np.full(len(train), np.nan, np.float32)
+    own[::3] = 4.5
+    d = Dataset(train.images, train.ages, own)
+    cfg = small_cfg(sigma=1.5)
+    t = Trainer(Model.from_config(cfg), cfg, d, val, progress=False)
+    assert np.all(t.sigmas == 1.5)
+    cfg = cfg.replace(sigma_from_data=True)
+    t = Trainer(Model.from_config(cfg), cfg, d, val, progress=False)
+    np.testing.assert_array_equal(t.sigmas, np.where(np.isnan(own), np.float32(1.5), own))
+    # what the loader hands the step: the trainer's sigmas, batch by batch
+    order = np.arange(len(d), dtype=np.int64)
+    seen = np.concatenate([sig for _, _, sig in t.loader(order, stage=1, epoch=0)])
+    np.testing.assert_array_equal(seen, t.sigmas[:len(seen)])
+
+
 def test_dataset_sigmas_nan_means_none():
     images = np.zeros((4, 8, 8, 3), np.uint8)
     ages = np.array([1, 2, 3, 4], np.float32)

@@ -258,22 +258,14 @@ def cmd_demo(args):
 
 
 def _write_json(path, obj):
-    """Written beside and renamed over: never a half-written report. An OSError names
-    `path` (not the temporary file) and leaves no temporary file behind."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
+    """Never a half-written report (write_atomically)."""
+    from ._atomic import write_atomically
+
+    def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, default=_jsonable)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise type(e)(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):  # a failed dump or rename
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+
+    write_atomically(path, write)
 
 
 def _jsonable(o):

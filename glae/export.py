@@ -254,17 +254,6 @@ def export_onnx(checkpoint_or_model, path, head="routed", batch=None, flip=True,
         meta["glae.normalization"] = json.loads(cfg_json)["normalization"]
     onnx.helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except OSError as e:  # name the user's path, not the temporary one
-        raise type(e)(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-    return path
+    from ._atomic import write_atomically
+
+    return write_atomically(path, lambda tmp: onnx.save(model, tmp))

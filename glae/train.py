@@ -662,16 +662,15 @@ def _same_file(src, dst):
     place, so dst keeps this content), else a copy. Atomic: built aside, then renamed."""
     import shutil
 
-    tmp = f"{dst}.{os.getpid()}.tmp"
-    try:
+    from ._atomic import write_atomically
+
+    def write(tmp):
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomically(dst, write)
 
 
 def _json_default(o):

@@ -112,7 +112,9 @@ class BuildExt(build_ext):
 
         def one(src):
             obj = os.path.join(out_dir, os.path.relpath(src, HERE).replace(os.sep, "_") + ".o")
-            cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "--use_fast_math",
+            # no --use_fast_math and -fmad=false: the kernels' float arithmetic is the C
+            # twins' (-ffp-contract=off), IEEE division and sqrt, no flush to zero
+            cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-fmad=false",
                    "-Xcompiler", "-fPIC", "-DGLAE_WITH_CUDA", *gencode, *incs]
             log(" ".join(cmd))
             subprocess.check_call(cmd)

@@ -33,9 +33,10 @@ glae_cuda_ctx *glae_cuda_of(glae_ctx *ctx, const char *fn) {
 }
 
 /* cuBLAS math for the fp32 GEMMs; the compute type of each GEMM is chosen per call too
- * (linear.cu), this keeps plain cublasSgemm callers consistent with the mode */
+ * (gemm_compute, layers.cu), this keeps plain cublasSgemm callers consistent with it:
+ * TF32 only in TF32 mode (the GEMMs are the heads', float32 under bf16 too) */
 static int apply_math(glae_cuda_ctx *c) {
-    cublasMath_t m = c->math == GLAE_MATH_FP32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH;
+    cublasMath_t m = c->math == GLAE_MATH_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
     GLAE_CUBLAS_CHECK(cublasSetMathMode(c->cublas, m));
     return GLAE_OK;
 }

@@ -4,8 +4,8 @@
  * mode, shape) is chosen once, by the cudnnGet*_v7 heuristics or, in benchmark mode, by
  * timing with cudnnFind*, and cached in the context.
  *
- * Math: float32 tensors use FMA math (GLAE_MATH_FP32) or TF32 tensor cores (TF32 and BF16
- * modes); the _bf16 twins take bf16 activations, convert the float32 master weights to
+ * Math: float32 tensors use FMA math (FP32 mode, and the heads' float32 convs in BF16 mode)
+ * or TF32 tensor cores (TF32 mode); the _bf16 twins take bf16 activations, convert the float32 master weights to
  * bf16 per call (like autocast) and accumulate in float32 inside cuDNN. Bias add and bias
  * gradient are our own kernels (per-channel, deterministic). */
 #include <stdlib.h>
@@ -78,8 +78,10 @@ static void descs_free(descs *d) {
 
 static cudnnMathType_t desc_math(int math, int bf16) {
     if (bf16) return CUDNN_TENSOR_OP_MATH;
-    /* DEFAULT math lets cuDNN use TF32 tensor cores for float32 on sm_80+; FMA forbids it */
-    return math == GLAE_MATH_FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+    /* DEFAULT math lets cuDNN use TF32 tensor cores for float32 on sm_80+; FMA forbids it.
+     * A float32 conv under bf16 mixed precision is a head's (Feature Rearrangement): float32
+     * as on the CPU, so only TF32 mode allows TF32. */
+    return math == GLAE_MATH_TF32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
 }
 
 static int descs_make(descs *d, const glae_conv2d_shape *s, int bf16, int math) {
@@ -102,8 +104,8 @@ static int descs_make(descs *d, const glae_conv2d_shape *s, int bf16, int math) 
 /* ---- algorithm choice and cache ------------------------------------------------------------ */
 
 static void conv_key(int key[16], int op, int bf16, int math, const glae_conv2d_shape *s) {
-    /* float32 tensors in BF16 mode behave as TF32 (desc_math): share their entries */
-    const int m = bf16 ? 2 : (math == GLAE_MATH_FP32 ? 0 : 1);
+    /* float32 tensors in BF16 mode behave as FP32 (desc_math): share their entries */
+    const int m = bf16 ? 2 : (math == GLAE_MATH_TF32 ? 1 : 0);
     const int k[16] = {op, bf16, m, s->n, s->h, s->w, s->c_in, s->c_out, s->kh, s->kw,
                        s->stride_h, s->stride_w, s->pad_h, s->pad_w, 0, 0};
     memcpy(key, k, sizeof k);
@@ -234,7 +236,7 @@ static int choose(glae_cuda_ctx *c, const descs *d, int op, int bf16, const glae
     perf r[MAX_ALGOS];
     int n;
     GLAE_TRY(query(c, d, op, r, &n));
-    const int strict = !bf16 && c->math == GLAE_MATH_FP32;
+    const int strict = !bf16 && c->math != GLAE_MATH_TF32; /* float32 without TF32 */
     /* results come best first. Each candidate gets its math type set on the descriptor and
      * its workspace size computed for that math type (the figure the op will ask for, which
      * can differ from the heuristic's), and only then is it checked against the limit; one

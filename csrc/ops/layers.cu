@@ -430,12 +430,10 @@ extern "C" int glae_avgpool_backward_cuda(glae_ctx *ctx, float *din, const float
  * A row-major (m x n) matrix is the column-major (n x m) one, so C = A B^T becomes
  * C^T = B A^T in cuBLAS terms: no copies, only swapped operands. */
 
+/* The GEMMs are the heads', which run in float32 under bf16 mixed precision too
+ * (docs/precision.md, like the CPU definition): only TF32 mode lets them use tensor cores. */
 static cublasComputeType_t gemm_compute(const glae_cuda_ctx *c) {
-    switch (c->math) {
-    case GLAE_MATH_TF32: return CUBLAS_COMPUTE_32F_FAST_TF32;
-    case GLAE_MATH_BF16: return CUBLAS_COMPUTE_32F_FAST_16BF;
-    default: return CUBLAS_COMPUTE_32F;
-    }
+    return c->math == GLAE_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
 /* column-major C (m x n) = alpha op(A) op(B) + beta C, all float32 */

@@ -213,6 +213,15 @@ class Model:
         known = self.align or (224, 0.0)
         align_size = known[0] if align_size is None else align_size
         margin = known[1] if margin is None else margin
+        share = ((self.data_info or {}).get("align") or {}).get("landmarks")
+        if share is not None and share < 0.5:
+            import warnings
+
+            warnings.warn(
+                f"predict_faces: only {share:.0%} of this model's training crops were aligned "
+                "with landmarks (prepare centre-cropped the rest), so the faces it aligns here "
+                "are framed unlike those it learnt on and its ages may be off; for raw photos "
+                "train on data prepared with --detect (docs/mtcnn.md)", stacklevel=2)
         if isinstance(image, (str, bytes, os.PathLike)):
             img = load_image(image)  # EXIF orientation and alpha handling as prepare
         else:

@@ -75,6 +75,12 @@ class Dataset:
             images = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
         size, margin = getattr(packed, "align_size", None), getattr(packed, "align_margin", None)
         align = None if size is None else {"size": int(size), "margin": float(margin)}
+        n_lm = (getattr(packed, "meta", None) or {}).get("n_aligned_with_landmarks")
+        if align is not None and n_lm is not None:
+            # the share prepare aligned with landmarks (the rest were centre-cropped): a
+            # model trained on centre crops frames faces unlike predict_faces' alignment
+            n_file = len(getattr(packed, "base_images", images))
+            align["landmarks"] = min(1.0, float(n_lm) / max(n_file, 1))
         return cls(images, packed.ages, packed.sigmas, align)
 
 
@@ -650,7 +656,10 @@ def _data_info(info, path):
         isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in hist)
     ok = ok and (align is None or (isinstance(align, dict) and isinstance(align.get("size"), int)
                                    and align["size"] > 0
-                                   and isinstance(align.get("margin"), (int, float))))
+                                   and isinstance(align.get("margin"), (int, float))
+                                   and (align.get("landmarks") is None
+                                        or isinstance(align["landmarks"], (int, float))
+                                        and 0 <= align["landmarks"] <= 1)))
     if not ok:
         raise ckpt.CheckpointError(f"{path}: corrupt training-data metadata {info!r}")
     return {"train_age_hist": hist, "align": align}

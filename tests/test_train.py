@@ -524,6 +524,7 @@ def test_checkpoint_records_the_alignment_of_the_training_data(tmp_path):
     """A packed file from prepare records its size and margin; the trainer's checkpoints
     carry them, and predict_faces uses them as its defaults."""
     from glae import checkpoint as ckpt
+    from glae import detect as gd
     from glae.data import synthetic_faces, write_packed
     from glae.train import as_dataset
 
@@ -537,6 +538,28 @@ def test_checkpoint_records_the_alignment_of_the_training_data(tmp_path):
     ck = t.save("last")
     m = load(ck)
     assert m.align == (SIZE, 0.25)
+    # prepare also says how many faces it aligned with landmarks: a model trained on
+    # centre crops is warned about when it aligns detected faces
+    write_packed(path, images, ages, meta={"size": SIZE, "margin": 0.25,
+                                           "n_aligned_with_landmarks": 2})
+    t = Trainer(Model.from_config(cfg), cfg, as_dataset(path), None, out_dir=str(tmp_path),
+                progress=False, log=None)
+    assert t.train.align == {"size": SIZE, "margin": 0.25, "landmarks": 0.2}
+    m = load(t.save("last"))
+    assert m.data_info["align"]["landmarks"] == 0.2
+
+    class OneFace(gd.MTCNN):
+        def __init__(self):
+            pass
+
+        def detect(self, img):
+            lm = np.array([[[12, 13], [20, 13], [16, 18], [13, 23], [19, 23]]], np.float32)
+            return np.array([[4, 4, 28, 30]], np.float32), np.array([0.99], np.float32), lm
+
+    face = np.zeros((40, 40, 3), np.uint8)
+    with pytest.warns(UserWarning, match="only 20% of this model's training crops"):
+        faces = m.predict_faces(face, weights=OneFace())
+    assert len(faces) == 1
     assert sorted(m.train_ages.tolist()) == sorted(np.rint(ages).tolist())
     # a corrupt entry is named, not half-used
     tensors, meta = ckpt.load(ck)

@@ -469,37 +469,53 @@ int glae_mtcnn_rerec(float *boxes, int64_t n, int ld) {
     return GLAE_OK;
 }
 
+/* Area resize of the window [wy0, wy0 + rh) x [wx0, wx0 + rw) of an (h, w, c) image with row
+ * stride `stride`, reading zeros outside the image: the window may extend past it (a face
+ * box at the border). Separable: the mean over each cell's column span, then over its row
+ * span (the 2-D window mean of adaptive average pooling, exactly, in real arithmetic); the
+ * sums run over the pixels inside the image, the divisors count the whole span. */
+static int resize_window(float *out, int oh, int ow, const float *img, int h, int w, int c,
+                         int64_t stride, int64_t wy0, int64_t wx0, int64_t rh, int64_t rw) {
+    const int64_t ry0 = wy0 < 0 ? 0 : wy0, ry1 = wy0 + rh > h ? h : wy0 + rh; /* rows inside */
+    const int64_t nr = ry1 > ry0 ? ry1 - ry0 : 0;
+    float *tmp = malloc(sizeof(float) * (size_t)(nr ? nr : 1) * (size_t)ow * (size_t)c);
+    if (!tmp) return glae_fail(GLAE_ERR_MEMORY, "resize_area: out of memory");
+    for (int64_t y = 0; y < nr; y++) {
+        const float *row = img + (ry0 + y) * stride;
+        for (int j = 0; j < ow; j++) {
+            int64_t x0 = wx0 + (int64_t)j * rw / ow, x1 = wx0 + ((int64_t)(j + 1) * rw + ow - 1) / ow;
+            const double span = (double)(x1 - x0);
+            if (x0 < 0) x0 = 0;
+            if (x1 > w) x1 = w;
+            for (int k = 0; k < c; k++) {
+                double s = 0.0;
+                for (int64_t x = x0; x < x1; x++) s += row[x * c + k];
+                tmp[(y * ow + j) * c + k] = (float)(s / span);
+            }
+        }
+    }
+    for (int i = 0; i < oh; i++) {
+        int64_t y0 = wy0 + (int64_t)i * rh / oh, y1 = wy0 + ((int64_t)(i + 1) * rh + oh - 1) / oh;
+        const double span = (double)(y1 - y0);
+        if (y0 < ry0) y0 = ry0;
+        if (y1 > ry1) y1 = ry1;
+        for (int j = 0; j < ow; j++)
+            for (int k = 0; k < c; k++) {
+                double s = 0.0;
+                for (int64_t y = y0; y < y1; y++) s += tmp[((y - ry0) * ow + j) * c + k];
+                out[((int64_t)i * ow + j) * c + k] = (float)(s / span);
+            }
+    }
+    free(tmp);
+    return GLAE_OK;
+}
+
 int glae_mtcnn_resize_area(float *out, int oh, int ow, const float *in, int rh, int rw, int c,
                            int64_t in_stride) {
     if (oh < 1 || ow < 1 || rh < 1 || rw < 1 || c < 1 || in_stride < (int64_t)rw * c)
         return glae_fail(GLAE_ERR_VALUE, "resize_area: bad sizes (%dx%d -> %dx%d, c %d)", rh, rw,
                          oh, ow, c);
-    /* separable: mean over the column window, then over the row window (the 2-D window
-     * mean of adaptive average pooling, exactly, in real arithmetic) */
-    float *tmp = malloc(sizeof(float) * (size_t)rh * (size_t)ow * (size_t)c);
-    if (!tmp) return glae_fail(GLAE_ERR_MEMORY, "resize_area: out of memory");
-    for (int y = 0; y < rh; y++) {
-        const float *row = in + (int64_t)y * in_stride;
-        for (int j = 0; j < ow; j++) {
-            const int64_t x0 = (int64_t)j * rw / ow, x1 = ((int64_t)(j + 1) * rw + ow - 1) / ow;
-            for (int k = 0; k < c; k++) {
-                double s = 0.0;
-                for (int64_t x = x0; x < x1; x++) s += row[x * c + k];
-                tmp[((int64_t)y * ow + j) * c + k] = (float)(s / (double)(x1 - x0));
-            }
-        }
-    }
-    for (int i = 0; i < oh; i++) {
-        const int64_t y0 = (int64_t)i * rh / oh, y1 = ((int64_t)(i + 1) * rh + oh - 1) / oh;
-        for (int j = 0; j < ow; j++)
-            for (int k = 0; k < c; k++) {
-                double s = 0.0;
-                for (int64_t y = y0; y < y1; y++) s += tmp[(y * ow + j) * c + k];
-                out[((int64_t)i * ow + j) * c + k] = (float)(s / (double)(y1 - y0));
-            }
-    }
-    free(tmp);
-    return GLAE_OK;
+    return resize_window(out, oh, ow, in, rh, rw, c, in_stride, 0, 0, rh, rw);
 }
 
 /* ---- the pipeline ----------------------------------------------------------------------- */
@@ -563,23 +579,25 @@ static int rows_nms(rows_t *r, float thresh, int mode) {
     return st;
 }
 
-/* the reference's pad(): integer crop window [y-1, ey) x [x-1, ex) clipped to the image;
- * 0 when the window is empty (or the box is not finite) */
-static int crop_window(const float *b, int h, int w, int *y0, int *y1, int *x0, int *x1) {
+/* The box's integer crop window [y-1, ey) x [x-1, ex), x, y, ex, ey truncated toward zero,
+ * NOT clipped to the image: as in the original MTCNN's pad(), the part outside the image
+ * reads as zeros, so the crop shows the whole box, which the networks' box regression and
+ * landmarks are relative to. (facenet-pytorch clips the window and stretches what is left
+ * to the crop size: a face at the border then gets landmarks tens of pixels off,
+ * docs/mtcnn.md.) 0 when the window is empty, misses the image, or the box is not finite. */
+static int crop_window(const float *b, int h, int w, int64_t *y0, int64_t *y1, int64_t *x0,
+                       int64_t *x1) {
     for (int i = 0; i < 4; i++)
         if (!isfinite(b[i])) return 0;
     const float lim = 1e9f; /* keep the int conversions defined */
-    long x = (long)fmaxf(fminf(b[0], lim), -lim), y = (long)fmaxf(fminf(b[1], lim), -lim);
-    long ex = (long)fmaxf(fminf(b[2], lim), -lim), ey = (long)fmaxf(fminf(b[3], lim), -lim);
-    if (x < 1) x = 1;
-    if (y < 1) y = 1;
-    if (ex > w) ex = w;
-    if (ey > h) ey = h;
-    if (ey <= y - 1 || ex <= x - 1) return 0;
-    *y0 = (int)(y - 1);
-    *y1 = (int)ey;
-    *x0 = (int)(x - 1);
-    *x1 = (int)ex;
+    const int64_t x = (int64_t)fmaxf(fminf(b[0], lim), -lim), y = (int64_t)fmaxf(fminf(b[1], lim), -lim);
+    const int64_t ex = (int64_t)fmaxf(fminf(b[2], lim), -lim), ey = (int64_t)fmaxf(fminf(b[3], lim), -lim);
+    if (ey <= y - 1 || ex <= x - 1) return 0;              /* empty */
+    if (ey <= 0 || ex <= 0 || y - 1 >= h || x - 1 >= w) return 0; /* wholly outside */
+    *y0 = y - 1;
+    *y1 = ey;
+    *x0 = x - 1;
+    *x1 = ex;
     return 1;
 }
 
@@ -595,12 +613,11 @@ static int make_crops(float **out, rows_t *r, const float *img, int h, int w, in
     if (!crops) return glae_fail(GLAE_ERR_MEMORY, "mtcnn: out of memory for crops");
     int64_t k = 0;
     for (int64_t i = 0; i < r->n; i++) {
-        int y0, y1, x0, x1;
+        int64_t y0, y1, x0, x1;
         if (!crop_window(r->d + i * LD, h, w, &y0, &y1, &x0, &x1)) continue;
         if (k != i) memmove(r->d + k * LD, r->d + i * LD, LD * sizeof(float));
-        int st = glae_mtcnn_resize_area(crops + k * per, size, size,
-                                        img + ((int64_t)y0 * w + x0) * 3, y1 - y0, x1 - x0, 3,
-                                        (int64_t)w * 3);
+        int st = resize_window(crops + k * per, size, size, img, h, w, 3, (int64_t)w * 3, y0, x0,
+                               y1 - y0, x1 - x0);
         if (st) {
             free(crops);
             return st;

@@ -500,7 +500,19 @@ class Trainer:
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(entry, default=_json_default) + "\n")
         self.log(_summary_line(entry))
+        if "val" in entry:
+            self._note_if_no_better_than_the_median(entry["val"][key]["mae"])
         return entry
+
+    def _note_if_no_better_than_the_median(self, mae):
+        """A run that has not learnt (a constant answer) is otherwise easy to miss: say so
+        when the validation MAE does not beat answering the training median for all."""
+        med = float(np.median(self.train.ages))
+        base = float(np.mean(np.abs(self.val.ages - med)))
+        if mae >= base:
+            self.log(f"note: validation MAE {mae:.2f} is no better than answering the training "
+                     f"set's median age ({med:g}) for every face ({base:.2f}): the model has "
+                     "not learnt yet (too few epochs, a learning rate, strong augmentation?)")
 
     # -- checkpoints -----------------------------------------------------------------
     def save(self, which="last", path=None):

@@ -242,3 +242,27 @@ def test_prepare_from_spec(tmp_path):
     ds = PackedDataset(tmp_path / "u.glae")
     assert list(ds.ages) == [20, 30] and rep.n_used == 2
     assert any("zz.jpg" in p.source for p in rep.skipped)  # the reader's report is merged
+
+
+def test_subset_write_keeps_labels_and_header(tmp_path):
+    """A protocol's split written as files of their own: the crops and every label array
+    of the chosen images, and the source's header facts (prepare's alignment)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    ages = np.arange(9) * 10.0
+    sig = np.where(np.arange(9) % 2 == 0, 2.0, np.nan)
+    ids = np.array([3, -1, 4, 5, -1, 6, 7, 8, 9])
+    names = [f"img{i}.jpg" for i in range(9)]
+    src = PackedDataset(write_packed(tmp_path / "all.glae", images, ages, sigmas=sig,
+                                     identities=ids, paths=names,
+                                     meta={"size": 8, "margin": 0.1,
+                                           "n_aligned_with_landmarks": 9}))
+    pick = np.array([7, 0, 3])
+    part = PackedDataset(src.subset(pick).write(tmp_path / "part.glae"))
+    np.testing.assert_array_equal(np.asarray(part.images), images[pick])
+    np.testing.assert_array_equal(part.ages, ages[pick])
+    np.testing.assert_array_equal(part.sigmas, sig[pick])
+    np.testing.assert_array_equal(part.identities, ids[pick])
+    np.testing.assert_array_equal(part.hashes, src.hashes[pick])
+    assert part.paths == [names[i] for i in pick]
+    assert part.meta == src.meta and (part.align_size, part.align_margin) == (8, 0.1)

@@ -309,6 +309,19 @@ class PackedDataset:
         sub.paths = [self.paths[i] for i in idx]
         return sub
 
+    def write(self, path) -> str:
+        """This data set (a subset too) as a packed file of its own: its crops, ages, sigmas,
+        identities, paths and hashes, and the header facts of the file it came from
+        (prepare's size, margin, landmark counts: what the Trainer records for inference).
+        The way to turn a protocol's split into train/test files."""
+        with PackedWriter(path, self.size, meta=self.meta) as w:
+            for i in range(len(self)):
+                s, ident = self.sigmas[i], int(self.identities[i])
+                w.append(self.images[i], self.ages[i], sigma=None if np.isnan(s) else s,
+                         identity=None if ident < 0 else ident, path=self.paths[i],
+                         hash=self.hashes[i].tobytes())
+        return os.fspath(path)
+
     def hash_hex(self, i) -> str:
         return self.hashes[i].tobytes().hex()
 

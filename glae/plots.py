@@ -183,10 +183,12 @@ def _log_entries(log):
 
 
 def training_curves(log, path=None, title=None):
-    """Training losses (left: total and each part the engine reports) and validation MAE
-    (solid) and CMAE (dashed) per head (right), per epoch, stage 1 then stage 2 (the
-    dotted line marks the start of stage 2). `log`: a log.jsonl path, the trainer's
-    out_dir, or a list of entries."""
+    """Training losses (left: total and each part the engine reports; a part that is 0
+    throughout or equals the total, as with a one-branch head, is left out; stage 2's
+    losses are the balanced head's on class-balanced batches, so they are not joined to
+    stage 1's) and validation MAE (solid) and CMAE (dashed) per head (right), per epoch,
+    stage 1 then stage 2 (the dotted line marks the start of stage 2). `log`: a log.jsonl
+    path, the trainer's out_dir, or a list of entries."""
     entries = _log_entries(log)
     x = np.arange(1, len(entries) + 1)
     ticks = [f"{e.get('stage', '?')}.{e.get('epoch', '?')}" for e in entries]
@@ -197,9 +199,21 @@ def training_curves(log, path=None, title=None):
         for k in (e.get("train") or {}):
             if k != "lr" and k not in keys:
                 keys.append(k)
+    loss = {k: np.array([(e.get("train") or {}).get(k, np.nan) for e in entries], np.float64)
+            for k in keys}
+    keys = [k for k in keys if k == "total" or not (
+        np.all(np.nan_to_num(loss[k]) == 0)
+        or ("total" in loss and np.array_equal(loss[k], loss["total"], equal_nan=True)))]
+    stage = np.array([e.get("stage") for e in entries])
     for k in keys:
-        ys = [(e.get("train") or {}).get(k, np.nan) for e in entries]
-        a1.plot(x, ys, marker=".", lw=1.6 if k == "total" else 0.9, label=k)
+        color = None
+        for s in (1, 2):
+            on = (stage == 2) if s == 2 else (stage != 2)
+            if on.any():
+                (line,) = a1.plot(x[on], loss[k][on], marker=".", color=color,
+                                  lw=1.6 if k == "total" else 0.9,
+                                  label=k if color is None else None)
+                color = line.get_color()
     a1.set_ylabel("training loss")
     if keys:
         a1.legend(fontsize=8)

@@ -110,6 +110,22 @@ def test_training_curves_from_the_trainers_log(run, tmp_path):
         assert {"vanilla MAE", "vanilla CMAE", "routed MAE", "balanced CMAE"} <= labels
 
 
+def test_training_curves_leave_out_empty_parts_and_split_the_stages():
+    """A gap head reports local = 0 and holistic = total: only "total" is drawn; stage 2's
+    losses (another head, other batches) are a segment of their own, in the same colour."""
+    entries = [{"stage": s, "epoch": e, "train": {"total": t, "local": 0.0, "holistic": t}}
+               for s, e, t in ((1, 1, 5.0), (1, 2, 4.0), (2, 1, 7.0), (2, 2, 6.5))]
+    loss_ax = plots.training_curves(entries).axes[0]
+    drawn = [ln for ln in loss_ax.lines if ln.get_linestyle() != ":"]
+    assert [ln.get_label() for ln in drawn][0] == "total" and len(drawn) == 2
+    assert [list(ln.get_xdata()) for ln in drawn] == [[1, 2], [3, 4]]
+    assert drawn[0].get_color() == drawn[1].get_color()
+    for e in entries:  # an fr+pa head (total = local + holistic): both parts are drawn
+        e["train"].update(local=1.0, holistic=e["train"]["total"] - 1.0)
+    labels = {ln.get_label() for ln in plots.training_curves(entries).axes[0].lines}
+    assert {"total", "local", "holistic"} <= labels
+
+
 def test_training_curves_without_validation(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"stage": 1, "epoch": 1, "seconds": 1.0, "images_per_s": 9.0,

@@ -93,6 +93,32 @@ def test_threads_roundtrip():
     assert glae.get_num_threads() == n
 
 
+def test_thread_count_holds_in_every_thread():
+    """OpenMP keeps its thread count per calling thread: a Python worker thread (a
+    ThreadPoolExecutor of prepare, a server's request thread) started with OpenMP's
+    default. Every binding now applies the process-wide setting first."""
+    import threading
+
+    n0 = glae.get_num_threads()
+    want = n0 + 1
+    glae.set_num_threads(want)
+    try:
+        seen = {}
+
+        def work():
+            seen["get"] = glae.get_num_threads()
+            _C.mtcnn_resize_area(np.zeros((4, 4, 3), np.float32), 2, 2)
+            seen["after a call"] = _C._omp_threads_here()
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        assert seen == {"get": want, "after a call": want}
+    finally:
+        glae.set_num_threads(n0)
+    assert glae.get_num_threads() == n0 == _C._omp_threads_here()
+
+
 def test_bad_arguments_to_core_bindings():
     with pytest.raises(TypeError, match="key must have dtype"):
         _C.philox4x32(np.zeros(2, np.int64), np.zeros(4, np.uint32))

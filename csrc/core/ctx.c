@@ -1,5 +1,6 @@
 #include "ctx.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -15,6 +16,7 @@ int glae_ctx_init(glae_ctx *ctx, glae_device device) {
     if (device != GLAE_CPU) return glae_fail(GLAE_ERR_VALUE, "ctx: only the CPU device is built");
     ctx->device = device;
     ctx->ops = &glae_backend_cpu;
+    glae_apply_num_threads();
     ctx->nthreads = glae_get_num_threads();
     return GLAE_OK;
 }
@@ -38,8 +40,11 @@ float *glae_ctx_scratch(glae_ctx *ctx, size_t nfloat) {
     return ctx->scratch;
 }
 
+static _Atomic int g_threads; /* 0 until set: OpenMP's default */
+
 void glae_set_num_threads(int n) {
     if (n < 1) n = 1;
+    atomic_store(&g_threads, n);
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
@@ -47,9 +52,17 @@ void glae_set_num_threads(int n) {
 }
 
 int glae_get_num_threads(void) {
+    const int n = atomic_load(&g_threads);
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return n ? n : omp_get_max_threads();
 #else
-    return 1;
+    return n ? n : 1;
+#endif
+}
+
+void glae_apply_num_threads(void) {
+#ifdef _OPENMP
+    const int n = atomic_load(&g_threads);
+    if (n && omp_get_max_threads() != n) omp_set_num_threads(n);
 #endif
 }

@@ -34,5 +34,9 @@ float *glae_ctx_scratch(glae_ctx *ctx, size_t nfloat);
 /* Process-wide CPU threads (OpenMP + OpenBLAS). */
 void glae_set_num_threads(int n);
 int glae_get_num_threads(void);
+/* OpenMP keeps its thread count per calling thread: a thread that did not call
+ * glae_set_num_threads (a Python worker thread) would run with OpenMP's default. Every
+ * entry from Python calls this first, so the process-wide setting holds in every thread. */
+void glae_apply_num_threads(void);
 
 #endif

@@ -218,6 +218,7 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
     const float *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
     float *pc = PyArray_DATA(c);
     int lda = (int)PyArray_DIM(a, 1), ldb = (int)PyArray_DIM(b, 1);
+    glae_apply_num_threads();
     Py_BEGIN_ALLOW_THREADS;
     glae_sgemm(ta, tb, m, n, k, 1.0f, pa, lda, pb, ldb, 0.0f, pc, n);
     Py_END_ALLOW_THREADS;

@@ -3,6 +3,9 @@
 #include "../core/ctx.h"
 #include "../core/cuda.h"
 #include "../core/rng.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 PyObject *glae_py_set_poison(PyObject *self, PyObject *arg);
 
@@ -17,6 +20,18 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
     }
     glae_set_num_threads(n);
     Py_RETURN_NONE;
+}
+
+/* OpenMP's thread count as the calling thread sees it now, without applying the setting:
+ * for the test that every binding applies it (glae_apply_num_threads) */
+static PyObject *py_omp_threads_here(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#ifdef _OPENMP
+    return PyLong_FromLong(omp_get_max_threads());
+#else
+    return PyLong_FromLong(1);
+#endif
 }
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
@@ -126,7 +141,9 @@ PyMethodDef glae_core_methods[] = {
      "cuda_device_status() -> {state, count, message, driver_version, runtime_version}; "
      "state: ready, no_device, no_driver, driver_error, not_built"},
     {"cuda_devices", py_cuda_devices, METH_NOARGS, "cuda_devices() -> [(name, major, minor)]"},
-    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): CPU threads (OpenMP and BLAS)."},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): CPU threads (OpenMP and BLAS), in every thread."},
+    {"_omp_threads_here", py_omp_threads_here, METH_NOARGS,
+     "OpenMP's thread count in the calling thread (tests)"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"set_poison", glae_py_set_poison, METH_O, "set_poison(flag): fill new outputs with NaN/0xA5 before kernels run (testing)."},
     {"philox4x32", py_philox4x32, METH_VARARGS, "philox4x32(key uint32[2], ctr uint32[4]) -> uint32[4]"},

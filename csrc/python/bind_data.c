@@ -660,6 +660,7 @@ static PyObject *loader_next(LoaderObject *o) {
         size_t nx = (size_t)count * o->size * o->size * 3;
         void *px = PyArray_DATA((PyArrayObject *)X);
         o->busy = 1;
+        glae_apply_num_threads();
         Py_BEGIN_ALLOW_THREADS;
         glae_memcpy_big(px, x, nx * (o->u8 ? 1 : sizeof(float)));
         Py_END_ALLOW_THREADS;

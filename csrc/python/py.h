@@ -11,6 +11,7 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include "../core/ctx.h"
 #include "../core/status.h"
 
 /* Strict argument conversion (NumPy/bottleneck style): the object must already be a
@@ -49,11 +50,13 @@ int glae_parse_norm(PyObject *o, const char *what, int *norm);
 PyObject *glae_raise(int status);
 
 /* Run a C call without the GIL; `st` receives its status. */
-#define GLAE_NOGIL(st, call)      \
-    do {                          \
-        Py_BEGIN_ALLOW_THREADS;   \
-        (st) = (call);            \
-        Py_END_ALLOW_THREADS;     \
+/* the call without the GIL, in this thread with the process-wide thread count */
+#define GLAE_NOGIL(st, call)        \
+    do {                            \
+        glae_apply_num_threads();   \
+        Py_BEGIN_ALLOW_THREADS;     \
+        (st) = (call);              \
+        Py_END_ALLOW_THREADS;       \
     } while (0)
 
 /* Method tables, one per family (bind_<family>.c), each ending with {NULL}. */

@@ -500,7 +500,8 @@ class Trainer:
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(entry, default=_json_default) + "\n")
         self.log(_summary_line(entry))
-        if "val" in entry:
+        last_epoch = epoch + 1 == (self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs)
+        if "val" in entry and last_epoch:  # early epochs of a run that learns may not yet
             self._note_if_no_better_than_the_median(entry["val"][key]["mae"])
         return entry
 

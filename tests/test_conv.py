@@ -291,6 +291,14 @@ def test_bad_input():
         g(y, x, w[..., :2].copy(), 1, 1, False)
     with pytest.raises(ValueError, match="must not alias x, w or dy"):
         g(y, x, w, 1, 1, False, dw_accumulate=w)
+    # accumulators are written in place: a read-only one (a memmap opened "r", an array
+    # over bytes) used to be written anyway, or to segfault
+    ro = np.zeros_like(w)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="dw_accumulate must be writeable"):
+        g(y, x, w, 1, 1, False, dw_accumulate=ro)
+    with pytest.raises(ValueError, match="db_accumulate must be writeable"):
+        g(y, x, w, 1, 1, True, db_accumulate=np.frombuffer(bytes(16), np.float32))
 
 
 def test_concurrent_calls(rng):

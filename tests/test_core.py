@@ -131,3 +131,18 @@ def test_bad_arguments_to_core_bindings():
 def test_cuda_flag_matches_build():
     assert isinstance(glae.HAS_CUDA, bool)
     assert isinstance(_C.cuda_devices(), list)
+
+
+def test_arrays_must_be_native_and_aligned():
+    """A big-endian float32 array has NumPy's float32 type number: it used to be read as
+    native floats (wrong values, silently); a misaligned one is undefined behaviour in C."""
+    x = np.arange(6, dtype=">f4")
+    with pytest.raises(ValueError, match="byte order"):
+        _C.relu_forward(x)
+    raw = np.zeros(6 * 4 + 1, np.uint8)
+    odd = np.frombuffer(raw.data, dtype=np.float32, count=6, offset=1)
+    assert not odd.flags.aligned
+    with pytest.raises(ValueError, match="aligned"):
+        _C.relu_forward(odd)
+    np.testing.assert_array_equal(_C.relu_forward(np.ascontiguousarray(x, dtype=np.float32)),
+                                  np.arange(6, dtype=np.float32))

@@ -179,3 +179,63 @@ def test_bad_input(data):
     with pytest.raises(TypeError, match="missing required argument 'batch_size'"):
         _C.Loader(images, ages, sigmas, idx)
     assert list(_C.Loader(images, ages, sigmas, idx[:0], 4)) == []
+
+
+def _in_subprocess(code):
+    """Run `code` in a fresh interpreter (a crash or a hang must not take pytest with it)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_close_from_two_threads_at_once():
+    """The second close() waits for nothing and used to free the images under the first
+    one's still-running workers (a segfault); it is now refused while the first joins."""
+    rc, out = _in_subprocess("""
+import threading, time, numpy as np
+from glae import _C
+for trial in range(6):
+    imgs = np.random.randint(0, 255, (4, 512, 512, 3), np.uint8)
+    L = _C.Loader(imgs, None, None, np.arange(4, dtype=np.int64).repeat(50), 4, out_size=256,
+                  threads=2, prefetch=2, crop=True, randaugment=True)
+    del imgs
+    time.sleep(0.02)
+    bar, errs = threading.Barrier(2), []
+    def closer():
+        bar.wait()
+        try:
+            L.close()
+        except RuntimeError as e:
+            errs.append(str(e))
+    ts = [threading.Thread(target=closer) for _ in range(2)]
+    [t.start() for t in ts]; [t.join() for t in ts]
+    assert all("in use by another thread" in e for e in errs), errs
+    assert list(L) == []
+print("ok")
+""")
+    assert rc == 0 and out.strip().endswith("ok"), out
+
+
+def test_loader_after_fork_is_an_error_not_a_hang():
+    """fork copies no threads: iterating the Loader in the child raised nothing and never
+    ended, and the child hung at exit joining workers that are not there."""
+    rc, out = _in_subprocess("""
+import os, sys, numpy as np
+from glae import _C
+L = _C.Loader(np.zeros((8, 32, 32, 3), np.uint8), None, None, np.arange(8, dtype=np.int64).repeat(20), 4, out_size=28, threads=2)
+next(L)
+pid = os.fork()
+if pid == 0:
+    try:
+        next(L)
+        code = 3
+    except RuntimeError as e:
+        code = 0 if "after fork" in str(e) else 4
+    sys.exit(code)  # and the Loader is freed at exit without joining
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+assert len(list(L)) == 39
+print("ok")
+""")
+    assert rc == 0 and "child 0" in out and out.strip().endswith("ok"), out

@@ -335,6 +335,12 @@ def test_views_share_memory_and_hold_the_model():
     # a view outlives its name
     q = _C.Model("resnet18", "gap", input_size=32).buffers
     assert q.sum() > 0  # running_var = 1
+    # __init__ again would free the memory the views share (a double free): refused
+    p = m.params
+    with pytest.raises(RuntimeError, match="already built"):
+        m.__init__("resnet18", "gap", input_size=32)
+    p[:] = 1.0
+    assert m.params[7] == 1.0
 
 
 def test_no_reference_leaks(rng):

@@ -143,9 +143,13 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         return NULL;
     int ok;
     dwa = glae_arg_array_opt(dwo, "dw_accumulate", NPY_FLOAT32, 4, &ok);
-    if (!ok || (dwa && glae_check_same_shape(dwa, "dw_accumulate", w, "w"))) return NULL;
+    if (!ok || (dwa && glae_check_same_shape(dwa, "dw_accumulate", w, "w")) ||
+        glae_check_writeable(dwa, "dw_accumulate"))
+        return NULL;
     dba = glae_arg_array_opt(dbo, "db_accumulate", NPY_FLOAT32, 1, &ok);
-    if (!ok || (dba && glae_check_dim(dba, "db_accumulate", 0, s.c_out))) return NULL;
+    if (!ok || (dba && glae_check_dim(dba, "db_accumulate", 0, s.c_out)) ||
+        glae_check_writeable(dba, "db_accumulate"))
+        return NULL;
     if ((dwa && (PyArray_DATA(dwa) == PyArray_DATA(w) || PyArray_DATA(dwa) == PyArray_DATA(x))) ||
         (dba && (PyArray_DATA(dba) == PyArray_DATA(w) || PyArray_DATA(dba) == PyArray_DATA(dy)))) {
         PyErr_SetString(PyExc_ValueError, "dw_accumulate/db_accumulate must not alias x, w or dy");

@@ -453,10 +453,8 @@ static PyObject *py_cuda_batchnorm_forward(PyObject *self, PyObject *args) {
     if (rm) DIM(rm, "running_mean", 0, c);
     F32_OPT(rv, rvo, "running_var", 1);
     if (rv) DIM(rv, "running_var", 0, c);
-    if ((rm && !PyArray_ISWRITEABLE(rm)) || (rv && !PyArray_ISWRITEABLE(rv))) {
-        PyErr_SetString(PyExc_ValueError, "running_mean / running_var must be writeable");
+    if (glae_check_writeable(rm, "running_mean") || glae_check_writeable(rv, "running_var"))
         return NULL;
-    }
     JOB_START(co);
     npy_intp cd[1] = {c};
     float *dx = job_in(&J, x), *dg = job_in(&J, g), *db = job_in(&J, b);
@@ -970,10 +968,7 @@ static PyObject *py_cuda_sgd_step(PyObject *self, PyObject *args) {
     PyArrayObject *k = glae_arg_array_opt(ko, "no_decay_mask", NPY_UINT8, 1, &ok);
     if (!ok) return NULL;
     if (k) SAME(p, "params", k, "no_decay_mask");
-    if (!PyArray_ISWRITEABLE(p) || (m && !PyArray_ISWRITEABLE(m))) {
-        PyErr_SetString(PyExc_ValueError, "params / momentum_buf must be writeable");
-        return NULL;
-    }
+    if (glae_check_writeable(p, "params") || glae_check_writeable(m, "momentum_buf")) return NULL;
     if (begin < 0 || end < begin || end > PyArray_DIM(p, 0)) {
         PyErr_Format(PyExc_ValueError, "need 0 <= begin <= end <= %zd, got [%zd, %zd)",
                      (Py_ssize_t)PyArray_DIM(p, 0), begin, end);

@@ -4,6 +4,7 @@
 #include "py.h"  /* Python.h first */
 
 #include <string.h>
+#include <unistd.h>
 
 #include "../core/copy.h"
 #include "../data/align.h"
@@ -503,7 +504,8 @@ typedef struct {
     PyObject_HEAD
     glae_loader *L;
     PyObject *images, *ages, *sigmas; /* kept alive: the workers read them */
-    int busy;                         /* a next() is waiting without the GIL */
+    int busy;   /* a next() or a close() is running (partly without the GIL) */
+    pid_t pid;  /* the process whose threads are the workers (fork copies no threads) */
     int size, u8; /* u8: the batches are uint8 pixels (dtype='uint8') */
     Py_ssize_t nbatches;
     /* the last two image batches handed out: one whose only reference is this pool is
@@ -513,13 +515,21 @@ typedef struct {
     int turn;
 } LoaderObject;
 
+static const char BUSY_MSG[] = "Loader is in use by another thread (next() or close())";
+
+/* Join the workers, then drop what they read. busy holds off a second close() from
+ * another thread while this one waits without the GIL (it would free the images under
+ * the workers). In a forked child the workers do not exist: the loader is left as it is
+ * (joining would wait forever), a small leak. */
 static void loader_close_now(LoaderObject *o) {
     glae_loader *L = o->L;
     o->L = NULL;
-    if (L) {
+    if (L && o->pid == getpid()) {
+        o->busy = 1;
         Py_BEGIN_ALLOW_THREADS;
         glae_loader_destroy(L); /* joins the workers */
         Py_END_ALLOW_THREADS;
+        o->busy = 0;
     }
     Py_CLEAR(o->images);
     Py_CLEAR(o->ages);
@@ -606,6 +616,7 @@ static PyObject *loader_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         goto fail;
     }
     self->L = L;
+    self->pid = getpid();
     self->nbatches = (Py_ssize_t)glae_loader_num_batches(L);
     Py_INCREF(v[0]); self->images = v[0];
     Py_XINCREF(ages); self->ages = (PyObject *)ages;
@@ -629,9 +640,16 @@ static PyObject *loader_iter(PyObject *o) {
 static PyObject *loader_next(LoaderObject *o) {
     if (!o->L) return NULL; /* closed: StopIteration */
     if (o->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Loader is being iterated by another thread");
+        PyErr_SetString(PyExc_RuntimeError, BUSY_MSG);
         return NULL;
     }
+    if (o->pid != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "Loader used after fork: its worker threads are in "
+                                            "the parent process; make a new Loader in this one");
+        return NULL;
+    }
+    /* busy until the slot is handed back: a close() from another thread (or from a
+     * __del__ run by a garbage collection in between) must not free L under us */
     o->busy = 1;
     glae_loader *L = o->L;
     int r, count = 0;
@@ -648,9 +666,10 @@ static PyObject *loader_next(LoaderObject *o) {
             return NULL;
         }
     }
-    o->busy = 0;
-    if (r == 0) return NULL;
-    if (r < 0) return glae_raise(-r);
+    if (r <= 0) {
+        o->busy = 0;
+        return r == 0 ? NULL : glae_raise(-r);
+    }
     npy_intp d1[1] = {count};
     PyObject *X = loader_batch_array(o, count);
     PyObject *A = PyArray_SimpleNew(1, d1, NPY_FLOAT32);
@@ -659,17 +678,16 @@ static PyObject *loader_next(LoaderObject *o) {
     if (X && A && S) {
         size_t nx = (size_t)count * o->size * o->size * 3;
         void *px = PyArray_DATA((PyArrayObject *)X);
-        o->busy = 1;
         glae_apply_num_threads();
         Py_BEGIN_ALLOW_THREADS;
         glae_memcpy_big(px, x, nx * (o->u8 ? 1 : sizeof(float)));
         Py_END_ALLOW_THREADS;
-        o->busy = 0;
         memcpy(PyArray_DATA((PyArrayObject *)A), ages, (size_t)count * sizeof(float));
         memcpy(PyArray_DATA((PyArrayObject *)S), sig, (size_t)count * sizeof(float));
         res = PyTuple_Pack(3, X, A, S);
     }
     glae_loader_release(L);
+    o->busy = 0;
     Py_XDECREF(X);
     Py_XDECREF(A);
     Py_XDECREF(S);
@@ -679,7 +697,7 @@ static PyObject *loader_next(LoaderObject *o) {
 static PyObject *loader_close(LoaderObject *o, PyObject *noargs) {
     (void)noargs;
     if (o->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Loader is being iterated by another thread");
+        PyErr_SetString(PyExc_RuntimeError, BUSY_MSG);
         return NULL;
     }
     loader_close_now(o);

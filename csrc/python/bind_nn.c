@@ -127,12 +127,15 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     cfg.seed = seed;
-    if (self->ready) {
-        glae_model_free(&self->m);
-        self->ready = 0;
+    if (self->ready) { /* its params/grads/... views share the memory a re-init would free */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Model is already built: make a new Model instead of calling __init__ again");
+        return -1;
     }
     int st;
+    self->busy = 1; /* a second __init__ from another thread meanwhile is refused */
     GLAE_NOGIL(st, glae_model_init(&self->m, &cfg));
+    self->busy = 0;
     if (st) {
         glae_model_free(&self->m);
         glae_raise(st);

@@ -152,10 +152,8 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args) {
     if (!ok1 || (rm && glae_check_dim(rm, "running_mean", 0, c))) return NULL;
     PyArrayObject *rv = glae_arg_array_opt(rvo, "running_var", NPY_FLOAT32, 1, &ok2);
     if (!ok2 || (rv && glae_check_dim(rv, "running_var", 0, c))) return NULL;
-    if ((rm && !PyArray_ISWRITEABLE(rm)) || (rv && !PyArray_ISWRITEABLE(rv))) {
-        PyErr_SetString(PyExc_ValueError, "running_mean / running_var must be writeable");
+    if (glae_check_writeable(rm, "running_mean") || glae_check_writeable(rv, "running_var"))
         return NULL;
-    }
     if (!training && (!rm || !rv)) {
         PyErr_SetString(PyExc_ValueError,
                         "running_mean and running_var are required in eval mode (training=False)");

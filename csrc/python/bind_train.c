@@ -64,12 +64,6 @@ static int get_i64(PyObject *o, const char *name, long long *out) {
     return 0;
 }
 
-static int writeable(PyArrayObject *a, const char *name) {
-    if (PyArray_ISWRITEABLE(a)) return 0;
-    PyErr_Format(PyExc_ValueError, "%s must be writeable (it is updated in place)", name);
-    return -1;
-}
-
 static int overlap(PyArrayObject *a, PyArrayObject *b) {
     if (!a || !b) return 0;
     const char *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
@@ -92,11 +86,11 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw) {
                                      &begino, &endo, &masko))
         return NULL;
     PyArrayObject *p = glae_arg_f32(po, "params", -1);
-    if (!p || writeable(p, "params")) return NULL;
+    if (!p || glae_check_writeable(p, "params")) return NULL;
     int ok;
     PyArrayObject *m = glae_arg_array_opt(mo, "momentum_buf", NPY_FLOAT32, -1, &ok);
     if (!ok) return NULL;
-    if (m && (writeable(m, "momentum_buf") ||
+    if (m && (glae_check_writeable(m, "momentum_buf") ||
               glae_check_same_shape(p, "params", m, "momentum_buf")))
         return NULL;
     if (!m && momentum != 0.0) {

@@ -32,6 +32,13 @@ PyArrayObject *glae_arg_array(PyObject *obj, const char *name, int typenum, int 
                      "%s must be C-contiguous (use numpy.ascontiguousarray)", name);
         return NULL;
     }
+    if (!PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a)) { /* C reads native, aligned values */
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be aligned and in this machine's byte order, got %S (use "
+                     "numpy.ascontiguousarray(%s, dtype=...) with a native dtype)",
+                     name, (PyObject *)PyArray_DESCR(a), name);
+        return NULL;
+    }
     return a;
 }
 
@@ -41,6 +48,12 @@ PyArrayObject *glae_arg_array_opt(PyObject *obj, const char *name, int typenum, 
     PyArrayObject *a = glae_arg_array(obj, name, typenum, ndim);
     if (!a) *ok = 0;
     return a;
+}
+
+int glae_check_writeable(PyArrayObject *a, const char *name) {
+    if (!a || PyArray_ISWRITEABLE(a)) return 0;
+    PyErr_Format(PyExc_ValueError, "%s must be writeable (it is updated in place)", name);
+    return -1;
 }
 
 int glae_check_dim(PyArrayObject *a, const char *name, int axis, npy_intp want) {

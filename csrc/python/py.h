@@ -28,6 +28,8 @@ PyArrayObject *glae_arg_array_opt(PyObject *obj, const char *name, int typenum, 
 int glae_check_dim(PyArrayObject *a, const char *name, int axis, npy_intp want);
 /* ValueError unless a and b have identical shapes. */
 int glae_check_same_shape(PyArrayObject *a, const char *na, PyArrayObject *b, const char *nb);
+/* -1 with a ValueError when `a` (not NULL) is read-only: an argument updated in place */
+int glae_check_writeable(PyArrayObject *a, const char *name);
 /* ValueError unless v >= lo (v > 0 when lo == 1 and so on). */
 int glae_check_min(long long v, const char *name, long long lo);
 

@@ -48,6 +48,10 @@ def test_cpu_model_sgd_step_and_write_flat_match_the_free_functions():
         assert a.momentum.tobytes() == b.momentum.tobytes()
     a.write_flat("momentum", np.zeros(3, np.float32), 7)
     assert not a.momentum[7:10].any()
+    # a view of the very buffer it writes (overlapping ranges: staged, not memcpy'd)
+    want = np.array(a.params[1:1001])
+    a.write_flat("params", a.params[1:1001])
+    np.testing.assert_array_equal(a.params[:1000], want)
     with pytest.raises(ValueError, match="do not fit"):
         a.write_flat("momentum", np.zeros(3, np.float32), a.params.size - 2)
     with pytest.raises(ValueError, match="role"):

@@ -378,9 +378,18 @@ static PyObject *Model_write_flat(ModelObject *self, PyObject *args, PyObject *k
         return NULL;
     }
     glae_ctx *ctx = &self->m.ctx;
-    int st = ctx->ops->copy(ctx, dst + off, PyArray_DATA(a), (size_t)len * sizeof(float),
-                            GLAE_COPY_H2D);
+    const size_t nb = (size_t)len * sizeof(float);
+    const char *src = PyArray_DATA(a), *d = (const char *)(dst + off);
+    void *stage = NULL;
+    if (src < d + nb && d < src + nb) { /* a view of this buffer (CPU): copy it aside first */
+        stage = PyMem_Malloc(nb ? nb : 1);
+        if (!stage) return PyErr_NoMemory();
+        memcpy(stage, src, nb);
+        src = stage;
+    }
+    int st = ctx->ops->copy(ctx, dst + off, src, nb, GLAE_COPY_H2D);
     if (!st) st = ctx->ops->sync(ctx); /* the array may be released right after */
+    PyMem_Free(stage);
     if (st) return glae_raise(st);
     Py_RETURN_NONE;
 }

@@ -161,8 +161,7 @@ class Model:
         1 balanced). Calls from several threads take turns (one model runs one batch at a
         time; for parallel inference give each thread its own model)."""
         route = route or (self.config.route if self.stage2_trained else "vanilla")
-        if route not in ("smaller", "bigger", "vanilla", "balanced"):
-            raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
+        _check_route(route)
         if route != "vanilla" and not self.stage2_trained:
             raise ValueError(f"route={route!r}: this model's balanced head was never trained "
                              "(stage 2 has not run); use route='vanilla' or fit both stages")
@@ -245,8 +244,7 @@ class Model:
         flipped image (Upsilon compares each head's distributions on the image and its
         flip); ``flip`` only decides whether the answers are averaged over the two. With
         flip=False the routed answer is the chosen head's unflipped age."""
-        if route not in ("smaller", "bigger", "vanilla", "balanced"):
-            raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
+        _check_route(route)
         if isinstance(x, np.ndarray) and x.dtype == np.uint8 and norm is None:
             norm = self.config.normalization
         elif isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -298,6 +296,13 @@ def eval_augment(config):
     """The loader/augment settings for evaluation: no randomness, the run's normalisation."""
     return {"crop": False, "flip": False, "jitter": False, "randaugment": False,
             "norm": config.normalization}
+
+
+def _check_route(route):
+    from .config import ROUTES
+
+    if route not in ROUTES:
+        raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
 
 
 def _is_pil(o):

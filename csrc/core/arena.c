@@ -1,11 +1,11 @@
-#include "arena.h"
+#include "core/arena.h"
 
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "../ops/backend.h"
-#include "status.h"
+#include "ops/backend.h"
+#include "core/status.h"
 
 static size_t round_up(size_t x) { return (x + GLAE_ALIGN - 1) / GLAE_ALIGN * GLAE_ALIGN; }
 

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#include "ctx.h"
+#include "core/ctx.h"
 
 #define GLAE_ALIGN 64
 

@@ -1,4 +1,4 @@
-#include "blas.h"
+#include "core/blas.h"
 
 #include <stdint.h>
 #ifdef _OPENMP

@@ -1,5 +1,5 @@
 /* Big host copies on several threads (copy.h). */
-#include "copy.h"
+#include "core/copy.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-#include "ctx.h"
+#include "core/ctx.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -7,9 +7,9 @@
 #include <omp.h>
 #endif
 
-#include "../ops/backend.h"
-#include "blas.h"
-#include "status.h"
+#include "ops/backend.h"
+#include "core/blas.h"
+#include "core/status.h"
 
 int glae_ctx_init(glae_ctx *ctx, glae_device device) {
     memset(ctx, 0, sizeof *ctx);

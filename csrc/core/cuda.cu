@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cuda.h"
+#include "core/cuda.h"
 
 static void version_str(int v, char *buf, size_t len) {
     snprintf(buf, len, "%d.%d", v / 1000, (v % 1000) / 10);

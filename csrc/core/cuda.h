@@ -36,7 +36,7 @@ int glae_cudnn_version(void);
 #endif
 
 #ifdef __CUDACC__
-#include "status.h"
+#include "core/status.h"
 /* Every CUDA / cuBLAS / cuDNN call goes through these: the failing expression, file and
  * line become the error message and the function returns GLAE_ERR_CUDA. A failed call
  * (or a library's failed call inside it, e.g. an out-of-memory cudaMalloc) also leaves

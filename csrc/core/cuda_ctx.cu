@@ -3,10 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda.h"
-#include "cuda_ctx.h"
+#include "core/cuda.h"
+#include "core/cuda_ctx.h"
 extern "C" {
-#include "../ops/backend.h" /* a plain C header */
+#include "ops/backend.h" /* a plain C header */
 }
 
 #define DEFAULT_WS_LIMIT ((size_t)1 << 30)

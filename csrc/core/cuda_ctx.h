@@ -16,8 +16,8 @@
 extern "C" {
 #endif
 
-#include "ctx.h" /* a plain C header without its own extern "C" */
-#include "status.h"
+#include "core/ctx.h" /* a plain C header without its own extern "C" */
+#include "core/status.h"
 
 typedef enum {
     GLAE_MATH_FP32 = 0, /* float32 FMA math in cuDNN and cuBLAS (no tensor cores)*/

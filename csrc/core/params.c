@@ -1,10 +1,10 @@
-#include "params.h"
+#include "core/params.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/backend.h"
-#include "status.h"
+#include "ops/backend.h"
+#include "core/status.h"
 
 int glae_params_add(glae_params *p, const char *name, int ndim, const int64_t *shape,
                     unsigned flags, int group, int *index) {

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ctx.h"
+#include "core/ctx.h"
 
 #define GLAE_NAME_LEN 96
 

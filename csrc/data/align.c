@@ -1,6 +1,6 @@
 /* Face alignment (5-point similarity onto the ArcFace template), affine warps and the
  * antialiased box resampler shared with the augmentations. */
-#include "align.h"
+#include "data/align.h"
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/status.h"
+#include "core/status.h"
 
 const float glae_arcface_template[10] = {
     38.2946f, 51.6963f, 73.5318f, 51.5014f, 56.0252f, 71.7366f, 41.5493f, 92.3655f, 70.7299f, 92.2041f,

@@ -2,7 +2,7 @@
  * random order, RandAugment (N, M) over torchvision's 14 ops, normalisation. Ops follow
  * torchvision's definitions on uint8 images (each op rounds back to uint8); the exact
  * rounding of intermediate values may differ by one level. */
-#include "augment.h"
+#include "data/augment.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -11,9 +11,9 @@
 #include <omp.h>
 #endif
 
-#include "../core/rng.h"
-#include "../core/status.h"
-#include "align.h"
+#include "core/rng.h"
+#include "core/status.h"
+#include "data/align.h"
 
 #define PI 3.14159265358979323846
 

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../ops/ops.h" /* GLAE_NORM_*, glae_normalise_u8 */
+#include "ops/ops.h" /* GLAE_NORM_*, glae_normalise_u8 */
 
 
 /* The 14 RandAugment ops in the order the RandAugment paper lists them (Cubuk et al.

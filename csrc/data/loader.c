@@ -1,6 +1,6 @@
 /* Loader: worker threads fill a ring of batches in order; see loader.h. */
 #define _POSIX_C_SOURCE 200809L
-#include "loader.h"
+#include "data/loader.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../core/status.h"
+#include "core/status.h"
 
 enum { SLOT_FREE = 0, SLOT_BUSY, SLOT_READY };
 

@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#include "augment.h"
+#include "data/augment.h"
 
 typedef struct glae_loader glae_loader;
 

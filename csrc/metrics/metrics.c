@@ -2,7 +2,7 @@
  * serially in index order, so a metric does not depend on the thread count (a million
  * images take about a millisecond; parallel reductions would not pay). The grouped metrics
  * share one per-age histogram (sum of |error| and count per integer age). */
-#include "metrics.h"
+#include "metrics/metrics.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -5,7 +5,7 @@
  * (CMAE, AAR, groups) are per-age bookkeeping on a few thousand values: the CPU does them. */
 #include <stdlib.h>
 
-#include "../ops/kernels.cuh"
+#include "ops/kernels.cuh"
 
 #define MET_BLOCKS 256
 

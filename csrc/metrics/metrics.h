@@ -17,7 +17,7 @@
 
 #include <stdint.h>
 
-#include "../core/status.h"
+#include "core/status.h"
 
 #define GLAE_METRIC_MAX_AGE 100000
 enum { GLAE_SHOT_MANY = 0, GLAE_SHOT_MEDIUM = 1, GLAE_SHOT_FEW = 2 };

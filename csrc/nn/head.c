@@ -1,5 +1,5 @@
 /* The classifier heads: GAP, FR, FR+PA (see head.h). */
-#include "head.h"
+#include "nn/head.h"
 
 #include <math.h>
 #include <stdio.h>

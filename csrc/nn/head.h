@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "resnet.h"
+#include "nn/resnet.h"
 
 enum { GLAE_HEAD_GAP = 0, GLAE_HEAD_FR = 1, GLAE_HEAD_FRPA = 2 };
 

@@ -1,5 +1,5 @@
 /* The whole estimator (see model.h). */
-#include "model.h"
+#include "nn/model.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -13,8 +13,8 @@
 #include "core/arena.h"
 #include "core/ctx.h"
 #include "core/params.h"
-#include "head.h"
-#include "resnet.h"
+#include "nn/head.h"
+#include "nn/resnet.h"
 
 typedef struct {
     int backbone;       /* 18 or 50 */

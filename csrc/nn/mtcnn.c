@@ -1,12 +1,12 @@
 /* MTCNN inference: P-Net over an image pyramid, R-Net and O-Net over square crops,
  * with the box arithmetic of the facenet-pytorch pipeline (see docs/mtcnn.md). */
-#include "mtcnn.h"
+#include "nn/mtcnn.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops.h"
+#include "ops/ops.h"
 
 /* ---- weight specs (state-dict order of the published files) ------------------------ */
 

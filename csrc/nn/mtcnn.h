@@ -9,8 +9,8 @@
 
 #include <stdint.h>
 
-#include "../core/ctx.h"
-#include "../core/status.h"
+#include "core/ctx.h"
+#include "core/status.h"
 
 enum { GLAE_MTCNN_PNET = 0, GLAE_MTCNN_RNET = 1, GLAE_MTCNN_ONET = 2 };
 

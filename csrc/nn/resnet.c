@@ -1,5 +1,5 @@
 /* ResNet-18/50 backbone: build from a size table, init, plan, forward, backward. */
-#include "resnet.h"
+#include "nn/resnet.h"
 
 #include <math.h>
 #include <stdio.h>

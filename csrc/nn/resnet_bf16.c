@@ -3,7 +3,7 @@
  * gradients, and batch norm fused with the ReLU and the residual add that follow it
  * (bn_act_*_bf16, ops.h). The image comes in as float32 and is rounded once; the head
  * gets a float32 copy of the feature map and hands back a float32 gradient. */
-#include "resnet.h"
+#include "nn/resnet.h"
 
 #include "core/status.h"
 #include "ops/backend.h"

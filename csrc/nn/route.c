@@ -1,7 +1,7 @@
 /* Inference: the expected age (GLAE eq. 3) and Adaptive Routing (GLAE III-D, eq. 11,
  * Algorithm 1 lines 24-30) with the test-time flip average of GLAE V-A.
  * Choices (ties, flip averaging, KL direction) are explained in docs/losses.md. */
-#include "route.h"
+#include "nn/route.h"
 
 #include <float.h>
 #include <math.h>

@@ -3,7 +3,7 @@
  * The probabilities are not checked for negatives / NaN on the GPU (route.c does). */
 #include <cfloat>
 
-#include "../ops/kernels.cuh"
+#include "ops/kernels.cuh"
 
 __device__ static double row_expect(const float *p, int k) {
     double a = 0.0;

@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-#include "../core/status.h"
+#include "core/status.h"
 
 enum { GLAE_ROUTE_SMALLER = 0, GLAE_ROUTE_BIGGER = 1 /* Table IX ablation */ };
 

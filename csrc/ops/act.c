@@ -1,7 +1,7 @@
 /* Element-wise layers: ReLU and the residual add. */
 #include <string.h>
 
-#include "ops.h"
+#include "ops/ops.h"
 
 #define CHECK_N(n, what)                                                         \
     do {                                                                         \

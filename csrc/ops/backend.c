@@ -1,17 +1,17 @@
 /* The two op tables (backend.h). CPU: the reference kernels, plus thin wrappers for the
  * few CPU functions without a ctx argument. CUDA (when built): the `_cuda` twins. */
-#include "backend.h"
+#include "ops/backend.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/status.h"
-#include "../nn/route.h"
-#include "../train/optim.h"
-#include "loss.h"
+#include "core/status.h"
+#include "nn/route.h"
+#include "train/optim.h"
+#include "ops/loss.h"
 
 #ifdef GLAE_WITH_CUDA
-#include "ops_cuda.h"
+#include "ops/ops_cuda.h"
 #endif
 
 /* ---- CPU memory: host allocations, memcpy ------------------------------------------- */

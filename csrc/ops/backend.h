@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../core/ctx.h"
-#include "ops.h"
+#include "core/ctx.h"
+#include "ops/ops.h"
 
 /* copy directions; the CPU table treats them all as memcpy */
 enum { GLAE_COPY_H2D = 0, GLAE_COPY_D2H = 1, GLAE_COPY_D2D = 2 };

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops.h"
+#include "ops/ops.h"
 
 static float *widen(const glae_bf16 *x, int64_t n) {
     float *f = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));

@@ -7,7 +7,7 @@
  * does for NHWC): the forward reads x (and the residual) once for the sums and once for
  * the output, the backward reads dout, out, x twice and writes din and the residual's
  * gradient in the same pass. */
-#include "kernels.cuh"
+#include "ops/kernels.cuh"
 
 typedef __nv_bfloat16 bf;
 

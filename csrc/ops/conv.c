@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/blas.h"
-#include "ops.h"
+#include "core/blas.h"
+#include "ops/ops.h"
 
 /* Bytes of column buffer per chunk. Big enough that each GEMM has thousands of rows
  * (full BLAS efficiency), small enough to stay well inside the 64 MB budget and mostly in

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.cuh"
+#include "ops/kernels.cuh"
 
 enum { OP_FWD = 0, OP_BWD_DATA = 1, OP_BWD_FILTER = 2 };
 

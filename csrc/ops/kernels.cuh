@@ -8,8 +8,8 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
-#include "../core/cuda.h"
-#include "ops_cuda.h"
+#include "core/cuda.h"
+#include "ops/ops_cuda.h"
 
 #define GLAE_BLOCK 256
 /* grid-stride loops: enough blocks to fill any current GPU, never more than needed */

@@ -4,7 +4,7 @@
  * fixed order, so results do not depend on scheduling. */
 #include <cublas_v2.h>
 
-#include "kernels.cuh"
+#include "ops/kernels.cuh"
 
 #define CHECK_N(n, fn)                                                                       \
     do {                                                                                     \

@@ -2,8 +2,8 @@
  * The products go through glae_sgemm, which splits them over the OpenMP threads. */
 #include <string.h>
 
-#include "../core/blas.h"
-#include "ops.h"
+#include "core/blas.h"
+#include "ops/ops.h"
 
 static int check_sizes(const char *fn, int n, int in_f, int out_f) {
     if (n < 0 || in_f < 0 || out_f < 0)

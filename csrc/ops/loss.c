@@ -1,6 +1,6 @@
 /* Label-distribution losses of LAE / GLAE: the Gaussian target, and the fused
  * softmax + KL + L1-of-the-expectation loss with its gradient. See docs/losses.md. */
-#include "loss.h"
+#include "ops/loss.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * L1-of-the-expectation loss (LAE eq. 1-4, GLAE eq. 1-5) with its gradient. One warp per
  * row, exp/log and sums in double like the CPU reference. Data values (finite ages,
  * z >= 0) are not checked on the GPU: NaN propagates to the loss instead. */
-#include "kernels.cuh"
+#include "ops/kernels.cuh"
 
 /* LAE 2.1 / GLAE eq. 1 (see loss.c for the normalised, shifted form) */
 __global__ static void label_dist_k(float *z, const float *y, const float *sigma, float sigma0,

@@ -10,8 +10,8 @@
 
 #include <stdint.h>
 
-#include "../core/ctx.h"
-#include "../core/status.h"
+#include "core/ctx.h"
+#include "core/status.h"
 
 enum {
     GLAE_LOSS_BASE = 0,    /* l_kl + lambda * l_er                  */

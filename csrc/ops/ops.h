@@ -15,8 +15,8 @@
 
 #include <stdint.h>
 
-#include "../core/ctx.h"
-#include "../core/status.h"
+#include "core/ctx.h"
+#include "core/status.h"
 
 /* ---- conv2d (conv.c) -------------------------------------------------------------
  * in (N, H, W, Cin), weight (Cout, KH, KW, Cin) [torchvision OIHW permuted to OHWI],

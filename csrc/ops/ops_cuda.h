@@ -8,16 +8,16 @@
 #ifndef GLAE_OPS_CUDA_H
 #define GLAE_OPS_CUDA_H
 
-#include "../core/cuda_ctx.h" /* first: under nvcc it includes the C++-aware CUDA headers */
+#include "core/cuda_ctx.h" /* first: under nvcc it includes the C++-aware CUDA headers */
 
 #ifdef __cplusplus
 extern "C" { /* the CPU headers below have no extern "C" of their own */
 #endif
 
-#include "../nn/route.h"
-#include "../train/optim.h"
-#include "loss.h"
-#include "ops.h"
+#include "nn/route.h"
+#include "train/optim.h"
+#include "ops/loss.h"
+#include "ops/ops.h"
 
 /* ---- conv2d (conv.cu, cuDNN): float32; FMA or TF32 math by ctx's mode -------------- */
 int glae_conv2d_forward_cuda(glae_ctx *ctx, float *out, const float *in, const float *weight,

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops.h"
+#include "ops/ops.h"
 
 /* PyTorch's pooling_output_shape (dilation 1):
  *   out = floor_or_ceil((in + 2*pad - k) / stride) + 1

@@ -3,7 +3,7 @@
  * with c = 1 and rows = the element count. */
 #include <stdlib.h>
 
-#include "ops.h"
+#include "ops/ops.h"
 
 int glae_prelu_forward(glae_ctx *ctx, float *out, const float *in, const float *weight,
                        int64_t rows, int c) {

@@ -2,7 +2,7 @@
  *   out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]
  * stored NHWC: in (N, H, W, C*r*r) -> out (N, H*r, W*r, C). It is a pure permutation, so
  * the backward is the inverse gather (no accumulation). */
-#include "ops.h"
+#include "ops/ops.h"
 
 static int check_sizes(const char *fn, int n, int h, int w, int c_in, int r) {
     if (n < 0 || h < 0 || w < 0 || c_in < 0)

@@ -2,7 +2,7 @@
  * maximum is subtracted before exp, and the normaliser is summed in double. */
 #include <math.h>
 
-#include "ops.h"
+#include "ops/ops.h"
 
 #define CHECK(fn, rows, k)                                                                 \
     do {                                                                                   \

@@ -1,6 +1,6 @@
 /* Small ops that used to be plain loops in the model code (head.c, model.c). As ops they
  * run on whichever backend the model's ctx holds; these CPU versions are those loops. */
-#include "ops.h"
+#include "ops/ops.h"
 
 int glae_fill(glae_ctx *ctx, float *out, float value, int64_t n) {
     (void)ctx;

@@ -1,5 +1,5 @@
 /* CUDA twins of ops/util.c: fill, the NCHW flatten permutation, the flip average. */
-#include "kernels.cuh"
+#include "ops/kernels.cuh"
 
 __global__ static void fill_k(float *out, float v, int64_t n) {
     GLAE_FOR(i, n) out[i] = v;

@@ -4,12 +4,12 @@
  * last argument, ctx, is None for the CPU layer or a context from cuda_context() for
  * its CUDA twin: both run through the same op table (backend.h), so one binding checks
  * the two devices against each other. For tests, not for speed. */
-#include "py.h" /* Python.h first */
+#include "python/py.h" /* Python.h first */
 
 #include <string.h>
 
-#include "../ops/backend.h"
-#include "../ops/ops.h"
+#include "ops/backend.h"
+#include "ops/ops.h"
 
 #ifdef GLAE_WITH_CUDA
 glae_ctx *glae_py_cuda_ctx(PyObject *o); /* bind_cuda.c */

@@ -1,12 +1,12 @@
 /* Bindings for the conv family: conv2d forward/backward, and a bare sgemm used by
  * bench/conv.py to measure the BLAS rate the convolutions are compared with. */
-#include "py.h"  /* Python.h first */
+#include "python/py.h"  /* Python.h first */
 #include <limits.h>
 #include <stdatomic.h>
 #include <string.h>
 
-#include "../core/blas.h"
-#include "../ops/ops.h"
+#include "core/blas.h"
+#include "ops/ops.h"
 
 static int as_int(PyObject *o, int *v) {
     long x = PyLong_AsLong(o);

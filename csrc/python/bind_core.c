@@ -1,8 +1,8 @@
 /* Bindings for the core: threads, poisoning, the counter-based RNG, CUDA devices. */
-#include "py.h"  /* Python.h first */
-#include "../core/ctx.h"
-#include "../core/cuda.h"
-#include "../core/rng.h"
+#include "python/py.h"  /* Python.h first */
+#include "core/ctx.h"
+#include "core/cuda.h"
+#include "core/rng.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif

@@ -3,7 +3,7 @@
  * back. They exist for parity tests against the CPU bindings, not for speed. Argument
  * checks mirror the CPU bindings'; sizes the C functions check themselves are left to them.
  * Without the CUDA backend every name exists and raises RuntimeError. */
-#include "py.h" /* Python.h first */
+#include "python/py.h" /* Python.h first */
 
 #define CUDA_NAMES(X)                                                                       \
     X(cuda_context) X(cuda_set_math) X(cuda_set_benchmark) X(cuda_algo_cache_size)          \
@@ -37,8 +37,8 @@ PyMethodDef glae_cuda_methods[] = {CUDA_NAMES(STUB){NULL, NULL, 0, NULL}};
 #include <limits.h>
 #include <string.h>
 
-#include "../core/cuda_ctx.h"
-#include "../ops/ops_cuda.h"
+#include "core/cuda_ctx.h"
+#include "ops/ops_cuda.h"
 
 #define CAPSULE "glae.cuda_ctx"
 

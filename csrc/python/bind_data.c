@@ -1,15 +1,15 @@
 /* Bindings for the data family: alignment (align.h), augmentations (augment.h) and the
  * Loader type (loader.h). Argument checks are strict (dtype, rank, contiguity, shape);
  * the C work runs without the GIL. */
-#include "py.h"  /* Python.h first */
+#include "python/py.h"  /* Python.h first */
 
 #include <string.h>
 #include <unistd.h>
 
-#include "../core/copy.h"
-#include "../data/align.h"
-#include "../data/augment.h"
-#include "../data/loader.h"
+#include "core/copy.h"
+#include "data/align.h"
+#include "data/augment.h"
+#include "data/loader.h"
 
 /* ---- argument helpers ---------------------------------------------------------------- */
 

@@ -1,11 +1,11 @@
 /* Bindings for the loss family: label distributions, the fused LDL loss (forward and
  * backward), the expected age, row-wise KL and Adaptive Routing. Same pattern as
  * bind_ops.c: strict checks, fresh (poisoned) outputs, kernel without the GIL. */
-#include "py.h"  /* Python.h first */
+#include "python/py.h"  /* Python.h first */
 #include <string.h>
 
-#include "../nn/route.h"
-#include "../ops/loss.h"
+#include "nn/route.h"
+#include "ops/loss.h"
 
 static int parse_loss_mode(const char *s, int *mode) {
     if (!strcmp(s, "base")) *mode = GLAE_LOSS_BASE;

@@ -2,8 +2,8 @@
  * one length; group tables are int32 1-D arrays; results are Python floats or fresh
  * float64/int64 arrays (NaN in a float64 entry only where its count is 0). glae/metrics.py
  * turns these into the dicts users see. */
-#include "py.h" /* Python.h first */
-#include "../metrics/metrics.h"
+#include "python/py.h" /* Python.h first */
+#include "metrics/metrics.h"
 
 /* y and yhat: float32, 1-D, C-contiguous, same length. Borrowed references. */
 static int get_pair(PyObject *yo, PyObject *ho, PyArrayObject **y, PyArrayObject **yhat) {

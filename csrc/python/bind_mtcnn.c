@@ -1,10 +1,10 @@
 /* Bindings for the MTCNN face detector (csrc/nn/mtcnn.h): the model as a capsule built
  * from three state dicts, the three networks, the box helpers and the whole detector. */
-#include "py.h"  /* Python.h first */
+#include "python/py.h"  /* Python.h first */
 #include <limits.h>
 #include <stdio.h>
 
-#include "../nn/mtcnn.h"
+#include "nn/mtcnn.h"
 
 #define CAPSULE_NAME "glae.mtcnn"
 

@@ -1,15 +1,15 @@
 /* The nn family: the _C.Model type (backbone + vanilla head + balanced head). Parameter
  * arrays are views of the model's flat buffers (each holds a reference to the model);
  * conv weights are exchanged in torchvision's OIHW layout and stored OHWI. */
-#include "py.h"  /* Python.h first */
+#include "python/py.h"  /* Python.h first */
 #include <string.h>
 
-#include "../nn/model.h"
+#include "nn/model.h"
 #ifdef GLAE_WITH_CUDA
-#include "../core/cuda_ctx.h"
+#include "core/cuda_ctx.h"
 #endif
-#include "../ops/backend.h"
-#include "../ops/loss.h"
+#include "ops/backend.h"
+#include "ops/loss.h"
 
 typedef struct {
     PyObject_HEAD

@@ -2,10 +2,10 @@
  * Pattern for every binding: strict argument checks (glae_arg_*), fresh outputs
  * (glae_new_array: poisoned in tests), the kernel called without the GIL, status ->
  * exception. Borrowed references from glae_arg_* need no DECREF. */
-#include "py.h"  /* Python.h first */
+#include "python/py.h"  /* Python.h first */
 #include <limits.h>
 
-#include "../ops/ops.h"
+#include "ops/ops.h"
 
 /* relu_forward(x float32[...]) -> y */
 static PyObject *py_relu_forward(PyObject *self, PyObject *args) {

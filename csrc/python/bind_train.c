@@ -3,15 +3,15 @@
  * the one binding that writes into its arguments (params, momentum_buf), like
  * torch.optim.SGD.step(): the buffers are the model's, copying them would defeat the
  * point of one flat buffer. */
-#include "py.h" /* Python.h first */
+#include "python/py.h" /* Python.h first */
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "../train/optim.h"
-#include "../train/sampler.h"
-#include "../train/sched.h"
+#include "train/optim.h"
+#include "train/sampler.h"
+#include "train/sched.h"
 
 /* ---- small argument helpers ------------------------------------------------------ */
 

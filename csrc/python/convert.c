@@ -1,4 +1,4 @@
-#include "py.h"
+#include "python/py.h"
 
 #include <limits.h>  /* Python.h first */
 #include <math.h>

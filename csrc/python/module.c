@@ -1,8 +1,8 @@
 /* The glae._C extension module: the method tables of every family merged into one. */
 #define GLAE_IMPORT_ARRAY
-#include "py.h"
+#include "python/py.h"
 
-#include "../core/ctx.h"
+#include "core/ctx.h"
 
 /* setup.py writes glae_build_info.h (GLAE_BUILD_INFO_ITEMS: X(key, value) pairs) into the
  * build folder: how this module was built, for diagnostics and tests/test_build.py. */

@@ -11,8 +11,8 @@
 #endif
 #include <numpy/arrayobject.h>
 
-#include "../core/ctx.h"
-#include "../core/status.h"
+#include "core/ctx.h"
+#include "core/status.h"
 
 /* Strict argument conversion (NumPy/bottleneck style): the object must already be a
  * C-contiguous ndarray of `typenum` with `ndim` dimensions (ndim < 0: any). Returns a

@@ -1,10 +1,10 @@
 /* SGD with momentum, dampening, Nesterov and (masked) weight decay: torch.optim.SGD. */
-#include "optim.h"
+#include "train/optim.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "../core/status.h"
+#include "core/status.h"
 
 #define SGD_OMP_MIN 32768 /* below this, a thread team costs more than it saves */
 

@@ -2,7 +2,7 @@
  * Nesterov, weight decay with the no-decay mask) over [begin, end) of the flat buffers,
  * float32 arithmetic in the same order as the CPU loop, so results match bit for bit
  * up to FMA contraction (nvcc fuses a*b + c; the CPU build may not). */
-#include "../ops/kernels.cuh"
+#include "ops/kernels.cuh"
 
 __global__ static void sgd_k(float *params, float *mbuf, const float *grads, int64_t b, int64_t e,
                              const uint8_t *mask, float lr, float momentum, float one_m_damp,

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../core/params.h"
+#include "core/params.h"
 
 /* One SGD step on elements [begin, end) of params/momentum_buf/grads (all indexed from
  * the start of the flat buffer, so passing the head's range leaves the backbone frozen,

@@ -1,10 +1,10 @@
 /* Instance-balanced and class-balanced samplers (GLAE Alg. 1, stages 1 and 2). */
-#include "sampler.h"
+#include "train/sampler.h"
 
 #include <stdlib.h>
 
-#include "../core/rng.h"
-#include "../core/status.h"
+#include "core/rng.h"
+#include "core/status.h"
 
 int glae_sample_instance_balanced(int64_t *out, int64_t n, uint64_t seed, uint32_t epoch) {
     if (n < 0 || n > (int64_t)UINT32_MAX)

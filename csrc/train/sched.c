@@ -1,10 +1,10 @@
 /* OneCycleLR, MultiStepLR and the linear scaling rule, written from PyTorch's documented
  * definitions so that the lr of every step is the same number PyTorch would use. */
-#include "sched.h"
+#include "train/sched.h"
 
 #include <math.h>
 
-#include "../core/status.h"
+#include "core/status.h"
 
 #define GLAE_PI 3.14159265358979323846
 

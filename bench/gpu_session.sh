@@ -79,7 +79,7 @@ if has tests && ! skip tests; then
     par=""
     $PY -c "import xdist" 2>/dev/null && par="-n 5 --dist loadfile"
     timeout "$(limit 240)" $PY -m pytest -q -rfE -p no:cacheprovider --timeout 90 $par \
-        tests/test_build.py tests/test_cuda_parity.py tests/test_cuda_model.py \
+        tests/test_build.py tests/test_backend_ops.py tests/test_cuda_model.py \
         tests/test_cuda_train.py tests/test_torch_reference.py \
         tests/test_resnet.py::test_shared_activation_slots_equal_keeping_every_activation \
         >"$OUT/tests.log" 2>&1

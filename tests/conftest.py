@@ -21,6 +21,31 @@ def poison_outputs():
     _C.set_poison(False)
 
 
+@pytest.fixture(scope="session")
+def gpu_ctx():
+    """a CUDA context on the first GPU (skips without one, fails on an unusable one)"""
+    from devices import DEVICES, FP32, GPUS_SEEN, STATUS, unusable_gpu_message
+
+    if not DEVICES:
+        if GPUS_SEEN:
+            pytest.fail(unusable_gpu_message())
+        pytest.skip(f"no CUDA device ({STATUS['message']})")
+    c = _C.cuda_context(0, FP32)
+    yield c
+    _C.cuda_set_math(c, FP32)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def dev(request):
+    """the `ctx` argument of each backend in turn: None for the CPU, then a CUDA context in
+    fp32 math; a test that takes it runs its op on every device"""
+    if request.param == "cpu":
+        return None
+    c = request.getfixturevalue("gpu_ctx")
+    _C.cuda_set_math(c, 0)
+    return c
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

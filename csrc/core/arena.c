@@ -4,7 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "ops/backend.h"
+#include "core/device.h"
 #include "core/status.h"
 
 static size_t round_up(size_t x) { return (x + GLAE_ALIGN - 1) / GLAE_ALIGN * GLAE_ALIGN; }
@@ -20,7 +20,7 @@ int glae_arena_reserve(glae_arena *a, size_t bytes) {
     bytes = round_up(bytes ? bytes : GLAE_ALIGN);
     if (a->dev) { /* device memory: cudaMalloc aligns to 256 bytes, the table zeroes it */
         void *p = NULL;
-        GLAE_TRY(a->dev->ops->alloc(a->dev, &p, bytes));
+        GLAE_TRY(a->dev->dev->alloc(a->dev, &p, bytes));
         a->base = p;
         a->size = bytes;
         return GLAE_OK;
@@ -49,7 +49,7 @@ void glae_arena_reset(glae_arena *a) { a->used = 0; }
 
 void glae_arena_free(glae_arena *a) {
     if (a->dev) {
-        if (a->base) a->dev->ops->free(a->dev, a->base);
+        if (a->base) a->dev->dev->free(a->dev, a->base);
     } else {
         free(a->base);
     }

@@ -15,7 +15,7 @@ typedef struct {
     size_t size; /* capacity in bytes */
     size_t used; /* bytes handed out since the last reset */
     size_t peak; /* largest `used` seen */
-    /* a device context (ctx->device == GLAE_CUDA): base comes from ctx->ops->alloc and
+    /* a device context (ctx->device == GLAE_CUDA): base comes from ctx->dev->alloc and
      * holds device memory; NULL: host memory. Kept across free/measure. */
     glae_ctx *dev;
 } glae_arena;

@@ -7,7 +7,7 @@
 #include <omp.h>
 #endif
 
-#include "ops/backend.h"
+#include "core/device.h"
 #include "core/blas.h"
 #include "core/status.h"
 
@@ -15,7 +15,7 @@ int glae_ctx_init(glae_ctx *ctx, glae_device device) {
     memset(ctx, 0, sizeof *ctx);
     if (device != GLAE_CPU) return glae_fail(GLAE_ERR_VALUE, "ctx: only the CPU device is built");
     ctx->device = device;
-    ctx->ops = &glae_backend_cpu;
+    ctx->dev = &glae_device_cpu;
     glae_apply_num_threads();
     ctx->nthreads = glae_get_num_threads();
     return GLAE_OK;

@@ -14,7 +14,8 @@ typedef uint16_t glae_bf16;
  * sizes (see docs/architecture.md, "Kernels take pointers and sizes"). */
 typedef enum { GLAE_CPU = 0, GLAE_CUDA = 1 } glae_device;
 
-struct glae_backend; /* ops/backend.h */
+struct glae_device_ops; /* core/device.h */
+struct glae_backend;    /* ops/backend.h: core stores the op table, never calls it */
 
 typedef struct glae_ctx {
     glae_device device;
@@ -22,9 +23,12 @@ typedef struct glae_ctx {
     float *scratch;      /* CPU scratch, grown on demand, 64-byte aligned */
     size_t scratch_size; /* in floats */
     void *cuda;          /* CUDA handles (streams, cuDNN, cuBLAS) when device == GLAE_CUDA */
-    const struct glae_backend *ops; /* the op table of `device`: model code calls through it */
+    const struct glae_device_ops *dev; /* memory of `device`: alloc, free, memset, copy, sync */
+    const struct glae_backend *ops; /* the op table of `device` (set by glae_ctx_open, ops/) */
 } glae_ctx;
 
+/* The core part of a CPU context (device table, threads). Layers above ops open contexts
+ * with glae_ctx_open (ops/backend.h), which also sets the op table. */
 int glae_ctx_init(glae_ctx *ctx, glae_device device);
 void glae_ctx_free(glae_ctx *ctx);
 /* At least `nfloat` floats of scratch; NULL with an error set if allocation fails.

@@ -6,7 +6,7 @@
 #include "core/cuda.h"
 #include "core/cuda_ctx.h"
 extern "C" {
-#include "ops/backend.h" /* a plain C header */
+#include "core/device.h" /* a plain C header */
 }
 
 #define DEFAULT_WS_LIMIT ((size_t)1 << 30)
@@ -33,7 +33,7 @@ glae_cuda_ctx *glae_cuda_of(glae_ctx *ctx, const char *fn) {
 }
 
 /* cuBLAS math for the fp32 GEMMs; the compute type of each GEMM is chosen per call too
- * (gemm_compute, layers.cu), this keeps plain cublasSgemm callers consistent with it:
+ * (gemm_compute, linear.cu), this keeps plain cublasSgemm callers consistent with it:
  * TF32 only in TF32 mode (the GEMMs are the heads', float32 under bf16 too) */
 static int apply_math(glae_cuda_ctx *c) {
     cublasMath_t m = c->math == GLAE_MATH_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
@@ -114,7 +114,7 @@ extern "C" int glae_cuda_ctx_create(glae_ctx *ctx, int device, int math_mode) {
         return st;
     }
     ctx->device = GLAE_CUDA;
-    ctx->ops = &glae_backend_cuda;
+    ctx->dev = &glae_device_cuda;
     ctx->nthreads = 1;
     ctx->cuda = c;
     return GLAE_OK;

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/backend.h"
+#include "core/device.h"
 #include "core/status.h"
 
 int glae_params_add(glae_params *p, const char *name, int ndim, const int64_t *shape,
@@ -94,13 +94,13 @@ int glae_params_to_device(glae_params *p, glae_ctx *ctx) {
     void *d[4] = {NULL, NULL, NULL, NULL};
     int st = GLAE_OK;
     for (int i = 0; i < 4 && !st; i++) {
-        st = ctx->ops->alloc(ctx, &d[i], len[i] * sizeof(float));
-        if (!st) st = ctx->ops->copy(ctx, d[i], *arr[i], len[i] * sizeof(float), GLAE_COPY_H2D);
+        st = ctx->dev->alloc(ctx, &d[i], len[i] * sizeof(float));
+        if (!st) st = ctx->dev->copy(ctx, d[i], *arr[i], len[i] * sizeof(float), GLAE_COPY_H2D);
     }
-    if (!st) st = ctx->ops->sync(ctx); /* the host arrays are freed next */
+    if (!st) st = ctx->dev->sync(ctx); /* the host arrays are freed next */
     if (st) {
         for (int i = 0; i < 4; i++)
-            if (d[i]) ctx->ops->free(ctx, d[i]);
+            if (d[i]) ctx->dev->free(ctx, d[i]);
         return st;
     }
     for (int i = 0; i < 4; i++) {
@@ -116,7 +116,7 @@ void glae_params_free(glae_params *p) {
     if (p->dev) {
         float *arr[4] = {p->params, p->grads, p->momentum, p->buffers};
         for (int i = 0; i < 4; i++)
-            if (arr[i]) p->dev->ops->free(p->dev, arr[i]);
+            if (arr[i]) p->dev->dev->free(p->dev, arr[i]);
     } else {
         free(p->params);
         free(p->grads);

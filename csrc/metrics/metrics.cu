@@ -7,6 +7,10 @@
 
 #include "ops/kernels.cuh"
 
+extern "C" {
+#include "metrics/metrics.h"
+}
+
 #define MET_BLOCKS 256
 
 __global__ static void metric_sum_k(double *part, const float *y, const float *yhat,

@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 
+#include "core/ctx.h"
 #include "core/status.h"
 
 #define GLAE_METRIC_MAX_AGE 100000
@@ -71,5 +72,12 @@ int glae_metric_shot(double mae[3], double cmae[3], int64_t count[3], int64_t n_
 int glae_metric_routing(double *frac_vanilla, double *frac_balanced, int64_t *count,
                         const int32_t *lo, const int32_t *hi, int groups, const float *y,
                         const int32_t *choice, int64_t n);
+
+#ifdef GLAE_WITH_CUDA
+/* metrics.cu: the sums behind MAE (GLAE eq. 12) and epsilon-error (eq. 14) on a GPU */
+int glae_metric_mae_cuda(glae_ctx *ctx, double *mae, const float *y, const float *yhat, int64_t n);
+int glae_metric_epsilon_cuda(glae_ctx *ctx, double *eps, const float *y, const float *yhat,
+                             const float *sigma, int64_t n);
+#endif
 
 #endif

@@ -235,7 +235,7 @@ int glae_head_loss_backward(glae_ctx *ctx, glae_head *hd, glae_params *p, float 
     if (hd->kind == GLAE_HEAD_GAP) {
         GLAE_TRY(ctx->ops->linear_backward(ctx, hd->dpooled, PG(hd->fc_w), PG(hd->fc_b), hd->dlogits,
                                       hd->pooled, PP(hd->fc_w), n, hd->c, K));
-        GLAE_TRY(ctx->ops->copy(ctx, losses, losses + 2, sizeof(float), GLAE_COPY_D2D));
+        GLAE_TRY(ctx->dev->copy(ctx, losses, losses + 2, sizeof(float), GLAE_COPY_D2D));
         if (dfeat)
             GLAE_TRY(ctx->ops->avgpool_backward(ctx, dfeat, hd->dpooled, n, hd->fh * hd->fw, hd->c));
         return GLAE_OK;
@@ -243,7 +243,7 @@ int glae_head_loss_backward(glae_ctx *ctx, glae_head *hd, glae_params *p, float 
     const int64_t P = (int64_t)hd->hp * hd->wp, mrows = (int64_t)n * P;
     if (hd->kind == GLAE_HEAD_FR) {
         GLAE_TRY(ctx->ops->avgpool_backward(ctx, hd->dmap, hd->dlogits, n, (int)P, K));
-        GLAE_TRY(ctx->ops->copy(ctx, losses, losses + 2, sizeof(float), GLAE_COPY_D2D));
+        GLAE_TRY(ctx->dev->copy(ctx, losses, losses + 2, sizeof(float), GLAE_COPY_D2D));
     } else {
         /* local branch, eq. 7: every position carries its image's label (group = H'W') */
         GLAE_TRY(ctx->ops->ldl_loss_forward(ctx, hd->loc_loss, hd->loc_prob, hd->map, z, y, mrows,

@@ -11,8 +11,8 @@
 #ifdef GLAE_WITH_CUDA
 #include "core/cuda_ctx.h"
 #endif
-#include "nn/route.h"
-#include "train/optim.h"
+#include "ops/route.h"
+#include "ops/optim.h"
 #include "ops/backend.h"
 #include "ops/loss.h"
 #include "ops/ops.h"
@@ -36,14 +36,13 @@ void glae_model_config_default(glae_model_config *cfg) {
 }
 
 static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
-    if (cfg->device == GLAE_CPU) return glae_ctx_init(ctx, GLAE_CPU);
-    if (cfg->device != GLAE_CUDA)
+    if (cfg->device != GLAE_CPU && cfg->device != GLAE_CUDA)
         return glae_fail(GLAE_ERR_VALUE, "model: unknown device %d", cfg->device);
-#ifdef GLAE_WITH_CUDA
-    return glae_cuda_ctx_create(ctx, cfg->cuda_device, cfg->math);
-#else
-    return glae_fail(GLAE_ERR_RUNTIME, "model: glae was built without CUDA (device='cuda')");
+#ifndef GLAE_WITH_CUDA
+    if (cfg->device == GLAE_CUDA)
+        return glae_fail(GLAE_ERR_RUNTIME, "model: glae was built without CUDA (device='cuda')");
 #endif
+    return glae_ctx_open(ctx, cfg->device, cfg->cuda_device, cfg->math);
 }
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg) {
@@ -71,13 +70,13 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
     /* initialised on the host (the Philox draws are plain C), then moved */
     void *mask = NULL;
-    GLAE_TRY(m->ctx.ops->alloc(&m->ctx, &mask, m->p.n));
+    GLAE_TRY(m->ctx.dev->alloc(&m->ctx, &mask, m->p.n));
     m->no_decay = mask;
     uint8_t *host = malloc(m->p.n ? m->p.n : 1);
     if (!host) return glae_fail(GLAE_ERR_MEMORY, "model: out of memory");
     int st = glae_sgd_no_decay_mask(&m->p, host);
-    if (!st) st = m->ctx.ops->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
-    if (!st) st = m->ctx.ops->sync(&m->ctx);
+    if (!st) st = m->ctx.dev->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
+    if (!st) st = m->ctx.dev->sync(&m->ctx);
     free(host);
     GLAE_TRY(st);
     return glae_params_to_device(&m->p, &m->ctx);
@@ -90,16 +89,10 @@ void glae_model_free(glae_model *m) {
     glae_cuda_graph_destroy(m->graph); /* the graph reads the arena, not the slots */
     m->graph = NULL;
 #endif
-    if (m->no_decay && m->ctx.ops) m->ctx.ops->free(&m->ctx, m->no_decay);
+    if (m->no_decay && m->ctx.dev) m->ctx.dev->free(&m->ctx, m->no_decay);
     glae_params_free(&m->p);
     glae_arena_free(&m->arena);
-    if (m->ctx.device == GLAE_CUDA) {
-#ifdef GLAE_WITH_CUDA
-        glae_cuda_ctx_destroy(&m->ctx);
-#endif
-    } else {
-        glae_ctx_free(&m->ctx);
-    }
+    glae_ctx_close(&m->ctx);
     memset(m, 0, sizeof *m);
 }
 
@@ -186,10 +179,10 @@ static int check_input(const char *fn, int xnorm) {
 static int stage_input(glae_model *m, float *dst, const void *x, int xnorm, size_t values) {
     glae_ctx *ctx = &m->ctx;
     if (xnorm == GLAE_INPUT_F32)
-        return ctx->ops->copy(ctx, dst, x, values * sizeof(float), GLAE_COPY_H2D);
+        return ctx->dev->copy(ctx, dst, x, values * sizeof(float), GLAE_COPY_H2D);
     const uint8_t *src = x;
     if (ctx->device != GLAE_CPU) {
-        GLAE_TRY(ctx->ops->copy(ctx, m->xu8, x, values, GLAE_COPY_H2D));
+        GLAE_TRY(ctx->dev->copy(ctx, m->xu8, x, values, GLAE_COPY_H2D));
         src = m->xu8;
     }
     return ctx->ops->normalise_u8(ctx, dst, src, (int64_t)values, xnorm);
@@ -228,13 +221,12 @@ int glae_model_train_step(glae_model *m, float losses[3], const void *x, int xno
     GLAE_TRY(check_input("train_step", xnorm));
     GLAE_TRY(plan(m, stage == 1 ? GLAE_PLAN_TRAIN1 : GLAE_PLAN_TRAIN2, n, h, w));
     glae_ctx *ctx = &m->ctx;
-    const glae_backend *ops = ctx->ops;
     GLAE_TRY(stage_input(m, m->xin, x, xnorm, (size_t)n * h * w * 3));
-    GLAE_TRY(ops->copy(ctx, m->y, ages, (size_t)n * sizeof(float), GLAE_COPY_H2D));
-    if (sigma) GLAE_TRY(ops->copy(ctx, m->sig, sigma, (size_t)n * sizeof(float), GLAE_COPY_H2D));
+    GLAE_TRY(ctx->dev->copy(ctx, m->y, ages, (size_t)n * sizeof(float), GLAE_COPY_H2D));
+    if (sigma) GLAE_TRY(ctx->dev->copy(ctx, m->sig, sigma, (size_t)n * sizeof(float), GLAE_COPY_H2D));
     GLAE_TRY(step_core(m, m->xin, m->y, sigma ? m->sig : NULL, n, stage, mode, mae));
     /* the step's one device-to-host copy (it waits for the step to finish) */
-    return ops->copy(ctx, losses, m->losses, 3 * sizeof(float), GLAE_COPY_D2H);
+    return ctx->dev->copy(ctx, losses, m->losses, 3 * sizeof(float), GLAE_COPY_D2H);
 }
 
 /* ---- the pipelined step ----------------------------------------------------------------- */
@@ -396,9 +388,9 @@ int glae_model_train_step_async(glae_model *m, const void *x, int xnorm, int n, 
     }
     if (m->graph_on) {
         /* a graph reads fixed addresses: the arena's input buffers */
-        if (!st && xd != m->xin) st = ops->copy(ctx, m->xin, xd, img * F, GLAE_COPY_D2D);
-        if (!st) st = ops->copy(ctx, m->y, dev_y, n * F, GLAE_COPY_D2D);
-        if (!st && sigma) st = ops->copy(ctx, m->sig, dev_y + n, n * F, GLAE_COPY_D2D);
+        if (!st && xd != m->xin) st = ctx->dev->copy(ctx, m->xin, xd, img * F, GLAE_COPY_D2D);
+        if (!st) st = ctx->dev->copy(ctx, m->y, dev_y, n * F, GLAE_COPY_D2D);
+        if (!st && sigma) st = ctx->dev->copy(ctx, m->sig, dev_y + n, n * F, GLAE_COPY_D2D);
         if (!st) st = step_graph(m, n, stage, mode, mae, sigma != NULL);
     } else if (!st) {
         st = step_core(m, xd, dev_y, sigma ? dev_y + n : NULL, n, stage, mode, mae);
@@ -443,7 +435,7 @@ int glae_model_async_losses(glae_model *m, float losses[3], int back) {
 }
 
 static int copy_out(glae_ctx *ctx, void *dst, const void *src, size_t bytes) {
-    return dst ? ctx->ops->copy(ctx, dst, src, bytes, GLAE_COPY_D2H) : GLAE_OK;
+    return dst ? ctx->dev->copy(ctx, dst, src, bytes, GLAE_COPY_D2H) : GLAE_OK;
 }
 
 int glae_model_forward(glae_model *m, const void *x, int xnorm, int n, int h, int w, int training,
@@ -514,7 +506,7 @@ int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, fl
     } else {
         const float *src = route == GLAE_PRED_VANILLA ? pv : pb;
         if (flip) GLAE_TRY(ops->avg2_forward(ctx, m->o_prob, src, src + nk, nk));
-        else GLAE_TRY(ops->copy(ctx, m->o_prob, src, (size_t)nk * F, GLAE_COPY_D2D));
+        else GLAE_TRY(ctx->dev->copy(ctx, m->o_prob, src, (size_t)nk * F, GLAE_COPY_D2D));
         GLAE_TRY(ops->expected_age(ctx, m->o_age, m->o_prob, n, K));
         /* constants, written straight into the caller's host arrays */
         for (int i = 0; i < n; i++) head[i] = route == GLAE_PRED_BALANCED;
@@ -551,7 +543,7 @@ int glae_model_copy_head_to_balanced(glae_model *m) {
         int j = glae_params_find(&m->p, name);
         if (j < 0 || m->p.info[j].numel != t->numel)
             return glae_fail(GLAE_ERR_RUNTIME, "copy_head_to_balanced: no match for '%s'", t->name);
-        GLAE_TRY(m->ctx.ops->copy(&m->ctx, glae_params_ptr(&m->p, j), glae_params_ptr(&m->p, i),
+        GLAE_TRY(m->ctx.dev->copy(&m->ctx, glae_params_ptr(&m->p, j), glae_params_ptr(&m->p, i),
                                   (size_t)t->numel * sizeof(float), GLAE_COPY_D2D));
     }
     return GLAE_OK;

@@ -1,6 +1,6 @@
 /* CUDA twins of the mixed-precision layers of bf16.c (ops.h): bf16 activations, float32
  * parameters, float32 math (double for the batch-norm sums), one rounding per output.
- * The conv twins live in conv.cu (cuDNN) and the max-pool ones in layers.cu (the float
+ * The conv twins live in conv.cu (cuDNN) and the max-pool ones in pool.cu (the float
  * kernels instantiated for __nv_bfloat16).
  *
  * Batch norm + residual + ReLU is one fused op here (what cuDNN's fused BN-add-ReLU
@@ -8,6 +8,7 @@
  * the output, the backward reads dout, out, x twice and writes din and the residual's
  * gradient in the same pass. */
 #include "ops/kernels.cuh"
+#include "ops/check.h" /* after kernels.cuh: its C headers are already extern "C" there */
 
 typedef __nv_bfloat16 bf;
 
@@ -211,7 +212,7 @@ extern "C" int glae_bn_act_forward_bf16_cuda(glae_ctx *ctx, glae_bf16 *out, floa
                                              float momentum, float eps, int training, int relu) {
     const char *fn = "bn_act_forward_bf16_cuda";
     GLAE_STREAM(ctx, fn, st);
-    GLAE_TRY(glae_bn_check(fn, rows, c, momentum, eps, training, running_mean, running_var));
+    GLAE_TRY(glae_check_batchnorm(fn, rows, c, momentum, eps, training, running_mean, running_var));
     if (c == 0) return GLAE_OK;
     double *part = NULL;
     int nch = 0;

@@ -175,24 +175,7 @@ __global__ static void glae_col_add_kernel(float *dst, const double *part, int n
     if (j < c) dst[j] += (float)glae_col_total(part, nchunks, c, j, 0);
 }
 
-/* the batch-norm forwards' argument checks (float32 and bf16 twins; norm.c's rules) */
-static inline int glae_bn_check(const char *fn, int64_t rows, int c, float momentum, float eps,
-                                int training, const float *running_mean, const float *running_var) {
-    if (rows < 0 || c < 0)
-        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return glae_fail(GLAE_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", fn, (double)eps);
-    if (!isfinite(momentum))
-        return glae_fail(GLAE_ERR_VALUE, "%s: momentum must be finite, got %g", fn, (double)momentum);
-    if (training && rows < 2 && c > 0)
-        return glae_fail(GLAE_ERR_VALUE, "%s: training needs more than 1 value per channel, got %lld",
-                         fn, (long long)rows);
-    if (!training && (!running_mean || !running_var))
-        return glae_fail(GLAE_ERR_VALUE, "%s: eval mode needs running statistics", fn);
-    return GLAE_OK;
-}
-
-/* ---- batch-norm per-channel kernels (layers.cu, bf16.cu): after a column reduction --- */
+/* ---- batch-norm per-channel kernels (norm.cu, bf16.cu): after a column reduction --- */
 
 __global__ static void glae_bn_stats_k(float *save_mean, float *save_invstd, float *rm, float *rv,
                                   const double *part, int nch, int c, int64_t rows,

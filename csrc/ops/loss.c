@@ -1,6 +1,7 @@
 /* Label-distribution losses of LAE / GLAE: the Gaussian target, and the fused
  * softmax + KL + L1-of-the-expectation loss with its gradient. See docs/losses.md. */
 #include "ops/loss.h"
+#include "ops/check.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -8,24 +9,6 @@
 /* Rows are independent; below this many (rows * K) elements a thread team costs more
  * than it saves. The local branch of PA (N * 49 rows of 101) is well above it. */
 #define LOSS_PAR_WORK 32768
-
-static int check_sizes(const char *fn, int64_t rows, int group, int k) {
-    if (rows < 0) return glae_fail(GLAE_ERR_VALUE, "%s: negative rows %lld", fn, (long long)rows);
-    if (k < 1) return glae_fail(GLAE_ERR_VALUE, "%s: number of classes must be >= 1, got %d", fn, k);
-    if (group < 1) return glae_fail(GLAE_ERR_VALUE, "%s: group must be >= 1, got %d", fn, group);
-    if (rows % group)
-        return glae_fail(GLAE_ERR_VALUE, "%s: rows (%lld) must be divisible by group (%d)", fn,
-                         (long long)rows, group);
-    return GLAE_OK;
-}
-
-static int check_mode(const char *fn, int mode, float lambda, float mae) {
-    if (mode != GLAE_LOSS_BASE && mode != GLAE_LOSS_LAE_CLS && mode != GLAE_LOSS_KL)
-        return glae_fail(GLAE_ERR_VALUE, "%s: unknown loss mode %d", fn, mode);
-    if (!isfinite(lambda)) return glae_fail(GLAE_ERR_VALUE, "%s: lambda must be finite", fn);
-    if (!isfinite(mae)) return glae_fail(GLAE_ERR_VALUE, "%s: mae must be finite", fn);
-    return GLAE_OK;
-}
 
 /* The targets are per sample (rows / group of them): a serial pass over them is cheap
  * and keeps error reporting out of the parallel loops. */
@@ -47,13 +30,11 @@ static int check_targets(const char *fn, const float *z, const float *y, int64_t
 /* LAE 2.1 / GLAE eq. 1: z_k = exp(-(k - y)^2 / (2 sigma^2)) / (sqrt(2 pi) sigma).
  * (GLAE prints sqrt(2 pi sigma); LAE's sqrt(2 pi) sigma is the Gaussian density and is
  * what we use. With normalize the constant cancels anyway.) */
-int glae_label_distribution(float *z, const float *y, const float *sigma, float sigma0, int64_t n,
-                            int k, int normalize) {
+int glae_label_distribution(glae_ctx *ctx, float *z, const float *y, const float *sigma,
+                            float sigma0, int64_t n, int k, int normalize) {
+    (void)ctx; /* the CPU needs no handle; the signature is the twins' */
     const char *fn = "label_distribution";
-    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "%s: negative n %lld", fn, (long long)n);
-    if (k < 1) return glae_fail(GLAE_ERR_VALUE, "%s: number of classes must be >= 1, got %d", fn, k);
-    if (!sigma && (!(sigma0 > 0.0f) || !isfinite(sigma0)))
-        return glae_fail(GLAE_ERR_VALUE, "%s: sigma must be finite and > 0, got %g", fn, (double)sigma0);
+    GLAE_TRY(glae_check_label_distribution(fn, n, k, sigma, sigma0));
     for (int64_t i = 0; i < n; i++) {
         float s = sigma ? sigma[i] : sigma0;
         if (!(s > 0.0f) || !isfinite(s)) {
@@ -99,8 +80,7 @@ int glae_ldl_loss_forward(glae_ctx *ctx, float *loss, float *prob, const float *
                           float lambda, float mae) {
     (void)ctx;
     const char *fn = "ldl_loss_forward";
-    GLAE_TRY(check_sizes(fn, rows, group, k));
-    GLAE_TRY(check_mode(fn, mode, lambda, mae));
+    GLAE_TRY(glae_check_ldl_loss(fn, rows, group, k, mode, lambda, mae));
     GLAE_TRY(check_targets(fn, z, y, rows / group, k));
     /* sum_k z_k log z_k per sample (0 log 0 = 0): shared by the group's rows, so the
      * row loop needs one exp per element and no log */
@@ -165,8 +145,7 @@ int glae_ldl_loss_backward(glae_ctx *ctx, float *dlogits, const float *dloss, co
                            float lambda, float mae) {
     (void)ctx;
     const char *fn = "ldl_loss_backward";
-    GLAE_TRY(check_sizes(fn, rows, group, k));
-    GLAE_TRY(check_mode(fn, mode, lambda, mae));
+    GLAE_TRY(glae_check_ldl_loss(fn, rows, group, k, mode, lambda, mae));
     GLAE_TRY(check_targets(fn, z, y, rows / group, k));
 #pragma omp parallel for schedule(static) if (rows * (int64_t)k > LOSS_PAR_WORK)
     for (int64_t r = 0; r < rows; r++) {

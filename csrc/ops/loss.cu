@@ -3,6 +3,7 @@
  * row, exp/log and sums in double like the CPU reference. Data values (finite ages,
  * z >= 0) are not checked on the GPU: NaN propagates to the loss instead. */
 #include "ops/kernels.cuh"
+#include "ops/check.h" /* after kernels.cuh: its C headers are already extern "C" there */
 
 /* LAE 2.1 / GLAE eq. 1 (see loss.c for the normalised, shifted form) */
 __global__ static void label_dist_k(float *z, const float *y, const float *sigma, float sigma0,
@@ -32,31 +33,10 @@ extern "C" int glae_label_distribution_cuda(glae_ctx *ctx, float *z, const float
                                             int normalize) {
     const char *fn = "label_distribution_cuda";
     GLAE_STREAM(ctx, fn, st);
-    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "%s: negative n %lld", fn, (long long)n);
-    if (k < 1) return glae_fail(GLAE_ERR_VALUE, "%s: number of classes must be >= 1, got %d", fn, k);
-    if (!sigma && (!(sigma0 > 0.0f) || !isfinite(sigma0)))
-        return glae_fail(GLAE_ERR_VALUE, "%s: sigma must be finite and > 0, got %g", fn, (double)sigma0);
+    GLAE_TRY(glae_check_label_distribution(fn, n, k, sigma, sigma0));
     if (n == 0) return GLAE_OK;
     label_dist_k<<<glae_warp_grid(n), dim3(32, 8), 0, st>>>(z, y, sigma, sigma0, n, k, normalize);
     GLAE_LAUNCHED();
-    return GLAE_OK;
-}
-
-static int check_sizes(const char *fn, int64_t rows, int group, int k) {
-    if (rows < 0) return glae_fail(GLAE_ERR_VALUE, "%s: negative rows %lld", fn, (long long)rows);
-    if (k < 1) return glae_fail(GLAE_ERR_VALUE, "%s: number of classes must be >= 1, got %d", fn, k);
-    if (group < 1) return glae_fail(GLAE_ERR_VALUE, "%s: group must be >= 1, got %d", fn, group);
-    if (rows % group)
-        return glae_fail(GLAE_ERR_VALUE, "%s: rows (%lld) must be divisible by group (%d)", fn,
-                         (long long)rows, group);
-    return GLAE_OK;
-}
-
-static int check_mode(const char *fn, int mode, float lambda, float mae) {
-    if (mode != GLAE_LOSS_BASE && mode != GLAE_LOSS_LAE_CLS && mode != GLAE_LOSS_KL)
-        return glae_fail(GLAE_ERR_VALUE, "%s: unknown loss mode %d", fn, mode);
-    if (!isfinite(lambda)) return glae_fail(GLAE_ERR_VALUE, "%s: lambda must be finite", fn);
-    if (!isfinite(mae)) return glae_fail(GLAE_ERR_VALUE, "%s: mae must be finite", fn);
     return GLAE_OK;
 }
 
@@ -119,8 +99,7 @@ extern "C" int glae_ldl_loss_forward_cuda(glae_ctx *ctx, float *loss, float *pro
                                           float mae) {
     const char *fn = "ldl_loss_forward_cuda";
     GLAE_STREAM(ctx, fn, st);
-    GLAE_TRY(check_sizes(fn, rows, group, k));
-    GLAE_TRY(check_mode(fn, mode, lambda, mae));
+    GLAE_TRY(glae_check_ldl_loss(fn, rows, group, k, mode, lambda, mae));
     if (rows == 0) return GLAE_OK;
     const int64_t n = rows / group;
     double *zlogz;
@@ -168,8 +147,7 @@ extern "C" int glae_ldl_loss_backward_cuda(glae_ctx *ctx, float *dlogits, const 
                                            float mae) {
     const char *fn = "ldl_loss_backward_cuda";
     GLAE_STREAM(ctx, fn, st);
-    GLAE_TRY(check_sizes(fn, rows, group, k));
-    GLAE_TRY(check_mode(fn, mode, lambda, mae));
+    GLAE_TRY(glae_check_ldl_loss(fn, rows, group, k, mode, lambda, mae));
     if (rows == 0) return GLAE_OK;
     ldl_bwd_k<<<glae_warp_grid(rows), dim3(32, 8), 0, st>>>(dlogits, dloss, prob, z, y, rows, group,
                                                             k, mode, lambda, mae);

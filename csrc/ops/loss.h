@@ -21,8 +21,8 @@ enum {
 
 /* z (n, K). sigma (n) per sample, or NULL to use sigma0 for all. normalize != 0 rescales
  * each row to sum 1 (see docs/paper-map.md for why that is the default). */
-int glae_label_distribution(float *z, const float *y, const float *sigma, float sigma0, int64_t n,
-                            int k, int normalize);
+int glae_label_distribution(glae_ctx *ctx, float *z, const float *y, const float *sigma,
+                            float sigma0, int64_t n, int k, int normalize);
 
 /* Per-row loss on logits (rows, K). Row r belongs to sample r / group (group = H'*W' for
  * the local branch of PA, where every position shares its image's label; 1 otherwise):
@@ -35,5 +35,11 @@ int glae_ldl_loss_forward(glae_ctx *ctx, float *loss, float *prob, const float *
 int glae_ldl_loss_backward(glae_ctx *ctx, float *dlogits, const float *dloss, const float *prob,
                            const float *z, const float *y, int64_t rows, int group, int k, int mode,
                            float lambda, float mae);
+
+/* The ops of this header in the op table (ops/backend.h): glae_<op> here is the
+ * reference, glae_<op>_cuda its twin with the same signature (ops_cuda.h). A new op of
+ * this family adds its name here. */
+#define GLAE_OPS_LOSS(X) \
+    X(label_distribution) X(ldl_loss_forward) X(ldl_loss_backward)
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/check.h"
 #include "ops/ops.h"
 
 #define BN_BLOCK 512 /* rows per partial sum */
@@ -52,22 +53,8 @@ int glae_batchnorm_forward(glae_ctx *ctx, float *out, float *save_mean, float *s
                            float *running_mean, float *running_var, int64_t rows, int c,
                            float momentum, float eps, int training) {
     (void)ctx;
-    if (rows < 0 || c < 0)
-        return glae_fail(GLAE_ERR_VALUE, "batchnorm_forward: negative size (rows %lld, c %d)",
-                         (long long)rows, c);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return glae_fail(GLAE_ERR_VALUE, "batchnorm_forward: eps must be finite and >= 0, got %g",
-                         (double)eps);
-    if (!isfinite(momentum))
-        return glae_fail(GLAE_ERR_VALUE, "batchnorm_forward: momentum must be finite, got %g",
-                         (double)momentum);
-    if (training && rows < 2 && c > 0)
-        /* PyTorch: "Expected more than 1 value per channel when training" */
-        return glae_fail(GLAE_ERR_VALUE,
-                         "batchnorm_forward: training needs more than 1 value per channel, "
-                         "got %lld", (long long)rows);
-    if (!training && (!running_mean || !running_var))
-        return glae_fail(GLAE_ERR_VALUE, "batchnorm_forward: eval mode needs running statistics");
+    GLAE_TRY(glae_check_batchnorm("batchnorm_forward", rows, c, momentum, eps, training,
+                                  running_mean, running_var));
     if (c == 0) return GLAE_OK;
 
     double *mean = malloc(sizeof(double) * (size_t)c * 3);

@@ -185,4 +185,19 @@ int glae_maxpool2d_forward_bf16(glae_ctx *ctx, glae_bf16 *out, int32_t *argmax,
 int glae_maxpool2d_backward_bf16(glae_ctx *ctx, glae_bf16 *din, const glae_bf16 *dout,
                                  const int32_t *argmax, const glae_pool_shape *s);
 
+/* The ops of this header in the op table (ops/backend.h): glae_<op> here is the
+ * reference, glae_<op>_cuda its twin with the same signature (ops_cuda.h). A new op of
+ * this family adds its name here. */
+#define GLAE_OPS_LAYERS(X) \
+    X(conv2d_forward) X(conv2d_backward) X(batchnorm_forward) X(batchnorm_backward) \
+    X(relu_forward) X(relu_backward) X(add_forward) X(add_backward) X(maxpool2d_forward) \
+    X(maxpool2d_backward) X(avgpool_forward) X(avgpool_backward) X(linear_forward) \
+    X(linear_backward) X(pixel_shuffle_forward) X(pixel_shuffle_backward) X(softmax_forward) \
+    X(softmax_backward) X(log_softmax_forward) X(log_softmax_backward) X(prelu_forward) \
+    X(prelu_backward) X(hflip_forward) X(fill) X(flatten_nchw_forward) \
+    X(flatten_nchw_backward) X(avg2_forward) X(normalise_u8) X(f32_to_bf16) X(bf16_to_f32) \
+    X(conv2d_forward_bf16) X(conv2d_backward_bf16) X(bn_act_forward_bf16) \
+    X(bn_act_backward_bf16) X(add_forward_bf16) X(maxpool2d_forward_bf16) \
+    X(maxpool2d_backward_bf16)
+
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/check.h"
 #include "ops/ops.h"
 
 /* PyTorch's pooling_output_shape (dilation 1):
@@ -47,19 +48,10 @@ int glae_pool_shape_init(glae_pool_shape *s, int n, int h, int w, int c, int k, 
     return GLAE_OK;
 }
 
-static int check_shape(const glae_pool_shape *s, const char *fn) {
-    glae_pool_shape t;
-    if (!s) return glae_fail(GLAE_ERR_VALUE, "%s: shape is NULL", fn);
-    GLAE_TRY(glae_pool_shape_init(&t, s->n, s->h, s->w, s->c, s->k, s->stride, s->pad, s->ceil_mode));
-    if (t.oh != s->oh || t.ow != s->ow)
-        return glae_fail(GLAE_ERR_VALUE, "%s: shape not initialised by glae_pool_shape_init", fn);
-    return GLAE_OK;
-}
-
 int glae_maxpool2d_forward(glae_ctx *ctx, float *out, int32_t *argmax, const float *in,
                            const glae_pool_shape *s) {
     (void)ctx;
-    GLAE_TRY(check_shape(s, "maxpool2d_forward"));
+    GLAE_TRY(glae_check_pool_shape("maxpool2d_forward", s));
     const int H = s->h, W = s->w, C = s->c, OH = s->oh, OW = s->ow;
     const int64_t rows = (int64_t)s->n * OH;
 #pragma omp parallel for schedule(static) if (rows * OW * C * s->k * s->k > 65536)
@@ -102,7 +94,7 @@ int glae_maxpool2d_forward(glae_ctx *ctx, float *out, int32_t *argmax, const flo
 int glae_maxpool2d_backward(glae_ctx *ctx, float *din, const float *dout, const int32_t *argmax,
                             const glae_pool_shape *s) {
     (void)ctx;
-    GLAE_TRY(check_shape(s, "maxpool2d_backward"));
+    GLAE_TRY(glae_check_pool_shape("maxpool2d_backward", s));
     const int C = s->c;
     const int64_t hw = (int64_t)s->h * s->w, ohw = (int64_t)s->oh * s->ow;
     int bad = 0;
@@ -129,10 +121,7 @@ int glae_maxpool2d_backward(glae_ctx *ctx, float *din, const float *dout, const 
 
 int glae_avgpool_forward(glae_ctx *ctx, float *out, const float *in, int n, int hw, int c) {
     (void)ctx;
-    if (n < 0 || hw < 0 || c < 0)
-        return glae_fail(GLAE_ERR_VALUE, "avgpool_forward: negative size (%d, %d, %d)", n, hw, c);
-    if (hw == 0 && (int64_t)n * c > 0)
-        return glae_fail(GLAE_ERR_VALUE, "avgpool_forward: cannot average over zero positions");
+    GLAE_TRY(glae_check_avgpool("avgpool_forward", n, hw, c, 1));
     if ((int64_t)n * c == 0) return GLAE_OK;
     int oom = 0;
     /* rows of C are contiguous: sum row after row into a per-image double accumulator */
@@ -156,8 +145,7 @@ int glae_avgpool_forward(glae_ctx *ctx, float *out, const float *in, int n, int 
 
 int glae_avgpool_backward(glae_ctx *ctx, float *din, const float *dout, int n, int hw, int c) {
     (void)ctx;
-    if (n < 0 || hw < 0 || c < 0)
-        return glae_fail(GLAE_ERR_VALUE, "avgpool_backward: negative size (%d, %d, %d)", n, hw, c);
+    GLAE_TRY(glae_check_avgpool("avgpool_backward", n, hw, c, 0));
     if (hw == 0) return GLAE_OK;
     const float fhw = (float)hw;
 #pragma omp parallel for schedule(static) if ((int64_t)n * hw * c > 65536)

@@ -1,12 +1,10 @@
 /* Bindings for the conv family: conv2d forward/backward, and a bare sgemm used by
  * bench/conv.py to measure the BLAS rate the convolutions are compared with. */
-#include "python/py.h"  /* Python.h first */
+#include "python/job.h" /* Python.h first */
 #include <limits.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "core/blas.h"
-#include "ops/ops.h"
 
 static int as_int(PyObject *o, int *v) {
     long x = PyLong_AsLong(o);
@@ -32,27 +30,6 @@ static int parse_pair(PyObject *o, const char *name, int *h, int *w) {
     }
     PyErr_Format(PyExc_TypeError, "%s must be an int or a tuple of two ints, got %R", name, o);
     return -1;
-}
-
-/* One context kept across calls, so the im2col scratch (<= 16 MB + a chunk) is not
- * allocated and page-faulted again on every call, as a model holding its ctx would not.
- * Calls run without the GIL: a second concurrent call takes a fresh context instead. */
-static glae_ctx cached_ctx;
-static int cached_init;
-static atomic_flag cached_busy = ATOMIC_FLAG_INIT;
-
-static glae_ctx *ctx_acquire(glae_ctx *tmp) {
-    if (!atomic_flag_test_and_set(&cached_busy)) {
-        if (!cached_init && glae_ctx_init(&cached_ctx, GLAE_CPU) == GLAE_OK) cached_init = 1;
-        if (cached_init) return &cached_ctx;
-        atomic_flag_clear(&cached_busy);
-    }
-    return glae_ctx_init(tmp, GLAE_CPU) == GLAE_OK ? tmp : NULL;
-}
-
-static void ctx_release(glae_ctx *ctx) {
-    if (ctx == &cached_ctx) atomic_flag_clear(&cached_busy);
-    else if (ctx) glae_ctx_free(ctx);
 }
 
 /* Checks x (N, H, W, Cin) and w (Cout, KH, KW, Cin), parses stride/pad, fills *s. */
@@ -88,65 +65,55 @@ static int conv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
     return 0;
 }
 
-/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad)
+/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad, ctx=None)
  *   -> y (N, OH, OW, Cout) */
 static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "w", "b", "stride", "pad", NULL};
-    PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO:conv2d_forward", kwlist, &xo, &wo, &bo,
-                                     &so, &po))
+    static char *kwlist[] = {"x", "w", "b", "stride", "pad", "ctx", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL, *ctxo = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|O:conv2d_forward", kwlist, &xo, &wo, &bo,
+                                     &so, &po, &ctxo))
         return NULL;
-    PyArrayObject *x, *w, *b;
+    PyArrayObject *x, *w;
     glae_conv2d_shape s;
     if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
-    int ok;
-    b = glae_arg_array_opt(bo, "b", NPY_FLOAT32, 1, &ok);
-    if (!ok || (b && glae_check_dim(b, "b", 0, s.c_out))) return NULL;
+    ARG_F32_OPT(b, bo, "b", 1);
+    if (b) ARG_DIM(b, "b", 0, s.c_out);
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
     npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
-    PyArrayObject *y = glae_new_array(4, dims, NPY_FLOAT32);
-    if (!y) return NULL;
-    glae_ctx tmp, *ctx = ctx_acquire(&tmp);
-    int st = ctx ? GLAE_OK : GLAE_ERR_RUNTIME;
-    if (ctx)
-        GLAE_NOGIL(st, glae_conv2d_forward(ctx, PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w),
-                                           b ? PyArray_DATA(b) : NULL, &s));
-    ctx_release(ctx);
-    if (st) {
-        Py_DECREF(y);
-        return glae_raise(st);
-    }
-    return (PyObject *)y;
+    float *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w), *db = glae_job_in(&J, b);
+    float *y = glae_job_out(&J, 4, dims, NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->conv2d_forward(J.ctx, y, dx, dw, db, &s));
 }
 
 /* conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,
- *                 db_accumulate=None) -> (dx or None, dw, db or None)
+ *                 db_accumulate=None, ctx=None) -> (dx or None, dw, db or None)
  * dw/db are fresh zero arrays into which the kernel accumulates, unless dw_accumulate /
  * db_accumulate are given: then the kernel adds into those arrays (in place) and they
  * are returned, which exposes the += contract of the parameter gradients. */
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"dy",       "x",           "w",           "stride", "pad",
-                             "has_bias", "need_dx",     "dw_accumulate", "db_accumulate", NULL};
-    PyObject *dyo, *xo, *wo, *so, *po, *dwo = Py_None, *dbo = Py_None;
+    static char *kwlist[] = {"dy",       "x",       "w",             "stride",        "pad",
+                             "has_bias", "need_dx", "dw_accumulate", "db_accumulate", "ctx",
+                             NULL};
+    PyObject *dyo, *xo, *wo, *so, *po, *dwo = Py_None, *dbo = Py_None, *ctxo = NULL;
     int has_bias, need_dx = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOp|pOO:conv2d_backward", kwlist, &dyo, &xo,
-                                     &wo, &so, &po, &has_bias, &need_dx, &dwo, &dbo))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOp|pOOO:conv2d_backward", kwlist, &dyo, &xo,
+                                     &wo, &so, &po, &has_bias, &need_dx, &dwo, &dbo, &ctxo))
         return NULL;
-    PyArrayObject *x, *w, *dy, *dwa, *dba;
-    PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
+    PyArrayObject *x, *w;
     glae_conv2d_shape s;
     if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
-    dy = glae_arg_f32(dyo, "dy", 4);
-    if (!dy || glae_check_dim(dy, "dy", 0, s.n) || glae_check_dim(dy, "dy", 1, s.oh) ||
-        glae_check_dim(dy, "dy", 2, s.ow) || glae_check_dim(dy, "dy", 3, s.c_out))
-        return NULL;
+    ARG_F32(dy, dyo, "dy", 4);
+    npy_intp od[4] = {s.n, s.oh, s.ow, s.c_out};
+    for (int i = 0; i < 4; i++) ARG_DIM(dy, "dy", i, od[i]);
     int ok;
-    dwa = glae_arg_array_opt(dwo, "dw_accumulate", NPY_FLOAT32, 4, &ok);
+    PyArrayObject *dwa = glae_arg_array_opt(dwo, "dw_accumulate", NPY_FLOAT32, 4, &ok);
     if (!ok || (dwa && glae_check_same_shape(dwa, "dw_accumulate", w, "w")) ||
         glae_check_writeable(dwa, "dw_accumulate"))
         return NULL;
-    dba = glae_arg_array_opt(dbo, "db_accumulate", NPY_FLOAT32, 1, &ok);
+    PyArrayObject *dba = glae_arg_array_opt(dbo, "db_accumulate", NPY_FLOAT32, 1, &ok);
     if (!ok || (dba && glae_check_dim(dba, "db_accumulate", 0, s.c_out)) ||
         glae_check_writeable(dba, "db_accumulate"))
         return NULL;
@@ -159,40 +126,17 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_ValueError, "db_accumulate given but has_bias is False");
         return NULL;
     }
-    if (dwa) {
-        Py_INCREF(dwa);
-        dw = dwa;
-    } else if (!(dw = glae_zeros(4, PyArray_DIMS(w), NPY_FLOAT32))) {
-        goto fail;
-    }
-    if (has_bias) {
-        npy_intp bd[1] = {s.c_out};
-        if (dba) {
-            Py_INCREF(dba);
-            db = dba;
-        } else if (!(db = glae_zeros(1, bd, NPY_FLOAT32))) {
-            goto fail;
-        }
-    }
-    if (need_dx && !(dx = glae_new_array(4, PyArray_DIMS(x), NPY_FLOAT32))) goto fail;
-    glae_ctx tmp, *ctx = ctx_acquire(&tmp);
-    int st = ctx ? GLAE_OK : GLAE_ERR_RUNTIME;
-    if (ctx)
-        GLAE_NOGIL(st, glae_conv2d_backward(ctx, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
-                                            db ? PyArray_DATA(db) : NULL, PyArray_DATA(dy),
-                                            PyArray_DATA(x), PyArray_DATA(w), &s));
-    ctx_release(ctx);
-    if (st) {
-        glae_raise(st);
-        goto fail;
-    }
-    return Py_BuildValue("(NNN)", dx ? (PyObject *)dx : Py_NewRef(Py_None), (PyObject *)dw,
-                         db ? (PyObject *)db : Py_NewRef(Py_None));
-fail:
-    Py_XDECREF(dx);
-    Py_XDECREF(dw);
-    Py_XDECREF(db);
-    return NULL;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    npy_intp bd[1] = {s.c_out};
+    float *g = glae_job_in(&J, dy), *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w);
+    float *gx = NULL, *gw, *gb = NULL;
+    if (need_dx) gx = glae_job_out(&J, 4, PyArray_DIMS(x), NPY_FLOAT32, 0);
+    else glae_job_none(&J);
+    gw = dwa ? glae_job_acc(&J, dwa) : glae_job_out(&J, 4, PyArray_DIMS(w), NPY_FLOAT32, 1);
+    if (!has_bias) glae_job_none(&J);
+    else gb = dba ? glae_job_acc(&J, dba) : glae_job_out(&J, 1, bd, NPY_FLOAT32, 1);
+    GLAE_JOB_RUN(J, J.ctx->ops->conv2d_backward(J.ctx, gx, gw, gb, g, dx, dw, &s));
 }
 
 /* sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) through glae_sgemm
@@ -232,12 +176,12 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
 PyMethodDef glae_conv_methods[] = {
     {"conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
      METH_VARARGS | METH_KEYWORDS,
-     "conv2d_forward(x, w, b, stride, pad) -> y\n"
+     "conv2d_forward(x, w, b, stride, pad, ctx=None) -> y\n"
      "x (N, H, W, Cin), w (Cout, KH, KW, Cin), b (Cout,) or None; stride/pad: int or (h, w)."},
     {"conv2d_backward", (PyCFunction)(void (*)(void))py_conv2d_backward,
      METH_VARARGS | METH_KEYWORDS,
      "conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,\n"
-     "                db_accumulate=None) -> (dx or None, dw, db or None)\n"
+     "                db_accumulate=None, ctx=None) -> (dx or None, dw, db or None)\n"
      "dw/db start from zero, or are the given *_accumulate arrays, added to in place."},
     {"sgemm", (PyCFunction)(void (*)(void))py_sgemm, METH_VARARGS | METH_KEYWORDS,
      "sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) via glae_sgemm (float32, 2-D)"},

@@ -1,10 +1,11 @@
 /* Bindings for the loss family: label distributions, the fused LDL loss (forward and
  * backward), the expected age, row-wise KL and Adaptive Routing. Same pattern as
- * bind_ops.c: strict checks, fresh (poisoned) outputs, kernel without the GIL. */
-#include "python/py.h"  /* Python.h first */
+ * bind_ops.c: strict checks, a job on the device `ctx` picks (None: the CPU), fresh
+ * (poisoned) outputs, the op through the context's table without the GIL. */
+#include "python/job.h" /* Python.h first */
 #include <string.h>
 
-#include "nn/route.h"
+#include "ops/route.h"
 #include "ops/loss.h"
 
 static int parse_loss_mode(const char *s, int *mode) {
@@ -26,18 +27,18 @@ static int check_int_dim(npy_intp v, const char *what) {
     return 0;
 }
 
-/* label_distribution(y (n,), sigma (n,) or float, num_classes=101, normalize=True) -> (n, K) */
+/* label_distribution(y (n,), sigma (n,) or float, num_classes=101, normalize=True, ctx=None)
+ *   -> (n, K) */
 static PyObject *py_label_distribution(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"y", "sigma", "num_classes", "normalize", NULL};
-    PyObject *yo, *so;
+    static char *kwlist[] = {"y", "sigma", "num_classes", "normalize", "ctx", NULL};
+    PyObject *yo, *so, *ctxo = NULL;
     int k = 101, normalize = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ip:label_distribution", kwlist, &yo, &so, &k,
-                                     &normalize))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ipO:label_distribution", kwlist, &yo, &so, &k,
+                                     &normalize, &ctxo))
         return NULL;
     if (glae_check_min(k, "num_classes", 1)) return NULL;
-    PyArrayObject *y = glae_arg_f32(yo, "y", 1);
-    if (!y) return NULL;
+    ARG_F32(y, yo, "y", 1);
     PyArrayObject *s = NULL;
     float sigma0 = 0.0f;
     if (PyArray_Check(so)) {
@@ -53,18 +54,12 @@ static PyObject *py_label_distribution(PyObject *self, PyObject *args, PyObject 
         }
         sigma0 = (float)v;
     }
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
     npy_intp dims[2] = {PyArray_DIM(y, 0), k};
-    PyArrayObject *z = glae_new_array(2, dims, NPY_FLOAT32);
-    if (!z) return NULL;
-    int st;
-    GLAE_NOGIL(st, glae_label_distribution(PyArray_DATA(z), PyArray_DATA(y),
-                                           s ? PyArray_DATA(s) : NULL, sigma0, dims[0], k,
-                                           normalize));
-    if (st) {
-        Py_DECREF(z);
-        return glae_raise(st);
-    }
-    return (PyObject *)z;
+    float *dy = glae_job_in(&J, y), *ds = glae_job_in(&J, s);
+    float *z = glae_job_out(&J, 2, dims, NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->label_distribution(J.ctx, z, dy, ds, sigma0, dims[0], k, normalize));
 }
 
 /* Shared argument checks of the forward and backward: a (rows, K) array `a` (logits or
@@ -103,54 +98,44 @@ static int check_loss_args(PyArrayObject *a, const char *aname, PyArrayObject *z
 }
 
 /* ldl_loss_forward(logits (rows, K), z (rows/group, K), y (rows/group), group=1,
- *                  mode='base', lambda_=1.0, mae=0.0) -> (loss (rows,), prob (rows, K)) */
+ *                  mode='base', lambda_=1.0, mae=0.0, ctx=None) -> (loss (rows,), prob (rows, K)) */
 static PyObject *py_ldl_loss_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"logits", "z", "y", "group", "mode", "lambda_", "mae", NULL};
-    PyObject *xo, *zo, *yo;
+    static char *kwlist[] = {"logits", "z", "y", "group", "mode", "lambda_", "mae", "ctx", NULL};
+    PyObject *xo, *zo, *yo, *ctxo = NULL;
     int group = 1, mode;
     const char *ms = "base";
     float lambda = 1.0f, mae = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|isff:ldl_loss_forward", kwlist, &xo, &zo, &yo,
-                                     &group, &ms, &lambda, &mae))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|isffO:ldl_loss_forward", kwlist, &xo, &zo,
+                                     &yo, &group, &ms, &lambda, &mae, &ctxo))
         return NULL;
     if (parse_loss_mode(ms, &mode)) return NULL;
     PyArrayObject *x = glae_arg_f32(xo, "logits", 2);
     PyArrayObject *z = x ? glae_arg_f32(zo, "z", 2) : NULL;
     PyArrayObject *y = z ? glae_arg_f32(yo, "y", 1) : NULL;
     if (!y || check_loss_args(x, "logits", z, y, group)) return NULL;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
     npy_intp rows = PyArray_DIM(x, 0);
-    int k = (int)PyArray_DIM(x, 1);
-    PyArrayObject *loss = glae_new_array(1, &rows, NPY_FLOAT32);
-    PyArrayObject *prob = loss ? glae_new_array(2, PyArray_DIMS(x), NPY_FLOAT32) : NULL;
-    if (!prob) {
-        Py_XDECREF(loss);
-        return NULL;
-    }
-    int st;
-    glae_ctx ctx = {0};
-    GLAE_NOGIL(st, glae_ldl_loss_forward(&ctx, PyArray_DATA(loss), PyArray_DATA(prob),
-                                         PyArray_DATA(x), PyArray_DATA(z), PyArray_DATA(y), rows,
-                                         group, k, mode, lambda, mae));
-    if (st) {
-        Py_DECREF(loss);
-        Py_DECREF(prob);
-        return glae_raise(st);
-    }
-    return Py_BuildValue("(NN)", loss, prob);
+    float *dx = glae_job_in(&J, x), *dz = glae_job_in(&J, z), *dy = glae_job_in(&J, y);
+    float *loss = glae_job_out(&J, 1, &rows, NPY_FLOAT32, 0),
+          *prob = glae_job_out(&J, 2, PyArray_DIMS(x), NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->ldl_loss_forward(J.ctx, loss, prob, dx, dz, dy, rows, group,
+                                                 (int)PyArray_DIM(x, 1), mode, lambda, mae));
 }
 
 /* ldl_loss_backward(dloss (rows,), prob (rows, K), z, y, group=1, mode='base',
- *                   lambda_=1.0, mae=0.0) -> dlogits (rows, K) */
+ *                   lambda_=1.0, mae=0.0, ctx=None) -> dlogits (rows, K) */
 static PyObject *py_ldl_loss_backward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"dloss", "prob", "z", "y", "group", "mode", "lambda_", "mae", NULL};
-    PyObject *dlo, *po, *zo, *yo;
+    static char *kwlist[] = {"dloss", "prob", "z", "y", "group", "mode", "lambda_", "mae", "ctx",
+                             NULL};
+    PyObject *dlo, *po, *zo, *yo, *ctxo = NULL;
     int group = 1, mode;
     const char *ms = "base";
     float lambda = 1.0f, mae = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|isff:ldl_loss_backward", kwlist, &dlo, &po,
-                                     &zo, &yo, &group, &ms, &lambda, &mae))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|isffO:ldl_loss_backward", kwlist, &dlo, &po,
+                                     &zo, &yo, &group, &ms, &lambda, &mae, &ctxo))
         return NULL;
     if (parse_loss_mode(ms, &mode)) return NULL;
     PyArrayObject *dl = glae_arg_f32(dlo, "dloss", 1);
@@ -160,20 +145,14 @@ static PyObject *py_ldl_loss_backward(PyObject *self, PyObject *args, PyObject *
     if (!y || check_loss_args(p, "prob", z, y, group) ||
         glae_check_dim(dl, "dloss", 0, PyArray_DIM(p, 0)))
         return NULL;
-    npy_intp rows = PyArray_DIM(p, 0);
-    int k = (int)PyArray_DIM(p, 1);
-    PyArrayObject *dx = glae_new_array(2, PyArray_DIMS(p), NPY_FLOAT32);
-    if (!dx) return NULL;
-    int st;
-    glae_ctx ctx = {0};
-    GLAE_NOGIL(st, glae_ldl_loss_backward(&ctx, PyArray_DATA(dx), PyArray_DATA(dl),
-                                          PyArray_DATA(p), PyArray_DATA(z), PyArray_DATA(y), rows,
-                                          group, k, mode, lambda, mae));
-    if (st) {
-        Py_DECREF(dx);
-        return glae_raise(st);
-    }
-    return (PyObject *)dx;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    float *ddl = glae_job_in(&J, dl), *dp = glae_job_in(&J, p), *dz = glae_job_in(&J, z),
+          *dy = glae_job_in(&J, y);
+    float *dx = glae_job_out(&J, 2, PyArray_DIMS(p), NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->ldl_loss_backward(J.ctx, dx, ddl, dp, dz, dy, PyArray_DIM(p, 0),
+                                                  group, (int)PyArray_DIM(p, 1), mode, lambda,
+                                                  mae));
 }
 
 /* (rows, K) probability argument */
@@ -188,58 +167,50 @@ static PyArrayObject *arg_prob(PyObject *o, const char *name) {
     return a;
 }
 
-/* expected_age(p (rows, K)) -> (rows,) */
-static PyObject *py_expected_age(PyObject *self, PyObject *args) {
+/* expected_age(p (rows, K), ctx=None) -> (rows,) */
+static PyObject *py_expected_age(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *po;
-    if (!PyArg_ParseTuple(args, "O:expected_age", &po)) return NULL;
+    static char *kwlist[] = {"p", "ctx", NULL};
+    PyObject *po, *ctxo = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:expected_age", kwlist, &po, &ctxo)) return NULL;
     PyArrayObject *p = arg_prob(po, "p");
     if (!p) return NULL;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
     npy_intp rows = PyArray_DIM(p, 0);
-    PyArrayObject *age = glae_new_array(1, &rows, NPY_FLOAT32);
-    if (!age) return NULL;
-    int st;
-    GLAE_NOGIL(st, glae_expected_age(PyArray_DATA(age), PyArray_DATA(p), rows,
-                                     (int)PyArray_DIM(p, 1)));
-    if (st) {
-        Py_DECREF(age);
-        return glae_raise(st);
-    }
-    return (PyObject *)age;
+    float *dp = glae_job_in(&J, p), *age = glae_job_out(&J, 1, &rows, NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->expected_age(J.ctx, age, dp, rows, (int)PyArray_DIM(p, 1)));
 }
 
-/* kl_rows(p (rows, K), q (rows, K)) -> KL(p_i || q_i) (rows,) */
-static PyObject *py_kl_rows(PyObject *self, PyObject *args) {
+/* kl_rows(p (rows, K), q (rows, K), ctx=None) -> KL(p_i || q_i) (rows,) */
+static PyObject *py_kl_rows(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *po, *qo;
-    if (!PyArg_ParseTuple(args, "OO:kl_rows", &po, &qo)) return NULL;
+    static char *kwlist[] = {"p", "q", "ctx", NULL};
+    PyObject *po, *qo, *ctxo = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:kl_rows", kwlist, &po, &qo, &ctxo)) return NULL;
     PyArrayObject *p = arg_prob(po, "p");
     PyArrayObject *q = p ? glae_arg_f32(qo, "q", 2) : NULL;
     if (!q || glae_check_same_shape(p, "p", q, "q")) return NULL;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
     npy_intp rows = PyArray_DIM(p, 0);
-    PyArrayObject *out = glae_new_array(1, &rows, NPY_FLOAT32);
-    if (!out) return NULL;
-    int st;
-    GLAE_NOGIL(st, glae_kl_rows(PyArray_DATA(out), PyArray_DATA(p), PyArray_DATA(q), rows,
-                                (int)PyArray_DIM(p, 1)));
-    if (st) {
-        Py_DECREF(out);
-        return glae_raise(st);
-    }
-    return (PyObject *)out;
+    float *dp = glae_job_in(&J, p), *dq = glae_job_in(&J, q);
+    float *out = glae_job_out(&J, 1, &rows, NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->kl_rows(J.ctx, out, dp, dq, rows, (int)PyArray_DIM(p, 1)));
 }
 
-/* adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True)
+/* adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True,
+ *                ctx=None)
  * -> dict(prob (n, K), age (n,), choice (n,) int32 [0 vanilla, 1 balanced], upsilon (n, 2)) */
 static PyObject *py_adaptive_route(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"p_van", "p_van_flip", "p_bal", "p_bal_flip", "mode", "flip_average",
-                             NULL};
-    PyObject *o[4];
+                             "ctx", NULL};
+    PyObject *o[4], *ctxo = NULL;
     const char *ms = "smaller";
     int flip_average = 1, mode;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|sp:adaptive_route", kwlist, &o[0], &o[1],
-                                     &o[2], &o[3], &ms, &flip_average))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|spO:adaptive_route", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &ms, &flip_average, &ctxo))
         return NULL;
     if (!strcmp(ms, "smaller")) mode = GLAE_ROUTE_SMALLER;
     else if (!strcmp(ms, "bigger")) mode = GLAE_ROUTE_BIGGER;
@@ -253,52 +224,48 @@ static PyObject *py_adaptive_route(PyObject *self, PyObject *args, PyObject *kw)
         if (!(p[i] = arg_prob(o[i], names[i]))) return NULL;
         if (i && glae_check_same_shape(p[0], names[0], p[i], names[i])) return NULL;
     }
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
     npy_intp n = PyArray_DIM(p[0], 0), d2[2] = {n, 2};
-    int k = (int)PyArray_DIM(p[0], 1);
-    PyArrayObject *prob = glae_new_array(2, PyArray_DIMS(p[0]), NPY_FLOAT32);
-    PyArrayObject *age = prob ? glae_new_array(1, &n, NPY_FLOAT32) : NULL;
-    PyArrayObject *choice = age ? glae_new_array(1, &n, NPY_INT32) : NULL;
-    PyArrayObject *ups = choice ? glae_new_array(2, d2, NPY_FLOAT32) : NULL;
-    PyObject *res = NULL;
-    if (!ups) goto fail;
-    int st;
-    GLAE_NOGIL(st, glae_adaptive_route(PyArray_DATA(prob), PyArray_DATA(age), PyArray_DATA(choice),
-                                       PyArray_DATA(ups), PyArray_DATA(p[0]), PyArray_DATA(p[1]),
-                                       PyArray_DATA(p[2]), PyArray_DATA(p[3]), n, k, mode,
-                                       flip_average));
-    if (st) {
-        glae_raise(st);
-        goto fail;
-    }
-    res = Py_BuildValue("{sOsOsOsO}", "prob", prob, "age", age, "choice", choice, "upsilon", ups);
-fail:
-    Py_XDECREF(prob);
-    Py_XDECREF(age);
-    Py_XDECREF(choice);
-    Py_XDECREF(ups);
+    float *d[4];
+    for (int i = 0; i < 4; i++) d[i] = glae_job_in(&J, p[i]);
+    float *prob = glae_job_out(&J, 2, PyArray_DIMS(p[0]), NPY_FLOAT32, 0),
+          *age = glae_job_out(&J, 1, &n, NPY_FLOAT32, 0);
+    int32_t *choice = glae_job_out(&J, 1, &n, NPY_INT32, 0);
+    float *ups = glae_job_out(&J, 2, d2, NPY_FLOAT32, 0);
+    int st = 0;
+    if (!J.failed)
+        GLAE_NOGIL(st, J.ctx->ops->adaptive_route(J.ctx, prob, age, choice, ups, d[0], d[1], d[2],
+                                                  d[3], n, (int)PyArray_DIM(p[0], 1), mode,
+                                                  flip_average));
+    PyObject *t = glae_job_finish(&J, st);
+    if (!t) return NULL;
+    PyObject *res = Py_BuildValue("{sOsOsOsO}", "prob", PyTuple_GET_ITEM(t, 0), "age",
+                                  PyTuple_GET_ITEM(t, 1), "choice", PyTuple_GET_ITEM(t, 2),
+                                  "upsilon", PyTuple_GET_ITEM(t, 3));
+    Py_DECREF(t);
     return res;
 }
-
 PyMethodDef glae_loss_methods[] = {
     {"label_distribution", (PyCFunction)(void (*)(void))py_label_distribution,
      METH_VARARGS | METH_KEYWORDS,
-     "label_distribution(y, sigma, num_classes=101, normalize=True) -> z (n, K)\n"
+     "label_distribution(y, sigma, num_classes=101, normalize=True, ctx=None) -> z (n, K)\n"
      "Gaussian label distribution (LAE 2.1, GLAE eq. 1); y float32 (n,), sigma float32 (n,) or a float."},
     {"ldl_loss_forward", (PyCFunction)(void (*)(void))py_ldl_loss_forward,
      METH_VARARGS | METH_KEYWORDS,
-     "ldl_loss_forward(logits, z, y, group=1, mode='base', lambda_=1.0, mae=0.0) -> (loss, prob)\n"
+     "ldl_loss_forward(logits, z, y, group=1, mode='base', lambda_=1.0, mae=0.0, ctx=None) -> (loss, prob)\n"
      "Per-row softmax + KL(z || p) [+ lambda |y - E[p]| ('base') | + (|y - E[p]| - mae)^2 ('lae_cls')].\n"
      "Row r uses z[r // group], y[r // group]."},
     {"ldl_loss_backward", (PyCFunction)(void (*)(void))py_ldl_loss_backward,
      METH_VARARGS | METH_KEYWORDS,
-     "ldl_loss_backward(dloss, prob, z, y, group=1, mode='base', lambda_=1.0, mae=0.0) -> dlogits"},
-    {"expected_age", py_expected_age, METH_VARARGS,
-     "expected_age(p (rows, K)) -> sum_k k p[:, k] (GLAE eq. 3)"},
-    {"kl_rows", py_kl_rows, METH_VARARGS,
-     "kl_rows(p, q) -> KL(p_i || q_i) per row, 0 log 0 = 0"},
+     "ldl_loss_backward(dloss, prob, z, y, group=1, mode='base', lambda_=1.0, mae=0.0, ctx=None) -> dlogits"},
+    {"expected_age", (PyCFunction)(void (*)(void))py_expected_age, METH_VARARGS | METH_KEYWORDS,
+     "expected_age(p (rows, K), ctx=None) -> sum_k k p[:, k] (GLAE eq. 3)"},
+    {"kl_rows", (PyCFunction)(void (*)(void))py_kl_rows, METH_VARARGS | METH_KEYWORDS,
+     "kl_rows(p, q, ctx=None) -> KL(p_i || q_i) per row, 0 log 0 = 0"},
     {"adaptive_route", (PyCFunction)(void (*)(void))py_adaptive_route,
      METH_VARARGS | METH_KEYWORDS,
-     "adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True)\n"
+     "adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True, ctx=None)\n"
      "-> dict(prob, age, choice (0 vanilla, 1 balanced), upsilon (n, 2)) (GLAE eq. 11)"},
     {NULL, NULL, 0, NULL},
 };

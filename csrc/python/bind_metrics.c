@@ -2,7 +2,8 @@
  * one length; group tables are int32 1-D arrays; results are Python floats or fresh
  * float64/int64 arrays (NaN in a float64 entry only where its count is 0). glae/metrics.py
  * turns these into the dicts users see. */
-#include "python/py.h" /* Python.h first */
+#include "python/job.h" /* Python.h first */
+
 #include "metrics/metrics.h"
 
 /* y and yhat: float32, 1-D, C-contiguous, same length. Borrowed references. */
@@ -48,16 +49,46 @@ static void drop_vecs(PyArrayObject **out, int count) {
     for (int i = 0; i < count; i++) Py_CLEAR(out[i]);
 }
 
-/* metrics_mae(y, yhat) -> float */
-static PyObject *py_mae(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *yo, *ho;
-    PyArrayObject *y, *h;
-    if (!PyArg_ParseTuple(args, "OO:metrics_mae", &yo, &ho) || get_pair(yo, ho, &y, &h)) return NULL;
-    double v;
+/* The per-sample means, MAE and epsilon-error, on the device `ctx` picks (None: the CPU,
+ * with the data checks of metrics.c; the GPU sums are metrics.cu). */
+static PyObject *mean_metric(PyObject *args, PyObject *kw, const char *fmt, int eps) {
+    static char *kw_mae[] = {"y", "yhat", "ctx", NULL}, *kw_eps[] = {"y", "yhat", "sigma", "ctx", NULL};
+    PyObject *yo, *ho, *so = NULL, *ctxo = NULL;
+    PyArrayObject *y, *h, *s = NULL;
+    int ok = eps ? PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_eps, &yo, &ho, &so, &ctxo)
+                 : PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_mae, &yo, &ho, &ctxo);
+    if (!ok || get_pair(yo, ho, &y, &h)) return NULL;
+    if (eps && (!(s = glae_arg_f32(so, "sigma", 1)) || glae_check_same_shape(y, "y", s, "sigma")))
+        return NULL;
+    double v = 0.0;
     int st;
-    GLAE_NOGIL(st, glae_metric_mae(&v, F32(y), F32(h), N(y)));
-    return st ? glae_raise(st) : PyFloat_FromDouble(v);
+    if (!ctxo || ctxo == Py_None) {
+        GLAE_NOGIL(st, eps ? glae_metric_epsilon(&v, F32(y), F32(h), F32(s), N(y))
+                           : glae_metric_mae(&v, F32(y), F32(h), N(y)));
+        return st ? glae_raise(st) : PyFloat_FromDouble(v);
+    }
+#ifdef GLAE_WITH_CUDA
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    float *dy = glae_job_in(&J, y), *dh = glae_job_in(&J, h), *ds = glae_job_in(&J, s);
+    st = 0;
+    if (!J.failed)
+        GLAE_NOGIL(st, eps ? glae_metric_epsilon_cuda(J.ctx, &v, dy, dh, ds, N(y))
+                           : glae_metric_mae_cuda(J.ctx, &v, dy, dh, N(y)));
+    PyObject *none = glae_job_finish(&J, st);
+    if (!none) return NULL;
+    Py_DECREF(none);
+    return PyFloat_FromDouble(v);
+#else
+    glae_job J;
+    return glae_job_begin(&J, ctxo) ? NULL : glae_job_finish(&J, GLAE_OK); /* raises */
+#endif
+}
+
+/* metrics_mae(y, yhat, ctx=None) -> float */
+static PyObject *py_mae(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return mean_metric(args, kw, "OO|O:metrics_mae", 0);
 }
 
 /* metrics_cmae(y, yhat) -> (cmae, ages present) */
@@ -141,17 +172,9 @@ static PyObject *py_aar(PyObject *self, PyObject *args) {
 }
 
 /* metrics_epsilon(y, yhat, sigma) -> float */
-static PyObject *py_epsilon(PyObject *self, PyObject *args) {
+static PyObject *py_epsilon(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *yo, *ho, *so;
-    PyArrayObject *y, *h, *s;
-    if (!PyArg_ParseTuple(args, "OOO:metrics_epsilon", &yo, &ho, &so) || get_pair(yo, ho, &y, &h))
-        return NULL;
-    if (!(s = glae_arg_f32(so, "sigma", 1)) || glae_check_same_shape(y, "y", s, "sigma")) return NULL;
-    double v;
-    int st;
-    GLAE_NOGIL(st, glae_metric_epsilon(&v, F32(y), F32(h), F32(s), N(y)));
-    return st ? glae_raise(st) : PyFloat_FromDouble(v);
+    return mean_metric(args, kw, "OOO|O:metrics_epsilon", 1);
 }
 
 /* metrics_cs(y, yhat, theta float64[T]) -> float64[T] */
@@ -218,7 +241,8 @@ static PyObject *py_routing(PyObject *self, PyObject *args) {
 }
 
 PyMethodDef glae_metrics_methods[] = {
-    {"metrics_mae", py_mae, METH_VARARGS, "metrics_mae(y, yhat) -> MAE (GLAE eq. 12)"},
+    {"metrics_mae", (PyCFunction)(void (*)(void))py_mae, METH_VARARGS | METH_KEYWORDS,
+     "metrics_mae(y, yhat, ctx=None) -> MAE (GLAE eq. 12)"},
     {"metrics_cmae", py_cmae, METH_VARARGS,
      "metrics_cmae(y, yhat) -> (CMAE, ages present) (GLAE eq. 13)"},
     {"metrics_per_age", py_per_age, METH_VARARGS,
@@ -227,8 +251,8 @@ PyMethodDef glae_metrics_methods[] = {
      "metrics_group_mae(y, yhat, lo int32[G], hi int32[G]) -> (mae, cmae, count, n_ages)"},
     {"metrics_aar", py_aar, METH_VARARGS,
      "metrics_aar(y, yhat, starts int32[G]) -> (aar, mae, sigma, group_mae, group_count) (LAE eq. 6-7)"},
-    {"metrics_epsilon", py_epsilon, METH_VARARGS,
-     "metrics_epsilon(y, yhat, sigma) -> epsilon-error (GLAE eq. 14, averaged)"},
+    {"metrics_epsilon", (PyCFunction)(void (*)(void))py_epsilon, METH_VARARGS | METH_KEYWORDS,
+     "metrics_epsilon(y, yhat, sigma, ctx=None) -> epsilon-error (GLAE eq. 14, averaged)"},
     {"metrics_cs", py_cs, METH_VARARGS, "metrics_cs(y, yhat, theta float64[T]) -> CS(theta) float64[T]"},
     {"metrics_shot", py_shot, METH_VARARGS,
      "metrics_shot(y, yhat, train_ages, many_thr, few_thr) -> (mae, cmae, count, n_ages), each [many, medium, few]"},

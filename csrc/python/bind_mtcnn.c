@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "nn/mtcnn.h"
+#include "ops/backend.h"
 
 #define CAPSULE_NAME "glae.mtcnn"
 
@@ -140,10 +141,10 @@ static PyObject *py_pnet_forward(PyObject *self, PyObject *args) {
     if (!all_made(2, outs)) return NULL;
     int st;
     glae_ctx ctx;
-    glae_ctx_init(&ctx, GLAE_CPU);
+    glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
     GLAE_NOGIL(st, glae_mtcnn_pnet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                            PyArray_DATA(x), m, n, h, w));
-    glae_ctx_free(&ctx);
+    glae_ctx_close(&ctx);
     return glae_return_arrays(st, 2, outs);
 }
 
@@ -161,10 +162,10 @@ static PyObject *py_rnet_forward(PyObject *self, PyObject *args) {
     if (!all_made(2, outs)) return NULL;
     int st;
     glae_ctx ctx;
-    glae_ctx_init(&ctx, GLAE_CPU);
+    glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
     GLAE_NOGIL(st, glae_mtcnn_rnet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                            PyArray_DATA(x), m, n));
-    glae_ctx_free(&ctx);
+    glae_ctx_close(&ctx);
     return glae_return_arrays(st, 2, outs);
 }
 
@@ -183,10 +184,10 @@ static PyObject *py_onet_forward(PyObject *self, PyObject *args) {
     if (!all_made(3, outs)) return NULL;
     int st;
     glae_ctx ctx;
-    glae_ctx_init(&ctx, GLAE_CPU);
+    glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
     GLAE_NOGIL(st, glae_mtcnn_onet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
                                            PyArray_DATA(outs[2]), PyArray_DATA(x), m, n));
-    glae_ctx_free(&ctx);
+    glae_ctx_close(&ctx);
     return glae_return_arrays(st, 3, outs);
 }
 
@@ -319,9 +320,9 @@ static PyObject *py_detect(PyObject *self, PyObject *args) {
     glae_mtcnn_result res;
     int st;
     glae_ctx ctx;
-    glae_ctx_init(&ctx, GLAE_CPU);
+    glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
     GLAE_NOGIL(st, glae_mtcnn_detect(&ctx, &res, PyArray_DATA(im), h, w, (int64_t)w * 3, m, &o));
-    glae_ctx_free(&ctx);
+    glae_ctx_close(&ctx);
     if (st) return glae_raise(st);
     npy_intp bd[2] = {res.n, 4}, sd[1] = {res.n}, pd[3] = {res.n, 5, 2};
     PyArrayObject *outs[3] = {glae_new_array(2, bd, NPY_FLOAT32), glae_new_array(1, sd, NPY_FLOAT32),

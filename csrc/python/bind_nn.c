@@ -155,7 +155,7 @@ static PyObject *view(ModelObject *self, float *data, size_t n) {
          * model (write_flat / set / sgd_step change a device model) */
         PyArrayObject *c = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
         if (!c) return NULL;
-        int st = self->m.ctx.ops->copy(&self->m.ctx, PyArray_DATA(c), data, n * sizeof(float),
+        int st = self->m.ctx.dev->copy(&self->m.ctx, PyArray_DATA(c), data, n * sizeof(float),
                                        GLAE_COPY_D2H);
         if (st) {
             Py_DECREF(c);
@@ -279,7 +279,7 @@ static PyObject *Model_get(ModelObject *self, PyObject *args) {
         Py_DECREF(out);
         return PyErr_NoMemory();
     }
-    int st = self->m.ctx.ops->copy(&self->m.ctx, src, glae_params_ptr(&self->m.p, i), bytes,
+    int st = self->m.ctx.dev->copy(&self->m.ctx, src, glae_params_ptr(&self->m.p, i), bytes,
                                    GLAE_COPY_D2H);
     if (!st) {
         if (t->ndim == 4)
@@ -327,8 +327,8 @@ static PyObject *Model_set(ModelObject *self, PyObject *args) {
     else
         memcpy(tmp, PyArray_DATA(a), bytes);
     glae_ctx *ctx = &self->m.ctx;
-    int st = ctx->ops->copy(ctx, glae_params_ptr(&self->m.p, i), tmp, bytes, GLAE_COPY_H2D);
-    if (!st) st = ctx->ops->sync(ctx); /* tmp is freed next */
+    int st = ctx->dev->copy(ctx, glae_params_ptr(&self->m.p, i), tmp, bytes, GLAE_COPY_H2D);
+    if (!st) st = ctx->dev->sync(ctx); /* tmp is freed next */
     PyMem_Free(tmp);
     if (st) return glae_raise(st);
     Py_RETURN_NONE;
@@ -336,7 +336,7 @@ static PyObject *Model_set(ModelObject *self, PyObject *args) {
 
 static PyObject *Model_zero_grad(ModelObject *self, PyObject *noargs) {
     if (!model_ready(self)) return NULL;
-    int st = self->m.ctx.ops->memset(&self->m.ctx, self->m.p.grads, 0,
+    int st = self->m.ctx.dev->memset(&self->m.ctx, self->m.p.grads, 0,
                                      self->m.p.n * sizeof(float));
     if (st) return glae_raise(st);
     Py_RETURN_NONE;
@@ -387,8 +387,8 @@ static PyObject *Model_write_flat(ModelObject *self, PyObject *args, PyObject *k
         memcpy(stage, src, nb);
         src = stage;
     }
-    int st = ctx->ops->copy(ctx, dst + off, src, nb, GLAE_COPY_H2D);
-    if (!st) st = ctx->ops->sync(ctx); /* the array may be released right after */
+    int st = ctx->dev->copy(ctx, dst + off, src, nb, GLAE_COPY_H2D);
+    if (!st) st = ctx->dev->sync(ctx); /* the array may be released right after */
     PyMem_Free(stage);
     if (st) return glae_raise(st);
     Py_RETURN_NONE;

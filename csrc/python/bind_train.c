@@ -3,13 +3,13 @@
  * the one binding that writes into its arguments (params, momentum_buf), like
  * torch.optim.SGD.step(): the buffers are the model's, copying them would defeat the
  * point of one flat buffer. */
-#include "python/py.h" /* Python.h first */
+#include "python/job.h" /* Python.h first */
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "train/optim.h"
+#include "ops/optim.h"
 #include "train/sampler.h"
 #include "train/sched.h"
 
@@ -77,13 +77,13 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"params", "momentum_buf", "grads", "lr", "momentum", "dampening",
                              "weight_decay", "nesterov", "first_step", "begin", "end",
-                             "no_decay_mask", NULL};
-    PyObject *po, *mo, *go, *endo = Py_None, *masko = Py_None, *begino = NULL;
+                             "no_decay_mask", "ctx", NULL};
+    PyObject *po, *mo, *go, *endo = Py_None, *masko = Py_None, *begino = NULL, *ctxo = NULL;
     double lr, momentum = 0.9, dampening = 0.0, wd = 5e-4;
     int nesterov = 1, first_step = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|dddppOOO:sgd_step", kwlist, &po, &mo, &go,
-                                     &lr, &momentum, &dampening, &wd, &nesterov, &first_step,
-                                     &begino, &endo, &masko))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|dddppOOOO:sgd_step", kwlist, &po, &mo,
+                                     &go, &lr, &momentum, &dampening, &wd, &nesterov, &first_step,
+                                     &begino, &endo, &masko, &ctxo))
         return NULL;
     PyArrayObject *p = glae_arg_f32(po, "params", -1);
     if (!p || glae_check_writeable(p, "params")) return NULL;
@@ -122,14 +122,13 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw) {
                      begin, end, n);
         return NULL;
     }
-    int st;
-    GLAE_NOGIL(st, glae_sgd_step(PyArray_DATA(p), m ? PyArray_DATA(m) : NULL, PyArray_DATA(g),
-                                 (size_t)begin, (size_t)end,
-                                 mask ? (const uint8_t *)PyArray_DATA(mask) : NULL, (float)lr,
-                                 (float)momentum, (float)dampening, (float)wd, nesterov,
-                                 first_step));
-    if (st) return glae_raise(st);
-    Py_RETURN_NONE;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    float *dp = glae_job_inout(&J, p), *dm = glae_job_inout(&J, m), *dg = glae_job_in(&J, g);
+    const uint8_t *dk = glae_job_in(&J, mask);
+    GLAE_JOB_RUN(J, J.ctx->ops->sgd_step(J.ctx, dp, dm, dg, (size_t)begin, (size_t)end, dk,
+                                         (float)lr, (float)momentum, (float)dampening, (float)wd,
+                                         nesterov, first_step));
 }
 
 /* ---- schedules ------------------------------------------------------------------- */
@@ -386,7 +385,7 @@ PyMethodDef glae_train_methods[] = {
     {"sgd_step", FN(py_sgd_step), KW,
      "sgd_step(params, momentum_buf, grads, lr, momentum=0.9, dampening=0.0, "
      "weight_decay=5e-4, nesterov=True, first_step=False, begin=0, end=None, "
-     "no_decay_mask=None) -> None\n\n"
+     "no_decay_mask=None, ctx=None) -> None\n\n"
      "One torch.optim.SGD step on params[begin:end] (flat indices), IN PLACE on params and "
      "momentum_buf (float32, same shape as grads). first_step: the buffer is set to the "
      "gradient (PyTorch's first step). no_decay_mask: uint8/bool, same shape, nonzero = no "

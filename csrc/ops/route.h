@@ -7,19 +7,26 @@
 
 #include <stdint.h>
 
+#include "core/ctx.h"
 #include "core/status.h"
 
 enum { GLAE_ROUTE_SMALLER = 0, GLAE_ROUTE_BIGGER = 1 /* Table IX ablation */ };
 
 /* age[i] = sum_k k * p[i, k] */
-int glae_expected_age(float *age, const float *p, int64_t rows, int k);
+int glae_expected_age(glae_ctx *ctx, float *age, const float *p, int64_t rows, int k);
 /* out[i] = KL(p_i || q_i) = sum_k p_ik log(p_ik / q_ik), terms with p_ik = 0 contribute 0 */
-int glae_kl_rows(float *out, const float *p, const float *q, int64_t rows, int k);
+int glae_kl_rows(glae_ctx *ctx, float *out, const float *p, const float *q, int64_t rows, int k);
 /* prob (n, K): the chosen head's distribution, averaged with its flip's when
  * flip_average != 0 (GLAE V-A test-time flip), else the unflipped one; age (n) its
  * expectation; choice (n): 0 vanilla, 1 balanced; ups (n, 2) = (Upsilon_1, Upsilon_2) or NULL. */
-int glae_adaptive_route(float *prob, float *age, int32_t *choice, float *ups, const float *p_van,
-                        const float *p_van_flip, const float *p_bal, const float *p_bal_flip,
-                        int64_t n, int k, int mode, int flip_average);
+int glae_adaptive_route(glae_ctx *ctx, float *prob, float *age, int32_t *choice, float *ups,
+                        const float *p_van, const float *p_van_flip, const float *p_bal,
+                        const float *p_bal_flip, int64_t n, int k, int mode, int flip_average);
+
+/* The ops of this header in the op table (ops/backend.h): glae_<op> here is the
+ * reference, glae_<op>_cuda its twin with the same signature (ops_cuda.h). A new op of
+ * this family adds its name here. */
+#define GLAE_OPS_ROUTE(X) \
+    X(expected_age) X(kl_rows) X(adaptive_route)
 
 #endif

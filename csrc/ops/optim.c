@@ -1,5 +1,5 @@
 /* SGD with momentum, dampening, Nesterov and (masked) weight decay: torch.optim.SGD. */
-#include "train/optim.h"
+#include "ops/optim.h"
 
 #include <math.h>
 #include <string.h>
@@ -8,9 +8,10 @@
 
 #define SGD_OMP_MIN 32768 /* below this, a thread team costs more than it saves */
 
-int glae_sgd_step(float *params, float *momentum_buf, const float *grads, size_t begin,
-                  size_t end, const uint8_t *no_decay_mask, float lr, float momentum,
+int glae_sgd_step(glae_ctx *ctx, float *params, float *momentum_buf, const float *grads,
+                  size_t begin, size_t end, const uint8_t *no_decay_mask, float lr, float momentum,
                   float dampening, float wd, int nesterov, int first_step) {
+    (void)ctx; /* the CPU needs no handle; the signature is the twins' */
     /* the same validation as torch.optim.SGD.__init__ (NaN fails every comparison) */
     if (!(lr >= 0.0f)) return glae_fail(GLAE_ERR_VALUE, "sgd_step: invalid learning rate %g", lr);
     if (!(momentum >= 0.0f))

@@ -1,7 +1,7 @@
 /* Inference: the expected age (GLAE eq. 3) and Adaptive Routing (GLAE III-D, eq. 11,
  * Algorithm 1 lines 24-30) with the test-time flip average of GLAE V-A.
  * Choices (ties, flip averaging, KL direction) are explained in docs/losses.md. */
-#include "nn/route.h"
+#include "ops/route.h"
 
 #include <float.h>
 #include <math.h>
@@ -45,14 +45,16 @@ static inline double kl(const float *p, const float *q, int k) {
 }
 
 /* GLAE eq. 3: y_hat = sum_k k p_k */
-int glae_expected_age(float *age, const float *p, int64_t rows, int k) {
+int glae_expected_age(glae_ctx *ctx, float *age, const float *p, int64_t rows, int k) {
+    (void)ctx; /* the CPU needs no handle; the signature is the twins' */
     GLAE_TRY(check_rk("expected_age", rows, k));
 #pragma omp parallel for schedule(static) if (rows * (int64_t)k > ROUTE_PAR_WORK)
     for (int64_t i = 0; i < rows; i++) age[i] = (float)expect(p + i * k, k);
     return GLAE_OK;
 }
 
-int glae_kl_rows(float *out, const float *p, const float *q, int64_t rows, int k) {
+int glae_kl_rows(glae_ctx *ctx, float *out, const float *p, const float *q, int64_t rows, int k) {
+    (void)ctx; /* the CPU needs no handle; the signature is the twins' */
     const char *fn = "kl_rows";
     GLAE_TRY(check_rk(fn, rows, k));
     GLAE_TRY(check_prob(fn, "p", p, rows, k));
@@ -62,9 +64,10 @@ int glae_kl_rows(float *out, const float *p, const float *q, int64_t rows, int k
     return GLAE_OK;
 }
 
-int glae_adaptive_route(float *prob, float *age, int32_t *choice, float *ups, const float *p_van,
-                        const float *p_van_flip, const float *p_bal, const float *p_bal_flip,
-                        int64_t n, int k, int mode, int flip_average) {
+int glae_adaptive_route(glae_ctx *ctx, float *prob, float *age, int32_t *choice, float *ups,
+                        const float *p_van, const float *p_van_flip, const float *p_bal,
+                        const float *p_bal_flip, int64_t n, int k, int mode, int flip_average) {
+    (void)ctx; /* the CPU needs no handle; the signature is the twins' */
     const char *fn = "adaptive_route";
     GLAE_TRY(check_rk(fn, n, k));
     if (mode != GLAE_ROUTE_SMALLER && mode != GLAE_ROUTE_BIGGER)

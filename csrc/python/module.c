@@ -80,7 +80,8 @@ PyMODINIT_FUNC PyInit__C(void) {
     }
     if (PyModule_AddIntConstant(m, "HAS_CUDA", has_cuda) < 0 ||
         PyModule_AddStringConstant(m, "__version__", GLAE_VERSION) < 0 ||
-        glae_nn_add_types(m) < 0 || glae_data_add_types(m) < 0) {
+        glae_nn_add_types(m) < 0 || glae_data_add_types(m) < 0 ||
+        glae_pretrain_add_types(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -76,5 +76,6 @@ extern PyMethodDef glae_cuda_methods[]; /* raise RuntimeError when built without
 /* Types a family adds to the module (Model, Loader, ...); 0 on success. */
 int glae_nn_add_types(PyObject *m);
 int glae_data_add_types(PyObject *m);
+int glae_pretrain_add_types(PyObject *m); /* bind_pretrain.c */
 
 #endif

@@ -34,5 +34,5 @@ set_num_threads = _C.set_num_threads
 get_num_threads = _C.get_num_threads
 
 __all__ = ["Config", "Dataset", "DeviceUnavailableError", "HAS_CUDA", "Model", "PretrainConfig",
-           "Pretrainer", "Trainer", "__version__", "detect", "get_num_threads", "label_distribution", "load", "metrics",
-           "plots", "pretrain", "set_num_threads"]
+           "Pretrainer", "Trainer", "__version__", "detect", "get_num_threads", "label_distribution",
+           "load", "metrics", "plots", "pretrain", "set_num_threads"]

@@ -6,7 +6,8 @@ readers   read_csv, read_utkface, read_chalearn, read_mivia, read_age_folders ->
 prepare   prepare(records or "kind:path", out_path, size, margin, workers) -> report
 packed    PackedDataset (memmap), PackedWriter, write_packed: the file layout
 protocols random_split, subject_split, split(name), deduplicate, balanced_subset, kfold (GLAE IV-A)
-synthetic synthetic_faces, write_synthetic: a stand-in data set so the pipeline runs anywhere
+synthetic synthetic_faces, write_synthetic: a stand-in data set so the pipeline runs anywhere;
+          synthetic_identities: synthetic people for identity pre-training
 See docs/data.md.
 """
 from .packed import PackedDataset, PackedFormatError, PackedWriter, pixel_hash, write_packed
@@ -16,7 +17,7 @@ from .protocols import (PROTOCOLS, age_classes, balanced_subset, deduplicate, kf
 from .readers import (DecodeError, Problem, Record, Report, load_image, read_age_folders, read_chalearn,
                       read_csv, read_identity_csv, read_identity_folders, read_mivia, read_utkface,
                       records_from_arrays)
-from .synthetic import age_pmf, sample_ages, synthetic_faces, write_synthetic
+from .synthetic import age_pmf, sample_ages, synthetic_faces, synthetic_identities, write_synthetic
 
 __all__ = [
     "DecodeError", "PROTOCOLS", "PackedDataset", "PackedFormatError", "PackedWriter", "Problem", "Record",
@@ -24,5 +25,5 @@ __all__ = [
     "prepare", "random_split", "read_age_folders", "read_chalearn", "read_csv", "read_identity_csv",
     "read_identity_folders", "read_mivia", "read_source",
     "read_utkface", "records_from_arrays", "sample_ages", "split", "subject_split", "synthetic_faces",
-    "write_packed", "write_synthetic",
+    "synthetic_identities", "write_packed", "write_synthetic",
 ]

@@ -318,39 +318,16 @@ def verification_pairs(identities, n_pairs, seed):
 
 def verification(scores, same, far=FAR):
     """Verification figures of similarity scores (higher: more alike) of pairs whose truth
-    is `same` (bool): {"accuracy": at the best threshold (pairs above it called the same
-    person), "threshold", "tar_at_far": true-accept rate at false-accept rate `far` (None
-    with fewer than 1/far different pairs), "mean_same", "mean_diff", "n_same", "n_diff"}.
-    The accuracy is the mean of the accuracies on same and on different pairs (the plain
-    accuracy when there are as many of each), so chance is 0.5 whatever the counts. The
-    threshold is chosen on the same pairs (an optimistic figure, like a verification
-    benchmark's without its 10 folds; it is for watching the training, not a benchmark)."""
-    s = np.asarray(scores, np.float64)
-    y = np.asarray(same, bool)
-    n_same, n_diff = int(y.sum()), int((~y).sum())
-    out = {"n_same": n_same, "n_diff": n_diff, "accuracy": None, "threshold": None,
-           "tar_at_far": None, "far": far,
-           "mean_same": float(s[y].mean()) if n_same else None,
-           "mean_diff": float(s[~y].mean()) if n_diff else None}
-    if n_same == 0 or n_diff == 0:
-        return out
-    order = np.argsort(-s, kind="stable")
-    ss, yy = s[order], y[order]
-    # calling the top k pairs "same": correct = same among them + different below them;
-    # only cuts between distinct scores are thresholds
-    same_top = np.concatenate([[0], np.cumsum(yy)])
-    diff_below = n_diff - (np.arange(len(ss) + 1) - same_top)
-    correct = 0.5 * (same_top / n_same + diff_below / n_diff)
-    cut_ok = np.concatenate([[True], ss[1:] != ss[:-1], [True]])
-    k = int(np.argmax(np.where(cut_ok, correct, -1.0)))
-    out["accuracy"] = float(correct[k])
-    out["threshold"] = float(ss[k - 1] + ss[k]) / 2 if 0 < k < len(ss) else \
-        (float(ss[0]) + 1e-6 if k == 0 else float(ss[-1]) - 1e-6)
-    if n_diff * far >= 1:
-        neg = np.sort(s[~y])[::-1]
-        thr = neg[int(math.floor(far * n_diff))]  # at most far * n_diff negatives above it
-        out["tar_at_far"] = float(np.mean(s[y] > thr))
-    return out
+    is `same` (bool), computed in C (csrc/metrics/verify.c): {"accuracy": at the best
+    threshold (pairs above it called the same person), "threshold", "tar_at_far": the
+    true-accept rate at false-accept rate `far` (None with fewer than 1/far different
+    pairs), "mean_same", "mean_diff", "n_same", "n_diff", "far"}. The accuracy is the mean
+    of the accuracies on same and on different pairs (the plain accuracy when there are as
+    many of each), so chance is 0.5 whatever the counts. The threshold is chosen on the
+    same pairs (an optimistic figure, like a verification benchmark's without its 10 folds;
+    it is for watching the training, not a benchmark). None where a figure is undefined."""
+    return _C.verification(np.ascontiguousarray(scores, np.float32),
+                           np.ascontiguousarray(same, bool), far)
 
 
 def _augment_options(cfg: PretrainConfig, train=True):
@@ -450,8 +427,9 @@ class Pretrainer:
 
     # -- embeddings and the verification figure ----------------------------------------
     def embed(self, data: IdentityData | None = None, which=None, batch=64):
-        """L2-normalised embeddings (n, d) of data's images `which` (default all), the
-        evaluation crop (no augmentation)."""
+        """Embeddings (n, d) of data's images `which` (default: the held-out ones, all):
+        the evaluation crop (no augmentation), batch norm in eval mode, not normalised
+        (compare them by cosine)."""
         data = self.val if data is None else data
         pos = data.positions if which is None else data.positions[which]
         out = []
@@ -460,9 +438,7 @@ class Pretrainer:
                                  self.cfg.image_size, self.cfg.seed, 0, dtype="uint8",
                                  **_augment_options(self.cfg, train=False))
             out.append(self.model.embed(x, norm=self.cfg.normalization))
-        e = np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
-        n = np.linalg.norm(e.astype(np.float64), axis=1, keepdims=True)
-        return (e / np.maximum(n, 1e-12)).astype(np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
 
     def verify(self):
         """The verification figure (verification()) on the held-out pairs, or None."""
@@ -471,8 +447,7 @@ class Pretrainer:
         i, j, same = self.pairs
         used, inv = np.unique(np.concatenate([i, j]), return_inverse=True)
         e = self.embed(self.val, used)
-        a, b = inv[:len(i)], inv[len(i):]
-        scores = np.einsum("nd,nd->n", e[a].astype(np.float64), e[b].astype(np.float64))
+        scores = _C.pair_cosines(e, inv[:len(i)].astype(np.int64), inv[len(i):].astype(np.int64))
         return verification(scores, same)
 
     # -- training --------------------------------------------------------------------

@@ -181,6 +181,56 @@ def test_no_leak(rng):
 
 # ---- verification figure and pairs --------------------------------------------------------
 
+def ref_verification(scores, same, far=1e-3):
+    """An independent NumPy reference of the figures: every threshold tried in turn."""
+    s, y = np.asarray(scores, np.float64), np.asarray(same, bool)
+    levels = np.unique(s)[::-1]  # the distinct scores, highest first
+    thresholds = [levels[0] + 1e-6, *((levels[:-1] + levels[1:]) / 2), levels[-1] - 1e-6]
+    best, thr = -1.0, None
+    for t in thresholds:
+        acc = 0.5 * (np.mean(s[y] > t) + np.mean(s[~y] <= t))
+        if acc > best + 1e-12:
+            best, thr = acc, t
+    tar = None
+    if (~y).sum() * far >= 1:
+        neg = np.sort(s[~y])[::-1]
+        tar = float(np.mean(s[y] > neg[int(np.floor(far * (~y).sum()))]))
+    return best, thr, tar
+
+
+def test_verification_matches_a_brute_force_reference():
+    rng = np.random.default_rng(3)
+    for n_same, n_diff in ((50, 1500), (7, 30), (200, 200)):
+        same = np.r_[np.ones(n_same, bool), np.zeros(n_diff, bool)]
+        s = np.round(rng.normal(0.4 * same, 0.3), 2).astype(np.float32)  # with ties
+        v = verification(s, same)
+        acc, thr, tar = ref_verification(s, same)
+        assert v["accuracy"] == pytest.approx(acc) and v["threshold"] == pytest.approx(thr, abs=1e-6)
+        assert v["tar_at_far"] == (None if tar is None else pytest.approx(tar))
+        assert v["mean_same"] == pytest.approx(s[same].mean(), rel=1e-6)
+        assert v["n_same"] == n_same and v["n_diff"] == n_diff
+
+
+def test_pair_cosines(rng):
+    e = rng.standard_normal((5, 7)).astype(np.float32)
+    e[3] = 0.0
+    a, b = np.array([0, 1, 2, 3, 4], np.int64), np.array([1, 1, 4, 0, 2], np.int64)
+    c = _C.pair_cosines(e, a, b)
+    ref = [float(e[i] @ e[j] / np.linalg.norm(e[i]) / np.linalg.norm(e[j])) if i != 3 else 0.0
+           for i, j in zip(a, b)]
+    np.testing.assert_allclose(c, ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"pair 0 = \(5, 1\) indexes outside the 5"):
+        _C.pair_cosines(e, np.array([5], np.int64), np.array([1], np.int64))
+    with pytest.raises(ValueError, match="a and b must have the same shape"):
+        _C.pair_cosines(e, a, b[:2].copy())
+    with pytest.raises(ValueError, match=r"scores\[1\] = nan is not finite"):
+        verification(np.array([0.1, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match=r"far must lie in \(0, 1\)"):
+        verification(np.zeros(2), np.array([True, False]), far=0.0)
+    with pytest.raises(TypeError, match="same must have dtype bool"):
+        _C.verification(np.zeros(2, np.float32), np.zeros(2, np.int64))
+
+
 def test_verification_figures():
     same = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
     v = verification(np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1, 0.0, -0.5]), same)
@@ -344,3 +394,32 @@ def test_lae_pretrain_config_loads():
     with open(path) as f:
         header = "".join(line for line in f if line.startswith("#"))
     assert "Table 2" in header and "prepare" in header and "pretrained=" in header
+
+
+# ---- on a GPU (skipped without one) --------------------------------------------------------
+
+from devices import needs_gpu  # noqa: E402
+
+
+@needs_gpu
+def test_cuda_model_matches_the_cpu(rng):
+    """The same step through the CUDA twins (fp32 math): loss, every gradient, the SGD
+    step and the eval-mode embedding agree with the CPU definition."""
+    cpu, gpu = small_model(), small_model(device="cuda")
+    assert gpu.device.startswith("cuda")
+    np.testing.assert_array_equal(gpu.params, cpu.params)  # the same initialisation
+    x = rng.standard_normal((6, 40, 40, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0, 2], np.int32)
+    for m in (cpu, gpu):
+        m.zero_grad()
+    lc, lg = cpu.train_step(x, y), gpu.train_step(x, y)
+    assert lg == pytest.approx(lc, rel=1e-4)
+    scale = np.abs(cpu.grads).max()
+    np.testing.assert_allclose(gpu.grads, cpu.grads, rtol=1e-3, atol=1e-4 * scale)
+    for m in (cpu, gpu):
+        m.sgd_step(0.01, first_step=True)
+    np.testing.assert_allclose(gpu.params, cpu.params, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gpu.buffers, cpu.buffers, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gpu.embed(x), cpu.embed(x), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match=r"labels\[0\] = 7 is outside"):
+        gpu.train_step(x, np.array([7, 1, 2, 1, 0, 2], np.int32))

@@ -1,10 +1,13 @@
 /* The _C.PretrainModel type: the identity pre-training model (nn/pretrain.h), a ResNet
  * backbone + embedding + AM-softmax classifier on one flat parameter buffer. Its buffers,
  * parameter table and get / set are those of _C.Model (model_py.h), so the same Python
- * code saves, loads and steps both. */
+ * code saves, loads and steps both. Also the verification figures of its embeddings
+ * (metrics/verify.h): pair_cosines, verification. */
 #include "python/model_py.h" /* Python.h first */
+#include <math.h>
 #include <string.h>
 
+#include "metrics/verify.h"
 #include "nn/model.h" /* GLAE_INPUT_F32 */
 #include "nn/pretrain.h"
 
@@ -301,6 +304,77 @@ static PyTypeObject PretrainType = {
     .tp_getset = P_getset,
     .tp_init = (initproc)Pretrain_init,
     .tp_new = PyType_GenericNew,
+};
+
+/* ---- verification figures (metrics/verify.h) ------------------------------------------- */
+
+/* pair_cosines(emb float32 (n, d), a int64 (p,), b int64 (p,)) -> float32 (p,) */
+static PyObject *py_pair_cosines(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"emb", "a", "b", NULL};
+    PyObject *eo, *ao, *bo;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO:pair_cosines", kwlist, &eo, &ao, &bo))
+        return NULL;
+    PyArrayObject *e = glae_arg_f32(eo, "emb", 2);
+    PyArrayObject *a = e ? glae_arg_array(ao, "a", NPY_INT64, 1) : NULL;
+    PyArrayObject *b = a ? glae_arg_array(bo, "b", NPY_INT64, 1) : NULL;
+    if (!b || glae_check_same_shape(a, "a", b, "b")) return NULL;
+    if (PyArray_DIM(e, 1) < 1 || PyArray_DIM(e, 1) > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "emb must have between 1 and 2**31-1 columns");
+        return NULL;
+    }
+    npy_intp np_ = PyArray_DIM(a, 0);
+    PyArrayObject *out = glae_new_array(1, &np_, NPY_FLOAT32);
+    if (!out) return NULL;
+    int st;
+    GLAE_NOGIL(st, glae_pair_cosines(PyArray_DATA(out), PyArray_DATA(e), PyArray_DIM(e, 0),
+                                     (int)PyArray_DIM(e, 1), PyArray_DATA(a), PyArray_DATA(b), np_));
+    if (st) {
+        Py_DECREF(out);
+        return glae_raise(st);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *nan_or(double v) {
+    if (isnan(v)) Py_RETURN_NONE;
+    return PyFloat_FromDouble(v);
+}
+
+/* verification(scores float32 (n,), same bool (n,), far=1e-3) -> dict */
+static PyObject *py_verification(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"scores", "same", "far", NULL};
+    PyObject *so, *yo;
+    double far = 1e-3;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|d:verification", kwlist, &so, &yo, &far))
+        return NULL;
+    PyArrayObject *s = glae_arg_f32(so, "scores", 1);
+    PyArrayObject *y = s ? glae_arg_array(yo, "same", NPY_BOOL, 1) : NULL;
+    if (!y || glae_check_same_shape(s, "scores", y, "same")) return NULL;
+    glae_verification v;
+    int st;
+    GLAE_NOGIL(st, glae_verification_figures(&v, PyArray_DATA(s), PyArray_DATA(y),
+                                             PyArray_DIM(s, 0), far));
+    if (st) return glae_raise(st);
+    return Py_BuildValue("{s:L,s:L,s:N,s:N,s:N,s:d,s:N,s:N}", "n_same", (long long)v.n_same,
+                         "n_diff", (long long)v.n_diff, "accuracy", nan_or(v.accuracy),
+                         "threshold", nan_or(v.threshold), "tar_at_far", nan_or(v.tar_at_far),
+                         "far", far, "mean_same", nan_or(v.mean_same), "mean_diff",
+                         nan_or(v.mean_diff));
+}
+
+PyMethodDef glae_pretrain_methods[] = {
+    {"pair_cosines", (PyCFunction)(void (*)(void))py_pair_cosines, METH_VARARGS | METH_KEYWORDS,
+     "pair_cosines(emb float32 (n, d), a int64 (p,), b int64 (p,)) -> float32 (p,): "
+     "cos(emb[a], emb[b]) (0 for a zero row)"},
+    {"verification", (PyCFunction)(void (*)(void))py_verification, METH_VARARGS | METH_KEYWORDS,
+     "verification(scores float32 (n,), same bool (n,), far=1e-3) -> {n_same, n_diff, "
+     "accuracy, threshold, tar_at_far, far, mean_same, mean_diff}: the accuracy at the best "
+     "threshold (mean of the same-pair and different-pair accuracies), the true-accept rate "
+     "at false-accept rate far (None with fewer than 1/far different pairs); None where "
+     "undefined. See docs/pretraining.md."},
+    {NULL, NULL, 0, NULL},
 };
 
 int glae_pretrain_add_types(PyObject *m) {

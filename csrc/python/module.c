@@ -37,7 +37,7 @@ static PyObject *build_info(void) {
 static PyMethodDef *const families[] = {
     glae_core_methods, glae_ops_methods,   glae_conv_methods, glae_loss_methods,
     glae_metrics_methods, glae_train_methods, glae_data_methods, glae_nn_methods,
-    glae_mtcnn_methods, glae_bf16_methods, glae_cuda_methods,
+    glae_mtcnn_methods, glae_bf16_methods, glae_cuda_methods, glae_pretrain_methods,
 };
 
 static PyMethodDef *all_methods; /* lives as long as the process (the module may be re-imported) */

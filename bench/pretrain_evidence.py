@@ -60,6 +60,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.004, help="age peak lr (OneCycle, not scaled)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the two age arms (weights of the head, batches, augmentation)")
+    p.add_argument("--backbone", default=None,
+                   help="a backbone.safetensors of an earlier run: skip steps 2's pre-training "
+                        "and train the two arms only (another --seed, say)")
     args = p.parse_args(argv)
 
     folder = os.path.abspath(args.data)
@@ -77,7 +82,54 @@ def main(argv=None):
     val = Dataset(images[kept[va]], packed.ages[kept[va]])
     print(f"{len(train)} training, {len(val)} validation photos at {args.size} px", flush=True)
 
-    # 2. the identity set: views of training photos only
+    run, pre_s = None, 0.0
+    backbone = args.backbone
+    if backbone is None:
+        run, pre_s = pretrain_views(args, train)
+        backbone = os.path.join(args.out, "pretrain", "backbone.safetensors")
+
+    # 3. the two arms
+    arms, arm_s = {}, {}
+    for arm, pretrained in (("scratch", ""), ("pretrained", backbone)):
+        cfg = Config(backbone="resnet18", head="gap", loss="base", image_size=args.size,
+                     batch_size=args.batch, stage1_epochs=args.epochs, stage2_epochs=0,
+                     base_lr1=args.lr, linear_scaling=False, seed=args.seed, threads=args.threads,
+                     pretrained=pretrained,
+                     augment={"crop": True, "flip": True, "color_jitter": True, "randaugment": False})
+        out = os.path.join(args.out, f"{arm}-seed{args.seed}")
+        t0 = time.perf_counter()
+        trainer = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=out, progress=False,
+                          log=lambda s, a=arm: print(f"[{a}] {s}", flush=True))
+        trainer.fit()
+        arm_s[arm] = time.perf_counter() - t0
+        with open(os.path.join(out, "log.jsonl")) as f:
+            arms[arm] = [json.loads(line)["val"]["vanilla"]["mae"] for line in f]
+    mean_mae = float(np.mean(np.abs(val.ages - train.ages.mean())))
+    if run is not None:
+        print("\nverification on held-out photos (views of one photo vs of two):")
+        for e in run.history:
+            v = e["verification"]
+            print(f"  epoch {e['epoch']}: accuracy {v['accuracy']:.3f}, TAR@FAR=1e-3 "
+                  f"{v['tar_at_far'] if v['tar_at_far'] is None else round(v['tar_at_far'], 3)}, "
+                  f"loss {e.get('loss', float('nan')):.3f}")
+    print(f"\nvalidation MAE after each age epoch (gap head, l_base, seed {args.seed}; "
+          f"backbone {backbone}):")
+    print("  epoch    " + "".join(f"{k + 1:>8}" for k in range(args.epochs)))
+    for arm, maes in arms.items():
+        print(f"  {arm:<9}" + "".join(f"{m:>8.2f}" for m in maes))
+    print(f"(always predicting the training mean: MAE {mean_mae:.2f})")
+    wall = time.perf_counter() - t_start
+    print(f"wall {wall:.0f} s (pre-training {pre_s:.0f} s, {', '.join(f'{a} {s:.0f} s' for a, s in arm_s.items())}); "
+          f"load average now {os.getloadavg()[0]:.1f}; {args.threads} engine thread(s)")
+    with open(os.path.join(args.out, f"report-seed{args.seed}.json"), "w") as f:
+        json.dump({"args": vars(args), "verification": run.history if run else None,
+                   "val_mae": arms, "mean_predictor_mae": mean_mae, "wall_s": wall}, f, indent=1)
+    return 0
+
+
+def pretrain_views(args, train):
+    """Step 2: the views of --photos training photos as a packed identity file, and the
+    pre-training run on it. Returns (the Pretrainer, seconds)."""
     rng = np.random.default_rng(0)
     photos = np.arange(len(train)) if args.photos <= 0 else \
         np.sort(rng.permutation(len(train))[:args.photos])
@@ -105,44 +157,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     run = Pretrainer(id_file, pcfg, out_dir=os.path.join(args.out, "pretrain"), progress=False,
                      log=lambda s: print(s, flush=True)).fit()
-    pre_s = time.perf_counter() - t0
-    backbone = os.path.join(args.out, "pretrain", "backbone.safetensors")
-
-    # 3. the two arms
-    arms, arm_s = {}, {}
-    for arm, pretrained in (("scratch", ""), ("pretrained", backbone)):
-        cfg = Config(backbone="resnet18", head="gap", loss="base", image_size=args.size,
-                     batch_size=args.batch, stage1_epochs=args.epochs, stage2_epochs=0,
-                     base_lr1=args.lr, linear_scaling=False, seed=0, threads=args.threads,
-                     pretrained=pretrained,
-                     augment={"crop": True, "flip": True, "color_jitter": True, "randaugment": False})
-        out = os.path.join(args.out, arm)
-        t0 = time.perf_counter()
-        trainer = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=out, progress=False,
-                          log=lambda s, a=arm: print(f"[{a}] {s}", flush=True))
-        trainer.fit()
-        arm_s[arm] = time.perf_counter() - t0
-        with open(os.path.join(out, "log.jsonl")) as f:
-            arms[arm] = [json.loads(line)["val"]["vanilla"]["mae"] for line in f]
-    mean_mae = float(np.mean(np.abs(val.ages - train.ages.mean())))
-    print("\nverification on held-out photos (views of one photo vs of two):")
-    for e in run.history:
-        v = e["verification"]
-        print(f"  epoch {e['epoch']}: accuracy {v['accuracy']:.3f}, TAR@FAR=1e-3 "
-              f"{v['tar_at_far'] if v['tar_at_far'] is None else round(v['tar_at_far'], 3)}, "
-              f"loss {e.get('loss', float('nan')):.3f}")
-    print("\nvalidation MAE after each age epoch (gap head, l_base):")
-    print("  epoch    " + "".join(f"{k + 1:>8}" for k in range(args.epochs)))
-    for arm, maes in arms.items():
-        print(f"  {arm:<9}" + "".join(f"{m:>8.2f}" for m in maes))
-    print(f"(always predicting the training mean: MAE {mean_mae:.2f})")
-    wall = time.perf_counter() - t_start
-    print(f"wall {wall:.0f} s (pre-training {pre_s:.0f} s, {', '.join(f'{a} {s:.0f} s' for a, s in arm_s.items())}); "
-          f"load average now {os.getloadavg()[0]:.1f}; {args.threads} engine thread(s)")
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({"args": vars(args), "verification": run.history, "val_mae": arms,
-                   "mean_predictor_mae": mean_mae, "wall_s": wall}, f, indent=1)
-    return 0
+    return run, time.perf_counter() - t0
 
 
 if __name__ == "__main__":

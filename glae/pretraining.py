@@ -359,7 +359,7 @@ class Pretrainer:
     order and the augmentations are pure functions of (seed, epoch, position)."""
 
     def __init__(self, train, config: PretrainConfig | None = None, val=None, out_dir=None,
-                 progress=True, log=print, _model=None):
+                 progress=True, log=print):
         cfg = config or PretrainConfig()
         cfg.validate()
         self.cfg = cfg
@@ -405,7 +405,7 @@ class Pretrainer:
             os.makedirs(out_dir, exist_ok=True)
         if cfg.threads:
             _C.set_num_threads(cfg.threads)
-        self.model = _model or _C.PretrainModel(
+        self.model = _C.PretrainModel(
             self.num_ids, backbone=cfg.backbone, embed_dim=cfg.embed_dim, s=cfg.scale,
             m=cfg.margin, seed=cfg.seed, device=cfg.device, math=cfg.gpu_math)
         self.state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0,

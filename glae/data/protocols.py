@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..metrics import age_class
+
 __all__ = ["DedupReport", "PROTOCOLS", "age_classes", "balanced_subset", "deduplicate", "kfold",
            "random_split", "split", "subject_split"]
 
@@ -158,8 +160,8 @@ def deduplicate(hashes, ages, tol: float = 0.0):
 
 
 def age_classes(ages, max_age: int = 100) -> np.ndarray:
-    """Integer age classes: rounded (half to even) and clipped to 0..max_age (101 classes)."""
-    return np.clip(np.rint(np.asarray(ages, dtype=np.float64)), 0, max_age).astype(np.int64)
+    """Integer age classes 0..max_age (101 classes): glae.metrics.age_class, half up."""
+    return age_class(ages, int(max_age) + 1)
 
 
 def balanced_subset(ages, n_per_age: int = 10, seed: int = 0, indices=None, short: str = "skip") -> np.ndarray:

@@ -13,7 +13,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (pyproject's marker)
     import tomli as tomllib
 
-BACKBONES = ("resnet18", "resnet50")
+from ._lib import _C
+
+BACKBONES = tuple(_C.RESNET_STAGES)  # the C engine's stage tables: resnet18, resnet50
 HEADS = ("gap", "fr", "fr+pa")
 LOSSES = ("base", "kl")
 STAGE2_LOSSES = ("glae", "lae")

@@ -208,7 +208,7 @@ class Trainer:
         self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
                       "stage1_val_epoch": None, "best": None, "loss_sums": {}, "loss_count": 0,
                       "n_train": len(train)}
-        self.labels = np.rint(train.ages).astype(np.int64)
+        self.labels = M.age_class(train.ages, config.num_classes)  # the metrics' rule
         # what inference needs to know of the training data, saved with every checkpoint:
         # the age histogram (MAE by shot) and the alignment of the crops (raw photos)
         model.data_info = {"train_age_hist": np.bincount(self.labels).tolist(),

@@ -496,15 +496,9 @@ def test_utkface_detection_rate_and_landmarks():
 def _detector(tmp_path, rng):
     if HAVE_WEIGHTS:
         return gd.MTCNN(MTCNN_WEIGHTS)
-    from test_torchfile import Storage, Tensor, write_legacy
-    import collections
+    from helpers import torch_state_dict, torch_write_legacy
     for fname, sd in zip(("pnet.pt", "rnet.pt", "onet.pt"), random_state_dicts(rng)):
-        obj = collections.OrderedDict()
-        for i, (k, v) in enumerate(sd.items()):
-            st = Storage(str(i), "FloatStorage", v.reshape(-1))
-            strides = tuple(int(np.prod(v.shape[j + 1:])) for j in range(v.ndim))
-            obj[k] = Tensor(st, 0, v.shape, strides)
-        write_legacy(tmp_path / fname, obj)
+        torch_write_legacy(tmp_path / fname, torch_state_dict(sd))
     return gd.MTCNN(tmp_path)
 
 

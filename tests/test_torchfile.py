@@ -1,13 +1,12 @@
 """glae.torchfile: PyTorch checkpoints without PyTorch. The tests write their own files in
-both layouts with the pickle module, using the global names torch itself writes
-(torch._utils._rebuild_tensor_v2, torch.FloatStorage, ...), then read them back."""
+both layouts with the pickle module (tests/helpers.py's torch.save writer, using the global
+names torch itself writes: torch._utils._rebuild_tensor_v2, torch.FloatStorage, ...), then
+read them back."""
 import collections
 import hashlib
 import importlib.util
-import io
 import os
 import pickle
-import struct
 import zipfile
 
 import numpy as np
@@ -17,104 +16,16 @@ from glae import torchfile
 from glae.torchfile import TorchFileError
 
 from conftest import MTCNN_WEIGHTS as _MTCNN_WEIGHTS
+from helpers import Storage, Tensor
+from helpers import TorchGlobal as G
+from helpers import torch_write_legacy as write_legacy
+from helpers import torch_write_zip as write_zip
 
 # conftest resolves ../shared relative to the checkout; a worktree elsewhere can point
 # at the weights with GLAE_MTCNN_WEIGHTS
 MTCNN_WEIGHTS = os.environ.get("GLAE_MTCNN_WEIGHTS", _MTCNN_WEIGHTS)
 
-# ---- a minimal torch.save writer (test side) ------------------------------------------
-
-
-class G:
-    """A global reference written as GLOBAL module\\nname (no import needed)."""
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def __call__(self, *a):  # pickle wants reduce functions to be callable
-        raise AssertionError("never called")
-
-
-class Storage:
-    def __init__(self, key, kind, data):
-        self.key, self.kind, self.data = key, kind, data  # data: 1-D numpy array
-
-
-class Tensor:
-    def __init__(self, storage, offset, size, stride, param=False):
-        self.storage, self.offset, self.size, self.stride, self.param = (
-            storage, offset, tuple(size), tuple(stride), param)
-
-    def __reduce__(self):
-        t = (G("torch._utils", "_rebuild_tensor_v2"),
-             (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()))
-        if self.param:
-            return (G("torch._utils", "_rebuild_parameter"), (_Reduced(t), True, collections.OrderedDict()))
-        return t
-
-
-class _Reduced:
-    def __init__(self, rv):
-        self.rv = rv
-
-    def __reduce__(self):
-        return self.rv
-
-
-class _Pickler(pickle._Pickler):
-    def __init__(self, f, legacy):
-        super().__init__(f, protocol=2)
-        self.legacy = legacy
-        self.seen = []
-
-    def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, G):
-            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-            return
-        super().save(obj, save_persistent_id)
-
-    def persistent_id(self, obj):
-        if not isinstance(obj, Storage):
-            return None
-        if obj not in self.seen:
-            self.seen.append(obj)
-        pid = ("storage", G("torch", obj.kind), obj.key, "cpu", obj.data.size)
-        return pid + (None,) if self.legacy else pid
-
-
-def _pickle(obj, legacy):
-    buf = io.BytesIO()
-    p = _Pickler(buf, legacy)
-    p.dump(obj)
-    return buf.getvalue(), p.seen
-
-
-def write_legacy(path, obj, little=True):
-    body, storages = _pickle(obj, True)
-    with open(path, "wb") as f:
-        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
-        pickle.dump(1001, f, protocol=2)
-        pickle.dump({"protocol_version": 1001, "little_endian": little,
-                     "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
-        f.write(body)
-        pickle.dump([s.key for s in storages], f, protocol=2)
-        for s in storages:
-            f.write(struct.pack("<q" if little else ">q", s.data.size))
-            f.write(s.data.astype(s.data.dtype.newbyteorder("<" if little else ">")).tobytes())
-
-
-def write_zip(path, obj, prefix="archive", byteorder="little"):
-    body, storages = _pickle(obj, False)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{prefix}/data.pkl", body)
-        if byteorder:
-            z.writestr(f"{prefix}/byteorder", byteorder)
-        for s in storages:
-            dt = s.data.dtype.newbyteorder("<" if byteorder != "big" else ">")
-            z.writestr(f"{prefix}/data/{s.key}", s.data.astype(dt).tobytes())
-        z.writestr(f"{prefix}/version", "3\n")
-
-
+# the two torch.save layouts (tests/helpers.py), for the tests run on both
 WRITERS = {"legacy": write_legacy, "zip": write_zip}
 
 

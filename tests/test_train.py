@@ -150,7 +150,7 @@ def test_stage2_changes_only_the_balanced_head(data):
     assert np.all(np.abs(freq - 0.25) < 0.15), freq  # instance-balanced: 0.7 for age 30
     for epoch, order in enumerate(orders[2]):
         assert np.array_equal(order, _C.sample_class_balanced(
-            np.rint(ages).astype(np.int64), cfg.seed * 2 + 1, epoch, len(train)))
+            _C.age_class(ages), cfg.seed * 2 + 1, epoch, len(train)))
     assert t.model.stage2_trained
 
 

@@ -47,28 +47,42 @@ int glae_bn_layer_add(glae_bn_layer *l, glae_params *p, const char *prefix, int 
     return GLAE_OK;
 }
 
-static const int R18_BLOCKS[4] = {2, 2, 2, 2};
-static const int R50_BLOCKS[4] = {3, 4, 6, 3};
+static const glae_resnet_arch ARCHS[] = {
+    {18, 0, {2, 2, 2, 2}, {64, 128, 256, 512}},
+    {50, 1, {3, 4, 6, 3}, {64, 128, 256, 512}},
+};
+#define N_ARCHS ((int)(sizeof ARCHS / sizeof *ARCHS))
+
+const glae_resnet_arch *glae_resnet_arch_of(int depth) {
+    for (int i = 0; i < N_ARCHS; i++)
+        if (ARCHS[i].depth == depth) return &ARCHS[i];
+    return NULL;
+}
+
+const glae_resnet_arch *glae_resnet_archs(int *n) {
+    *n = N_ARCHS;
+    return ARCHS;
+}
 
 int glae_resnet_build(glae_resnet *net, glae_params *p, int depth) {
     memset(net, 0, sizeof *net);
-    if (depth != 18 && depth != 50)
-        return glae_fail(GLAE_ERR_VALUE, "resnet: depth must be 18 or 50, got %d", depth);
+    const glae_resnet_arch *arch = glae_resnet_arch_of(depth);
+    if (!arch) return glae_fail(GLAE_ERR_VALUE, "resnet: depth must be 18 or 50, got %d", depth);
     net->depth = depth;
     const int G = GLAE_G_BACKBONE;
-    const int expansion = depth == 18 ? 1 : 4;
-    const int *counts = depth == 18 ? R18_BLOCKS : R50_BLOCKS;
+    const int expansion = arch->bottleneck ? 4 : 1;
+    const int *counts = arch->blocks;
     GLAE_TRY(glae_conv_layer_add(&net->conv1, p, "conv1", 3, 64, 7, 2, 3, 0, G));
     GLAE_TRY(glae_bn_layer_add(&net->bn1, p, "bn1", 64, G));
     int inplanes = 64;
     char pre[2 * GLAE_NAME_LEN];
     for (int li = 0; li < 4; li++) {
-        int planes = 64 << li;
+        int planes = arch->width[li];
         for (int bi = 0; bi < counts[li]; bi++) {
             glae_block *b = &net->blocks[net->nblocks++];
             int stride = (li > 0 && bi == 0) ? 2 : 1;
             int out = planes * expansion;
-            if (depth == 18) {
+            if (!arch->bottleneck) {
                 b->nconv = 2;
                 snprintf(pre, sizeof pre, "layer%d.%d.conv1", li + 1, bi);
                 GLAE_TRY(glae_conv_layer_add(&b->conv[0], p, pre, inplanes, planes, 3, stride, 1, 0, G));

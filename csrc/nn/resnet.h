@@ -78,6 +78,20 @@ typedef struct {
     int keep_all;
 } glae_resnet;
 
+/* torchvision's stage table of a backbone, the one glae_resnet_build walks (Python reads it
+ * as _C.RESNET_STAGES). */
+typedef struct {
+    int depth;      /* 18, 50 */
+    int bottleneck; /* 0: BasicBlock; 1: Bottleneck v1.5 (expansion 4) */
+    int blocks[4];  /* blocks per stage */
+    int width[4];   /* the stage's inner width (planes) */
+} glae_resnet_arch;
+
+/* The table of `depth`, or NULL when glae builds no such ResNet. */
+const glae_resnet_arch *glae_resnet_arch_of(int depth);
+/* Every table; *n receives their number. */
+const glae_resnet_arch *glae_resnet_archs(int *n);
+
 /* Register the backbone's tensors (group GLAE_G_BACKBONE) in torchvision's order. */
 int glae_resnet_build(glae_resnet *net, glae_params *p, int depth);
 /* Torchvision init (kaiming_normal_ fan_out relu for convs, BN weight 1 bias 0, running

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/age.h"
 #include "ops/optim.h"
 #include "train/sampler.h"
 #include "train/sched.h"
@@ -339,7 +340,7 @@ static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObje
     unsigned long long length = (unsigned long long)n;
     if (leno != Py_None && get_uint(leno, "length", UINT32_MAX, &length)) return NULL;
 
-    /* labels as int64; float ages are rounded half-to-even (numpy.rint) */
+    /* labels as int64; float ages get their whole-year class (core/age.h, half up) */
     int64_t *l64 = PyMem_Malloc((size_t)n * sizeof *l64);
     if (!l64) return PyErr_NoMemory();
     const void *src = PyArray_DATA(lab);
@@ -351,15 +352,15 @@ static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObje
         case NPY_FLOAT32: v = ((const float *)src)[i]; break;
         default: v = ((const double *)src)[i]; break;
         }
-        if (!isfinite(v) || fabs(v) > 9.0e15) {
+        if (!isfinite(v) || v < 0.0) {
             char txt[64];
             snprintf(txt, sizeof txt, "%g", v);
             PyMem_Free(l64);
-            PyErr_Format(PyExc_ValueError, "labels[%zd] is not a finite age: %s", (Py_ssize_t)i,
-                         txt);
+            PyErr_Format(PyExc_ValueError, "labels[%zd] is not a finite age >= 0: %s",
+                         (Py_ssize_t)i, txt);
             return NULL;
         }
-        l64[i] = (int64_t)nearbyint(v);
+        l64[i] = glae_age_class((float)v, INT64_MAX); /* no upper clamp */
     }
     npy_intp dim = (npy_intp)length;
     PyArrayObject *out = glae_new_array(1, &dim, NPY_INT64);
@@ -409,7 +410,7 @@ PyMethodDef glae_train_methods[] = {
     {"sample_class_balanced", FN(py_sample_class_balanced), KW,
      "sample_class_balanced(labels, seed, epoch, length=None) -> int64[length]: each draw "
      "picks a class uniformly among the labels present, then an instance of it uniformly. "
-     "labels: 1-D int32/int64 (or float ages, rounded half-to-even); length defaults to "
-     "len(labels)."},
+     "labels: 1-D int32/int64 (or float ages >= 0, classed by age_class: half up); length "
+     "defaults to len(labels)."},
     {NULL, NULL, 0, NULL},
 };

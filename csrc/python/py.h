@@ -30,6 +30,9 @@ int glae_check_dim(PyArrayObject *a, const char *name, int axis, npy_intp want);
 int glae_check_same_shape(PyArrayObject *a, const char *na, PyArrayObject *b, const char *nb);
 /* -1 with a ValueError when `a` (not NULL) is read-only: an argument updated in place */
 int glae_check_writeable(PyArrayObject *a, const char *name);
+/* A Python int (not bool) in [0, max]: TypeError naming `name` for other objects,
+ * ValueError (not OverflowError) out of range. 0 on success, -1 on error. */
+int glae_arg_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out);
 /* ValueError unless v >= lo (v > 0 when lo == 1 and so on). */
 int glae_check_min(long long v, const char *name, long long lo);
 

@@ -113,7 +113,8 @@ def predict_dataset(model, dataset, batch_size=64):
     outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
-        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8", **aug)
+        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8",
+                             threads=model.core.threads, **aug)
         r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test, norm=cfg.normalization)
         outs["vanilla"].append(r["vanilla_age"])
         outs["balanced"].append(r["balanced_age"])
@@ -220,8 +221,8 @@ class Trainer:
         self._check_schedules()
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
-        if config.threads:
-            _C.set_num_threads(config.threads)
+        if config.threads:  # the model's own count: other threads' work keeps theirs
+            self.core.threads = config.threads
 
     def _check_schedules(self):
         """Evaluate the lr schedule at every step of both stages now, so that a schedule
@@ -293,7 +294,7 @@ class Trainer:
     def augment(self, dataset, indices, epoch, train=True):
         return _C.augment_batch(dataset.images, np.ascontiguousarray(indices, np.int64),
                                 self.cfg.image_size, self.cfg.seed, epoch,
-                                **self.augment_config(train))
+                                threads=self.core.threads, **self.augment_config(train))
 
     def loader(self, order, stage, epoch):
         """The epoch's batches, augmented ahead by C worker threads. Always the whole

@@ -48,7 +48,12 @@ static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
 int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    if (cfg->threads < 0)
+        return glae_fail(GLAE_ERR_VALUE, "model: threads must be >= 0 (0: the default), got %d",
+                         cfg->threads);
     GLAE_TRY(make_ctx(&m->ctx, cfg));
+    glae_ctx_set_threads(&m->ctx, cfg->threads);
+    glae_ctx_apply_threads(&m->ctx); /* the context is born here: the init's loops use it */
     if (m->ctx.device == GLAE_CUDA) m->arena.dev = &m->ctx; /* activations on the device */
     int fh, fw;
     if (cfg->input_size < 1)
@@ -80,6 +85,12 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     free(host);
     GLAE_TRY(st);
     return glae_params_to_device(&m->p, &m->ctx);
+}
+
+int glae_model_set_threads(glae_model *m, int n) {
+    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "model: threads must be >= 0, got %d", n);
+    glae_ctx_set_threads(&m->ctx, n);
+    return GLAE_OK;
 }
 
 void glae_model_free(glae_model *m) {

@@ -22,8 +22,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* OpenMP's thread count as the calling thread sees it now, without applying the setting:
- * for the test that every binding applies it (glae_apply_num_threads) */
+/* OpenMP's thread count as the calling thread sees it now, without applying any: for the
+ * tests that a call ran on the count it should (the default, or its context's) */
 static PyObject *py_omp_threads_here(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -165,7 +165,9 @@ PyMethodDef glae_core_methods[] = {
      "cuda_device_status() -> {state, count, message, driver_version, runtime_version}; "
      "state: ready, no_device, no_driver, driver_error, not_built"},
     {"cuda_devices", py_cuda_devices, METH_NOARGS, "cuda_devices() -> [(name, major, minor)]"},
-    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): CPU threads (OpenMP and BLAS), in every thread."},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS,
+     "set_num_threads(n): the default CPU threads (OpenMP and BLAS), in every thread, of the work "
+     "without a count of its own (a Model made without threads=, the op functions)"},
     {"_omp_threads_here", py_omp_threads_here, METH_NOARGS,
      "OpenMP's thread count in the calling thread (tests)"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},

@@ -225,6 +225,8 @@ def _parse_header(raw, path, data_len):
         raise CheckpointError(where + str(e)) from None
     except ValueError as e:
         raise CheckpointError(where + f"corrupted header (invalid JSON: {e})") from None
+    except RecursionError:
+        raise CheckpointError(where + "corrupted header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(where + "corrupted header (not a JSON object)")
 
@@ -292,7 +294,7 @@ def _decode_metadata(meta, entries, path):
     try:
         info = json.loads(meta[_MAGIC_KEY])
         version = info["version"]
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry") from None
     if not _is_int(version) or version > _FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than "
@@ -334,6 +336,9 @@ def _decode_metadata(meta, entries, path):
             out[k] = json.loads(meta[k])
         except ValueError:
             raise CheckpointError(f"{path}: metadata[{k!r}] is not valid JSON") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: metadata[{k!r}] is JSON nested too deeply "
+                                  "to read") from None
     return out, crcs
 
 

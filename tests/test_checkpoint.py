@@ -332,6 +332,23 @@ def test_files_before_header_checksums_load_with_a_note(tmp_path, rng):
             checkpoint.load(path)
 
 
+@pytest.mark.filterwarnings("ignore::glae.checkpoint.UnverifiedCheckpointWarning")
+def test_deeply_nested_json_is_checkpointerror(tmp_path):
+    """JSON nested 100,000 deep (in the header, the __glae__ entry or a metadata value)
+    raised RecursionError from the json module."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for where, header in [
+        ("corrupted header", '{"a": %s}' % deep),
+        ("corrupted __glae__", json.dumps({"__metadata__": {"__glae__": deep}})),
+        (r"metadata\['x'\] is JSON nested too deeply",
+         json.dumps({"__metadata__": {"__glae__": '{"version": 1}', "x": deep}})),
+    ]:
+        h = header.encode()
+        (tmp_path / "deep").write_bytes(struct.pack("<Q", len(h)) + h)
+        with pytest.raises(CheckpointError, match=where):
+            checkpoint.load(tmp_path / "deep")
+
+
 def test_duplicate_keys(tmp_path):
     h = b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, "a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}'
     (tmp_path / "d").write_bytes(struct.pack("<Q", len(h)) + h + b"\0")
@@ -383,3 +400,37 @@ def test_readable_by_safetensors_package(tmp_path, rng):
     t2, meta = checkpoint.load(tmp_path / "theirs.safetensors")
     assert_same(t, t2)
     assert meta == {"format": "pt"}
+
+
+@pytest.mark.filterwarnings("ignore::glae.checkpoint.UnverifiedCheckpointWarning")
+def test_mutated_files_raise_only_checkpointerror(tmp_path, rng):
+    """300 copies of a checkpoint with 1-4 bytes changed, cut or duplicated: each loads
+    (a change the checksums do not see cannot exist in the header) or raises
+    CheckpointError naming the file; never another exception."""
+    base = tmp_path / "base.safetensors"
+    checkpoint.save(base, sample_tensors(rng), {"config": _glae_config(), **META})
+    raw = base.read_bytes()
+    n, _ = _header(raw)
+    p = tmp_path / "m"
+    refused = 0
+    for i in range(300):
+        b = bytearray(raw)
+        kind = rng.integers(3)
+        if kind == 0:
+            for _ in range(rng.integers(1, 5)):  # two in three in the header
+                at = rng.integers(8 + n) if rng.random() < 2 / 3 else rng.integers(len(b))
+                b[at] = rng.integers(256)
+        elif kind == 1:
+            del b[rng.integers(len(b)):]
+        else:
+            at = rng.integers(len(b))
+            b[at:at] = b[at:at + rng.integers(1, 64)]
+        p.write_bytes(bytes(b))
+        try:
+            t, meta = checkpoint.load(p)
+        except CheckpointError as e:
+            assert str(e).startswith(f"{p}: "), e
+            refused += 1
+        else:  # what loads is what was saved (a byte changed in the padding, say)
+            assert meta["config"] == _glae_config() and meta["epoch"] == META["epoch"], i
+    assert refused > 250

@@ -31,9 +31,12 @@ A hostile file cannot make the reader hang or allocate without bound either:
   allocated: more than ``max_bytes`` (by default 4 x the file's size + 64 MiB, which a
   real checkpoint never comes near: a view cannot be larger than its storage unless its
   strides repeat elements) is refused;
-* storage data is read only after its size was checked against the file, and each pickle's
-  opcodes are scanned (pickletools) before it is unpickled: a length field longer than
-  the data that follows is refused before the C unpickler reserves that much memory.
+* storage data is read only after its size was checked against the file (a deflated
+  member may expand at most 64:1), and each pickle's opcodes are scanned (pickletools)
+  before it is unpickled: a length field longer than the data that follows, a memo index
+  beyond the objects made so far (CPython's unpickler zero-fills a memo table twice that
+  size) and more than :data:`MAX_NODES` opcodes are refused before the C unpickler
+  allocates anything for them.
 
 Errors: anything wrong with the file's content raises :class:`TorchFileError` (a
 ``ValueError``) whose message names the file and the part that is wrong (the zip
@@ -71,6 +74,7 @@ MAX_NODES = 10_000_000  # references the object graph may hold in all
 _MAX_NDIM = 32  # NumPy's limit on dimensions (numpy 1.x)
 _MAX_EXTENT = 2 ** 62  # a tensor's elements times its item size, nonzero dims only
 _DEFAULT_SLACK = 64 << 20  # max_bytes = 4 x file size + this
+_MAX_RATIO = 64  # a deflated member may expand at most this much (+ 1 MiB)
 
 
 class TorchFileError(ValueError):
@@ -297,16 +301,34 @@ class _Unpickler(pickle.Unpickler):
         return ref
 
 
+_PUTS = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
+
+
 def _scan_pickle(stream):
-    """Walk the next pickle's opcodes without building anything (pickletools) and rewind:
-    a length field larger than the data that follows is refused here, before the C
-    unpickler reserves that size. (CPython's BYTEARRAY8 reads uninitialised memory and
-    prints a SystemError when that reservation fails.) About as long as the unpickling
-    itself: 5-10 ms for a ResNet-50 state dict's 43 kB pickle."""
+    """Walk the next pickle's opcodes without building anything (pickletools) and rewind,
+    refusing before the C unpickler sees them:
+
+    * a length field larger than the data that follows (the unpickler reserves that size
+      first; CPython's BYTEARRAY8 then reads uninitialised memory and prints a
+      SystemError when the reservation fails);
+    * a memo index beyond the objects made so far: the unpickler grows its memo table
+      to twice the index and zero-fills it (16 bytes per index: a 5-byte LONG_BINPUT
+      asks for up to 64 GiB; a 1 kB file took 2.7 GB and 14 s);
+    * more than MAX_NODES opcodes (each can make an object of ~60 bytes).
+
+    About as long as the unpickling itself: 5-10 ms for a ResNet-50 state dict's 43 kB
+    pickle."""
     start = stream.tell()
+    n = 0
     try:
-        for _ in pickletools.genops(stream):
-            pass
+        for op, arg, _ in pickletools.genops(stream):
+            n += 1
+            if op.name in _PUTS and arg > n:
+                raise _Bad(f"memo index {arg} after only {n} opcodes (pickle writers number "
+                           "memo entries from 0; the unpickler would allocate 16 bytes per "
+                           "index)")
+            if n > MAX_NODES:
+                raise _Bad(f"more than {MAX_NODES:,} opcodes in the pickle")
     except ValueError as e:
         raise _Bad(f"not a valid pickle ({_exc_text(e)})") from None
     stream.seek(start)
@@ -443,6 +465,11 @@ class _Reader:
         if zinfo.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise _Bad(f"compression method {zinfo.compress_type} (PyTorch writes stored "
                        "or deflated members only)")
+        if (zinfo.compress_type == zipfile.ZIP_DEFLATED
+                and zinfo.file_size > _MAX_RATIO * zinfo.compress_size + (1 << 20)):
+            raise _Bad(f"{zinfo.file_size} bytes deflated into {zinfo.compress_size}: more "
+                       f"than {_MAX_RATIO}:1 is a zip bomb, not weights (PyTorch stores its "
+                       "members uncompressed)")
         if limit is not None and zinfo.file_size > limit:
             raise _Bad(f"{zinfo.file_size} bytes, at most {limit} expected")
         self._spend(zinfo.file_size, f"{zinfo.filename!r}")

@@ -586,3 +586,63 @@ def test_mutated_files_raise_only_torchfileerror(tmp_path, rng, fmt):
             assert str(e).startswith(f"{p}: "), e
             outcomes["refused"] += 1
     assert outcomes["refused"] > 100, outcomes
+
+
+# ---- inputs the fuzzer (bench/fuzz_torchfile.py) found ------------------------------------
+
+# atheris, 8,185 executions in: a 1,168-byte legacy file whose system-info pickle holds
+# LONG_BINPUT 174417761; CPython's unpickler zero-fills a memo table of twice that many
+# entries (2.7 GB, 14 s) before the pickle fails on a missing memo entry
+FUZZ_OOM_MEMO = (
+    "eNprYOriyvkzx+2nQtaKAEm9Bibfl8xAsraQQSNCgIGBoaAovyQ/OT8nviy1qDgzP6+QEaggghcok5NZUpKT"
+    "Gp+al5KZmFfIVJSYnsoVwQiUMC60zWD1ZvErKbQL9GbM4Mvg78xg0AwqtC8pdAgqdIzgAqrxzCsJLskH6Sl0"
+    "SgYykjP04ktLMnOKueKLUpNKM3NS4ktS84rzi+LLjLg0NDKYIYq4EPogdpkUOkPtckGxy7Wk0C2o0D2CB6gm"
+    "OCO/CG6bBym2IeuE2Gda6Am1zwvFPu+SQp+gQt8IbqAa54zEIph1fqRYh6QRYptZoT/UtgAU2wJLCoOCCoPB"
+    "tjlVlqTCbAshxTYkjRDbzAtDobaFodgWXlIYEVQYCbEtPz8HZlsUSbYhNEJssyiMhtoWg2JbbElhXFBhfAQ/"
+    "yDa3nPzEEkMzmI0JJNmIqhliq2VhItTWJBRbk0sKU4IKU0uBST8WlPRBag0KGcG0YSETmDYqZIambxZo2mOF"
+    "pgk2aGyxQ8ORA+pDTqidXKl6DAz/gYABBCTsGPbn7GN3q7dX/rTX9trV+/s5FRfa7VT6a7/sZaV9UfGz/Sbq"
+    "//Yv/Bm6X77vla2ma94BkbN++xK43uyfX8W837r0wX7ukP59Cz9J2F06aGvfWiiyj3nedPt1L9z2a3kZ223+"
+    "qcgAASwOQoJH8vfJatvfE605kdh24gDv3rw14oyzDgjlWz+aVXYRpu7AFJv0ozx79GF8BlTABKUZ0WgWoIf+"
+    "QtnMQMwOF/8FZLOBxcB8xv/snDA2JxvjL7g4EMDtZGJg/v/7/18AnNhZLw=="
+)
+
+
+def test_fuzz_memo_index_refused_before_the_unpickler(tmp_path, monkeypatch):
+    import base64
+    import tracemalloc
+    import zlib
+
+    found = tmp_path / "oom-1e4fd760.pt"
+    found.write_bytes(zlib.decompress(base64.b64decode("".join(FUZZ_OOM_MEMO))))
+    small = tmp_path / "memo.pth"  # the same in 9 bytes: an empty list put at 2**31 - 1
+    zip_pickle(small, b"\x80\x02]r\xff\xff\xff\x7f.")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TorchFileError, match=r"oom-1e4fd760\.pt: header pickles .*memo "
+                                                 r"index 174417761 after only 10 opcodes"):
+            torchfile.load(found)
+        with pytest.raises(TorchFileError, match=r"memo\.pth: archive/data\.pkl .*memo index "
+                                                 r"2147483647"):
+            torchfile.load(small)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    # writers number memo entries 0, 1, 2, ...: what pickle itself writes still loads
+    zip_pickle(small, pickle.dumps([[1], [2], {"a": [3]}], protocol=2))
+    assert torchfile.load(small) == [[1], [2], {"a": [3]}]
+    # and the opcode count is bounded too
+    monkeypatch.setattr(torchfile, "MAX_NODES", 1000)
+    zip_pickle(small, b"\x80\x02(" + b"]" * 2000 + b"l.")
+    with pytest.raises(TorchFileError, match="more than 1,000 opcodes"):
+        torchfile.load(small)
+
+
+def test_zip_bomb_refused(tmp_path):
+    """A deflated data.pkl expanding more than 64:1 (PyTorch never deflates)."""
+    p = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02(" + b"]" * (8 << 20) + b"l.")
+    assert p.stat().st_size < 64 << 10
+    with pytest.raises(TorchFileError, match=r"bomb\.pth: archive/data\.pkl .*more than 64:1"):
+        torchfile.load(p)

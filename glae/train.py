@@ -653,11 +653,28 @@ def load_checkpoint(path, model_factory, device=None, gpu_math=None):
         pos += n
     core.write_flat("momentum", flat)
     model.data_info = _data_info(meta.get("data"), path)
-    state = meta.get("state", {})
-    state = json.loads(state) if isinstance(state, str) else dict(state)
+    return model, cfg, _trainer_state(meta.get("state", {}), path)
+
+
+def _trainer_state(state, path):
+    """The checkpoint's "state" entry as a dict: a JSON object, or (as some writers stored
+    it) a string holding one; anything else is a CheckpointError naming the entry."""
+    what = None
+    if isinstance(state, str):
+        try:
+            state = json.loads(state)
+        except ValueError:
+            what = "a string that is not JSON"
+    if not isinstance(state, dict):
+        kinds = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+                 str: "a string", list: "an array"}
+        raise ckpt.CheckpointError(
+            f"{path}: metadata entry 'state' (the trainer state) must be a JSON object, got "
+            f"{what or kinds.get(type(state), type(state).__name__)}")
+    state = dict(state)
     if isinstance(state.get("best"), list):
         state["best"] = tuple(state["best"])
-    return model, cfg, state
+    return state
 
 
 def _data_info(info, path):

@@ -378,6 +378,26 @@ def test_predict_refuses_what_it_cannot_answer(data, reference_run):
         m.evaluate_batch(x)
 
 
+def test_checkpoint_state_entry_must_be_an_object(tmp_path):
+    """Finding (issue 17): a null or string 'state' entry gave Python's own messages
+    ('NoneType' object is not iterable, Expecting value ...). Entries rewritten through
+    checkpoint.save, so their checksums are right and only the value is wrong."""
+    path = str(tmp_path / "m.safetensors")
+    Model.from_config(small_cfg()).save(path)
+    tensors, meta = ckpt.load(path)
+    for state, msg in [(None, "got null"), ("not json", "got a string that is not JSON"),
+                       ("[1, 2]", "got an array"), ('"x"', "got a string"), (7, "got a number"),
+                       ([], "got an array")]:
+        ckpt.save(path, tensors, {**meta, "state": state})
+        with pytest.raises(ckpt.CheckpointError, match=rf"{path}: metadata entry 'state' "
+                                                       rf"\(the trainer state\) must be a JSON "
+                                                       rf"object, {msg}$"):
+            load(path)
+    # a JSON object held in a string (as some writers stored it) still loads
+    ckpt.save(path, tensors, {**meta, "state": json.dumps(meta["state"])})
+    assert load(path).stage2_trained is False
+
+
 def test_resume_rejects_bad_checkpoints(data, reference_run, tmp_path):
     train, val = data
     _, ref_out, _ = reference_run

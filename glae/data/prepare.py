@@ -138,7 +138,7 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
         rec, detect_it = item
         try:
             img = load_image(rec.path)
-        except (FileNotFoundError, DecodeError) as e:
+        except (FileNotFoundError, IsADirectoryError, DecodeError) as e:
             return None, str(e)
         h = pixel_hash(img)
         landmarks, note = rec.landmarks, None

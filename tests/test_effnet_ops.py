@@ -200,3 +200,34 @@ def test_channel_scale_bad_input(dev):
         _C.channel_scale_forward(x, np.zeros((3, 4), np.float32), ctx=dev)
     with pytest.raises(ValueError, match="dimension"):
         _C.channel_scale_forward(np.zeros(4, np.float32), np.zeros((1, 4), np.float32), ctx=dev)
+
+
+# ---- stochastic depth's draw --------------------------------------------------------------
+
+def test_drop_path_scales():
+    p = 0.2
+    s = _C.drop_path_scales(20000, p, 7, 3, 5)
+    keep = np.float32(1.0) / np.float32(1.0 - np.float32(p))
+    assert set(np.unique(s)) <= {0.0, keep}
+    # Bernoulli(1 - p) keeps: 20000 draws, 5 sigma = 5 * sqrt(p (1-p) / n) = 0.014
+    assert abs(np.mean(s > 0) - (1 - p)) < 0.015
+    # a pure function of (seed, step, block, sample): the first samples do not depend on n
+    np.testing.assert_array_equal(_C.drop_path_scales(100, p, 7, 3, 5), s[:100])
+    assert not np.array_equal(_C.drop_path_scales(100, p, 7, 4, 5), s[:100])  # another step
+    assert not np.array_equal(_C.drop_path_scales(100, p, 7, 3, 6), s[:100])  # another block
+    assert not np.array_equal(_C.drop_path_scales(100, p, 8, 3, 5), s[:100])  # another seed
+    np.testing.assert_array_equal(_C.drop_path_scales(50, 0.0, 1, 1, 1), np.ones(50, np.float32))
+    # the per-sample scale drops whole residual branches through channel_scale
+    x = np.ones((100, 2, 2, 3), np.float32)
+    y = _C.channel_scale_forward(x.reshape(100, -1, 1), s[:100, None]).reshape(x.shape)
+    np.testing.assert_array_equal(y.reshape(100, -1).max(axis=1), s[:100])
+
+
+def test_drop_path_scales_bad_input():
+    for p in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="p must be in"):
+            _C.drop_path_scales(4, p, 0, 0, 0)
+    with pytest.raises(ValueError, match="n"):
+        _C.drop_path_scales(-1, 0.1, 0, 0, 0)
+    with pytest.raises(TypeError, match="seed"):
+        _C.drop_path_scales(4, 0.1, 1.5, 0, 0)

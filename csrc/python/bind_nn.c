@@ -4,6 +4,7 @@
 #include "python/py.h"  /* Python.h first */
 #include <string.h>
 
+#include "nn/droppath.h"
 #include "nn/model.h"
 #ifdef GLAE_WITH_CUDA
 #include "core/cuda_ctx.h"
@@ -877,7 +878,37 @@ static PyTypeObject ModelType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* drop_path_scales(n, p, seed, step, block) -> float32 (n,): 0 (dropped) or 1/(1-p) (kept) */
+static PyObject *py_drop_path_scales(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"n", "p", "seed", "step", "block", NULL};
+    PyObject *no, *seedo, *stepo, *blocko;
+    double p;
+    unsigned long long n, seed, step, block;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OdOOO:drop_path_scales", kwlist, &no, &p, &seedo,
+                                     &stepo, &blocko))
+        return NULL;
+    if (glae_arg_uint(no, "n", INT32_MAX, &n) || glae_arg_uint(seedo, "seed", UINT64_MAX, &seed) ||
+        glae_arg_uint(stepo, "step", UINT64_MAX, &step) ||
+        glae_arg_uint(blocko, "block", UINT32_MAX, &block))
+        return NULL;
+    npy_intp d[1] = {(npy_intp)n};
+    PyArrayObject *out = glae_new_array(1, d, NPY_FLOAT32);
+    if (!out) return NULL;
+    int st = glae_drop_path_scales(PyArray_DATA(out), (int)n, (float)p, seed, step, (uint32_t)block);
+    if (st) {
+        Py_DECREF(out);
+        return glae_raise(st);
+    }
+    return (PyObject *)out;
+}
+
 PyMethodDef glae_nn_methods[] = {
+    {"drop_path_scales", (PyCFunction)(void (*)(void))py_drop_path_scales,
+     METH_VARARGS | METH_KEYWORDS,
+     "drop_path_scales(n, p, seed, step, block) -> float32 (n,): stochastic depth's per-sample "
+     "scale, 0 (dropped, probability p) or 1/(1-p) (kept), a pure function of (seed, step, "
+     "block, sample); apply it with channel_scale_forward(x.reshape(n, -1, 1), s[:, None])"},
     {NULL, NULL, 0, NULL},
 };
 

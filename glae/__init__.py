@@ -24,6 +24,7 @@ from . import detect, metrics, plots
 from .config import Config
 from .losses import label_distribution
 from .model import Model, load
+from .pretraining import PretrainConfig, Pretrainer, pretrain
 from .train import Dataset, DeviceUnavailableError, Trainer
 
 __version__ = _C.__version__
@@ -32,6 +33,6 @@ HAS_CUDA = bool(_C.HAS_CUDA)
 set_num_threads = _C.set_num_threads
 get_num_threads = _C.get_num_threads
 
-__all__ = ["Config", "Dataset", "DeviceUnavailableError", "HAS_CUDA", "Model", "Trainer",
-           "__version__", "detect", "get_num_threads", "label_distribution", "load", "metrics",
-           "plots", "set_num_threads"]
+__all__ = ["Config", "Dataset", "DeviceUnavailableError", "HAS_CUDA", "Model", "PretrainConfig",
+           "Pretrainer", "Trainer", "__version__", "detect", "get_num_threads", "label_distribution",
+           "load", "metrics", "plots", "pretrain", "set_num_threads"]

@@ -1,4 +1,4 @@
-"""`python -m glae <command>`: demo, prepare, train, eval, predict, export, info."""
+"""`python -m glae <command>`: demo, prepare, pretrain, train, eval, predict, export, info."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,16 @@ by --set KEY=VALUE. Writes log.jsonl, last.safetensors and best.safetensors to -
 PREPARE_HELP = """Decode each image of a data set once, align its face (from the source's
 landmarks, or MTCNN with --detect) and write SIZE x SIZE crops with their ages to one packed
 file for train, eval and the loader."""
+
+PRETRAIN_HELP = """Identity pre-training (LAE sec. 2.3): train the backbone to tell people apart
+with the AM-softmax (CosFace) loss on a packed file of identity-labelled faces (prepare
+identities:FOLDER or identities-csv:FILE). Settings: the PretrainConfig defaults (SGD,
+18 epochs, milestones 7, 14, 16, lr 0.1 x batch / 256, s 30, m 0.35), changed by a TOML
+file (--config, e.g. configs/lae_pretrain.toml) and then by --set KEY=VALUE. Every epoch
+prints the loss and a verification figure on held-out identities (pairs of the same /
+different people), and writes log.jsonl, last.safetensors (--resume continues from it
+exactly) and backbone.safetensors to --out: give that file to age training as
+--set pretrained=OUT/backbone.safetensors."""
 
 PREDICT_HELP = """Print the estimated age of each image: one line per file (file, age, the head
 that answered) for aligned face crops, or with --detect one line per face found in a raw
@@ -287,6 +297,42 @@ def cmd_prepare(args):
     return 0
 
 
+def cmd_pretrain(args):
+    from .pretraining import PretrainConfig, Pretrainer
+
+    device = check_device(args.device) if args.device else None
+    if args.resume:
+        if args.config or args.set:
+            raise ValueError("--resume continues a run with its own settings: leave out "
+                             "--config and --set")
+        if device:
+            check_gpu(device)
+        t = Pretrainer.resume(args.resume, args.train, val=args.val, out_dir=args.out,
+                              device=device, progress=not args.no_progress)
+    else:
+        cfg = PretrainConfig.from_toml(args.config) if args.config else PretrainConfig()
+        over = parse_overrides(args.set, cfg, fields=PretrainConfig)
+        if device:
+            over["device"] = device
+        cfg = cfg.replace(**over) if over else cfg
+        check_gpu(cfg.device)
+        os.makedirs(args.out, exist_ok=True)
+        t = Pretrainer(args.train, cfg, val=args.val, out_dir=args.out,
+                       progress=not args.no_progress)
+    if t.state["epoch"] >= t.cfg.epochs:
+        print(f"{args.resume}: the run is complete ({t.cfg.epochs} epochs); nothing to do")
+        return 0
+    print(f"glae pretrain: {len(t.train)} images of {t.num_ids} identities, "
+          f"{t.batches_per_epoch()} steps per epoch, {t.cfg.epochs} epochs; "
+          f"{len(t.val)} held-out images for verification")
+    t.fit()
+    print(f"backbone {os.path.join(args.out, 'backbone.safetensors')} "
+          f"(age training: --set pretrained={os.path.join(args.out, 'backbone.safetensors')})"
+          f"\nlog {os.path.join(args.out, 'log.jsonl')}"
+          f"\ncheckpoint {os.path.join(args.out, 'last.safetensors')}")
+    return 0
+
+
 def _load_packed(path):
     from .data import PackedDataset
     from .train import Dataset
@@ -294,7 +340,7 @@ def _load_packed(path):
     return Dataset.from_packed(PackedDataset(path))
 
 
-def parse_overrides(items, config=None) -> dict:
+def parse_overrides(items, config=None, fields=None) -> dict:
     """`--set KEY=VALUE` items -> {field: value}. A value is read as JSON when it parses
     (numbers, true/false, lists, tables) and kept as the plain string otherwise, so
     `head=fr+pa` and `pretrained=tv.pth` need no quotes; a text field (head, pretrained,
@@ -302,7 +348,8 @@ def parse_overrides(items, config=None) -> dict:
     augmentation option of `config` (a Config) and keeps the others."""
     from .config import Config
 
-    text_fields = {f.name for f in dataclasses.fields(Config) if isinstance(f.default, str)}
+    fields = fields or Config  # the dataclass whose fields are set (PretrainConfig: pretrain)
+    text_fields = {f.name for f in dataclasses.fields(fields) if isinstance(f.default, str)}
     out = {}
     for item in items or []:
         key, eq, value = item.partition("=")
@@ -323,7 +370,7 @@ def parse_overrides(items, config=None) -> dict:
             if table != "augment" or not sub:
                 raise ValueError(f"--set {key}: only augment.OPTION can be set by a dotted key")
             base = out.get("augment", dict(config.augment if config is not None else
-                                           Config().augment))
+                                           fields().augment))
             out["augment"] = {**base, sub: parsed}
         else:
             out[key] = parsed
@@ -542,7 +589,10 @@ def build_parser(prog=None):
 
     pr = sub.add_parser("prepare", help="decode, align and pack a data set",
                         description=PREPARE_HELP)
-    pr.add_argument("source", help='"utkface:FOLDER", "csv:FILE", "chalearn:FILE", "mivia:FILE" or "folders:ROOT"')
+    pr.add_argument("source", help='"utkface:FOLDER", "csv:FILE", "chalearn:FILE", "mivia:FILE", '
+                                   '"folders:ROOT" (one folder per age); for pre-training '
+                                   '"identities:ROOT" (one folder per identity) or '
+                                   '"identities-csv:FILE" (path,identity columns)')
     pr.add_argument("out", help="packed file to write")
     pr.add_argument("--size", type=int, default=224,
                     help="side of the aligned square crops in pixels (default: %(default)s)")
@@ -562,6 +612,23 @@ def build_parser(prog=None):
                     help="folder with pnet.pt, rnet.pt, onet.pt (default: $GLAE_MTCNN_WEIGHTS "
                          "or an installed facenet-pytorch)")
     pr.set_defaults(func=cmd_prepare)
+
+    pt = sub.add_parser("pretrain", help="identity pre-training of the backbone (AM-softmax) "
+                                         "from a packed identity set",
+                        description=PRETRAIN_HELP)
+    pt.add_argument("--train", required=True, help="packed identity set (prepare identities:...)")
+    pt.add_argument("--val", help="packed identity set for the verification figure (default: "
+                                  "hold out val_identities of the training identities)")
+    pt.add_argument("--out", required=True, help="output folder (log, checkpoints, backbone)")
+    pt.add_argument("--config", help="TOML file with PretrainConfig fields "
+                                     "(configs/lae_pretrain.toml)")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a PretrainConfig field (repeatable), e.g. --set epochs=6 "
+                         "--set batch_size=128 --set image_size=112")
+    pt.add_argument("--resume", help="last.safetensors of a run to continue (exactly)")
+    pt.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the config's)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pt.set_defaults(func=cmd_pretrain)
 
     t = sub.add_parser("train", help="two-stage training from packed files (settings: the "
                                      "defaults, an optional TOML config, --set)",

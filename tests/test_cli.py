@@ -17,7 +17,7 @@ from glae.cli import build_parser, main, parse_overrides
 from glae.data import synthetic_faces, write_packed
 
 SIZE = 32
-COMMANDS = ("demo", "prepare", "train", "eval", "predict", "export", "info")
+COMMANDS = ("demo", "prepare", "pretrain", "train", "eval", "predict", "export", "info")
 
 # a tiny fr+pa run: 40 images, batch 8 (5 steps per epoch), 2 + 1 epochs; strings that
 # start with f/t/digits are given through --set on purpose (they used to reach json.loads)

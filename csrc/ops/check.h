@@ -91,4 +91,28 @@ static inline int glae_check_dwconv(const char *fn, const glae_conv2d_shape *s) 
     return GLAE_OK;
 }
 
+/* the AM-softmax loss (amsoftmax.h): sizes, the scale and the margin. m >= 2 is refused
+ * as degenerate: the true class's margined cosine c - m <= -1 could never exceed another
+ * class's cosine, so no embedding would satisfy the loss. */
+static inline int glae_check_amsoftmax(const char *fn, int64_t n, int d, int k, float s, float m,
+                                       int forward) {
+    if (n < 0 || d < 0) return glae_fail(GLAE_ERR_VALUE, "%s: negative size (n %lld, d %d)", fn,
+                                         (long long)n, d);
+    if (n > INT32_MAX) return glae_fail(GLAE_ERR_VALUE, "%s: n = %lld rows is too many", fn,
+                                        (long long)n);
+    if (k < 1) return glae_fail(GLAE_ERR_VALUE, "%s: number of classes must be >= 1, got %d", fn, k);
+    if (n > 0 && d < 1) return glae_fail(GLAE_ERR_VALUE, "%s: the embedding is empty (d = 0)", fn);
+    if (!(s > 0.0f) || !isfinite(s))
+        return glae_fail(GLAE_ERR_VALUE, "%s: the scale s must be finite and > 0, got %g", fn, (double)s);
+    if (forward && (!(m >= 0.0f) || !isfinite(m)))
+        return glae_fail(GLAE_ERR_VALUE, "%s: the margin m must be finite and >= 0, got %g", fn,
+                         (double)m);
+    if (forward && m >= 2.0f)
+        return glae_fail(GLAE_ERR_VALUE,
+                         "%s: margin m = %g >= 2 makes the loss degenerate (the true class's "
+                         "cosine minus m is <= -1, below every other class's); CosFace uses "
+                         "0.35", fn, (double)m);
+    return GLAE_OK;
+}
+
 #endif

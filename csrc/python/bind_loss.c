@@ -5,6 +5,7 @@
 #include "python/job.h" /* Python.h first */
 #include <string.h>
 
+#include "ops/amsoftmax.h"
 #include "ops/route.h"
 #include "ops/loss.h"
 
@@ -246,6 +247,98 @@ static PyObject *py_adaptive_route(PyObject *self, PyObject *args, PyObject *kw)
     Py_DECREF(t);
     return res;
 }
+
+/* ---- AM-softmax (CosFace) --------------------------------------------------------------- */
+
+/* x (n, d) float32, labels (n,) int32 in [0, k), w (k, d) float32: the shapes and every
+ * label checked here, on the host, so a bad label is a ValueError on every device */
+static int check_amsoftmax_args(PyArrayObject *x, PyArrayObject *labels, PyArrayObject *w) {
+    if (glae_check_dim(labels, "labels", 0, PyArray_DIM(x, 0))) return -1;
+    if (PyArray_DIM(w, 1) != PyArray_DIM(x, 1)) {
+        PyErr_Format(PyExc_ValueError,
+                     "w must have the embedding's %zd columns (w is (classes, d)), got %zd",
+                     (Py_ssize_t)PyArray_DIM(x, 1), (Py_ssize_t)PyArray_DIM(w, 1));
+        return -1;
+    }
+    const npy_intp k = PyArray_DIM(w, 0);
+    if (k < 1) {
+        PyErr_SetString(PyExc_ValueError, "w must have at least one class (row)");
+        return -1;
+    }
+    if (check_int_dim(k, "number of classes") || check_int_dim(PyArray_DIM(x, 1), "d") ||
+        check_int_dim(PyArray_DIM(x, 0), "n"))
+        return -1;
+    const int32_t *y = PyArray_DATA(labels);
+    for (npy_intp i = 0; i < PyArray_DIM(labels, 0); i++)
+        if (y[i] < 0 || y[i] >= k) {
+            PyErr_Format(PyExc_ValueError, "labels[%zd] = %d is outside [0, %zd) (w has %zd classes)",
+                         (Py_ssize_t)i, (int)y[i], (Py_ssize_t)k, (Py_ssize_t)k);
+            return -1;
+        }
+    return 0;
+}
+
+/* amsoftmax_forward(x (n, d), labels (n,) int32, w (k, d), s=30.0, m=0.35, ctx=None)
+ *   -> (loss (n,), prob (n, k), cos (n, k)) */
+static PyObject *py_amsoftmax_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "labels", "w", "s", "m", "ctx", NULL};
+    PyObject *xo, *yo, *wo, *ctxo = NULL;
+    double s = GLAE_AMSOFTMAX_S, m = GLAE_AMSOFTMAX_M;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|ddO:amsoftmax_forward", kwlist, &xo, &yo, &wo,
+                                     &s, &m, &ctxo))
+        return NULL;
+    ARG_F32(x, xo, "x", 2);
+    PyArrayObject *y = glae_arg_array(yo, "labels", NPY_INT32, 1);
+    if (!y) return NULL;
+    ARG_F32(w, wo, "w", 2);
+    if (check_amsoftmax_args(x, y, w)) return NULL;
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    const npy_intp n = PyArray_DIM(x, 0), k = PyArray_DIM(w, 0), nk[2] = {n, k};
+    float *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w);
+    int32_t *dy = glae_job_in(&J, y);
+    float *loss = glae_job_out(&J, 1, &n, NPY_FLOAT32, 0),
+          *prob = glae_job_out(&J, 2, nk, NPY_FLOAT32, 0),
+          *cos = glae_job_out(&J, 2, nk, NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->amsoftmax_forward(J.ctx, loss, prob, cos, dx, dy, dw, n,
+                                                  (int)PyArray_DIM(x, 1), (int)k, (float)s,
+                                                  (float)m));
+}
+
+/* amsoftmax_backward(dloss (n,), prob (n, k), cos (n, k), x (n, d), labels (n,), w (k, d),
+ *                    s=30.0, ctx=None) -> (dx (n, d), dw (k, d)) */
+static PyObject *py_amsoftmax_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dloss", "prob", "cos", "x", "labels", "w", "s", "ctx", NULL};
+    PyObject *dlo, *po, *co, *xo, *yo, *wo, *ctxo = NULL;
+    double s = GLAE_AMSOFTMAX_S;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO|dO:amsoftmax_backward", kwlist, &dlo, &po,
+                                     &co, &xo, &yo, &wo, &s, &ctxo))
+        return NULL;
+    ARG_F32(dl, dlo, "dloss", 1);
+    ARG_F32(p, po, "prob", 2);
+    ARG_F32(c, co, "cos", 2);
+    ARG_F32(x, xo, "x", 2);
+    PyArrayObject *y = glae_arg_array(yo, "labels", NPY_INT32, 1);
+    if (!y) return NULL;
+    ARG_F32(w, wo, "w", 2);
+    if (check_amsoftmax_args(x, y, w)) return NULL;
+    ARG_DIM(dl, "dloss", 0, PyArray_DIM(x, 0));
+    ARG_DIM(p, "prob", 0, PyArray_DIM(x, 0));
+    ARG_DIM(p, "prob", 1, PyArray_DIM(w, 0));
+    ARG_SAME(p, "prob", c, "cos");
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    float *ddl = glae_job_in(&J, dl), *dp = glae_job_in(&J, p), *dc = glae_job_in(&J, c),
+          *dxi = glae_job_in(&J, x), *dwi = glae_job_in(&J, w);
+    int32_t *dy = glae_job_in(&J, y);
+    float *gx = glae_job_out(&J, DIMS_OF(x), NPY_FLOAT32, 0),
+          *gw = glae_job_out(&J, DIMS_OF(w), NPY_FLOAT32, 1); /* accumulated: starts at 0 */
+    GLAE_JOB_RUN(J, J.ctx->ops->amsoftmax_backward(J.ctx, gx, gw, ddl, dp, dc, dxi, dy, dwi,
+                                                   PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
+                                                   (int)PyArray_DIM(w, 0), (float)s));
+}
 PyMethodDef glae_loss_methods[] = {
     {"label_distribution", (PyCFunction)(void (*)(void))py_label_distribution,
      METH_VARARGS | METH_KEYWORDS,
@@ -267,5 +360,15 @@ PyMethodDef glae_loss_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True, ctx=None)\n"
      "-> dict(prob, age, choice (0 vanilla, 1 balanced), upsilon (n, 2)) (GLAE eq. 11)"},
+    {"amsoftmax_forward", (PyCFunction)(void (*)(void))py_amsoftmax_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "amsoftmax_forward(x, labels, w, s=30.0, m=0.35, ctx=None) -> (loss, prob, cos)\n"
+     "AM-softmax (CosFace): per-row -log softmax(s (cos(x_i, w_j) - m [j == y_i]))[y_i].\n"
+     "x float32 (n, d) embeddings, labels int32 (n,) in [0, k), w float32 (k, d) class weights;\n"
+     "prob (n, k) the margined softmax and cos (n, k) the plain cosines (the backward's inputs)."},
+    {"amsoftmax_backward", (PyCFunction)(void (*)(void))py_amsoftmax_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "amsoftmax_backward(dloss, prob, cos, x, labels, w, s=30.0, ctx=None) -> (dx, dw)\n"
+     "Gradients through both L2 normalisations; dloss (n,) weights each row's loss."},
     {NULL, NULL, 0, NULL},
 };

@@ -85,8 +85,10 @@ extern PyMethodDef glae_nn_methods[];
 extern PyMethodDef glae_mtcnn_methods[];
 extern PyMethodDef glae_bf16_methods[]; /* mixed-precision layers, CPU or a CUDA ctx */
 extern PyMethodDef glae_cuda_methods[]; /* raise RuntimeError when built without CUDA */
+extern PyMethodDef glae_pretrain_methods[]; /* verification figures (bind_pretrain.c) */
 /* Types a family adds to the module (Model, Loader, ...); 0 on success. */
 int glae_nn_add_types(PyObject *m);
 int glae_data_add_types(PyObject *m);
+int glae_pretrain_add_types(PyObject *m); /* bind_pretrain.c */
 
 #endif

@@ -15,14 +15,15 @@ import numpy as np
 
 from .packed import PackedWriter, pixel_hash
 from .readers import (DecodeError, Record, Report, load_image, read_age_folders, read_chalearn, read_csv,
-                      read_mivia, read_utkface)
+                      read_identity_csv, read_identity_folders, read_mivia, read_utkface)
 
 __all__ = ["prepare", "read_source", "DETECT_MODES", "SOURCE_KINDS"]
 
 DETECT_MODES = ("never", "missing", "always")
 # header keys prepare writes itself
 _PREPARE_META = ("source", "size", "margin", "aligned", "detect", "pick", "mtcnn_weights",
-                 "n_aligned_with_landmarks", "n_skipped", "n_detected", "n_no_face")
+                 "n_aligned_with_landmarks", "n_skipped", "n_detected", "n_no_face",
+                 "n_identities", "identity_names")
 
 SOURCE_KINDS = {
     "csv": read_csv,
@@ -30,6 +31,10 @@ SOURCE_KINDS = {
     "chalearn": read_chalearn,
     "mivia": read_mivia,
     "folders": read_age_folders,
+    # identity-labelled faces for pre-training (no ages): one folder per identity, or a CSV
+    # of path,identity
+    "identities": read_identity_folders,
+    "identities-csv": read_identity_csv,
 }
 
 
@@ -91,6 +96,11 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     detection runs on one thread in its own context (the workers run images in parallel);
     the process-wide count, and a model training in another thread, are left alone.
 
+    Identity data (sources "identities:FOLDER", "identities-csv:FILE"; records with an
+    identity and no age) is written the same way, the age column NaN and the identities in
+    the file's identity column; the header gains n_identities and, from the reader,
+    identity_names (index = identity number).
+
     Returns the Report: the reader's problems (when a spec was given) plus every image that
     could not be decoded or aligned (skipped, with the reason). Raises ValueError when no
     image at all could be prepared (the file is then not written)."""
@@ -116,9 +126,11 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     if clash:
         raise ValueError(f"meta: keys {clash} are written by prepare itself; use other names")
     report = Report(what=f"prepare({os.fspath(out_path)})")
+    identity_names = None
     if isinstance(source, (str, dict)):
         records, read_report = read_source(source)
         report.extend(read_report)
+        identity_names = read_report.identity_names
         src_desc = source if isinstance(source, str) else dict(source)
     else:
         records = list(source)
@@ -205,6 +217,11 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
                 raise ValueError(f"prepare: no image could be prepared out of {len(records)}:\n{report}")
             w.meta["n_aligned_with_landmarks"] = n_landmarks
             w.meta["n_skipped"] = len(report.skipped)
+            known = [i for i in w.ids if i >= 0]
+            if known:  # identity data: how many people, and their names where the reader had them
+                w.meta["n_identities"] = len(set(known))
+                if identity_names is not None:
+                    w.meta["identity_names"] = list(identity_names)
             if detect != "never":
                 w.meta["n_detected"] = n_detected
                 w.meta["n_no_face"] = n_no_face

@@ -2,6 +2,11 @@
 files, one folder per age) into a list of :class:`Record` plus a :class:`Report` of every
 row or file that could not be used, with its reason. Nothing is dropped silently.
 
+Identity data for pre-training (LAE sec. 2.3) has readers of its own: one folder per
+identity (:func:`read_identity_folders`, the layout of CASIA-WebFace, VGGFace2 and the
+MS-Celeb derivatives) and a CSV of path,identity (:func:`read_identity_csv`). Their records
+carry an identity and no age (``age`` NaN).
+
 Also the one image decoder of the package, :func:`load_image` (Pillow: RGB conversion,
 EXIF orientation, corrupt and truncated files raise :class:`DecodeError`).
 
@@ -37,6 +42,8 @@ __all__ = [
     "read_age_folders",
     "read_chalearn",
     "read_csv",
+    "read_identity_csv",
+    "read_identity_folders",
     "read_mivia",
     "read_utkface",
 ]
@@ -60,7 +67,8 @@ DEFAULT_COLUMNS = {
 class Record:
     """One labelled image.
 
-    path: where the image lives; age: years (float; apparent age may be fractional);
+    path: where the image lives; age: years (float; apparent age may be fractional), or
+    None where unknown (identity data), stored as NaN;
     sigma: the label's standard deviation where the data set gives one (Chalearn);
     identity: an integer subject id (>= 0) where known; landmarks: float32 (5, 2) pixel
     coordinates (left eye, right eye, nose tip, left and right mouth corner) in the image
@@ -68,7 +76,7 @@ class Record:
     race, ...)."""
 
     path: str
-    age: float
+    age: float | None
     sigma: float | None = None
     identity: int | None = None
     landmarks: np.ndarray | None = None
@@ -76,11 +84,14 @@ class Record:
 
     def __post_init__(self):
         self.path = os.fspath(self.path)
-        self.age = float(self.age)
-        if not math.isfinite(self.age):
-            raise ValueError(f"age must be finite, got {self.age}")
-        if self.age < 0:
-            raise ValueError(f"age must be >= 0, got {self.age}")
+        if self.age is None:
+            self.age = math.nan  # unknown (identity data); a NaN given as a number is an error
+        else:
+            self.age = float(self.age)
+            if not math.isfinite(self.age):
+                raise ValueError(f"age must be finite, got {self.age}")
+            if self.age < 0:
+                raise ValueError(f"age must be >= 0, got {self.age}")
         if self.sigma is not None:
             self.sigma = float(self.sigma)
             if not math.isfinite(self.sigma) or self.sigma < 0:
@@ -120,6 +131,8 @@ class Report:
     n_seen: int = 0
     n_used: int = 0
     problems: list = field(default_factory=list)
+    # identity readers: the name of each identity number (index = number), or None
+    identity_names: list | None = None
 
     @property
     def skipped(self) -> list:
@@ -260,6 +273,29 @@ def read_csv(path, columns: Mapping | None = None, *, header: bool = True, delim
     Returns (records, report). Raises FileNotFoundError (no CSV), ValueError (empty CSV, no
     data rows, a required column missing, and, with errors="raise", a negative age or
     landmarks of the wrong length)."""
+    return _read_label_csv(path, columns, header, delimiter, root, max_age, errors, check_files,
+                           identities=False)
+
+
+def read_identity_csv(path, columns: Mapping | None = None, *, header: bool = True,
+                      delimiter: str | None = None, root=None, errors: str = "raise",
+                      check_files: bool = True) -> tuple[list[Record], Report]:
+    """Identity labels for pre-training from a CSV: the columns path and identity (names
+    as in read_csv's `columns`; with header=False, give their indices, e.g.
+    columns={"path": 0, "identity": 1}); the optional landmark columns of read_csv align
+    the faces as for ages, and an optional age column is kept. Identities that are all
+    integers are kept as given; otherwise they are numbered 0, 1, ... in order of first
+    appearance and their names are in report.identity_names. A row without an identity
+    is skipped and reported; an identity with a single image is reported (it has no
+    positive pair for verification) and kept. ValueError when no row is usable."""
+    records, report = _read_label_csv(path, columns, header, delimiter, root, None, errors,
+                                      check_files, identities=True)
+    _check_identities(records, report, os.fspath(path))
+    return records, report
+
+
+def _read_label_csv(path, columns, header, delimiter, root, max_age, errors, check_files,
+                    identities):
     _check_errors_arg(errors)
     path = os.fspath(path)
     rows = _read_rows(path, delimiter)
@@ -270,7 +306,7 @@ def read_csv(path, columns: Mapping | None = None, *, header: bool = True, delim
         raise ValueError(f"columns: unknown roles {sorted(unknown)}; known: {sorted(DEFAULT_COLUMNS)}")
     cols.update(user)
     root = os.path.dirname(os.path.abspath(path)) if root is None else os.fspath(root)
-    report = Report(what=f"read_csv({path})")
+    report = Report(what=f"{'read_identity_csv' if identities else 'read_csv'}({path})")
 
     if header:
         names = [c.strip() for c in rows[0][1]]
@@ -309,14 +345,16 @@ def read_csv(path, columns: Mapping | None = None, *, header: bool = True, delim
                 raise ValueError(f"{path}: header=False needs integer column indices, got {role}={spec!r}")
             return spec if isinstance(spec, int) else list(spec)
 
-    c_path, c_age = col("path", True), col("age", True)
-    c_sigma, c_id, c_lm = col("sigma", False), col("identity", False), col("landmarks", False)
+    # ages: required for age data; identity data needs the identity column instead
+    c_path, c_age = col("path", True), col("age", not identities)
+    c_sigma, c_id, c_lm = col("sigma", False), col("identity", identities), col("landmarks", False)
     if not rows:
         raise ValueError(f"CSV file has no data rows: {path}")
 
     ids = _IdentityMap([r[c_id] if c_id is not None and c_id < len(r) else None for _, r in rows])
     if not ids.numeric:
         report.warn(path, f"identities are not integers: numbered 0..{len(ids.codes) - 1} in order of appearance")
+        report.identity_names = list(ids.codes)
 
     records = []
     for line, r in rows:
@@ -331,9 +369,14 @@ def read_csv(path, columns: Mapping | None = None, *, header: bool = True, delim
             img = r[c_path].strip()
             if not img:
                 raise _RowError("empty image path")
-            age = _parse_float(r[c_age], "age")
+            if identities:  # an age where one is given, else unknown
+                age = _parse_float(r[c_age], "age") if c_age is not None and r[c_age].strip() else None
+            else:
+                age = _parse_float(r[c_age], "age")
             sigma = _parse_float(r[c_sigma], "sigma") if c_sigma is not None and r[c_sigma].strip() else None
             ident = ids(r[c_id]) if c_id is not None else None
+            if identities and ident is None:
+                raise _RowError("empty identity")
             lm = None
             if c_lm is not None:
                 texts = r[c_lm].split() if isinstance(c_lm, int) else [r[c].strip() for c in c_lm]
@@ -540,6 +583,61 @@ def read_age_folders(root, *, max_age: float | None = MAX_AGE) -> tuple[list[Rec
             records.append(rec)
     report.n_used = len(records)
     return records, report
+
+
+def read_identity_folders(root) -> tuple[list[Record], Report]:
+    """One folder per identity: `root/<identity>/<image>` (CASIA-WebFace, VGGFace2 and the
+    MS-Celeb-1M derivatives come this way). The identities are numbered 0, 1, ... in the
+    sorted order of the folder names, which are kept in report.identity_names; the records
+    have no age. Loose files in root, non-image files and empty folders are reported and
+    skipped; an identity with a single image is reported (no positive pair for
+    verification) and kept. ValueError when no folder holds an image. The folders are
+    listed with os.scandir, so millions of files are read without stat calls per file."""
+    root = os.fspath(root)
+    _require_dir(root, "identity folder root")
+    report = Report(what=f"read_identity_folders({root})")
+    records, names = [], []
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for sub in entries:
+        if not sub.is_dir():
+            report.n_seen += 1
+            report.skip(sub.path, "a file outside the identity folders")
+            continue
+        with os.scandir(sub.path) as it:
+            files = sorted(it, key=lambda e: e.name)
+        ident = len(names)
+        found = 0
+        for f in files:
+            report.n_seen += 1
+            if not f.is_file() or not _is_image_name(f.name):
+                report.skip(f.path, "not an image file")
+                continue
+            records.append(Record(f.path, None, identity=ident))
+            found += 1
+        if found == 0:
+            report.skip(sub.path, "identity folder without images")
+            continue
+        names.append(sub.name)
+    report.identity_names = names
+    report.n_used = len(records)
+    _check_identities(records, report, root)
+    return records, report
+
+
+def _check_identities(records, report, source):
+    """What every identity reader checks: some images at all (else ValueError: nothing to
+    pre-train on), and each identity with a single image reported (kept: it still trains
+    the classifier, but it gives no positive pair for verification)."""
+    if not records:
+        raise ValueError(f"{source}: no identity-labelled images found (expected one folder "
+                         f"per identity, or a CSV with path and identity columns)\n{report}")
+    counts = np.bincount(np.array([r.identity for r in records], dtype=np.int64))
+    names = report.identity_names
+    for ident in np.flatnonzero(counts == 1):
+        label = names[ident] if names is not None and ident < len(names) else str(ident)
+        report.warn(f"{source}: identity {label}", "only one image: no positive pair for "
+                    "verification (kept for training)")
 
 
 # --------------------------------------------------------------------------- decoding

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["AGE_DECADES", "age_pmf", "sample_ages", "synthetic_faces", "write_synthetic"]
+__all__ = ["AGE_DECADES", "TRAITS", "age_pmf", "sample_ages", "synthetic_faces", "synthetic_identities",
+           "write_synthetic"]
 
 # UTKFace image counts per decade 0-9, 10-19, ..., 90-99, 100+ (shared/data/README.md).
 AGE_DECADES = (756, 358, 1741, 1072, 578, 543, 319, 168, 137, 32, 7)
@@ -75,15 +76,28 @@ def _rgb(v):
     return np.ascontiguousarray(np.moveaxis(v, -1, 0))
 
 
-def _render(ages, S, rng):
+# The draws of _render that belong to a person rather than to a photograph: given as
+# `traits` (each a number in [0, 1) per image), they replace the random draw of that name
+# (synthetic_identities); everything else (position, scale, background, lighting, noise)
+# stays random per image.
+TRAITS = ("grey_onset", "face_length", "skin", "hair", "eye_size", "wrinkle_freq",
+          "wrinkle_phase", "wrinkle_amount", "recede")
+
+
+def _render(ages, S, rng, traits=None):
     f32 = np.float32
     B = len(ages)
-    u = lambda lo, hi: rng.uniform(lo, hi, (B, 1, 1)).astype(f32)  # noqa: E731
+
+    def u(lo, hi, name=None):
+        v = rng.uniform(lo, hi, (B, 1, 1)).astype(f32)  # drawn always: the sequence stays put
+        if traits is not None and name in traits:
+            return (lo + (hi - lo) * np.asarray(traits[name], f32)).reshape(B, 1, 1).astype(f32)
+        return v
     a = ages.astype(f32).reshape(B, 1, 1)
     g = np.minimum(a / 18.0, 1.0) ** f32(0.8)  # growth
     o = np.clip((a - 25.0) / 55.0, 0.0, 1.0)  # ageing
     # hair greyness: onset differs between people (40-60 years)
-    grey = 1.0 / (1.0 + np.exp(-(a - u(40.0, 60.0)) / 7.0))
+    grey = 1.0 / (1.0 + np.exp(-(a - u(40.0, 60.0, "grey_onset")) / 7.0))
 
     c = (np.arange(S, dtype=f32) + 0.5) / S * 2 - 1
     X, Y = c.reshape(1, 1, S), c.reshape(1, S, 1)
@@ -92,15 +106,15 @@ def _render(ages, S, rng):
     sc = u(0.88, 1.08)
     cx, cy = u(-0.07, 0.07), u(-0.05, 0.09)
     fw = 0.56 * sc * (1.0 + 0.10 * (1.0 - g))
-    fh = fw * (1.02 + 0.26 * g) * u(0.94, 1.06)  # people differ in face length too
+    fh = fw * (1.02 + 0.26 * g) * u(0.94, 1.06, "face_length")  # people differ in face length too
 
     # colours (nuisance: skin tone, hair colour, background)
-    t = u(0, 1)
+    t = u(0, 1, "skin")
     skin = (1 - t)[..., None] * np.array([0.96, 0.80, 0.69], f32) + t[..., None] * np.array([0.48, 0.32, 0.23], f32)
     skin = skin * (1.0 - 0.10 * o)[..., None]
     lum = skin.mean(-1, keepdims=True)
     skin = skin + (lum - skin) * (0.35 * o)[..., None]  # less saturated with age
-    h = u(0, 1)
+    h = u(0, 1, "hair")
     hair = (1 - h)[..., None] * np.array([0.10, 0.07, 0.05], f32) + h[..., None] * np.array([0.75, 0.60, 0.35], f32)
     hair = hair + (np.array([0.80, 0.80, 0.82], f32) - hair) * grey[..., None]
     skin, hair = _rgb(skin), _rgb(hair)
@@ -121,14 +135,14 @@ def _render(ages, S, rng):
 
     eye_y = cy + fh * (0.10 - 0.26 * g)
     ex = fw * 0.40
-    er = fw * (0.21 - 0.08 * g) * u(0.88, 1.12)
+    er = fw * (0.21 - 0.08 * g) * u(0.88, 1.12, "eye_size")
 
     # wrinkles: forehead lines, nasolabial folds, under-eye shadows (amplitude o)
     inside = fm * (fd < 0.85)
-    freq = u(11, 14) / fh
+    freq = u(11, 14, "wrinkle_freq") / fh
     forehead = (Y < eye_y - 1.6 * er) * (Y > cy - 0.75 * fh)
-    lines = np.cos(2 * np.pi * freq * (Y - cy + 0.02 * np.sin(6 * X)) + u(0, 6.3))
-    o = o * u(0.6, 1.4)  # some people wrinkle more
+    lines = np.cos(2 * np.pi * freq * (Y - cy + 0.02 * np.sin(6 * X)) + u(0, 6.3, "wrinkle_phase"))
+    o = o * u(0.6, 1.4, "wrinkle_amount")  # some people wrinkle more
     wr = 0.22 * o * forehead * np.maximum(lines, 0) ** 4
     mouth_y = cy + fh * (0.52 + 0.04 * g)
     for side in (-1.0, 1.0):
@@ -150,7 +164,7 @@ def _render(ages, S, rng):
         img[2] -= 0.04 * (1 - g) * ck * fm
 
     # hairline / fringe: lower on the face in children's proportions, may recede with age
-    recede = u(0, 1)
+    recede = u(0, 1, "recede")
     hairline = cy - fh * (0.62 - 0.10 * (1 - g) + 0.22 * o * recede)
     fringe = fm * np.clip((hairline - Y) * px, 0, 1)
     _lerp(img, hair, fringe)
@@ -209,6 +223,39 @@ def synthetic_faces(n: int = 1000, size: int = 64, seed: int = 0, ages=None, chu
         rng = np.random.default_rng([seed, 2, k])
         out[s:s + step] = _render(ages[s:s + step], size, rng)
     return out, ages
+
+
+def synthetic_identities(n_ids: int = 100, per_id: int = 10, size: int = 64, seed: int = 0,
+                         age_spread: float = 3.0, chunk_pixels: int = 131_072):
+    """Synthetic people for identity pre-training: (images uint8 (n_ids * per_id, size,
+    size, 3), identities int64, ages float32), per_id photographs of each of n_ids people.
+
+    A person is fixed by the draws of TRAITS (face length, skin tone, hair colour, eye
+    size, the onset of grey hair, the wrinkle pattern, a receding hairline) and an age
+    drawn from age_pmf; each photograph of them has its own age within +-age_spread years
+    and its own nuisance (face position and scale, background, lighting, noise). So the
+    identity is in the face and not in the picture, as with real photographs, and a
+    network can only tell people apart by learning the face. Not real faces: a stand-in
+    to check that pre-training learns, not a benchmark."""
+    n_ids, per_id, size = int(n_ids), int(per_id), int(size)
+    if n_ids < 1 or per_id < 1:
+        raise ValueError(f"n_ids and per_id must be >= 1, got {n_ids}, {per_id}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16, got {size}")
+    rng = np.random.default_rng([seed, 3])
+    person = {name: rng.random(n_ids) for name in TRAITS}
+    base_age = sample_ages(n_ids, seed)
+    ids = np.repeat(np.arange(n_ids, dtype=np.int64), per_id)
+    ages = np.clip(base_age[ids] + rng.uniform(-age_spread, age_spread, len(ids)), 0, 100)
+    ages = np.round(ages).astype(np.float32)
+    n = len(ids)
+    out = np.empty((n, size, size, 3), np.uint8)
+    step = max(1, int(chunk_pixels) // (size * size))
+    for k, s in enumerate(range(0, n, step)):
+        part = ids[s:s + step]
+        out[s:s + step] = _render(ages[s:s + step], size, np.random.default_rng([seed, 4, k]),
+                                  traits={name: v[part] for name, v in person.items()})
+    return out, ids, ages
 
 
 def write_synthetic(path, n: int = 1000, size: int = 64, seed: int = 0, identities=None) -> str:

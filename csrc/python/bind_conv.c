@@ -65,18 +65,23 @@ static int conv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
     return 0;
 }
 
-/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad, ctx=None)
- *   -> y (N, OH, OW, Cout) */
-static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
+/* Checks x and w, parses stride/pad, fills *s: conv_setup or dwconv_setup (below). */
+typedef int (*setup_fn)(PyObject *, PyObject *, PyObject *, PyObject *, PyArrayObject **,
+                        PyArrayObject **, glae_conv2d_shape *);
+static int dwconv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
+                        PyArrayObject **x, PyArrayObject **w, glae_conv2d_shape *s);
+
+/* the forward of a dense (depthwise = 0) or depthwise convolution: the two ops share a
+ * signature, so one binding body serves both */
+static PyObject *conv_forward(PyObject *args, PyObject *kw, const char *fmt, int depthwise) {
     static char *kwlist[] = {"x", "w", "b", "stride", "pad", "ctx", NULL};
     PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL, *ctxo = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|O:conv2d_forward", kwlist, &xo, &wo, &bo,
-                                     &so, &po, &ctxo))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, &xo, &wo, &bo, &so, &po, &ctxo))
         return NULL;
     PyArrayObject *x, *w;
     glae_conv2d_shape s;
-    if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
+    setup_fn setup = depthwise ? dwconv_setup : conv_setup;
+    if (setup(xo, wo, so, po, &x, &w, &s)) return NULL;
     ARG_F32_OPT(b, bo, "b", 1);
     if (b) ARG_DIM(b, "b", 0, s.c_out);
     glae_job J;
@@ -84,7 +89,15 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
     float *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w), *db = glae_job_in(&J, b);
     float *y = glae_job_out(&J, 4, dims, NPY_FLOAT32, 0);
-    GLAE_JOB_RUN(J, J.ctx->ops->conv2d_forward(J.ctx, y, dx, dw, db, &s));
+    const glae_backend *ops = J.ctx->ops;
+    GLAE_JOB_RUN(J, (depthwise ? ops->dwconv2d_forward : ops->conv2d_forward)(J.ctx, y, dx, dw, db, &s));
+}
+
+/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad, ctx=None)
+ *   -> y (N, OH, OW, Cout) */
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return conv_forward(args, kw, "OOOOO|O:conv2d_forward", 0);
 }
 
 /* conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,
@@ -171,22 +184,7 @@ static int dwconv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
  *   -> y (N, OH, OW, C) */
 static PyObject *py_dwconv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "w", "b", "stride", "pad", "ctx", NULL};
-    PyObject *xo, *wo, *bo, *so, *po, *ctxo = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|O:dwconv2d_forward", kwlist, &xo, &wo, &bo,
-                                     &so, &po, &ctxo))
-        return NULL;
-    PyArrayObject *x, *w;
-    glae_conv2d_shape s;
-    if (dwconv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
-    ARG_F32_OPT(b, bo, "b", 1);
-    if (b) ARG_DIM(b, "b", 0, s.c_out);
-    glae_job J;
-    if (glae_job_begin(&J, ctxo)) return NULL;
-    npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
-    float *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w), *db = glae_job_in(&J, b);
-    float *y = glae_job_out(&J, 4, dims, NPY_FLOAT32, 0);
-    GLAE_JOB_RUN(J, J.ctx->ops->dwconv2d_forward(J.ctx, y, dx, dw, db, &s));
+    return conv_forward(args, kw, "OOOOO|O:dwconv2d_forward", 1);
 }
 
 /* dwconv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, ctx=None)

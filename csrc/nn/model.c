@@ -74,16 +74,7 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     GLAE_TRY(glae_head_init(&m->head, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
     /* initialised on the host (the Philox draws are plain C), then moved */
-    void *mask = NULL;
-    GLAE_TRY(m->ctx.dev->alloc(&m->ctx, &mask, m->p.n));
-    m->no_decay = mask;
-    uint8_t *host = malloc(m->p.n ? m->p.n : 1);
-    if (!host) return glae_fail(GLAE_ERR_MEMORY, "model: out of memory");
-    int st = glae_sgd_no_decay_mask(&m->p, host);
-    if (!st) st = m->ctx.dev->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
-    if (!st) st = m->ctx.dev->sync(&m->ctx);
-    free(host);
-    GLAE_TRY(st);
+    GLAE_TRY(glae_sgd_no_decay_mask_on(&m->ctx, &m->p, &m->no_decay));
     return glae_params_to_device(&m->p, &m->ctx);
 }
 

@@ -15,9 +15,22 @@ stored as a JSON string, and the key ``__glae__`` marks such a file so that ``lo
 them again. A file written by someone else (no ``__glae__`` key) gives its metadata back as
 the plain strings it holds.
 
-The ``__glae__`` entry also holds each tensor's CRC-32 (``zlib.crc32`` of its bytes), which
-``load`` checks when present: a file whose data bytes were damaged (its header intact) is
-refused, naming the tensor, instead of loading weights that turn into NaN later.
+The ``__glae__`` entry also holds CRC-32s (``zlib.crc32``) that ``load`` checks:
+
+* ``crc32``: each tensor's data bytes -- a file whose data was damaged is refused, naming
+  the tensor, instead of loading weights that turn into NaN later;
+* ``meta_crc32``: each metadata entry's stored JSON string -- a changed digit in the
+  config (momentum, a learning rate, the epochs, the projection width) or the trainer
+  state is refused, naming the entry, instead of training on with a silently other run;
+* ``header_crc32``: the rest of the header -- every tensor's dtype, shape and offsets,
+  the two tables above and the format version -- so a shape or dtype edited in place
+  (same bytes, other meaning) is refused too.
+
+Files written before a table existed still load: without ``crc32`` their data, without
+``meta_crc32``/``header_crc32`` their header is unverified, and ``load`` says so in one
+line (an :class:`UnverifiedCheckpointWarning`). A file that has one of the two header
+tables but not the other is damaged, and refused. Files written by others (no
+``__glae__`` entry) have no checksums to check.
 
 Writes are atomic: a temporary file in the same folder, fsync'd, then ``os.replace``'d over
 the target, so a crash leaves either the old checkpoint or the new one, never half of one.
@@ -26,11 +39,12 @@ import json
 import os
 import struct
 import secrets
+import warnings
 import zlib
 
 import numpy as np
 
-__all__ = ["CheckpointError", "save", "load"]
+__all__ = ["CheckpointError", "UnverifiedCheckpointWarning", "save", "load"]
 
 # safetensors dtype name <-> numpy dtype (little-endian)
 _DTYPES = {
@@ -55,6 +69,11 @@ class CheckpointError(ValueError):
     """A file that is not a valid checkpoint: truncated, foreign, or corrupted."""
 
 
+class UnverifiedCheckpointWarning(UserWarning):
+    """A glae checkpoint written before the checksums over its header existed: loaded,
+    but its metadata (config, trainer state) and tensor table are unverified."""
+
+
 def _dtype_name(a, name):
     key = (a.dtype.kind, a.dtype.itemsize)
     if key not in _NAMES:
@@ -68,7 +87,14 @@ def _crc(buf):
     return zlib.crc32(buf) & 0xFFFFFFFF
 
 
-def _encode_metadata(metadata, crcs):
+def _header_crc(table, crcs, meta_crcs, version):
+    """CRC-32 of the header's tensor table {name: [dtype, shape, [begin, end]]}, the two
+    checksum tables and the format version, in one canonical JSON form."""
+    doc = {"tensors": table, "crc32": crcs, "meta_crc32": meta_crcs, "version": version}
+    return _crc(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def _encode_metadata(metadata, crcs, table):
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -83,7 +109,11 @@ def _encode_metadata(metadata, crcs):
             out[k] = json.dumps(v, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise TypeError(f"metadata[{k!r}] is not JSON-serialisable: {e}") from None
-    out[_MAGIC_KEY] = json.dumps({"version": _FORMAT_VERSION, "crc32": crcs}, sort_keys=True)
+    meta_crcs = {k: _crc(v.encode("utf-8")) for k, v in out.items()}
+    out[_MAGIC_KEY] = json.dumps(
+        {"version": _FORMAT_VERSION, "crc32": crcs, "meta_crc32": meta_crcs,
+         "header_crc32": _header_crc(table, crcs, meta_crcs, _FORMAT_VERSION)},
+        sort_keys=True)
     return out
 
 
@@ -119,7 +149,8 @@ def save(path, tensors, metadata=None):
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     crcs = {name: _crc(arrays[name][1].reshape(-1).view(np.uint8)) for name in order}
-    header["__metadata__"] = _encode_metadata(metadata, crcs)
+    table = {name: [h["dtype"], h["shape"], h["data_offsets"]] for name, h in header.items()}
+    header["__metadata__"] = _encode_metadata(metadata, crcs, table)
     hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hbytes += b" " * (-len(hbytes) % 8)
 
@@ -194,6 +225,8 @@ def _parse_header(raw, path, data_len):
         raise CheckpointError(where + str(e)) from None
     except ValueError as e:
         raise CheckpointError(where + f"corrupted header (invalid JSON: {e})") from None
+    except RecursionError:
+        raise CheckpointError(where + "corrupted header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(where + "corrupted header (not a JSON object)")
 
@@ -246,30 +279,66 @@ def _parse_header(raw, path, data_len):
     return entries, meta
 
 
-def _decode_metadata(meta, path):
-    """(metadata, {tensor: CRC-32} or None when the file has none)."""
+def _crc_table(info, key, path):
+    t = info.get(key)
+    if t is not None and not (isinstance(t, dict) and all(_is_int(v) for v in t.values())):
+        raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry ({key})")
+    return t
+
+
+def _decode_metadata(meta, entries, path):
+    """(metadata, {tensor: CRC-32} or None when the file has none). Checks the metadata
+    entries and the tensor table against their checksums first (when the file has them)."""
     if _MAGIC_KEY not in meta:
         return dict(meta), None  # a foreign safetensors file: plain strings
     try:
         info = json.loads(meta[_MAGIC_KEY])
         version = info["version"]
-        crcs = info.get("crc32")  # absent in files written before checksums
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry") from None
-    if crcs is not None and not (isinstance(crcs, dict)
-                                 and all(_is_int(v) for v in crcs.values())):
-        raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry (crc32)")
     if not _is_int(version) or version > _FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than "
                               f"this glae understands ({_FORMAT_VERSION})")
+    crcs = _crc_table(info, "crc32", path)  # absent in files written before checksums
+    meta_crcs = _crc_table(info, "meta_crc32", path)  # absent before header checksums
+    header_crc = info.get("header_crc32")
+    if (meta_crcs is None) != (header_crc is None) or not (header_crc is None
+                                                            or _is_int(header_crc)):
+        raise CheckpointError(f"{path}: corrupted {_MAGIC_KEY} metadata entry (it holds one "
+                              "of meta_crc32 and header_crc32 without the other)")
+    names = [k for k in meta if k != _MAGIC_KEY]
+    if meta_crcs is None:
+        warnings.warn(f"{path}: written by an older glae without checksums over its "
+                      f"{'header' if crcs is not None else 'header and tensors'}: loaded "
+                      "unverified", UnverifiedCheckpointWarning, stacklevel=3)
+    else:
+        if set(meta_crcs) != set(names):
+            extra = sorted(set(names) - set(meta_crcs))
+            gone = sorted(set(meta_crcs) - set(names))
+            raise CheckpointError(
+                f"{path}: the metadata entries do not match the ones saved"
+                + (f"; not saved: {', '.join(map(repr, extra))}" if extra else "")
+                + (f"; missing: {', '.join(map(repr, gone))}" if gone else "")
+                + " (the file is corrupted or was edited)")
+        for k in names:
+            if _crc(meta[k].encode("utf-8")) != meta_crcs[k]:
+                raise CheckpointError(f"{path}: metadata entry {k!r} does not match the "
+                                      "checksum saved with it (the file is corrupted or "
+                                      "was edited)")
+        table = {name: [dname, list(shape), [b, e]] for b, e, name, dname, shape in entries}
+        if _header_crc(table, crcs, meta_crcs, version) != header_crc:
+            raise CheckpointError(f"{path}: the tensor table (dtypes, shapes, offsets) or the "
+                                  "checksums do not match the header checksum (the file is "
+                                  "corrupted or was edited)")
     out = {}
-    for k, v in meta.items():
-        if k == _MAGIC_KEY:
-            continue
+    for k in names:
         try:
-            out[k] = json.loads(v)
+            out[k] = json.loads(meta[k])
         except ValueError:
             raise CheckpointError(f"{path}: metadata[{k!r}] is not valid JSON") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: metadata[{k!r}] is JSON nested too deeply "
+                                  "to read") from None
     return out, crcs
 
 
@@ -291,7 +360,7 @@ def load(path):
             raise CheckpointError(f"{path}: truncated or not a safetensors checkpoint (header "
                                   f"length {n} exceeds the {size - 8} bytes that follow)")
         entries, meta = _parse_header(f.read(n), path, size - 8 - n)
-        meta, crcs = _decode_metadata(meta, path)
+        meta, crcs = _decode_metadata(meta, entries, path)
         if crcs is not None and set(crcs) != {e[2] for e in entries}:
             raise CheckpointError(f"{path}: the checksums do not name the file's tensors "
                                   "(corrupted header)")

@@ -13,7 +13,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (pyproject's marker)
     import tomli as tomllib
 
-BACKBONES = ("resnet18", "resnet50")
+from ._lib import _C
+
+BACKBONES = tuple(_C.RESNET_STAGES)  # the C engine's stage tables: resnet18, resnet50
 HEADS = ("gap", "fr", "fr+pa")
 LOSSES = ("base", "kl")
 STAGE2_LOSSES = ("glae", "lae")
@@ -82,7 +84,7 @@ class Config:
     # bookkeeping
     seed: int = 0
     pretrained: str = ""  # ImageNet backbone weights (.pth / .safetensors), glae.weights
-    threads: int = 0  # 0: all cores
+    threads: int = 0  # the model's own CPU threads (docs/model.md); 0: glae.set_num_threads's
     loader_threads: int = 0  # augmentation workers, 0: min(cores, 8); batches never depend on it
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where the model's buffers and activations live
     # "fp32" (FMA), "tf32" (CUDA tensor cores on float32) or "bf16" (mixed precision: bf16

@@ -90,9 +90,10 @@ class MTCNN:
     an installed facenet_pytorch). min_face: smallest face side in pixels; factor: pyramid
     step; thresholds: face-probability cut of P-, R-, O-Net; nms_thresholds: after P-Net
     (all levels, union), R-Net (union), O-Net (min); nms_scale: within one pyramid level.
-    num_threads: CPU threads during detect() (the process-wide setting is restored
-    afterwards; None leaves it alone). One image is small work: 1 thread is fastest on
-    a busy machine, and several images are better spread over processes."""
+    num_threads: CPU threads of each detect(), in a context of its own: work in other
+    threads (a model training) keeps its own count; None: the process default
+    (glae.get_num_threads()). One image is small work: 1 thread is fastest on a busy
+    machine, and several images are better spread over threads (prepare) or processes."""
 
     def __init__(self, weights_dir=None, min_face=20.0, factor=0.709,
                  thresholds=(0.6, 0.7, 0.7), nms_thresholds=(0.7, 0.7, 0.7), nms_scale=0.5,
@@ -126,16 +127,8 @@ class MTCNN:
         landmarks (n, 5, 2) float32 (x, y) of left eye, right eye, nose, left and right
         mouth corner. Faces come in descending score order; none: n = 0."""
         img = to_rgb(image)
-        args = (self._model, img, self.min_face, self.factor, self.thresholds,
-                self.nms_scale, self.nms_thresholds)
-        if self.num_threads is None:
-            return _C.mtcnn_detect(*args)
-        old = _C.get_num_threads()
-        _C.set_num_threads(self.num_threads)
-        try:
-            return _C.mtcnn_detect(*args)
-        finally:
-            _C.set_num_threads(old)
+        return _C.mtcnn_detect(self._model, img, self.min_face, self.factor, self.thresholds,
+                               self.nms_scale, self.nms_thresholds, self.num_threads or 0)
 
     __call__ = detect
 
@@ -243,11 +236,11 @@ def detect(image, weights=None):
     return get_detector(weights).detect(image)
 
 
-def _unthreaded(det):
-    """A view of `det` sharing its networks that leaves the thread count alone: for callers
-    that run several detections at once and set the thread count around all of them."""
+def _with_threads(det, n):
+    """A view of `det` sharing its networks whose detections run on n threads each: for
+    callers that run several detections at once (prepare's workers)."""
     d = copy.copy(det)
-    d.num_threads = None
+    d.num_threads = n
     return d
 
 

@@ -16,10 +16,12 @@ import warnings
 
 import numpy as np
 
+from ._lib import _C
+
 __all__ = ["export_onnx", "build_graph"]
 
 HEADS = ("routed", "vanilla", "balanced")
-BN_EPS = 1e-5
+BN_EPS = _C.BN_EPS  # the engine's batch-norm eps (GLAE_BN_EPS, float32 1e-5), folded exactly
 
 
 def _onnx():
@@ -76,8 +78,9 @@ def _conv_bn(B, x, core, conv, bn, stride, pad, relu):
 
 def _backbone(B, x, core):
     """torchvision ResNet (docs/model.md): stem, 4 stages, BN folded into the convs."""
-    bottleneck = core.config["backbone"] == "resnet50"
-    blocks = (3, 4, 6, 3) if bottleneck else (2, 2, 2, 2)
+    stages = _C.RESNET_STAGES[core.config["backbone"]]  # (blocks, width, out) per stage
+    bottleneck = stages[0][2] != stages[0][1]  # a Bottleneck widens its output 4x
+    blocks = [nb for nb, _, _ in stages]
     names = {n for n, *_ in core.param_table()}
     y = _conv_bn(B, x, core, "conv1", "bn1", 2, 3, True)
     y = B.op("MaxPool", [y], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)

@@ -3,14 +3,16 @@
 Every function takes true ages ``y`` and predictions ``yhat`` as 1-D sequences of equal
 length (converted to float32). Conventions, all documented in ``docs/metrics.md``:
 
-* a true age is assigned to the integer age ``floor(y + 0.5)`` wherever ages are grouped
-  (CMAE, AAR, group MAE, shots, per-age, routing usage); errors always use the raw values;
+* a true age is assigned to the integer age ``floor(y + 0.5)`` of its float32 value
+  wherever ages are grouped (CMAE, AAR, group MAE, shots, per-age, routing usage):
+  :func:`age_class`, the one rule of the engine; errors always use the raw values;
 * true ages must be finite and >= 0, predictions finite; empty input, mismatched lengths,
   NaN/inf and negative true ages raise ``ValueError``;
 * an empty group is reported as ``None`` (never NaN), so it cannot silently poison an
   average; the only NaN is in :func:`per_age_mae`'s plot array, which is also masked.
 """
 import numbers
+import operator
 
 import numpy as np
 
@@ -30,9 +32,28 @@ SHOTS = ("many", "medium", "few")
 
 __all__ = [
     "FEW_SHOT_THR", "GLAE_GROUPS", "LAE_GROUPS", "MANY_SHOT_THR", "SHOTS", "TAIL_HEAD_GROUPS",
-    "aar", "cmae", "cs", "epsilon_error", "group_mae", "mae", "per_age_mae", "report",
+    "aar", "age_class", "cmae", "cs", "epsilon_error", "group_mae", "mae", "per_age_mae", "report",
     "routing_usage", "shot_mae",
 ]
+
+
+def age_class(ages, num_classes=101):
+    """The whole-year class of each age: ``floor(age + 0.5)`` (half up, 20.5 -> 21) of its
+    float32 value, clamped to 0..num_classes-1 (None: no upper bound). The C rule of every
+    metric (core/age.h), used for training labels, histograms, plots and protocols. Returns
+    int64 of the shape of ``ages``; NaN or infinite ages raise ValueError."""
+    a = np.asarray(ages)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"ages must hold numbers, got dtype {a.dtype}")
+    if num_classes is None:
+        k = 2**63 - 1
+    else:
+        try:
+            k = operator.index(num_classes)
+        except TypeError:
+            raise TypeError(f"num_classes must be an integer or None, got {num_classes!r}") from None
+    flat = np.ascontiguousarray(a.reshape(-1), dtype=np.float32)
+    return _C.age_class(flat, k).reshape(a.shape)
 
 
 def _vec(x, name):
@@ -225,7 +246,7 @@ def report(y, yhat, sigma=None, train_ages=None, choice=None, groups=TAIL_HEAD_G
     count). With sigma: epsilon_error; with train_ages: shot; with choice: routing."""
     y, yhat = _pair(y, yhat)
     cm, n_ages = _C.metrics_cmae(y, yhat)
-    k = max(101, int(np.floor(float(y.max()) + 0.5)) + 1) if y.size else 101
+    k = max(101, int(age_class(y.max(), None)) + 1) if y.size else 101
     per_m, per_c = per_age_mae(y, yhat, k)
     out = {
         "n": int(y.size),

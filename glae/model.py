@@ -73,7 +73,7 @@ class Model:
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
                               input_size=config.image_size, device=config.device,
-                              math=config.gpu_math, **kw)
+                              math=config.gpu_math, threads=config.threads, **kw)
         if config.cudnn_benchmark:
             self.core.cudnn_benchmark()
         if config.cuda_graph:
@@ -149,7 +149,8 @@ class Model:
         if len(batch) == 0:
             raise ValueError("no images given")
         return _C.augment_batch(np.ascontiguousarray(batch), np.arange(len(batch), dtype=np.int64),
-                                self.config.image_size, 0, 0, dtype=dtype, **eval_augment(self.config))
+                                self.config.image_size, 0, 0, dtype=dtype, threads=self.core.threads,
+                                **eval_augment(self.config))
 
     def predict(self, images, route=None, flip=None, return_distribution=False,
                 return_head=False, batch_size=64):

@@ -84,14 +84,14 @@ def per_age_mae(results: dict, train_ages=None, num_classes=None, path=None, tit
         top = max(float(y.max()) for y, _ in pairs.values())
         if train_ages is not None and len(train_ages):
             top = max(top, float(np.max(train_ages)))
-        num_classes = max(101, int(np.floor(top + 0.5)) + 1)
+        num_classes = max(101, int(M.age_class(top, None)) + 1)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))
     ages = np.arange(num_classes)
     if train_ages is not None:
         ax2 = ax.twinx()
-        t = np.floor(np.asarray(train_ages, dtype=np.float64).reshape(-1) + 0.5).astype(np.int64)
-        hist = np.bincount(np.clip(t, 0, num_classes - 1), minlength=num_classes)
+        t = M.age_class(np.asarray(train_ages).reshape(-1), num_classes)
+        hist = np.bincount(t, minlength=num_classes)
         ax2.bar(ages, hist, color="0.82", width=1.0, zorder=0, label="training images")
         ax2.set_ylabel("training images per age")
         ax.set_zorder(ax2.get_zorder() + 1)  # curves above the bars

@@ -113,7 +113,8 @@ def predict_dataset(model, dataset, batch_size=64):
     outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
-        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8", **aug)
+        x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8",
+                             threads=model.core.threads, **aug)
         r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test, norm=cfg.normalization)
         outs["vanilla"].append(r["vanilla_age"])
         outs["balanced"].append(r["balanced_age"])
@@ -208,7 +209,7 @@ class Trainer:
         self.state = {"stage": 1, "epoch": 0, "batch": 0, "step": 0, "stage1_val_mae": None,
                       "stage1_val_epoch": None, "best": None, "loss_sums": {}, "loss_count": 0,
                       "n_train": len(train)}
-        self.labels = np.rint(train.ages).astype(np.int64)
+        self.labels = M.age_class(train.ages, config.num_classes)  # the metrics' rule
         # what inference needs to know of the training data, saved with every checkpoint:
         # the age histogram (MAE by shot) and the alignment of the crops (raw photos)
         model.data_info = {"train_age_hist": np.bincount(self.labels).tolist(),
@@ -220,8 +221,8 @@ class Trainer:
         self._check_schedules()
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
-        if config.threads:
-            _C.set_num_threads(config.threads)
+        if config.threads:  # the model's own count: other threads' work keeps theirs
+            self.core.threads = config.threads
 
     def _check_schedules(self):
         """Evaluate the lr schedule at every step of both stages now, so that a schedule
@@ -293,7 +294,7 @@ class Trainer:
     def augment(self, dataset, indices, epoch, train=True):
         return _C.augment_batch(dataset.images, np.ascontiguousarray(indices, np.int64),
                                 self.cfg.image_size, self.cfg.seed, epoch,
-                                **self.augment_config(train))
+                                threads=self.core.threads, **self.augment_config(train))
 
     def loader(self, order, stage, epoch):
         """The epoch's batches, augmented ahead by C worker threads. Always the whole
@@ -652,11 +653,28 @@ def load_checkpoint(path, model_factory, device=None, gpu_math=None):
         pos += n
     core.write_flat("momentum", flat)
     model.data_info = _data_info(meta.get("data"), path)
-    state = meta.get("state", {})
-    state = json.loads(state) if isinstance(state, str) else dict(state)
+    return model, cfg, _trainer_state(meta.get("state", {}), path)
+
+
+def _trainer_state(state, path):
+    """The checkpoint's "state" entry as a dict: a JSON object, or (as some writers stored
+    it) a string holding one; anything else is a CheckpointError naming the entry."""
+    what = None
+    if isinstance(state, str):
+        try:
+            state = json.loads(state)
+        except ValueError:
+            what = "a string that is not JSON"
+    if not isinstance(state, dict):
+        kinds = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+                 str: "a string", list: "an array"}
+        raise ckpt.CheckpointError(
+            f"{path}: metadata entry 'state' (the trainer state) must be a JSON object, got "
+            f"{what or kinds.get(type(state), type(state).__name__)}")
+    state = dict(state)
     if isinstance(state.get("best"), list):
         state["best"] = tuple(state["best"])
-    return model, cfg, state
+    return state
 
 
 def _data_info(info, path):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._lib import _C
+
 __all__ = ["PretrainedError", "LoadReport", "load_pretrained", "read_state_dict", "guess_arch"]
 
 
@@ -44,13 +46,19 @@ class LoadReport:
         return s
 
 
-# (block kind, blocks per stage) -> torchvision's name
+def _arch_key(stages):
+    """(block kind, blocks per stage) of a _C.RESNET_STAGES entry."""
+    kind = "bottleneck" if stages[0][2] != stages[0][1] else "basic"
+    return kind, tuple(nb for nb, _, _ in stages)
+
+
+# (block kind, blocks per stage) -> torchvision's name: the backbones glae builds (from the
+# C table), and torchvision's others, so that a wrong file is named in the error
 _ARCHS = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
     ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
     ("bottleneck", (3, 4, 23, 3)): "resnet101",
     ("bottleneck", (3, 8, 36, 3)): "resnet152",
+    **{_arch_key(stages): name for name, stages in _C.RESNET_STAGES.items()},
 }
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.")
 _PREFIXES = ("module.", "model.", "backbone.")  # DataParallel / wrapper prefixes

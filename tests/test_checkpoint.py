@@ -130,16 +130,18 @@ def test_damaged_data_bytes_are_refused(tmp_path, rng):
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=f"{name}.*checksum.*corrupted"):
         checkpoint.load(path)
-    # the same file as an older glae wrote it: no crc32 in its __glae__ entry
+    # the same file as an older glae wrote it: no checksums in its __glae__ entry
     info = json.loads(header["__metadata__"]["__glae__"])
     assert set(info["crc32"]) == set(tensors)
-    del info["crc32"]
+    for key in ("crc32", "meta_crc32", "header_crc32"):
+        del info[key]
     header["__metadata__"]["__glae__"] = json.dumps(info)
     hb = json.dumps(header).encode()
     hb += b" " * (-len(hb) % 8)
     raw[at] ^= 0x10  # undo the damage
     path.write_bytes(struct.pack("<Q", len(hb)) + hb + bytes(raw[8 + n:]))
-    back, meta = checkpoint.load(path)
+    with pytest.warns(checkpoint.UnverifiedCheckpointWarning, match="header and tensors"):
+        back, meta = checkpoint.load(path)
     assert meta == META and back.keys() == tensors.keys()
     # checksums that do not name the tensors: a corrupted header
     info["crc32"] = {"other": 1}
@@ -147,7 +149,8 @@ def test_damaged_data_bytes_are_refused(tmp_path, rng):
     hb = json.dumps(header).encode()
     hb += b" " * (-len(hb) % 8)
     path.write_bytes(struct.pack("<Q", len(hb)) + hb + bytes(raw[8 + n:]))
-    with pytest.raises(CheckpointError, match="checksums"):
+    with pytest.raises(CheckpointError, match="checksums"), \
+            pytest.warns(checkpoint.UnverifiedCheckpointWarning):
         checkpoint.load(path)
 
 
@@ -198,6 +201,7 @@ def write_raw(path, header, data=b""):
     ({"__metadata__": {"__glae__": '{"version": 1}', "x": "{bad"}}, b"", r"metadata\['x'\] is not valid JSON"),
     ({"a": [1, 2]}, b"", "entry is not a JSON object"),
 ])
+@pytest.mark.filterwarnings("ignore::glae.checkpoint.UnverifiedCheckpointWarning")
 def test_bad_headers(tmp_path, header, data, msg):
     path = tmp_path / "bad"
     if isinstance(header, str):
@@ -207,6 +211,142 @@ def test_bad_headers(tmp_path, header, data, msg):
         write_raw(path, header, data)
     with pytest.raises(CheckpointError, match=msg):
         checkpoint.load(path)
+
+
+def _header(raw):
+    (n,) = struct.unpack("<Q", raw[:8])
+    return n, json.loads(raw[8:8 + n])
+
+
+def _rewrite_header(path, header, data):
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    path.write_bytes(struct.pack("<Q", len(hb)) + hb + data)
+
+
+def _glae_config():
+    from glae.config import Config
+
+    return json.loads(Config(backbone="resnet50", proj_width=512, stage1_epochs=90).to_json())
+
+
+# (entry, the stored text, its replacement of the same length): a digit changed in place
+EDITS = [
+    ("config", rb'\"momentum\": 0.9', rb'\"momentum\": 0.8'),
+    ("config", rb'\"base_lr1\": 0.005', rb'\"base_lr1\": 0.007'),
+    ("config", rb'\"base_lr2\": 0.001', rb'\"base_lr2\": 0.004'),
+    ("config", rb'\"stage1_epochs\": 90', rb'\"stage1_epochs\": 30'),
+    ("config", rb'\"stage2_epochs\": 8', rb'\"stage2_epochs\": 9'),
+    ("config", rb'\"proj_width\": 512', rb'\"proj_width\": 612'),
+    ("state", rb'\"epoch\": 12', rb'\"epoch\": 13'),
+]
+
+
+@pytest.mark.parametrize("entry,old,new", EDITS, ids=[e[1].decode().split('\\"')[1] for e in EDITS])
+def test_changed_metadata_digit_is_refused(tmp_path, rng, entry, old, new):
+    """Finding (issue 17): the CRC covered tensor bytes only, so a changed digit in the
+    stored config (momentum, learning rates, epochs, projection width) loaded without a
+    word. Each metadata entry now has its checksum; the error names file and entry."""
+    path = tmp_path / "run.safetensors"
+    meta = {"config": _glae_config(), "state": {"stage": 1, "epoch": 12, "step": 480}}
+    checkpoint.save(path, sample_tensors(rng), meta)
+    assert checkpoint.load(path)[1] == meta
+    raw = path.read_bytes()
+    assert raw.count(old) == 1, old
+    path.write_bytes(raw.replace(old, new))
+    with pytest.raises(CheckpointError, match=rf"{path}: metadata entry '{entry}' does not "
+                                              "match the checksum"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("old,new", [
+    (b'"shape":[4,3,3,3]', b'"shape":[3,4,3,3]'),  # same bytes, another shape
+    (b'"dtype":"I32","shape":[2,3]', b'"dtype":"F32","shape":[2,3]'),  # another dtype
+    (rb'\"header_crc32\": ', rb'\"header_crc32\": 1'),  # the checksum itself (in __glae__)
+])
+def test_changed_tensor_table_is_refused(tmp_path, rng, old, new):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, sample_tensors(rng), META)
+    raw = path.read_bytes()
+    n, _ = _header(raw)
+    assert raw[8:8 + n].count(old) == 1
+    head = raw[8:8 + n].replace(old, new)
+    head = head.rstrip(b" ")
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + raw[8 + n:])
+    with pytest.raises(CheckpointError, match=rf"{path}: the tensor table .* do not match the "
+                                              "header checksum"):
+        checkpoint.load(path)
+
+
+def test_added_or_removed_metadata_entry_is_refused(tmp_path, rng):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, sample_tensors(rng), META)
+    raw = path.read_bytes()
+    n, header = _header(raw)
+    header["__metadata__"]["extra"] = "1"
+    _rewrite_header(path, header, raw[8 + n:])
+    with pytest.raises(CheckpointError, match="not saved: 'extra'"):
+        checkpoint.load(path)
+    del header["__metadata__"]["extra"], header["__metadata__"]["epoch"]
+    _rewrite_header(path, header, raw[8 + n:])
+    with pytest.raises(CheckpointError, match="missing: 'epoch'"):
+        checkpoint.load(path)
+
+
+def test_files_before_header_checksums_load_with_a_note(tmp_path, rng):
+    """A file of the previous glae (tensor CRCs, no metadata or header checksum) loads,
+    with one UnverifiedCheckpointWarning line; its tensor CRCs are still checked. One of
+    the two header checksums without the other is damage, not age."""
+    path = tmp_path / "old.safetensors"
+    tensors = sample_tensors(rng)
+    checkpoint.save(path, tensors, META)
+    raw = path.read_bytes()
+    n, header = _header(raw)
+    info = json.loads(header["__metadata__"]["__glae__"])
+    info.pop("meta_crc32"), info.pop("header_crc32")
+    header["__metadata__"]["__glae__"] = json.dumps(info)
+    _rewrite_header(path, header, raw[8 + n:])
+    with pytest.warns(checkpoint.UnverifiedCheckpointWarning) as notes:
+        back, meta = checkpoint.load(path)
+    assert len(notes) == 1 and "\n" not in str(notes[0].message)
+    assert str(notes[0].message) == (f"{path}: written by an older glae without checksums "
+                                     "over its header: loaded unverified")
+    assert meta == META
+    assert_same(back, tensors)
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="checksum saved"), \
+            pytest.warns(checkpoint.UnverifiedCheckpointWarning):
+        checkpoint.load(path)
+    for keep in ("meta_crc32", "header_crc32"):
+        checkpoint.save(path, tensors, META)
+        raw = path.read_bytes()
+        n, header = _header(raw)
+        info = json.loads(header["__metadata__"]["__glae__"])
+        info.pop("header_crc32" if keep == "meta_crc32" else "meta_crc32")
+        header["__metadata__"]["__glae__"] = json.dumps(info)
+        _rewrite_header(path, header, raw[8 + n:])
+        with pytest.raises(CheckpointError, match="one of meta_crc32 and header_crc32"):
+            checkpoint.load(path)
+
+
+@pytest.mark.filterwarnings("ignore::glae.checkpoint.UnverifiedCheckpointWarning")
+def test_deeply_nested_json_is_checkpointerror(tmp_path):
+    """JSON nested 100,000 deep (in the header, the __glae__ entry or a metadata value)
+    raised RecursionError from the json module."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for where, header in [
+        ("corrupted header", '{"a": %s}' % deep),
+        ("corrupted __glae__", json.dumps({"__metadata__": {"__glae__": deep}})),
+        (r"metadata\['x'\] is JSON nested too deeply",
+         json.dumps({"__metadata__": {"__glae__": '{"version": 1}', "x": deep}})),
+    ]:
+        h = header.encode()
+        (tmp_path / "deep").write_bytes(struct.pack("<Q", len(h)) + h)
+        with pytest.raises(CheckpointError, match=where):
+            checkpoint.load(tmp_path / "deep")
 
 
 def test_duplicate_keys(tmp_path):
@@ -260,3 +400,37 @@ def test_readable_by_safetensors_package(tmp_path, rng):
     t2, meta = checkpoint.load(tmp_path / "theirs.safetensors")
     assert_same(t, t2)
     assert meta == {"format": "pt"}
+
+
+@pytest.mark.filterwarnings("ignore::glae.checkpoint.UnverifiedCheckpointWarning")
+def test_mutated_files_raise_only_checkpointerror(tmp_path, rng):
+    """300 copies of a checkpoint with 1-4 bytes changed, cut or duplicated: each loads
+    (a change the checksums do not see cannot exist in the header) or raises
+    CheckpointError naming the file; never another exception."""
+    base = tmp_path / "base.safetensors"
+    checkpoint.save(base, sample_tensors(rng), {"config": _glae_config(), **META})
+    raw = base.read_bytes()
+    n, _ = _header(raw)
+    p = tmp_path / "m"
+    refused = 0
+    for i in range(300):
+        b = bytearray(raw)
+        kind = rng.integers(3)
+        if kind == 0:
+            for _ in range(rng.integers(1, 5)):  # two in three in the header
+                at = rng.integers(8 + n) if rng.random() < 2 / 3 else rng.integers(len(b))
+                b[at] = rng.integers(256)
+        elif kind == 1:
+            del b[rng.integers(len(b)):]
+        else:
+            at = rng.integers(len(b))
+            b[at:at] = b[at:at + rng.integers(1, 64)]
+        p.write_bytes(bytes(b))
+        try:
+            t, meta = checkpoint.load(p)
+        except CheckpointError as e:
+            assert str(e).startswith(f"{p}: "), e
+            refused += 1
+        else:  # what loads is what was saved (a byte changed in the padding, say)
+            assert meta["config"] == _glae_config() and meta["epoch"] == META["epoch"], i
+    assert refused > 250

@@ -119,6 +119,56 @@ def test_thread_count_holds_in_every_thread():
     assert glae.get_num_threads() == n0 == _C._omp_threads_here()
 
 
+def test_a_model_runs_on_its_own_thread_count():
+    """A Model's context holds its count (Model(threads=), or 0: follow the process
+    default): each call applies it in the calling thread, whatever the default is; the
+    Loader's hand-over copy runs on the Loader's threads."""
+    import threading
+
+    n0 = glae.get_num_threads()
+    x = np.zeros((2, 32, 32, 3), np.uint8)
+    try:
+        glae.set_num_threads(3)
+        m = _C.Model("resnet18", "gap", input_size=32, threads=2)
+        d = _C.Model("resnet18", "gap", input_size=32)
+        assert (m.threads, d.threads) == (2, 3)
+        glae.set_num_threads(1)  # followed by the model without a count of its own
+        assert (m.threads, d.threads) == (2, 1)
+        seen = []
+
+        def work(model):
+            model.predict(x, route="vanilla", flip=False, norm="glae")
+            seen.append(_C._omp_threads_here())
+
+        for model, want in ((m, 2), (d, 1)):
+            t = threading.Thread(target=work, args=(model,))
+            t.start()
+            t.join()
+            assert seen[-1] == want
+        m.threads = 4
+        work(m)
+        assert seen[-1] == 4 and glae.get_num_threads() == 1
+        m.threads = 0  # back to the default
+        assert m.threads == 1
+        for bad in (-1, 2000):
+            with pytest.raises(ValueError, match="threads must be in"):
+                m.threads = bad
+        with pytest.raises(TypeError):
+            m.threads = "2"
+        with pytest.raises(ValueError, match="threads must be >= 0"):
+            _C.Model("resnet18", "gap", input_size=32, threads=-1)
+        with pytest.raises(ValueError, match="at most 1024"):
+            _C.Model("resnet18", "gap", input_size=32, threads=1025)
+        images = np.zeros((4, 8, 8, 3), np.uint8)
+        loader = _C.Loader(images, None, None, np.arange(4, dtype=np.int64), 2, out_size=8,
+                           threads=2, crop=False, flip=0.0, jitter=False, randaugment=False)
+        next(loader)
+        assert _C._omp_threads_here() == 2 and glae.get_num_threads() == 1
+        loader.close()
+    finally:
+        glae.set_num_threads(n0)
+
+
 def test_bad_arguments_to_core_bindings():
     with pytest.raises(TypeError, match="key must have dtype"):
         _C.philox4x32(np.zeros(2, np.int64), np.zeros(4, np.uint32))

@@ -496,15 +496,9 @@ def test_utkface_detection_rate_and_landmarks():
 def _detector(tmp_path, rng):
     if HAVE_WEIGHTS:
         return gd.MTCNN(MTCNN_WEIGHTS)
-    from test_torchfile import Storage, Tensor, write_legacy
-    import collections
+    from helpers import torch_state_dict, torch_write_legacy
     for fname, sd in zip(("pnet.pt", "rnet.pt", "onet.pt"), random_state_dicts(rng)):
-        obj = collections.OrderedDict()
-        for i, (k, v) in enumerate(sd.items()):
-            st = Storage(str(i), "FloatStorage", v.reshape(-1))
-            strides = tuple(int(np.prod(v.shape[j + 1:])) for j in range(v.ndim))
-            obj[k] = Tensor(st, 0, v.shape, strides)
-        write_legacy(tmp_path / fname, obj)
+        torch_write_legacy(tmp_path / fname, torch_state_dict(sd))
     return gd.MTCNN(tmp_path)
 
 
@@ -550,11 +544,102 @@ def test_missing_weights(tmp_path, monkeypatch):
         gd.MTCNN()
 
 
-def test_thread_setting_restored(tmp_path, rng):
+def test_detect_runs_on_its_own_thread_count(tmp_path, rng):
+    """num_threads is the detector's own count (its context's): the process default is
+    left alone, the results do not depend on it."""
     det = _detector(tmp_path, rng)
     before = glae.get_num_threads()
-    det.detect(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
-    assert glae.get_num_threads() == before
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    want = det.detect(img)
+    for n in (2, None, 1):
+        det.num_threads = n
+        for got, w in zip(det.detect(img), want):
+            np.testing.assert_array_equal(got, w)
+        assert _C._omp_threads_here() == (n or before)
+        assert glae.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be in"):
+        _C.mtcnn_detect(det._model, img, 20.0, 0.709, (0.6, 0.7, 0.7), 0.5, (0.7, 0.7, 0.7), -1)
+
+
+def test_training_keeps_its_thread_count_while_prepare_detects(tmp_path, rng):
+    """A model trains with its own thread count (Config.threads, held in its context)
+    while prepare, in another thread, detects and aligns faces with one thread in its
+    detector's context. Before, prepare set the process-wide count to 1 for its whole run
+    and every call applied that count, so the training thread's steps silently ran on one
+    thread. The probe is the training thread's OpenMP count right after each step's call,
+    the count that step's kernels ran with; the process-wide default is neither side's."""
+    import threading
+
+    from PIL import Image
+
+    from glae.config import Config
+    from glae.data import Record, prepare, synthetic_faces
+    from glae.model import Model
+    from glae.train import Dataset, Trainer
+
+    _detector(tmp_path, rng)  # random weights in tmp_path when the shared ones are absent
+    weights = MTCNN_WEIGHTS if HAVE_WEIGHTS else tmp_path
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"photo{i}.png")
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(paths[-1])
+    lm = np.array([[50, 35], [70, 35], [60, 45], [52, 60], [68, 60]], np.float32)
+    # one record aligned from its landmarks, so prepare succeeds whatever the detector finds
+    records = [Record(str(paths[0]), 30, landmarks=lm)] + [Record(str(p), 30) for p in paths[1:]]
+    images, ages = synthetic_faces(64, size=32, seed=0)
+    cfg = Config(backbone="resnet18", head="gap", image_size=32, batch_size=8, stage1_epochs=3,
+                 stage2_epochs=0, linear_scaling=False, seed=0, threads=2, loader_threads=1)
+    default = glae.get_num_threads()
+    glae.set_num_threads(3)
+    try:
+        trainer = Trainer(Model.from_config(cfg), cfg, Dataset(images, ages), None,
+                          progress=False, log=None)
+        seen = []
+
+        class Probe:  # the engine model, recording the count of each step's kernels
+            def __init__(self, core):
+                self.core = core
+
+            def __getattr__(self, name):
+                return getattr(self.core, name)
+
+            def train_step_async(self, *a, **k):
+                r = self.core.train_step_async(*a, **k)
+                seen.append(_C._omp_threads_here())
+                return r
+
+            def sgd_step(self, *a, **k):
+                r = self.core.sgd_step(*a, **k)
+                seen.append(_C._omp_threads_here())
+                return r
+
+        trainer.core = Probe(trainer.core)
+        done, prepared, errors = threading.Event(), [], []
+
+        def prepare_loop():
+            try:
+                while not done.is_set():
+                    rep = prepare(records, tmp_path / "out.glae", size=32, detect="missing",
+                                  detector_weights=weights, workers=2, progress=False)
+                    prepared.append(rep.n_used)
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        other = threading.Thread(target=prepare_loop)
+        other.start()
+        try:
+            while not prepared and not errors:  # training starts once prepare runs
+                time.sleep(0.01)
+            trainer.fit()
+        finally:
+            done.set()
+            other.join()
+        assert not errors, errors
+        assert len(prepared) >= 2 and min(prepared) >= 1, prepared
+        assert len(seen) == 2 * 3 * 8 and set(seen) == {2}, seen
+        assert glae.get_num_threads() == 3  # the default: set by neither side
+    finally:
+        glae.set_num_threads(default)
 
 
 def test_largest_and_most_confident():

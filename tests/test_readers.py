@@ -257,3 +257,14 @@ def test_corrupt_and_truncated(tmp_path):
             load_image(tmp_path / name)
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_load_image_names_what_a_non_image_path_is(tmp_path):
+    """a folder or a device is not reported as a missing image (issue 17)"""
+    with pytest.raises(IsADirectoryError, match="folder"):
+        load_image(tmp_path)
+    if os.path.exists("/dev/null"):
+        with pytest.raises(DecodeError, match="not a regular file"):
+            load_image("/dev/null")
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        load_image(tmp_path / "absent.jpg")

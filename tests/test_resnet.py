@@ -407,8 +407,10 @@ def test_bad_input(rng):
         m.train_step(x, ages, loss="mse")
     with pytest.raises(ValueError, match="route must be"):
         m.predict(x, route="random")
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match=r"^get: no tensor named 'nope' \(param_table"):
         m.get("nope")
+    with pytest.raises(ValueError, match=r"^set: no tensor named 'fc.nope'"):
+        m.set("fc.nope", np.zeros(3, np.float32))
     with pytest.raises(ValueError, match=r"value for 'conv1.weight' must have shape \(64, 3, 7, 7\)"):
         m.set("conv1.weight", np.zeros((64, 7, 7, 3), np.float32))
     with pytest.raises(ValueError, match="value must have 1 dimensions"):

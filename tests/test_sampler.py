@@ -113,10 +113,12 @@ def test_class_balanced_length_and_label_kinds():
     assert _C.sample_class_balanced(labels, 0, 0, length=0).shape == (0,)
     i64 = _C.sample_class_balanced(labels.astype(np.int64), 1, 1, length=50)
     np.testing.assert_array_equal(_C.sample_class_balanced(labels, 1, 1, length=50), i64)
-    # float ages are rounded half-to-even (numpy.rint): 29.6 and 30.4 are 30, 2.5 is 2
-    fl = np.array([29.6, 30.4, 30.0, 2.5, 1.5, 70.9])
+    # float ages get their whole-year class, half up (age_class): 29.5 and 30.4 are 30,
+    # 1.5 and 2.4 are 2, 70.5 is 71 (half to even would make 70.5 -> 70, a class of its own)
+    fl = np.array([29.6, 30.4, 29.5, 1.5, 2.4, 70.5])
     for dt in (np.float32, np.float64):
         np.testing.assert_array_equal(_C.sample_class_balanced(fl.astype(dt), 1, 1, length=50), i64)
+    np.testing.assert_array_equal(_C.age_class(fl.astype(np.float32)), labels)
     # a single class is sampled uniformly like instance-balanced with replacement
     one = _C.sample_class_balanced(np.full(7, 25, np.int64), 0, 0, length=70)
     assert set(one.tolist()) <= set(range(7))
@@ -142,6 +144,8 @@ def test_bad_arguments():
         _C.sample_class_balanced(np.zeros(0, np.int64), 0, 0)
     with pytest.raises(ValueError, match=r"labels\[1\] is not a finite age"):
         _C.sample_class_balanced(np.array([1.0, np.nan]), 0, 0)
+    with pytest.raises(ValueError, match=r"labels\[0\] is not a finite age >= 0: -2"):
+        _C.sample_class_balanced(np.array([-2.0, 3.0], np.float32), 0, 0)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         _C.sample_class_balanced(lab, -1, 0)
     with pytest.raises(ValueError, match="epoch must be <= 4294967295"):

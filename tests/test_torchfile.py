@@ -1,6 +1,7 @@
 """glae.torchfile: PyTorch checkpoints without PyTorch. The tests write their own files in
-both layouts with the pickle module, using the global names torch itself writes
-(torch._utils._rebuild_tensor_v2, torch.FloatStorage, ...), then read them back."""
+both layouts with the pickle module (tests/helpers.py's torch.save writer, using the global
+names torch itself writes: torch._utils._rebuild_tensor_v2, torch.FloatStorage, ...), then
+read them back."""
 import collections
 import hashlib
 import importlib.util
@@ -17,104 +18,16 @@ from glae import torchfile
 from glae.torchfile import TorchFileError
 
 from conftest import MTCNN_WEIGHTS as _MTCNN_WEIGHTS
+from helpers import Storage, Tensor
+from helpers import TorchGlobal as G
+from helpers import torch_write_legacy as write_legacy
+from helpers import torch_write_zip as write_zip
 
 # conftest resolves ../shared relative to the checkout; a worktree elsewhere can point
 # at the weights with GLAE_MTCNN_WEIGHTS
 MTCNN_WEIGHTS = os.environ.get("GLAE_MTCNN_WEIGHTS", _MTCNN_WEIGHTS)
 
-# ---- a minimal torch.save writer (test side) ------------------------------------------
-
-
-class G:
-    """A global reference written as GLOBAL module\\nname (no import needed)."""
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def __call__(self, *a):  # pickle wants reduce functions to be callable
-        raise AssertionError("never called")
-
-
-class Storage:
-    def __init__(self, key, kind, data):
-        self.key, self.kind, self.data = key, kind, data  # data: 1-D numpy array
-
-
-class Tensor:
-    def __init__(self, storage, offset, size, stride, param=False):
-        self.storage, self.offset, self.size, self.stride, self.param = (
-            storage, offset, tuple(size), tuple(stride), param)
-
-    def __reduce__(self):
-        t = (G("torch._utils", "_rebuild_tensor_v2"),
-             (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()))
-        if self.param:
-            return (G("torch._utils", "_rebuild_parameter"), (_Reduced(t), True, collections.OrderedDict()))
-        return t
-
-
-class _Reduced:
-    def __init__(self, rv):
-        self.rv = rv
-
-    def __reduce__(self):
-        return self.rv
-
-
-class _Pickler(pickle._Pickler):
-    def __init__(self, f, legacy):
-        super().__init__(f, protocol=2)
-        self.legacy = legacy
-        self.seen = []
-
-    def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, G):
-            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-            return
-        super().save(obj, save_persistent_id)
-
-    def persistent_id(self, obj):
-        if not isinstance(obj, Storage):
-            return None
-        if obj not in self.seen:
-            self.seen.append(obj)
-        pid = ("storage", G("torch", obj.kind), obj.key, "cpu", obj.data.size)
-        return pid + (None,) if self.legacy else pid
-
-
-def _pickle(obj, legacy):
-    buf = io.BytesIO()
-    p = _Pickler(buf, legacy)
-    p.dump(obj)
-    return buf.getvalue(), p.seen
-
-
-def write_legacy(path, obj, little=True):
-    body, storages = _pickle(obj, True)
-    with open(path, "wb") as f:
-        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
-        pickle.dump(1001, f, protocol=2)
-        pickle.dump({"protocol_version": 1001, "little_endian": little,
-                     "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
-        f.write(body)
-        pickle.dump([s.key for s in storages], f, protocol=2)
-        for s in storages:
-            f.write(struct.pack("<q" if little else ">q", s.data.size))
-            f.write(s.data.astype(s.data.dtype.newbyteorder("<" if little else ">")).tobytes())
-
-
-def write_zip(path, obj, prefix="archive", byteorder="little"):
-    body, storages = _pickle(obj, False)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{prefix}/data.pkl", body)
-        if byteorder:
-            z.writestr(f"{prefix}/byteorder", byteorder)
-        for s in storages:
-            dt = s.data.dtype.newbyteorder("<" if byteorder != "big" else ">")
-            z.writestr(f"{prefix}/data/{s.key}", s.data.astype(dt).tobytes())
-        z.writestr(f"{prefix}/version", "3\n")
-
-
+# the two torch.save layouts (tests/helpers.py), for the tests run on both
 WRITERS = {"legacy": write_legacy, "zip": write_zip}
 
 
@@ -335,3 +248,401 @@ def test_against_torch(tmp_path, zip_format):
         mine = torchfile.load_state_dict(os.path.join(MTCNN_WEIGHTS, "onet.pt"))
         for k, v in ref.items():
             np.testing.assert_array_equal(mine[k], v.numpy())
+
+
+# ---- hostile files (issue 17): each finding of the hostile-input run, reproduced ------------
+
+
+def _u(s):
+    """A pickle BINUNICODE opcode pushing s."""
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def zip_pickle(path, body, members=None):
+    """A zip archive whose archive/data.pkl is the raw pickle `body` (plus `members`)."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", body)
+        for name, data in (members or {}).items():
+            z.writestr(f"archive/{name}", data)
+
+
+def _float32_files(tmp_path):
+    """A float32 tensor through FloatStorage (v2) and through UntypedStorage + torch.float32
+    (v3, what PyTorch >= 2 writes): (paths, the values both must load as)."""
+    values = np.arange(1, 7, dtype=np.float32) / 8
+    v2 = tmp_path / "v2.pth"
+    write_zip(v2, collections.OrderedDict(
+        w=Tensor(Storage("0", "FloatStorage", values), 0, (2, 3), (3, 1))))
+
+    class V3(Tensor):
+        def __reduce__(self):
+            return (G("torch._utils", "_rebuild_tensor_v3"),
+                    (self.storage, 0, self.size, self.stride, False, collections.OrderedDict(),
+                     G("torch", "float32")))
+
+    v3 = tmp_path / "v3.pth"
+    write_zip(v3, collections.OrderedDict(
+        w=V3(Storage("0", "UntypedStorage", values.view(np.uint8)), 0, (2, 3), (3, 1))))
+    return (v2, v3), values.reshape(2, 3)
+
+
+def test_memo_references_are_rebuilt_once(tmp_path, rng):
+    """Finding: a small file whose pickle reuses objects through memo references made the
+    reader rebuild them once per path (time and memory doubling per level: a hang). Each
+    object is now rebuilt once and stays shared, as the pickle shares it."""
+    s = Storage("0", "FloatStorage", rng.standard_normal(3).astype(np.float32))
+    x = [Tensor(s, 0, (3,), (1,))]
+    for i in range(64):  # 2**64 paths to the bottom
+        x = [x, x] if i % 2 else {"a": x, "b": x}
+    p = tmp_path / "memo.pth"
+    write_zip(p, x)
+    assert p.stat().st_size < 2000
+    got = torchfile.load(p)
+    for i in reversed(range(64)):
+        if i % 2:
+            assert got[0] is got[1]
+            got = got[0]
+        else:
+            assert got["a"] is got["b"]
+            got = got["a"]
+    np.testing.assert_array_equal(got[0], s.data)
+
+
+def test_shared_tensor_is_one_array(tmp_path, rng):
+    s = Storage("0", "FloatStorage", rng.standard_normal(4).astype(np.float32))
+    t = Tensor(s, 0, (4,), (1,))
+    write_legacy(tmp_path / "tied.pt", collections.OrderedDict([("enc", t), ("dec", t)]))
+    got = torchfile.load(tmp_path / "tied.pt")
+    assert got["enc"] is got["dec"]
+    np.testing.assert_array_equal(got["enc"], s.data)
+
+
+_TAMPER = {
+    # BUILD with a dict state on a storage type: changed its dtype for every later load
+    "storage_dict_state": b"\x80\x02ctorch\nFloatStorage\n}" + _u("code") + _u("f2") + b"sb0}.",
+    # BUILD with (None, slot state): setattr on the stand-in
+    "storage_slot_state": (b"\x80\x02ctorch\nFloatStorage\nN}" + _u("code") + _u("f2")
+                           + b"s\x86b0}."),
+    "dtype_dict_state": b"\x80\x02ctorch\nfloat32\n}" + _u("code") + _u("f2") + b"sb0}.",
+    "rebuild_defaults": (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + _u("__defaults__")
+                         + b"\x88NN\x87s\x86b0}."),
+    "rebuild_dict_state": (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}" + _u("x")
+                           + b"K\x01sb0}."),
+    "ordereddict_class": b"\x80\x02ccollections\nOrderedDict\n}" + _u("x") + b"K\x01sb0}.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TAMPER))
+def test_stand_ins_cannot_be_changed_by_a_file(tmp_path, case):
+    """Finding: one crafted file that loaded as {} changed the shared stand-in objects, so
+    every later load in the process read float32 tensors as float16. The stand-ins are
+    now made per load and refuse BUILD; later loads read what the file says."""
+    (v2, v3), want = _float32_files(tmp_path)
+    evil = tmp_path / f"{case}.pth"
+    zip_pickle(evil, _TAMPER[case])
+    with pytest.raises(TorchFileError, match=rf"{case}\.pth: archive/data\.pkl"):
+        torchfile.load(evil)
+    for p in (v2, v3):
+        got = torchfile.load(p)["w"]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    assert torchfile._rebuild_tensor_v2.__defaults__ == (False, None, None)
+    assert not torchfile._rebuild_tensor_v2.__dict__
+
+
+def test_a_dtype_value_comes_back_as_its_name(tmp_path):
+    zip_pickle(tmp_path / "d.pth", b"\x80\x02}" + _u("dtype") + b"ctorch\nhalf\ns.")
+    assert torchfile.load(tmp_path / "d.pth") == {"dtype": "float16"}
+
+
+def _one_float(tmp_path, size, stride, offset=0):
+    s = Storage("0", "FloatStorage", np.ones(1, np.float32))
+    p = tmp_path / "big.pth"
+    write_zip(p, collections.OrderedDict(w=Tensor(s, offset, size, stride)))
+    return p
+
+
+@pytest.mark.parametrize("size,stride,msg", [
+    ((2 ** 20, 2 ** 20), (0, 0), "4,398,046,511,104 bytes"),  # 4 TiB from one float
+    ((2 ** 13, 2 ** 13), (0, 0), "268,435,456 bytes"),  # 256 MiB: fits, must not be made
+    ((2 ** 64,), (0,), "bad geometry"),
+    ((0, 2 ** 64), (0, 0), "bad geometry"),
+    ((2 ** 40, 2 ** 40, 0), (0, 0, 0), "too large"),
+    ((1,) * 40, (0,) * 40, "at most 32 dims"),
+    ((2,), (-1,), "bad geometry"),
+    ((3,), (True,), "bad geometry"),
+    ("ab", (1, 1), "bad geometry"),
+])
+def test_huge_or_bad_geometry_refused_before_allocation(tmp_path, size, stride, msg):
+    """Finding: a ~600-byte file declaring a 4 TiB tensor through stride 0 raised NumPy's
+    MemoryError, and one whose size fits in memory was really allocated; huge sizes gave
+    OverflowError. Now: TorchFileError naming the file and the tensor, before any array."""
+    import tracemalloc
+
+    p = _one_float(tmp_path, size, stride)
+    assert p.stat().st_size < 1000
+    tracemalloc.start()
+    try:
+        with pytest.raises(TorchFileError, match=rf"big\.pth: tensor 'w': .*{msg}"):
+            torchfile.load(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_max_bytes(tmp_path):
+    """A stride-0 (expanded) tensor is legitimate when it fits the allowance: max_bytes
+    moves the limit both ways."""
+    p = _one_float(tmp_path, (64, 64), (0, 0))
+    np.testing.assert_array_equal(torchfile.load(p)["w"], np.ones((64, 64), np.float32))
+    with pytest.raises(TorchFileError, match="max_bytes"):
+        torchfile.load(p, max_bytes=1000)
+    assert torchfile.load_state_dict(p, max_bytes=64 * 64 * 4 + 1000)["w"].shape == (64, 64)
+    with pytest.raises(TypeError, match="max_bytes"):
+        torchfile.load(p, max_bytes=-1)
+
+
+def test_legacy_huge_storage_refused(tmp_path):
+    """A legacy file whose storage claims 2**61 elements (pickle and record agreeing):
+    OverflowError/MemoryError from the read before; now refused from the file's size."""
+    import helpers
+
+    st = Storage("0", "FloatStorage", np.ones(1, np.float32))
+
+    class Lying(helpers._TorchPickler):
+        def persistent_id(self, obj):
+            pid = super().persistent_id(obj)
+            return None if pid is None else pid[:4] + (2 ** 61,) + pid[5:]
+
+    body = io.BytesIO()
+    Lying(body, True).dump(collections.OrderedDict(w=Tensor(st, 0, (1,), (1,))))
+    p = tmp_path / "huge.pt"
+    with open(p, "wb") as f:
+        for v in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(v, f, protocol=2)
+        f.write(body.getvalue())
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", 2 ** 61) + b"\0" * 4)
+    with pytest.raises(TorchFileError, match=r"huge\.pt: storage '0': truncated"):
+        torchfile.load(p)
+
+
+@pytest.mark.parametrize("n", [2 ** 31, 2 ** 40, 2 ** 62])
+@pytest.mark.parametrize("op", [b"\x8e", b"\x96"])  # BINBYTES8, BYTEARRAY8
+def test_huge_pickle_length_field(tmp_path, capfd, n, op):
+    """A pickle opcode declaring up to 4 EiB of bytes in a 20-byte pickle. The C
+    unpickler reserves the size before reading: MemoryError, OverflowError or
+    'truncated', all TorchFileError; and for BYTEARRAY8 a failed reservation makes
+    CPython (3.11) print 'SystemError: deallocated bytearray object has exported
+    buffers', so such a length is refused before the unpickler sees it."""
+    for name, pre in (("s.pth", b""), ("t.pth", b"X\x01\x00\x00\x00\x960")):
+        # t.pth: the same after a string holding the byte 0x96
+        zip_pickle(tmp_path / name, b"\x80\x05" + pre + op + struct.pack("<Q", n) + b".")
+        with pytest.raises(TorchFileError,
+                           match=rf"{name[0]}\.pth: archive/data\.pkl \(the object pickle\)"):
+            torchfile.load(tmp_path / name)
+    assert "SystemError" not in capfd.readouterr().err
+
+
+def _damage(path, fn):
+    raw = bytearray(path.read_bytes())
+    fn(raw)
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_zip_is_torchfileerror(tmp_path, rng):
+    """Finding: zipfile.BadZipFile escaped (a bad CRC in archive/byteorder was read
+    outside the guarded block). Every damaged archive is now a TorchFileError."""
+    obj, _ = _sample(rng)
+    base = tmp_path / "ok.pth"
+    write_zip(base, obj)
+    raw = base.read_bytes()
+
+    def case(name, fn):
+        p = tmp_path / f"{name}.pth"
+        p.write_bytes(raw)
+        _damage(p, fn)
+        return p
+
+    def flip_after(marker, delta=1):
+        def fn(b):
+            i = bytes(b).index(marker) + len(marker) + delta
+            b[i] ^= 0x20
+        return fn
+
+    p = case("byteorder_crc", flip_after(b"archive/byteorder", 0))
+    with pytest.raises(TorchFileError, match=r"byteorder_crc\.pth: archive/byteorder: damaged zip"):
+        torchfile.load(p)
+    p = case("pickle_crc", flip_after(b"archive/data.pkl", 4))
+    with pytest.raises(TorchFileError, match=r"pickle_crc\.pth: archive/data\.pkl"):
+        torchfile.load(p)
+    p = case("storage_crc", flip_after(b"archive/data/3", 1))
+    with pytest.raises(TorchFileError, match=r"storage_crc\.pth: storage '3'"):
+        torchfile.load(p)
+
+    def central_dir_offset(b):  # local headers now 'before the start of the file'
+        i = bytes(b).rindex(b"PK\x05\x06")
+        (off,) = struct.unpack("<I", b[i + 16:i + 20])
+        b[i + 16:i + 20] = struct.pack("<I", off + 100000)
+
+    p = case("offsets", central_dir_offset)
+    with pytest.raises(TorchFileError, match=r"offsets\.pth: "):
+        torchfile.load(p)
+
+    # a deflated archive whose compressed pickle is damaged (zlib.error before)
+    d = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(d, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"a": list(range(200))}, protocol=2))
+    _damage(d, flip_after(b"archive/data.pkl", 10))
+    with pytest.raises(TorchFileError, match=r"deflated\.pth: archive/data\.pkl"):
+        torchfile.load(d)
+
+    # compression PyTorch never writes is refused before decompressing anything
+    b = tmp_path / "bz2.pth"
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_BZIP2) as z:
+        z.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+    with pytest.raises(TorchFileError, match="compression method 12"):
+        torchfile.load(b)
+
+
+def test_deep_nesting_refused(tmp_path):
+    """Finding: RecursionError on deep nesting (100,000 nested lists in 200 kB); also a
+    persistent id nested that deep (its repr in the message recursed)."""
+    n = 100_000
+    zip_pickle(tmp_path / "deep.pth", b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b".")
+    with pytest.raises(TorchFileError, match=rf"deep\.pth: object graph at .*more than "
+                                             rf"{torchfile.MAX_DEPTH} deep"):
+        torchfile.load(tmp_path / "deep.pth")
+    zip_pickle(tmp_path / "pid.pth", b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b"Q.")
+    with pytest.raises(TorchFileError, match=r"pid\.pth: .*unexpected persistent id \[\[\["):
+        torchfile.load(tmp_path / "pid.pth")
+    ok = [[[[1]]]]
+    write_zip(tmp_path / "ok.pth", ok)
+    assert torchfile.load(tmp_path / "ok.pth") == ok
+
+
+def test_cycles_and_foreign_values_refused(tmp_path, rng):
+    loop = []
+    loop.append(loop)
+    zip_pickle(tmp_path / "cycle.pth", pickle.dumps(loop, protocol=2))
+    with pytest.raises(TorchFileError, match=r"cycle\.pth: object graph at '\[0\]': .*cycle"):
+        torchfile.load(tmp_path / "cycle.pth")
+    # a class as a value, a tensor as a dict key
+    zip_pickle(tmp_path / "cls.pth", b"\x80\x02}" + _u("k") + b"ccollections\nOrderedDict\ns.")
+    with pytest.raises(TorchFileError, match=r"cls\.pth: object graph at 'k': .*OrderedDict"):
+        torchfile.load(tmp_path / "cls.pth")
+    s = Storage("0", "FloatStorage", np.ones(2, np.float32))
+    write_zip(tmp_path / "key.pth", {Tensor(s, 0, (2,), (1,)): 1})
+    with pytest.raises(TorchFileError, match=r"key\.pth: .*dict key is tensor"):
+        torchfile.load(tmp_path / "key.pth")
+    # and a shared storage declared with two sizes
+    zip_pickle(tmp_path / "twice.pth",
+               b"\x80\x02(" + _u("storage") + b"ctorch\nFloatStorage\n" + _u("0") + _u("cpu")
+               + b"K\x02tQ(" + _u("storage") + b"ctorch\nFloatStorage\n" + _u("0") + _u("cpu")
+               + b"K\x03tQ\x86.")
+    with pytest.raises(TorchFileError, match="storage '0' declared twice"):
+        torchfile.load(tmp_path / "twice.pth")
+
+
+def test_io_errors_stay_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        torchfile.load(tmp_path / "missing.pth")
+    with pytest.raises(IsADirectoryError):
+        torchfile.load(tmp_path)
+    if os.path.exists("/dev/null"):
+        with pytest.raises(TorchFileError, match="/dev/null: file: empty file"):
+            torchfile.load("/dev/null")
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip"])
+def test_mutated_files_raise_only_torchfileerror(tmp_path, rng, fmt):
+    """Every error maps to TorchFileError: 300 copies of a valid file with 1-4 bytes
+    changed, cut or duplicated each either load or raise TorchFileError, never anything
+    else (the hostile-input run saw BadZipFile, OverflowError, RecursionError, MemoryError)."""
+    obj, _ = _sample(rng)
+    base = tmp_path / f"base.{fmt}"
+    WRITERS[fmt](base, {"epoch": 3, "state_dict": obj})
+    raw = base.read_bytes()
+    p = tmp_path / "m"
+    outcomes = collections.Counter()
+    for _ in range(300):
+        b = bytearray(raw)
+        kind = rng.integers(3)
+        if kind == 0:
+            for _ in range(rng.integers(1, 5)):
+                b[rng.integers(len(b))] = rng.integers(256)
+        elif kind == 1:
+            del b[rng.integers(len(b)):]
+        else:
+            i = rng.integers(len(b))
+            b[i:i] = b[i:i + rng.integers(1, 64)]
+        p.write_bytes(bytes(b))
+        try:
+            torchfile.load(p)
+            outcomes["loaded"] += 1
+        except TorchFileError as e:
+            assert str(e).startswith(f"{p}: "), e
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100, outcomes
+
+
+# ---- inputs the fuzzer (bench/fuzz_torchfile.py) found ------------------------------------
+
+# atheris, 8,185 executions in: a 1,168-byte legacy file whose system-info pickle holds
+# LONG_BINPUT 174417761; CPython's unpickler zero-fills a memo table of twice that many
+# entries (2.7 GB, 14 s) before the pickle fails on a missing memo entry
+FUZZ_OOM_MEMO = (
+    "eNprYOriyvkzx+2nQtaKAEm9Bibfl8xAsraQQSNCgIGBoaAovyQ/OT8nviy1qDgzP6+QEaggghcok5NZUpKT"
+    "Gp+al5KZmFfIVJSYnsoVwQiUMC60zWD1ZvErKbQL9GbM4Mvg78xg0AwqtC8pdAgqdIzgAqrxzCsJLskH6Sl0"
+    "SgYykjP04ktLMnOKueKLUpNKM3NS4ktS84rzi+LLjLg0NDKYIYq4EPogdpkUOkPtckGxy7Wk0C2o0D2CB6gm"
+    "OCO/CG6bBym2IeuE2Gda6Am1zwvFPu+SQp+gQt8IbqAa54zEIph1fqRYh6QRYptZoT/UtgAU2wJLCoOCCoPB"
+    "tjlVlqTCbAshxTYkjRDbzAtDobaFodgWXlIYEVQYCbEtPz8HZlsUSbYhNEJssyiMhtoWg2JbbElhXFBhfAQ/"
+    "yDa3nPzEEkMzmI0JJNmIqhliq2VhItTWJBRbk0sKU4IKU0uBST8WlPRBag0KGcG0YSETmDYqZIambxZo2mOF"
+    "pgk2aGyxQ8ORA+pDTqidXKl6DAz/gYABBCTsGPbn7GN3q7dX/rTX9trV+/s5FRfa7VT6a7/sZaV9UfGz/Sbq"
+    "//Yv/Bm6X77vla2ma94BkbN++xK43uyfX8W837r0wX7ukP59Cz9J2F06aGvfWiiyj3nedPt1L9z2a3kZ223+"
+    "qcgAASwOQoJH8vfJatvfE605kdh24gDv3rw14oyzDgjlWz+aVXYRpu7AFJv0ozx79GF8BlTABKUZ0WgWoIf+"
+    "QtnMQMwOF/8FZLOBxcB8xv/snDA2JxvjL7g4EMDtZGJg/v/7/18AnNhZLw=="
+)
+
+
+def test_fuzz_memo_index_refused_before_the_unpickler(tmp_path, monkeypatch):
+    import base64
+    import tracemalloc
+    import zlib
+
+    found = tmp_path / "oom-1e4fd760.pt"
+    found.write_bytes(zlib.decompress(base64.b64decode("".join(FUZZ_OOM_MEMO))))
+    small = tmp_path / "memo.pth"  # the same in 9 bytes: an empty list put at 2**31 - 1
+    zip_pickle(small, b"\x80\x02]r\xff\xff\xff\x7f.")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TorchFileError, match=r"oom-1e4fd760\.pt: header pickles .*memo "
+                                                 r"index 174417761 after only 10 opcodes"):
+            torchfile.load(found)
+        with pytest.raises(TorchFileError, match=r"memo\.pth: archive/data\.pkl .*memo index "
+                                                 r"2147483647"):
+            torchfile.load(small)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    # writers number memo entries 0, 1, 2, ...: what pickle itself writes still loads
+    zip_pickle(small, pickle.dumps([[1], [2], {"a": [3]}], protocol=2))
+    assert torchfile.load(small) == [[1], [2], {"a": [3]}]
+    # and the opcode count is bounded too
+    monkeypatch.setattr(torchfile, "MAX_NODES", 1000)
+    zip_pickle(small, b"\x80\x02(" + b"]" * 2000 + b"l.")
+    with pytest.raises(TorchFileError, match="more than 1,000 opcodes"):
+        torchfile.load(small)
+
+
+def test_zip_bomb_refused(tmp_path):
+    """A deflated data.pkl expanding more than 64:1 (PyTorch never deflates)."""
+    p = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02(" + b"]" * (8 << 20) + b"l.")
+    assert p.stat().st_size < 64 << 10
+    with pytest.raises(TorchFileError, match=r"bomb\.pth: archive/data\.pkl .*more than 64:1"):
+        torchfile.load(p)

@@ -150,7 +150,7 @@ def test_stage2_changes_only_the_balanced_head(data):
     assert np.all(np.abs(freq - 0.25) < 0.15), freq  # instance-balanced: 0.7 for age 30
     for epoch, order in enumerate(orders[2]):
         assert np.array_equal(order, _C.sample_class_balanced(
-            np.rint(ages).astype(np.int64), cfg.seed * 2 + 1, epoch, len(train)))
+            _C.age_class(ages), cfg.seed * 2 + 1, epoch, len(train)))
     assert t.model.stage2_trained
 
 
@@ -376,6 +376,26 @@ def test_predict_refuses_what_it_cannot_answer(data, reference_run):
     x[1, 2, 3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         m.evaluate_batch(x)
+
+
+def test_checkpoint_state_entry_must_be_an_object(tmp_path):
+    """Finding (issue 17): a null or string 'state' entry gave Python's own messages
+    ('NoneType' object is not iterable, Expecting value ...). Entries rewritten through
+    checkpoint.save, so their checksums are right and only the value is wrong."""
+    path = str(tmp_path / "m.safetensors")
+    Model.from_config(small_cfg()).save(path)
+    tensors, meta = ckpt.load(path)
+    for state, msg in [(None, "got null"), ("not json", "got a string that is not JSON"),
+                       ("[1, 2]", "got an array"), ('"x"', "got a string"), (7, "got a number"),
+                       ([], "got an array")]:
+        ckpt.save(path, tensors, {**meta, "state": state})
+        with pytest.raises(ckpt.CheckpointError, match=rf"{path}: metadata entry 'state' "
+                                                       rf"\(the trainer state\) must be a JSON "
+                                                       rf"object, {msg}$"):
+            load(path)
+    # a JSON object held in a string (as some writers stored it) still loads
+    ckpt.save(path, tensors, {**meta, "state": json.dumps(meta["state"])})
+    assert load(path).stage2_trained is False
 
 
 def test_resume_rejects_bad_checkpoints(data, reference_run, tmp_path):

@@ -1,13 +1,8 @@
 """glae.weights: ImageNet backbones from torchvision's .pth (zip and legacy torch.save
 layouts, written here with the pickle module the way torch writes them) and from
 .safetensors files; glae checkpoints readable by the `safetensors` package."""
-import collections
 import importlib.util
-import io
 import os
-import pickle
-import struct
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,92 +12,20 @@ from glae import checkpoint
 from glae.model import CoreModel, Model
 from glae.weights import PretrainedError, guess_arch, load_pretrained
 
+from helpers import torch_state_dict, torch_write_legacy, torch_write_zip
+
 HAS_SAFETENSORS = importlib.util.find_spec("safetensors") is not None
 
 
-# ---- torch.save writer (test side): one storage per tensor, like torchvision's files ----
-
-class _Global:
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def __call__(self, *a):
-        raise AssertionError("never called")
-
-
-class _Storage:
-    def __init__(self, key, data):
-        self.key, self.data = key, np.ascontiguousarray(data).reshape(-1)
-        self.kind = {"f": "FloatStorage", "i": "LongStorage"}[data.dtype.kind]
-
-
-class _Tensor:
-    def __init__(self, storage, shape):
-        self.storage, self.shape = storage, tuple(shape)
-
-    def __reduce__(self):
-        stride, acc = [], 1
-        for n in reversed(self.shape):
-            stride.insert(0, acc)
-            acc *= n
-        return (_Global("torch._utils", "_rebuild_tensor_v2"),
-                (self.storage, 0, self.shape, tuple(stride), False, collections.OrderedDict()))
-
-
-class _Pickler(pickle._Pickler):
-    def __init__(self, f, legacy):
-        super().__init__(f, protocol=2)
-        self.legacy, self.seen = legacy, []
-
-    def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, _Global):
-            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-            return
-        super().save(obj, save_persistent_id)
-
-    def persistent_id(self, obj):
-        if not isinstance(obj, _Storage):
-            return None
-        if obj not in self.seen:
-            self.seen.append(obj)
-        pid = ("storage", _Global("torch", obj.kind), obj.key, "cpu", obj.data.size)
-        return pid + (None,) if self.legacy else pid
-
-
-def _as_torch(state, legacy):
-    od = collections.OrderedDict()
-    for i, (k, v) in enumerate(state.items()):
-        od[k] = _Tensor(_Storage(str(i), v), v.shape)
-    od._metadata = collections.OrderedDict([("", {"version": 1})])  # as nn.Module writes
-    buf = io.BytesIO()
-    p = _Pickler(buf, legacy)
-    p.dump(od)
-    return buf.getvalue(), p.seen
-
+# ---- torch.save files (tests/helpers.py's writer): one storage per tensor, like torchvision's
 
 def write_pth(path, state):
     """The zip layout torch.save has written since 1.6 (torchvision's .pth)."""
-    body, storages = _as_torch(state, legacy=False)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("resnet18/data.pkl", body)
-        z.writestr("resnet18/byteorder", "little")
-        for s in storages:
-            z.writestr(f"resnet18/data/{s.key}", s.data.astype(s.data.dtype.newbyteorder("<")).tobytes())
-        z.writestr("resnet18/version", "3\n")
+    torch_write_zip(path, torch_state_dict(state), prefix="resnet18")
 
 
 def write_legacy(path, state):
-    body, storages = _as_torch(state, legacy=True)
-    with open(path, "wb") as f:
-        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
-        pickle.dump(1001, f, protocol=2)
-        pickle.dump({"protocol_version": 1001, "little_endian": True,
-                     "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
-        f.write(body)
-        pickle.dump([s.key for s in storages], f, protocol=2)
-        for s in storages:
-            f.write(struct.pack("<q", s.data.size))
-            f.write(s.data.tobytes())
+    torch_write_legacy(path, torch_state_dict(state))
 
 
 # ---- a torchvision ResNet-18 state dict of random values --------------------------------

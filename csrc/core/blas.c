@@ -15,7 +15,7 @@ void glae_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a
                 const float *b, int ldb, float beta, float *c, int ldc) {
     int nt = 1;
 #ifdef _OPENMP
-    if (!omp_in_parallel()) nt = omp_get_max_threads();
+    if (!omp_in_parallel()) nt = omp_get_max_threads(); /* the applied ctx->nthreads */
 #endif
     if (nt <= 1 || (int64_t)m * n * k < SPLIT_MIN_WORK) {
         glae_sgemm_serial(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

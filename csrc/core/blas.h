@@ -12,8 +12,10 @@
 #include <cblas.h>
 
 /* C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C, split over the rows of C
- * (or its columns when there are few rows) across OpenMP threads. Safe to call inside an
- * OpenMP parallel region (it then runs on the calling thread). */
+ * (or its columns when there are few rows) across the calling thread's OpenMP count: the
+ * ctx->nthreads its caller's entry applied (ctx.h), the count of the op's own loops, so
+ * it takes no context. Safe to call inside an OpenMP parallel region (it then runs on the
+ * calling thread). */
 void glae_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
                 int lda, const float *b, int ldb, float beta, float *c, int ldc);
 

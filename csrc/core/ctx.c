@@ -16,9 +16,7 @@ int glae_ctx_init(glae_ctx *ctx, glae_device device) {
     if (device != GLAE_CPU) return glae_fail(GLAE_ERR_VALUE, "ctx: only the CPU device is built");
     ctx->device = device;
     ctx->dev = &glae_device_cpu;
-    glae_apply_num_threads();
-    ctx->nthreads = glae_get_num_threads();
-    return GLAE_OK;
+    return GLAE_OK; /* nthreads 0: the process default */
 }
 
 void glae_ctx_free(glae_ctx *ctx) {
@@ -40,14 +38,29 @@ float *glae_ctx_scratch(glae_ctx *ctx, size_t nfloat) {
     return ctx->scratch;
 }
 
-static _Atomic int g_threads; /* 0 until set: OpenMP's default */
+/* the calling thread's OpenMP count; n < 1 leaves OpenMP's default */
+static void use_threads(int n) {
+#ifdef _OPENMP
+    if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+void glae_ctx_set_threads(glae_ctx *ctx, int n) { ctx->nthreads = n >= 1 ? n : 0; }
+
+int glae_ctx_threads(const glae_ctx *ctx) {
+    return ctx->nthreads >= 1 ? ctx->nthreads : glae_get_num_threads();
+}
+
+void glae_ctx_apply_threads(const glae_ctx *ctx) { use_threads(glae_ctx_threads(ctx)); }
+
+static _Atomic int g_threads; /* the default; 0 until set: OpenMP's default */
 
 void glae_set_num_threads(int n) {
     if (n < 1) n = 1;
     atomic_store(&g_threads, n);
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
+    use_threads(n);
     glae_blas_set_num_threads(1); /* glae_sgemm does the splitting: see blas.h */
 }
 
@@ -60,9 +73,4 @@ int glae_get_num_threads(void) {
 #endif
 }
 
-void glae_apply_num_threads(void) {
-#ifdef _OPENMP
-    const int n = atomic_load(&g_threads);
-    if (n && omp_get_max_threads() != n) omp_set_num_threads(n);
-#endif
-}
+void glae_apply_num_threads(void) { use_threads(atomic_load(&g_threads)); }

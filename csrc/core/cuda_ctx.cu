@@ -115,7 +115,7 @@ extern "C" int glae_cuda_ctx_create(glae_ctx *ctx, int device, int math_mode) {
     }
     ctx->device = GLAE_CUDA;
     ctx->dev = &glae_device_cuda;
-    ctx->nthreads = 1;
+    ctx->nthreads = 0; /* its host work (init, pinned copies): the process default */
     ctx->cuda = c;
     return GLAE_OK;
 }

@@ -27,8 +27,8 @@ typedef enum {
 
 typedef struct glae_cuda_ctx glae_cuda_ctx;
 
-/* Make ctx a CUDA context on `device`: zeroes ctx, sets ctx->device = GLAE_CUDA and
- * ctx->cuda. On failure everything created so far is released and ctx stays zeroed
+/* Make ctx a CUDA context on `device`: zeroes ctx (nthreads 0: its host work on the
+ * process default), sets ctx->device = GLAE_CUDA and ctx->cuda. On failure everything created so far is released and ctx stays zeroed
  * (so glae_cuda_ctx_destroy on it is harmless). */
 int glae_cuda_ctx_create(glae_ctx *ctx, int device, int math_mode);
 /* Waits for the streams, releases everything; safe on a zeroed or CPU ctx. */

@@ -2,6 +2,8 @@
 
 #include <math.h>
 
+#include "core/status.h"
+
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
@@ -73,4 +75,21 @@ uint32_t glae_rng_below(glae_rng *r, uint32_t n) {
         }
     }
     return (uint32_t)(m >> 32);
+}
+
+int glae_rng_permutation(int64_t *out, int64_t n, uint64_t seed, uint32_t stream) {
+    if (n < 0 || n > (int64_t)UINT32_MAX)
+        return glae_fail(GLAE_ERR_VALUE, "rng_permutation: n must be in [0, 2^32), got %lld",
+                         (long long)n);
+    if (n > 0 && !out) return glae_fail(GLAE_ERR_VALUE, "rng_permutation: NULL output");
+    for (int64_t i = 0; i < n; i++) out[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        glae_rng r; /* one stream per position: j depends on (seed, stream, i) alone */
+        glae_rng_init(&r, seed, stream, GLAE_RNG_TAG_PERMUTATION, (uint32_t)i);
+        int64_t j = glae_rng_below(&r, (uint32_t)(i + 1));
+        int64_t t = out[i];
+        out[i] = out[j];
+        out[j] = t;
+    }
+    return GLAE_OK;
 }

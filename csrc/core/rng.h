@@ -32,4 +32,12 @@ float glae_rng_uniform(glae_rng *r);        /* [0, 1) */
 double glae_rng_normal(glae_rng *r);        /* N(0, 1), Box-Muller */
 uint32_t glae_rng_below(glae_rng *r, uint32_t n); /* uniform in [0, n), unbiased */
 
+/* Counter word b of glae_rng_permutation, apart from the other users of a seed. */
+#define GLAE_RNG_TAG_PERMUTATION 0x50524D31u /* "PRM1" */
+
+/* A permutation of [0, n), n < 2^32, the same on every machine: Fisher-Yates from the last
+ * position down, position i swapping with j = glae_rng_below(i + 1) of its own stream
+ * (seed; stream, GLAE_RNG_TAG_PERMUTATION, i). For bookkeeping such as protocol splits. */
+int glae_rng_permutation(int64_t *out, int64_t n, uint64_t seed, uint32_t stream);
+
 #endif

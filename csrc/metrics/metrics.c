@@ -7,8 +7,10 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* the integer age of a true age: round half up (ages are >= 0, so this is C's round()) */
-static inline int64_t age_of(float y) { return (int64_t)floor((double)y + 0.5); }
+#include "core/age.h"
+
+/* the integer age of a true age (checked to lie in 0..GLAE_METRIC_MAX_AGE, so no clamping) */
+static inline int64_t age_of(float y) { return glae_age_class(y, GLAE_METRIC_MAX_AGE + 1); }
 
 static inline double abs_err(float y, float yhat) { return fabs((double)y - (double)yhat); }
 

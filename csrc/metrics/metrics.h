@@ -9,9 +9,10 @@
  *   shot MAE/CMAE  DIR (Yang et al. 2021)            glae_metric_shot
  *   routing usage  GLAE Fig. 4                       glae_metric_routing
  * Conventions (docs/metrics.md): a true age y is assigned to the integer age
- * floor(y + 0.5); true ages must be finite, >= 0 and <= GLAE_METRIC_MAX_AGE; predictions
- * must be finite (any sign). An empty group has count 0 and NaN in its double outputs; the
- * caller must read the count. Every function rejects n <= 0. */
+ * floor(y + 0.5) (glae_age_class, core/age.h); true ages must be finite, >= 0 and
+ * <= GLAE_METRIC_MAX_AGE; predictions must be finite (any sign). An empty group has count
+ * 0 and NaN in its double outputs; the caller must read the count. Every function rejects
+ * n <= 0. */
 #ifndef GLAE_METRICS_H
 #define GLAE_METRICS_H
 

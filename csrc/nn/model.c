@@ -48,7 +48,12 @@ static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
 int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    if (cfg->threads < 0)
+        return glae_fail(GLAE_ERR_VALUE, "model: threads must be >= 0 (0: the default), got %d",
+                         cfg->threads);
     GLAE_TRY(make_ctx(&m->ctx, cfg));
+    glae_ctx_set_threads(&m->ctx, cfg->threads);
+    glae_ctx_apply_threads(&m->ctx); /* the context is born here: the init's loops use it */
     if (m->ctx.device == GLAE_CUDA) m->arena.dev = &m->ctx; /* activations on the device */
     int fh, fw;
     if (cfg->input_size < 1)
@@ -69,17 +74,14 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     GLAE_TRY(glae_head_init(&m->head, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
     /* initialised on the host (the Philox draws are plain C), then moved */
-    void *mask = NULL;
-    GLAE_TRY(m->ctx.dev->alloc(&m->ctx, &mask, m->p.n));
-    m->no_decay = mask;
-    uint8_t *host = malloc(m->p.n ? m->p.n : 1);
-    if (!host) return glae_fail(GLAE_ERR_MEMORY, "model: out of memory");
-    int st = glae_sgd_no_decay_mask(&m->p, host);
-    if (!st) st = m->ctx.dev->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
-    if (!st) st = m->ctx.dev->sync(&m->ctx);
-    free(host);
-    GLAE_TRY(st);
+    GLAE_TRY(glae_sgd_no_decay_mask_on(&m->ctx, &m->p, &m->no_decay));
     return glae_params_to_device(&m->p, &m->ctx);
+}
+
+int glae_model_set_threads(glae_model *m, int n) {
+    if (n < 0) return glae_fail(GLAE_ERR_VALUE, "model: threads must be >= 0, got %d", n);
+    glae_ctx_set_threads(&m->ctx, n);
+    return GLAE_OK;
 }
 
 void glae_model_free(glae_model *m) {

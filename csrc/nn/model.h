@@ -31,6 +31,8 @@ typedef struct {
     int math;           /* 0 fp32 (default), 1 tf32 (CUDA), 2 bf16: mixed precision, the
                          * backbone's activations in bf16 (CUDA: tensor cores; CPU: the same
                          * rounding, for checking) */
+    int threads;        /* CPU threads of the model's context (its kernels; on CUDA its host
+                         * work); 0: the process default, as it is at each call */
 } glae_model_config;
 
 void glae_model_config_default(glae_model_config *cfg);
@@ -75,6 +77,9 @@ enum { GLAE_GRAPH_OFF = 0, GLAE_GRAPH_WARM = 1, GLAE_GRAPH_CAPTURED = 2, GLAE_GR
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg);
 void glae_model_free(glae_model *m);
+/* The model's CPU thread count from the next call on (0: follow the process default): its
+ * context's, so other threads' work (a detector, another model) neither sees nor changes it. */
+int glae_model_set_threads(glae_model *m, int n);
 
 /* feature map and FR map sizes for an h x w input (GLAE_ERR_VALUE when too small) */
 int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *hp, int *wp);

@@ -69,16 +69,7 @@ int glae_pretrain_init(glae_pretrain_model *m, const glae_pretrain_config *cfg) 
     glae_init_const(&m->p, m->bn.rv, 1.0f);
     glae_init_uniform(&m->p, m->cls_w, cfg->seed, 1.0 / sqrt((double)d));
     /* the weight-decay mask, made on the host and moved with the parameters */
-    void *mask = NULL;
-    GLAE_TRY(m->ctx.dev->alloc(&m->ctx, &mask, m->p.n));
-    m->no_decay = mask;
-    uint8_t *host = malloc(m->p.n ? m->p.n : 1);
-    if (!host) return glae_fail(GLAE_ERR_MEMORY, "pretrain model: out of memory");
-    int st = glae_sgd_no_decay_mask(&m->p, host);
-    if (!st) st = m->ctx.dev->copy(&m->ctx, m->no_decay, host, m->p.n, GLAE_COPY_H2D);
-    if (!st) st = m->ctx.dev->sync(&m->ctx);
-    free(host);
-    GLAE_TRY(st);
+    GLAE_TRY(glae_sgd_no_decay_mask_on(&m->ctx, &m->p, &m->no_decay));
     return glae_params_to_device(&m->p, &m->ctx);
 }
 

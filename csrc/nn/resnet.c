@@ -47,28 +47,42 @@ int glae_bn_layer_add(glae_bn_layer *l, glae_params *p, const char *prefix, int 
     return GLAE_OK;
 }
 
-static const int R18_BLOCKS[4] = {2, 2, 2, 2};
-static const int R50_BLOCKS[4] = {3, 4, 6, 3};
+static const glae_resnet_arch ARCHS[] = {
+    {18, 0, {2, 2, 2, 2}, {64, 128, 256, 512}},
+    {50, 1, {3, 4, 6, 3}, {64, 128, 256, 512}},
+};
+#define N_ARCHS ((int)(sizeof ARCHS / sizeof *ARCHS))
+
+const glae_resnet_arch *glae_resnet_arch_of(int depth) {
+    for (int i = 0; i < N_ARCHS; i++)
+        if (ARCHS[i].depth == depth) return &ARCHS[i];
+    return NULL;
+}
+
+const glae_resnet_arch *glae_resnet_archs(int *n) {
+    *n = N_ARCHS;
+    return ARCHS;
+}
 
 int glae_resnet_build(glae_resnet *net, glae_params *p, int depth) {
     memset(net, 0, sizeof *net);
-    if (depth != 18 && depth != 50)
-        return glae_fail(GLAE_ERR_VALUE, "resnet: depth must be 18 or 50, got %d", depth);
+    const glae_resnet_arch *arch = glae_resnet_arch_of(depth);
+    if (!arch) return glae_fail(GLAE_ERR_VALUE, "resnet: depth must be 18 or 50, got %d", depth);
     net->depth = depth;
     const int G = GLAE_G_BACKBONE;
-    const int expansion = depth == 18 ? 1 : 4;
-    const int *counts = depth == 18 ? R18_BLOCKS : R50_BLOCKS;
+    const int expansion = arch->bottleneck ? 4 : 1;
+    const int *counts = arch->blocks;
     GLAE_TRY(glae_conv_layer_add(&net->conv1, p, "conv1", 3, 64, 7, 2, 3, 0, G));
     GLAE_TRY(glae_bn_layer_add(&net->bn1, p, "bn1", 64, G));
     int inplanes = 64;
     char pre[2 * GLAE_NAME_LEN];
     for (int li = 0; li < 4; li++) {
-        int planes = 64 << li;
+        int planes = arch->width[li];
         for (int bi = 0; bi < counts[li]; bi++) {
             glae_block *b = &net->blocks[net->nblocks++];
             int stride = (li > 0 && bi == 0) ? 2 : 1;
             int out = planes * expansion;
-            if (depth == 18) {
+            if (!arch->bottleneck) {
                 b->nconv = 2;
                 snprintf(pre, sizeof pre, "layer%d.%d.conv1", li + 1, bi);
                 GLAE_TRY(glae_conv_layer_add(&b->conv[0], p, pre, inplanes, planes, 3, stride, 1, 0, G));
@@ -198,16 +212,15 @@ small:
 }
 
 
-/* an activation of `count` values: float32, or bf16 in a mixed-precision plan */
-#define ACT(f, h, count)                 \
-    do {                                 \
-        if (net->bf16) {                 \
-            (f) = NULL;                  \
-            ALLOC_H(h, count);           \
-        } else {                         \
-            (h) = NULL;                  \
-            ALLOC_F(f, count);           \
-        }                                \
+static size_t act_bytes(const glae_resnet *net) {
+    return net->bf16 ? sizeof(glae_bf16) : sizeof(float);
+}
+
+/* an activation of `count` values in the plan's precision */
+#define ACT(ptr, count)                                                      \
+    do {                                                                     \
+        (ptr) = glae_arena_alloc(a, (size_t)(count) * act_bytes(net));       \
+        if (!(ptr)) return GLAE_ERR_MEMORY;                                  \
     } while (0)
 
 static int plan_bn(glae_bn_layer *l, glae_arena *a) {
@@ -263,59 +276,55 @@ enum { PLACE_KEEP, PLACE_MEASURE, PLACE_SHARE };
 
 typedef struct {
     int mode;
-    float *f[4]; /* the slots, float32 or bf16 as the plan's precision */
-    glae_bf16 *h[4];
+    void *slot[4];   /* in the plan's precision */
     int64_t need[4]; /* values, after MEASURE */
 } glae_placer;
 
-static int place(glae_resnet *net, glae_arena *a, glae_placer *pl, float **f, glae_bf16 **h,
-                 int64_t count, int slot) {
+static int place(glae_resnet *net, glae_arena *a, glae_placer *pl, void **act, int64_t count,
+                 int slot) {
     switch (pl->mode) {
     case PLACE_KEEP:
-        ACT(*f, *h, count);
+        ACT(*act, count);
         break;
     case PLACE_MEASURE:
         if (count > pl->need[slot]) pl->need[slot] = count;
-        *f = NULL, *h = NULL;
+        *act = NULL;
         break;
     default:
-        *f = pl->f[slot], *h = pl->h[slot];
+        *act = pl->slot[slot];
     }
     return GLAE_OK;
 }
 
 /* A block reads its input from slot X and uses C (inner conv outputs, then the identity's
  * BN), A (inner ReLU outputs, then the block's output: the next X) and D (the last conv's
- * and the downsample conv's outputs). The order of both forwards (resnet.c, resnet_bf16.c)
- * never writes a slot whose value is still to be read (docs/model.md). */
+ * and the downsample conv's outputs). The forward's order (block_forward) never writes a
+ * slot whose value is still to be read (docs/model.md). */
 static int place_activations(glae_resnet *net, glae_arena *a, glae_placer *pl) {
-#define PLACE(f, h, count, slot) GLAE_TRY(place(net, a, pl, &(f), &(h), count, slot))
+#define PLACE(act, count, slot) GLAE_TRY(place(net, a, pl, &(act), count, slot))
     const int n = net->n;
     const glae_conv_layer *c = &net->conv1;
-    PLACE(net->c1, net->c1_h, (int64_t)n * c->s.oh * c->s.ow * 64, 1);
-    PLACE(net->a1, net->a1_h, (int64_t)n * c->s.oh * c->s.ow * 64, 2);
-    PLACE(net->p1, net->p1_h, (int64_t)n * net->pool.oh * net->pool.ow * 64, 0);
-    const float *in = net->p1;
-    const glae_bf16 *in_h = net->p1_h;
+    PLACE(net->c1, (int64_t)n * c->s.oh * c->s.ow * 64, 1);
+    PLACE(net->a1, (int64_t)n * c->s.oh * c->s.ow * 64, 2);
+    PLACE(net->p1, (int64_t)n * net->pool.oh * net->pool.ow * 64, 0);
+    const void *in = net->p1;
     int x = 0; /* the slot holding the block's input */
     for (int i = 0; i < net->nblocks; i++) {
         glae_block *b = &net->blocks[i];
         const int C = (x + 1) % 4, A = (x + 2) % 4, D = (x + 3) % 4, last = b->nconv - 1;
         b->in = in;
-        b->in_h = in_h;
         for (int j = 0; j < b->nconv; j++) {
             const glae_conv_layer *l = &b->conv[j];
             const int64_t m = (int64_t)n * l->s.oh * l->s.ow * l->c_out;
-            PLACE(b->c[j], b->c_h[j], m, j < last ? C : D);
-            if (j < last) PLACE(b->a[j], b->a_h[j], m, A);
+            PLACE(b->c[j], m, j < last ? C : D);
+            if (j < last) PLACE(b->a[j], m, A);
         }
-        PLACE(b->out, b->out_h, b->out_numel, A);
+        PLACE(b->out, b->out_numel, A);
         if (b->has_down) {
-            PLACE(b->dc, b->dc_h, b->out_numel, D);
-            PLACE(b->db, b->db_h, b->out_numel, C);
+            PLACE(b->dc, b->out_numel, D);
+            PLACE(b->db, b->out_numel, C);
         }
         in = b->out;
-        in_h = b->out_h;
         x = A;
     }
 #undef PLACE
@@ -334,7 +343,7 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
     glae_placer pl = {.mode = share ? PLACE_MEASURE : PLACE_KEEP};
     if (share) { /* slots sized to their largest tenant */
         GLAE_TRY(place_activations(net, a, &pl));
-        for (int k = 0; k < 4; k++) ACT(pl.f[k], pl.h[k], pl.need[k]);
+        for (int k = 0; k < 4; k++) ACT(pl.slot[k], pl.need[k]);
         pl.mode = PLACE_SHARE;
     }
     GLAE_TRY(place_activations(net, a, &pl));
@@ -347,140 +356,195 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
         for (int j = 0; j < b->nconv; j++) GLAE_TRY(plan_bn(&b->bn[j], a));
         if (b->has_down) GLAE_TRY(plan_bn(&b->dbn, a));
     }
-    net->feat = net->blocks[net->nblocks - 1].out;
     const int64_t nfeat = (int64_t)n * net->fh * net->fw * net->out_c;
     net->x_h = net->dfeat_h = NULL;
     if (net->bf16) {
         ALLOC_F(net->feat, nfeat); /* the head's float32 input */
         ALLOC_H(net->x_h, (int64_t)n * h * w * 3);
         if (grads) ALLOC_H(net->dfeat_h, nfeat);
+    } else {
+        net->feat = net->blocks[net->nblocks - 1].out;
     }
-    for (int i = 0; i < 4; i++) net->g[i] = NULL, net->g_h[i] = NULL;
+    for (int i = 0; i < 4; i++) net->g[i] = NULL;
     if (grads)
-        for (int i = 0; i < 4; i++) ACT(net->g[i], net->g_h[i], net->gmax);
+        for (int i = 0; i < 4; i++) ACT(net->g[i], net->gmax);
     return GLAE_OK;
 }
 
-/* ---- forward / backward ----------------------------------------------------------------- */
+/* ---- the layers of the walk, in the plan's precision ------------------------------------ */
 
-static int bn_fwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *out, const float *in,
-                  int64_t rows, int training) {
-    return ctx->ops->batchnorm_forward(ctx, out, l->mean, l->invstd, in, glae_params_ptr(p, l->g),
-                                  glae_params_ptr(p, l->b), glae_params_ptr(p, l->rm),
-                                  glae_params_ptr(p, l->rv), rows, l->c, GLAE_BN_MOMENTUM,
-                                  GLAE_BN_EPS, training);
+/* Each calls the op table's float32 op or its bf16 twin (ops.h): the walk below is written
+ * once for both. Activations are float or glae_bf16 as net->bf16 says; parameters and
+ * their gradients are float32 in both. */
+
+static int64_t rows_of(const glae_conv_layer *l) { return (int64_t)l->s.n * l->s.oh * l->s.ow; }
+
+static int conv_fwd(glae_ctx *ctx, const glae_resnet *net, glae_conv_layer *l, glae_params *p,
+                    void *out, const void *in) {
+    const float *w = glae_params_ptr(p, l->w), *b = l->b >= 0 ? glae_params_ptr(p, l->b) : NULL;
+    if (net->bf16) return ctx->ops->conv2d_forward_bf16(ctx, out, in, w, b, &l->s);
+    return ctx->ops->conv2d_forward(ctx, out, in, w, b, &l->s);
 }
 
-static int bn_bwd(glae_ctx *ctx, glae_bn_layer *l, glae_params *p, float *din, const float *dout,
-                  const float *in, int64_t rows) {
-    return ctx->ops->batchnorm_backward(ctx, din, glae_params_grad(p, l->g), glae_params_grad(p, l->b),
-                                   dout, in, l->mean, l->invstd, glae_params_ptr(p, l->g), rows,
+static int conv_bwd(glae_ctx *ctx, const glae_resnet *net, glae_conv_layer *l, glae_params *p,
+                    void *din, const void *dout, const void *in) {
+    const float *w = glae_params_ptr(p, l->w);
+    float *dw = glae_params_grad(p, l->w), *db = l->b >= 0 ? glae_params_grad(p, l->b) : NULL;
+    if (net->bf16) return ctx->ops->conv2d_backward_bf16(ctx, din, dw, db, dout, in, w, &l->s);
+    return ctx->ops->conv2d_backward(ctx, din, dw, db, dout, in, w, &l->s);
+}
+
+/* out = act(BN(in) + residual), residual may be NULL: one fused op in bf16; in float32 the
+ * BN, then the add and the ReLU in place on out */
+static int bn_act_fwd(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l, glae_params *p,
+                      void *out, const void *in, const void *residual, int64_t rows,
+                      int training, int relu) {
+    const glae_backend *ops = ctx->ops;
+    float *g = glae_params_ptr(p, l->g), *b = glae_params_ptr(p, l->b);
+    float *rm = glae_params_ptr(p, l->rm), *rv = glae_params_ptr(p, l->rv);
+    if (net->bf16)
+        return ops->bn_act_forward_bf16(ctx, out, l->mean, l->invstd, in, residual, g, b, rm, rv,
+                                        rows, l->c, GLAE_BN_MOMENTUM, GLAE_BN_EPS, training, relu);
+    GLAE_TRY(ops->batchnorm_forward(ctx, out, l->mean, l->invstd, in, g, b, rm, rv, rows, l->c,
+                                    GLAE_BN_MOMENTUM, GLAE_BN_EPS, training));
+    if (residual) GLAE_TRY(ops->add_forward(ctx, out, out, residual, rows * l->c));
+    return relu ? ops->relu_forward(ctx, out, out, rows * l->c) : GLAE_OK;
+}
+
+/* The backward of bn_act_fwd. out: the forward's output when it had a ReLU (its mask),
+ * else NULL. dout is consumed: with a ReLU it may be overwritten by the masked gradient
+ * (float32 masks in place); dres, NULL or dout itself, then holds that masked gradient,
+ * which is also the residual's. */
+static int bn_act_bwd(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l, glae_params *p,
+                      void *din, void *dres, void *dout, const void *out, const void *in,
+                      int64_t rows) {
+    const glae_backend *ops = ctx->ops;
+    float *dg = glae_params_grad(p, l->g), *db = glae_params_grad(p, l->b);
+    const float *g = glae_params_ptr(p, l->g);
+    if (net->bf16)
+        return ops->bn_act_backward_bf16(ctx, din, dres, dg, db, dout, out, in, l->mean,
+                                         l->invstd, g, rows, l->c, 1, out != NULL);
+    if (out) GLAE_TRY(ops->relu_backward(ctx, dout, dout, out, rows * l->c));
+    return ops->batchnorm_backward(ctx, din, dg, db, dout, in, l->mean, l->invstd, g, rows,
                                    l->c, 1);
 }
 
-static int conv_fwd(glae_ctx *ctx, glae_conv_layer *l, glae_params *p, float *out,
-                    const float *in) {
-    return ctx->ops->conv2d_forward(ctx, out, in, glae_params_ptr(p, l->w),
-                               l->b >= 0 ? glae_params_ptr(p, l->b) : NULL, &l->s);
+static int add_fwd(glae_ctx *ctx, const glae_resnet *net, void *out, const void *x,
+                   const void *y, int64_t n) {
+    if (net->bf16) return ctx->ops->add_forward_bf16(ctx, out, x, y, n);
+    return ctx->ops->add_forward(ctx, out, x, y, n);
 }
 
-static int conv_bwd(glae_ctx *ctx, glae_conv_layer *l, glae_params *p, float *din,
-                    const float *dout, const float *in) {
-    return ctx->ops->conv2d_backward(ctx, din, glae_params_grad(p, l->w),
-                                l->b >= 0 ? glae_params_grad(p, l->b) : NULL, dout, in,
-                                glae_params_ptr(p, l->w), &l->s);
+static int pool_fwd(glae_ctx *ctx, const glae_resnet *net, void *out, const void *in) {
+    if (net->bf16) return ctx->ops->maxpool2d_forward_bf16(ctx, out, net->argmax, in, &net->pool);
+    return ctx->ops->maxpool2d_forward(ctx, out, net->argmax, in, &net->pool);
 }
 
-static int64_t conv_rows(const glae_conv_layer *l) { return (int64_t)l->s.n * l->s.oh * l->s.ow; }
+static int pool_bwd(glae_ctx *ctx, const glae_resnet *net, void *din, const void *dout) {
+    if (net->bf16)
+        return ctx->ops->maxpool2d_backward_bf16(ctx, din, dout, net->argmax, &net->pool);
+    return ctx->ops->maxpool2d_backward(ctx, din, dout, net->argmax, &net->pool);
+}
+
+/* ---- forward / backward: the one walk ---------------------------------------------------- */
+
+/* The inner stages, the downsample branch, then the last conv and its BN with the
+ * identity added and the ReLU: out = relu(bn_last(conv_last(...)) + identity). */
+static int block_forward(glae_ctx *ctx, const glae_resnet *net, glae_block *b, glae_params *p,
+                         int training) {
+    const int last = b->nconv - 1;
+    const void *in = b->in;
+    for (int j = 0; j < last; j++) {
+        GLAE_TRY(conv_fwd(ctx, net, &b->conv[j], p, b->c[j], in));
+        GLAE_TRY(bn_act_fwd(ctx, net, &b->bn[j], p, b->a[j], b->c[j], NULL, rows_of(&b->conv[j]),
+                            training, 1));
+        in = b->a[j];
+    }
+    const void *identity = b->in;
+    if (b->has_down) {
+        GLAE_TRY(conv_fwd(ctx, net, &b->dconv, p, b->dc, b->in));
+        GLAE_TRY(bn_act_fwd(ctx, net, &b->dbn, p, b->db, b->dc, NULL, rows_of(&b->dconv),
+                            training, 0));
+        identity = b->db;
+    }
+    GLAE_TRY(conv_fwd(ctx, net, &b->conv[last], p, b->c[last], in));
+    return bn_act_fwd(ctx, net, &b->bn[last], p, b->out, b->c[last], identity,
+                      rows_of(&b->conv[last]), training, 1);
+}
 
 int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,
                         int training) {
-    if (!net->feat) return glae_fail(GLAE_ERR_RUNTIME, "resnet_forward: not planned");
-    if (net->bf16) return glae_resnet_forward_bf16(ctx, net, p, x, training);
+    if (!net->feat || (net->bf16 && !net->x_h))
+        return glae_fail(GLAE_ERR_RUNTIME, "resnet_forward: not planned");
     net->x = x;
-    int64_t rows = conv_rows(&net->conv1);
-    GLAE_TRY(conv_fwd(ctx, &net->conv1, p, net->c1, x));
-    GLAE_TRY(bn_fwd(ctx, &net->bn1, p, net->a1, net->c1, rows, training));
-    GLAE_TRY(ctx->ops->relu_forward(ctx, net->a1, net->a1, rows * 64));
-    GLAE_TRY(ctx->ops->maxpool2d_forward(ctx, net->p1, net->argmax, net->a1, &net->pool));
-    for (int i = 0; i < net->nblocks; i++) {
-        glae_block *b = &net->blocks[i];
-        const float *in = b->in;
-        int last = b->nconv - 1;
-        for (int j = 0; j < b->nconv; j++) {
-            rows = conv_rows(&b->conv[j]);
-            GLAE_TRY(conv_fwd(ctx, &b->conv[j], p, b->c[j], in));
-            float *dst = j < last ? b->a[j] : b->out;
-            GLAE_TRY(bn_fwd(ctx, &b->bn[j], p, dst, b->c[j], rows, training));
-            if (j < last) GLAE_TRY(ctx->ops->relu_forward(ctx, dst, dst, rows * b->conv[j].c_out));
-            in = dst;
-        }
-        const float *identity = b->in;
-        if (b->has_down) {
-            GLAE_TRY(conv_fwd(ctx, &b->dconv, p, b->dc, b->in));
-            GLAE_TRY(bn_fwd(ctx, &b->dbn, p, b->db, b->dc, conv_rows(&b->dconv), training));
-            identity = b->db;
-        }
-        GLAE_TRY(ctx->ops->add_forward(ctx, b->out, b->out, identity, b->out_numel));
-        GLAE_TRY(ctx->ops->relu_forward(ctx, b->out, b->out, b->out_numel));
+    const void *in = x;
+    if (net->bf16) { /* the image is rounded once */
+        GLAE_TRY(ctx->ops->f32_to_bf16(ctx, net->x_h, x, (int64_t)net->n * net->h * net->w * 3));
+        in = net->x_h;
     }
-    return GLAE_OK;
+    GLAE_TRY(conv_fwd(ctx, net, &net->conv1, p, net->c1, in));
+    GLAE_TRY(bn_act_fwd(ctx, net, &net->bn1, p, net->a1, net->c1, NULL, rows_of(&net->conv1),
+                        training, 1));
+    GLAE_TRY(pool_fwd(ctx, net, net->p1, net->a1));
+    for (int i = 0; i < net->nblocks; i++)
+        GLAE_TRY(block_forward(ctx, net, &net->blocks[i], p, training));
+    if (!net->bf16) return GLAE_OK; /* feat is the last block's output */
+    const glae_block *lb = &net->blocks[net->nblocks - 1];
+    return ctx->ops->bf16_to_f32(ctx, net->feat, lb->out, lb->out_numel);
 }
 
-/* dout is consumed (the ReLU's backward runs in place); dx receives the input gradient;
- * t1, t2 are work buffers. None may alias another. */
-static int block_backward(glae_ctx *ctx, glae_block *b, glae_params *p, float *dx, float *dout,
-                          float *t1, float *t2) {
-    int last = b->nconv - 1;
-    GLAE_TRY(ctx->ops->relu_backward(ctx, dout, dout, b->out, b->out_numel));
-    GLAE_TRY(bn_bwd(ctx, &b->bn[last], p, t1, dout, b->c[last], conv_rows(&b->conv[last])));
+/* dout is consumed (its ReLU-masked gradient, also the identity's, may replace it); dx
+ * receives the input gradient; t1, t2 are work buffers. None may alias another. */
+static int block_backward(glae_ctx *ctx, const glae_resnet *net, glae_block *b, glae_params *p,
+                          void *dx, void *dout, void *t1, void *t2) {
+    const int last = b->nconv - 1;
+    GLAE_TRY(bn_act_bwd(ctx, net, &b->bn[last], p, t1, dout, dout, b->out, b->c[last],
+                        rows_of(&b->conv[last])));
     for (int j = last; j >= 0; j--) {
         /* t1 holds d(conv j output) */
-        const float *in = j > 0 ? b->a[j - 1] : b->in;
-        float *din = j > 0 ? t2 : dx;
-        GLAE_TRY(conv_bwd(ctx, &b->conv[j], p, din, t1, in));
-        if (j > 0) {
-            int64_t rows = conv_rows(&b->conv[j - 1]);
-            GLAE_TRY(ctx->ops->relu_backward(ctx, t2, t2, b->a[j - 1], rows * b->conv[j - 1].c_out));
-            GLAE_TRY(bn_bwd(ctx, &b->bn[j - 1], p, t1, t2, b->c[j - 1], rows));
-        }
+        const void *in = j > 0 ? b->a[j - 1] : b->in;
+        GLAE_TRY(conv_bwd(ctx, net, &b->conv[j], p, j > 0 ? t2 : dx, t1, in));
+        if (j > 0)
+            GLAE_TRY(bn_act_bwd(ctx, net, &b->bn[j - 1], p, t1, NULL, t2, b->a[j - 1],
+                                b->c[j - 1], rows_of(&b->conv[j - 1])));
     }
     if (b->has_down) {
-        GLAE_TRY(bn_bwd(ctx, &b->dbn, p, t1, dout, b->dc, conv_rows(&b->dconv)));
-        GLAE_TRY(conv_bwd(ctx, &b->dconv, p, t2, t1, b->in));
-        GLAE_TRY(ctx->ops->add_forward(ctx, dx, dx, t2, b->in_numel));
-    } else {
-        GLAE_TRY(ctx->ops->add_forward(ctx, dx, dx, dout, b->in_numel));
+        GLAE_TRY(bn_act_bwd(ctx, net, &b->dbn, p, t1, NULL, dout, NULL, b->dc,
+                            rows_of(&b->dconv)));
+        GLAE_TRY(conv_bwd(ctx, net, &b->dconv, p, t2, t1, b->in));
+        return add_fwd(ctx, net, dx, dx, t2, b->in_numel);
     }
-    return GLAE_OK;
+    return add_fwd(ctx, net, dx, dx, dout, b->in_numel);
 }
 
 int glae_resnet_backward(glae_ctx *ctx, glae_resnet *net, glae_params *p, float *dfeat) {
-    if (net->bf16) return glae_resnet_backward_bf16(ctx, net, p, dfeat);
-    if (!net->g[0]) return glae_fail(GLAE_ERR_RUNTIME, "resnet_backward: planned without gradients");
-    /* rotate: dout lives in g[cur], dx goes to g[nxt]; the caller's dfeat is the first dout */
-    float *dout = dfeat;
+    if (!net->g[0] || (net->bf16 && !net->dfeat_h))
+        return glae_fail(GLAE_ERR_RUNTIME, "resnet_backward: planned without gradients");
+    /* rotate: dout lives in g[cur], dx goes to g[nxt]; the head's dfeat is the first dout */
+    void *dout = dfeat;
+    if (net->bf16) {
+        const glae_block *lb = &net->blocks[net->nblocks - 1];
+        GLAE_TRY(ctx->ops->f32_to_bf16(ctx, net->dfeat_h, dfeat, lb->out_numel));
+        dout = net->dfeat_h;
+    }
     int nxt = 0;
     for (int i = net->nblocks - 1; i >= 0; i--) {
-        glae_block *b = &net->blocks[i];
-        float *dx = net->g[nxt];
-        float *t1 = net->g[(nxt + 1) % 4], *t2 = net->g[(nxt + 2) % 4];
-        GLAE_TRY(block_backward(ctx, b, p, dx, dout, t1, t2));
+        void *dx = net->g[nxt], *t1 = net->g[(nxt + 1) % 4], *t2 = net->g[(nxt + 2) % 4];
+        GLAE_TRY(block_backward(ctx, net, &net->blocks[i], p, dx, dout, t1, t2));
         dout = dx;
         nxt = (nxt + 1) % 4; /* dout is now g[nxt - 1]: the next three are clear of it */
     }
     /* stem: dout is d(pool output); two buffers other than dout */
-    float *free_g[3];
+    void *free_g[3];
     int nf = 0;
     for (int i = 0; i < 4; i++)
         if (net->g[i] != dout) free_g[nf++] = net->g[i];
-    float *da = free_g[0], *dc = free_g[1];
-    int64_t rows = conv_rows(&net->conv1);
-    GLAE_TRY(ctx->ops->maxpool2d_backward(ctx, da, dout, net->argmax, &net->pool));
-    GLAE_TRY(ctx->ops->relu_backward(ctx, da, da, net->a1, rows * 64));
-    GLAE_TRY(bn_bwd(ctx, &net->bn1, p, dc, da, net->c1, rows));
-    GLAE_TRY(conv_bwd(ctx, &net->conv1, p, NULL, dc, net->x));
-    return GLAE_OK;
+    void *da = free_g[0], *dc = free_g[1];
+    GLAE_TRY(pool_bwd(ctx, net, da, dout));
+    GLAE_TRY(bn_act_bwd(ctx, net, &net->bn1, p, dc, NULL, da, net->a1, net->c1,
+                        rows_of(&net->conv1)));
+    const void *x = net->bf16 ? (const void *)net->x_h : net->x;
+    return conv_bwd(ctx, net, &net->conv1, p, NULL, dc, x);
 }
 
 /* ---- layout conversion ------------------------------------------------------------------ */

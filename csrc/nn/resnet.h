@@ -3,7 +3,9 @@
  * core/params.h. Conv weights are stored OHWI (torchvision's OIHW permuted); BN running
  * statistics live in the `buffers` array; num_batches_tracked is not kept (momentum is
  * fixed at 0.1, so PyTorch never reads it). Activations live in an arena planned per batch
- * shape (see glae_resnet_plan). */
+ * shape (see glae_resnet_plan), in the plan's precision: float32, or bf16 (mixed
+ * precision, docs/precision.md). One walk serves both: its layers call the op of that
+ * precision (resnet.c). */
 #ifndef GLAE_RESNET_H
 #define GLAE_RESNET_H
 
@@ -37,17 +39,13 @@ typedef struct {
     int has_down;
     glae_conv_layer dconv;
     glae_bn_layer dbn;
-    /* activations (arena), NHWC */
-    const float *in;        /* the previous block's out (or the stem's pool) */
-    float *c[3];            /* conv outputs = BN inputs */
-    float *a[2];            /* ReLU outputs of the inner stages = next conv inputs */
-    float *dc, *db;         /* downsample conv output, its BN output (the identity) */
-    float *out;             /* relu(bn_last + identity) */
+    /* activations (arena), NHWC, float or glae_bf16 as glae_resnet.bf16 says */
+    const void *in;         /* the previous block's out (or the stem's pool) */
+    void *c[3];             /* conv outputs = BN inputs */
+    void *a[2];             /* relu(bn) of the inner stages = next conv inputs */
+    void *dc, *db;          /* downsample conv output, its BN output (the identity) */
+    void *out;              /* relu(bn_last + identity) */
     int64_t in_numel, out_numel;
-    /* the same activations as bf16 when the net is planned in mixed precision (the float
-     * ones above are then NULL); a_h / out_h are fused BN(+add)+ReLU outputs */
-    const glae_bf16 *in_h;
-    glae_bf16 *c_h[3], *a_h[2], *dc_h, *db_h, *out_h;
 } glae_block;
 
 typedef struct {
@@ -58,25 +56,40 @@ typedef struct {
     glae_block blocks[16];
     int nblocks;
     int out_c; /* 512 or 2048 */
-    /* planned batch shape and activations */
+    /* planned batch shape and activations (float or glae_bf16 as bf16 says) */
     int n, h, w;
     int fh, fw;           /* feature map size */
     const float *x;       /* the input of the last forward (caller's memory) */
-    float *c1, *a1, *p1;  /* stem: conv, relu(bn), maxpool */
+    void *c1, *a1, *p1;   /* stem: conv, relu(bn), maxpool */
     int32_t *argmax;
-    float *feat;          /* == blocks[nblocks-1].out: (n, fh, fw, out_c) */
-    int64_t gmax;         /* largest activation, in floats */
-    float *g[4];          /* gradient work buffers of gmax floats (training plans only) */
-    /* Mixed precision (resnet_bf16.c): set before planning. Activations and their
-     * gradients are bf16; parameters and gradients stay float32; feat is the float32 copy
-     * of the last block's output for the head, and the head's float32 gradient is
-     * rounded into dfeat_h. */
+    float *feat;          /* the head's input (n, fh, fw, out_c): float32 in both precisions
+                           * (float32: == blocks[nblocks-1].out) */
+    int64_t gmax;         /* largest activation, in values */
+    void *g[4];           /* gradient work buffers of gmax values (training plans only) */
+    /* Mixed precision: set before planning. Activations and their gradients are bf16;
+     * parameters and gradients stay float32; the image is rounded once into x_h, feat is
+     * a float32 copy of the last block's output, and the head's float32 gradient is
+     * rounded into dfeat_h. NULL in a float32 plan. */
     int bf16;
-    glae_bf16 *x_h, *c1_h, *a1_h, *p1_h, *g_h[4], *dfeat_h;
+    glae_bf16 *x_h, *dfeat_h;
     /* Set before planning: plans without a backward keep every activation as a training
      * plan does. Never faster; it is what the slot sharing is checked against. */
     int keep_all;
 } glae_resnet;
+
+/* torchvision's stage table of a backbone, the one glae_resnet_build walks (Python reads it
+ * as _C.RESNET_STAGES). */
+typedef struct {
+    int depth;      /* 18, 50 */
+    int bottleneck; /* 0: BasicBlock; 1: Bottleneck v1.5 (expansion 4) */
+    int blocks[4];  /* blocks per stage */
+    int width[4];   /* the stage's inner width (planes) */
+} glae_resnet_arch;
+
+/* The table of `depth`, or NULL when glae builds no such ResNet. */
+const glae_resnet_arch *glae_resnet_arch_of(int depth);
+/* Every table; *n receives their number. */
+const glae_resnet_arch *glae_resnet_archs(int *n);
 
 /* Register the backbone's tensors (group GLAE_G_BACKBONE) in torchvision's order. */
 int glae_resnet_build(glae_resnet *net, glae_params *p, int depth);
@@ -93,13 +106,9 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
 /* x (n, h, w, 3) -> net->feat. training: batch-statistics BN (running stats updated). */
 int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,
                         int training);
-/* dfeat (n, fh, fw, out_c): overwritten (used as work space). Accumulates into p->grads.
- * The gradient w.r.t. the image is not computed. */
+/* dfeat (n, fh, fw, out_c): overwritten in a float32 plan (used as work space), read once
+ * in a bf16 one. Accumulates into p->grads. The gradient w.r.t. the image is not computed. */
 int glae_resnet_backward(glae_ctx *ctx, glae_resnet *net, glae_params *p, float *dfeat);
-/* the mixed-precision versions (net->bf16; the two above dispatch to them) */
-int glae_resnet_forward_bf16(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *x,
-                             int training);
-int glae_resnet_backward_bf16(glae_ctx *ctx, glae_resnet *net, glae_params *p, const float *dfeat);
 
 /* shared helpers for the heads */
 int glae_conv_layer_add(glae_conv_layer *l, glae_params *p, const char *prefix, int c_in,

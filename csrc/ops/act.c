@@ -1,4 +1,6 @@
-/* Element-wise layers: ReLU and the residual add. */
+/* Element-wise layers: ReLU, the residual add, the flip, SiLU, sigmoid, channel scale. */
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops/ops.h"
@@ -51,4 +53,87 @@ int glae_hflip_forward(glae_ctx *ctx, float *out, const float *in, int n, int h,
         for (int x = 0; x < w; x++)
             memcpy(out + (r * w + x) * c, in + (r * w + (w - 1 - x)) * c, (size_t)c * sizeof(float));
     return GLAE_OK;
+}
+
+int glae_silu_forward(glae_ctx *ctx, float *out, const float *in, int64_t n) {
+    (void)ctx;
+    CHECK_N(n, "silu_forward");
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) out[i] = in[i] / (1.0f + expf(-in[i]));
+    return GLAE_OK;
+}
+
+/* d/dx x s(x) = s(x) (1 + x (1 - s(x))) */
+int glae_silu_backward(glae_ctx *ctx, float *din, const float *dout, const float *in, int64_t n) {
+    (void)ctx;
+    CHECK_N(n, "silu_backward");
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        const float sg = 1.0f / (1.0f + expf(-in[i]));
+        din[i] = dout[i] * (sg * (1.0f + in[i] * (1.0f - sg)));
+    }
+    return GLAE_OK;
+}
+
+int glae_sigmoid_forward(glae_ctx *ctx, float *out, const float *in, int64_t n) {
+    (void)ctx;
+    CHECK_N(n, "sigmoid_forward");
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + expf(-in[i]));
+    return GLAE_OK;
+}
+
+int glae_sigmoid_backward(glae_ctx *ctx, float *din, const float *dout, const float *out,
+                          int64_t n) {
+    (void)ctx;
+    CHECK_N(n, "sigmoid_backward");
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) din[i] = dout[i] * (out[i] * (1.0f - out[i]));
+    return GLAE_OK;
+}
+
+static int check_scale(const char *fn, int n, int64_t hw, int c) {
+    if (n < 0 || hw < 0 || c < 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (%d, %lld, %d)", fn, n, (long long)hw, c);
+    return GLAE_OK;
+}
+
+int glae_channel_scale_forward(glae_ctx *ctx, float *out, const float *in, const float *scale,
+                               int n, int64_t hw, int c) {
+    (void)ctx;
+    GLAE_TRY(check_scale("channel_scale_forward", n, hw, c));
+#pragma omp parallel for schedule(static) if ((int64_t)n * hw * c > 65536)
+    for (int64_t r = 0; r < (int64_t)n * hw; r++) {
+        const float *s = scale + (r / (hw ? hw : 1)) * c;
+        for (int j = 0; j < c; j++) out[r * c + j] = in[r * c + j] * s[j];
+    }
+    return GLAE_OK;
+}
+
+int glae_channel_scale_backward(glae_ctx *ctx, float *din, float *dscale, const float *dout,
+                                const float *in, const float *scale, int n, int64_t hw, int c) {
+    (void)ctx;
+    GLAE_TRY(check_scale("channel_scale_backward", n, hw, c));
+    int oom = 0;
+#pragma omp parallel for schedule(static) reduction(| : oom) if ((int64_t)n * hw * c > 65536)
+    for (int i = 0; i < n; i++) {
+        const float *g = dout + (int64_t)i * hw * c, *x = in + (int64_t)i * hw * c;
+        if (din) {
+            float *d = din + (int64_t)i * hw * c;
+            const float *s = scale + (int64_t)i * c;
+            for (int64_t p = 0; p < hw; p++)
+                for (int j = 0; j < c; j++) d[p * c + j] = g[p * c + j] * s[j];
+        }
+        if (!dscale) continue;
+        double *acc = calloc((size_t)(c > 0 ? c : 1), sizeof(double));
+        if (!acc) {
+            oom = 1;
+            continue;
+        }
+        for (int64_t p = 0; p < hw; p++)
+            for (int j = 0; j < c; j++) acc[j] += (double)g[p * c + j] * x[p * c + j];
+        for (int j = 0; j < c; j++) dscale[(int64_t)i * c + j] = (float)acc[j];
+        free(acc);
+    }
+    return oom ? glae_fail(GLAE_ERR_MEMORY, "channel_scale_backward: out of memory") : GLAE_OK;
 }

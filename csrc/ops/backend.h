@@ -14,6 +14,7 @@
 #include "core/ctx.h"
 #include "core/device.h"
 #include "ops/amsoftmax.h"
+#include "ops/dwconv.h"
 #include "ops/loss.h"
 #include "ops/ops.h"
 #include "ops/optim.h"
@@ -27,7 +28,8 @@
 #endif
 
 /* every op of the table, family by family (each family header lists its own) */
-#define GLAE_OPS(X) GLAE_OPS_LAYERS(X) GLAE_OPS_LOSS(X) GLAE_OPS_ROUTE(X) GLAE_OPS_OPTIM(X) \
+#define GLAE_OPS(X)                                                                       \
+    GLAE_OPS_LAYERS(X) GLAE_OPS_DWCONV(X) GLAE_OPS_LOSS(X) GLAE_OPS_ROUTE(X) GLAE_OPS_OPTIM(X) \
     GLAE_OPS_AMSOFTMAX(X)
 
 typedef struct glae_backend {

@@ -76,6 +76,21 @@ static inline int glae_check_label_distribution(const char *fn, int64_t n, int k
     return GLAE_OK;
 }
 
+/* a depthwise convolution: a shape made by glae_conv2d_shape_init with c_out == c_in */
+static inline int glae_check_dwconv(const char *fn, const glae_conv2d_shape *s) {
+    glae_conv2d_shape t;
+    if (!s) return glae_fail(GLAE_ERR_VALUE, "%s: shape is NULL", fn);
+    GLAE_TRY(glae_conv2d_shape_init(&t, s->n, s->h, s->w, s->c_in, s->c_out, s->kh, s->kw,
+                                    s->stride_h, s->stride_w, s->pad_h, s->pad_w));
+    if (t.oh != s->oh || t.ow != s->ow)
+        return glae_fail(GLAE_ERR_VALUE, "%s: shape not initialised by glae_conv2d_shape_init", fn);
+    if (s->c_out != s->c_in)
+        return glae_fail(GLAE_ERR_VALUE,
+                         "%s: a depthwise convolution keeps the channels: c_in %d, c_out %d", fn,
+                         s->c_in, s->c_out);
+    return GLAE_OK;
+}
+
 /* the AM-softmax loss (amsoftmax.h): sizes, the scale and the margin. m >= 2 is refused
  * as degenerate: the true class's margined cosine c - m <= -1 could never exceed another
  * class's cosine, so no embedding would satisfy the loss. */

@@ -59,6 +59,23 @@ int glae_add_forward(glae_ctx *ctx, float *out, const float *a, const float *b, 
 /* da = dout, db = dout (either may be NULL) */
 int glae_add_backward(glae_ctx *ctx, float *da, float *db, const float *dout, int64_t n);
 
+/* ---- SiLU, sigmoid, channel scale (act.c): EfficientNetV2's activations and SE ----------
+ * silu: out = x * sigmoid(x) = x / (1 + exp(-x)) (PyTorch); its backward reads the input.
+ * sigmoid: out = 1 / (1 + exp(-x)); its backward reads the output: din = dout*out*(1-out).
+ * channel_scale: out[i, p, j] = in[i, p, j] * scale[i, j] over (N, HW, C), the excitation of
+ * squeeze-and-excitation; with C = 1 and HW the whole sample it scales each sample (the
+ * stochastic-depth drop). Its backward writes din = dout * scale and dscale[i, j] = sum_p
+ * dout * in (an activation gradient: written, not accumulated); either may be NULL. */
+int glae_silu_forward(glae_ctx *ctx, float *out, const float *in, int64_t n);
+int glae_silu_backward(glae_ctx *ctx, float *din, const float *dout, const float *in, int64_t n);
+int glae_sigmoid_forward(glae_ctx *ctx, float *out, const float *in, int64_t n);
+int glae_sigmoid_backward(glae_ctx *ctx, float *din, const float *dout, const float *out,
+                          int64_t n);
+int glae_channel_scale_forward(glae_ctx *ctx, float *out, const float *in, const float *scale,
+                               int n, int64_t hw, int c);
+int glae_channel_scale_backward(glae_ctx *ctx, float *din, float *dscale, const float *dout,
+                                const float *in, const float *scale, int n, int64_t hw, int c);
+
 /* ---- max pool 2d (pool.c) ----------------------------------------------------------
  * in (N, H, W, C) -> out (N, OH, OW, C); padding counts as -inf (PyTorch). argmax
  * (N, OH, OW, C) holds the winning input position h*W + w, used by the backward. */
@@ -194,10 +211,11 @@ int glae_maxpool2d_backward_bf16(glae_ctx *ctx, glae_bf16 *din, const glae_bf16 
     X(maxpool2d_backward) X(avgpool_forward) X(avgpool_backward) X(linear_forward) \
     X(linear_backward) X(pixel_shuffle_forward) X(pixel_shuffle_backward) X(softmax_forward) \
     X(softmax_backward) X(log_softmax_forward) X(log_softmax_backward) X(prelu_forward) \
-    X(prelu_backward) X(hflip_forward) X(fill) X(flatten_nchw_forward) \
-    X(flatten_nchw_backward) X(avg2_forward) X(normalise_u8) X(f32_to_bf16) X(bf16_to_f32) \
-    X(conv2d_forward_bf16) X(conv2d_backward_bf16) X(bn_act_forward_bf16) \
-    X(bn_act_backward_bf16) X(add_forward_bf16) X(maxpool2d_forward_bf16) \
-    X(maxpool2d_backward_bf16)
+    X(prelu_backward) X(hflip_forward) X(silu_forward) X(silu_backward) X(sigmoid_forward) \
+    X(sigmoid_backward) X(channel_scale_forward) X(channel_scale_backward) X(fill) \
+    X(flatten_nchw_forward) X(flatten_nchw_backward) X(avg2_forward) X(normalise_u8) \
+    X(f32_to_bf16) X(bf16_to_f32) X(conv2d_forward_bf16) X(conv2d_backward_bf16) \
+    X(bn_act_forward_bf16) X(bn_act_backward_bf16) X(add_forward_bf16) \
+    X(maxpool2d_forward_bf16) X(maxpool2d_backward_bf16)
 
 #endif

@@ -2,8 +2,10 @@
 #include "ops/optim.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/device.h"
 #include "core/status.h"
 
 #define SGD_OMP_MIN 32768 /* below this, a thread team costs more than it saves */
@@ -57,5 +59,23 @@ int glae_sgd_no_decay_mask(const glae_params *p, uint8_t *mask) {
         if ((in->flags & GLAE_P_BUFFER) || !(in->flags & GLAE_P_NO_DECAY)) continue;
         memset(mask + in->offset, 1, (size_t)in->numel);
     }
+    return GLAE_OK;
+}
+
+int glae_sgd_no_decay_mask_on(glae_ctx *ctx, const glae_params *p, uint8_t **mask) {
+    void *dev = NULL;
+    *mask = NULL;
+    GLAE_TRY(ctx->dev->alloc(ctx, &dev, p->n));
+    uint8_t *host = malloc(p->n ? p->n : 1);
+    int st = host ? glae_sgd_no_decay_mask(p, host)
+                  : glae_fail(GLAE_ERR_MEMORY, "no-decay mask: out of memory");
+    if (!st) st = ctx->dev->copy(ctx, dev, host, p->n, GLAE_COPY_H2D);
+    if (!st) st = ctx->dev->sync(ctx); /* the host copy is freed next */
+    free(host);
+    if (st) {
+        ctx->dev->free(ctx, dev);
+        return st;
+    }
+    *mask = dev;
     return GLAE_OK;
 }

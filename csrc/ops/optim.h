@@ -28,6 +28,9 @@ int glae_sgd_step(glae_ctx *ctx, float *params, float *momentum_buf, const float
 /* Fill mask[0 .. p->n) with 1 for tensors flagged GLAE_P_NO_DECAY, 0 otherwise: the
  * no_decay_mask glae_sgd_step expects for a registered model. */
 int glae_sgd_no_decay_mask(const glae_params *p, uint8_t *mask);
+/* The same mask in ctx's memory (ctx->dev->alloc'd; free it with ctx->dev->free): made on
+ * the host, then copied, as every model that trains with SGD keeps it beside its params. */
+int glae_sgd_no_decay_mask_on(glae_ctx *ctx, const glae_params *p, uint8_t **mask);
 
 /* The ops of this header in the op table (ops/backend.h): glae_<op> here is the
  * reference, glae_<op>_cuda its twin with the same signature (ops_cuda.h). A new op of

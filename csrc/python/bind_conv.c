@@ -65,18 +65,23 @@ static int conv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
     return 0;
 }
 
-/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad, ctx=None)
- *   -> y (N, OH, OW, Cout) */
-static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
+/* Checks x and w, parses stride/pad, fills *s: conv_setup or dwconv_setup (below). */
+typedef int (*setup_fn)(PyObject *, PyObject *, PyObject *, PyObject *, PyArrayObject **,
+                        PyArrayObject **, glae_conv2d_shape *);
+static int dwconv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
+                        PyArrayObject **x, PyArrayObject **w, glae_conv2d_shape *s);
+
+/* the forward of a dense (depthwise = 0) or depthwise convolution: the two ops share a
+ * signature, so one binding body serves both */
+static PyObject *conv_forward(PyObject *args, PyObject *kw, const char *fmt, int depthwise) {
     static char *kwlist[] = {"x", "w", "b", "stride", "pad", "ctx", NULL};
     PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL, *ctxo = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|O:conv2d_forward", kwlist, &xo, &wo, &bo,
-                                     &so, &po, &ctxo))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, &xo, &wo, &bo, &so, &po, &ctxo))
         return NULL;
     PyArrayObject *x, *w;
     glae_conv2d_shape s;
-    if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
+    setup_fn setup = depthwise ? dwconv_setup : conv_setup;
+    if (setup(xo, wo, so, po, &x, &w, &s)) return NULL;
     ARG_F32_OPT(b, bo, "b", 1);
     if (b) ARG_DIM(b, "b", 0, s.c_out);
     glae_job J;
@@ -84,7 +89,15 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out};
     float *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w), *db = glae_job_in(&J, b);
     float *y = glae_job_out(&J, 4, dims, NPY_FLOAT32, 0);
-    GLAE_JOB_RUN(J, J.ctx->ops->conv2d_forward(J.ctx, y, dx, dw, db, &s));
+    const glae_backend *ops = J.ctx->ops;
+    GLAE_JOB_RUN(J, (depthwise ? ops->dwconv2d_forward : ops->conv2d_forward)(J.ctx, y, dx, dw, db, &s));
+}
+
+/* conv2d_forward(x (N,H,W,Cin), w (Cout,KH,KW,Cin), b (Cout) or None, stride, pad, ctx=None)
+ *   -> y (N, OH, OW, Cout) */
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return conv_forward(args, kw, "OOOOO|O:conv2d_forward", 0);
 }
 
 /* conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,
@@ -139,6 +152,70 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     GLAE_JOB_RUN(J, J.ctx->ops->conv2d_backward(J.ctx, gx, gw, gb, g, dx, dw, &s));
 }
 
+/* Checks x (N, H, W, C) and a depthwise w (C, KH, KW, 1), parses stride/pad, fills *s. */
+static int dwconv_setup(PyObject *xo, PyObject *wo, PyObject *so, PyObject *po,
+                        PyArrayObject **x, PyArrayObject **w, glae_conv2d_shape *s) {
+    int sh, sw, ph, pw;
+    *x = glae_arg_f32(xo, "x", 4);
+    if (!*x || glae_check_fits_int(*x, "x")) return -1;
+    *w = glae_arg_f32(wo, "w", 4);
+    if (!*w || glae_check_fits_int(*w, "w")) return -1;
+    if (PyArray_DIM(*w, 0) != PyArray_DIM(*x, 3) || PyArray_DIM(*w, 3) != 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "dwconv2d: w must be (C, KH, KW, 1) with C = %zd, the channels of x; got "
+                     "(%zd, %zd, %zd, %zd)",
+                     (Py_ssize_t)PyArray_DIM(*x, 3), (Py_ssize_t)PyArray_DIM(*w, 0),
+                     (Py_ssize_t)PyArray_DIM(*w, 1), (Py_ssize_t)PyArray_DIM(*w, 2),
+                     (Py_ssize_t)PyArray_DIM(*w, 3));
+        return -1;
+    }
+    if (parse_pair(so, "stride", &sh, &sw) || parse_pair(po, "pad", &ph, &pw)) return -1;
+    npy_intp *xd = PyArray_DIMS(*x), *wd = PyArray_DIMS(*w);
+    int st = glae_conv2d_shape_init(s, (int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], (int)xd[3],
+                                    (int)wd[1], (int)wd[2], sh, sw, ph, pw);
+    if (st) {
+        glae_raise(st);
+        return -1;
+    }
+    return 0;
+}
+
+/* dwconv2d_forward(x (N,H,W,C), w (C,KH,KW,1), b (C) or None, stride, pad, ctx=None)
+ *   -> y (N, OH, OW, C) */
+static PyObject *py_dwconv2d_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return conv_forward(args, kw, "OOOOO|O:dwconv2d_forward", 1);
+}
+
+/* dwconv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, ctx=None)
+ *   -> (dx or None, dw, db or None); dw/db start at zero */
+static PyObject *py_dwconv2d_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dy", "x", "w", "stride", "pad", "has_bias", "need_dx", "ctx", NULL};
+    PyObject *dyo, *xo, *wo, *so, *po, *ctxo = NULL;
+    int has_bias, need_dx = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOp|pO:dwconv2d_backward", kwlist, &dyo, &xo,
+                                     &wo, &so, &po, &has_bias, &need_dx, &ctxo))
+        return NULL;
+    PyArrayObject *x, *w;
+    glae_conv2d_shape s;
+    if (dwconv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
+    ARG_F32(dy, dyo, "dy", 4);
+    npy_intp od[4] = {s.n, s.oh, s.ow, s.c_out};
+    for (int i = 0; i < 4; i++) ARG_DIM(dy, "dy", i, od[i]);
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    npy_intp bd[1] = {s.c_out};
+    float *g = glae_job_in(&J, dy), *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w);
+    float *gx = NULL, *gb = NULL;
+    if (need_dx) gx = glae_job_out(&J, 4, PyArray_DIMS(x), NPY_FLOAT32, 0);
+    else glae_job_none(&J);
+    float *gw = glae_job_out(&J, 4, PyArray_DIMS(w), NPY_FLOAT32, 1);
+    if (has_bias) gb = glae_job_out(&J, 1, bd, NPY_FLOAT32, 1);
+    else glae_job_none(&J);
+    GLAE_JOB_RUN(J, J.ctx->ops->dwconv2d_backward(J.ctx, gx, gw, gb, g, dx, dw, &s));
+}
+
 /* sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) through glae_sgemm
  * (OpenBLAS), for benchmarks; op(x) = x.T when trans_x (no copy: BLAS reads x transposed) */
 static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
@@ -183,6 +260,14 @@ PyMethodDef glae_conv_methods[] = {
      "conv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, dw_accumulate=None,\n"
      "                db_accumulate=None, ctx=None) -> (dx or None, dw, db or None)\n"
      "dw/db start from zero, or are the given *_accumulate arrays, added to in place."},
+    {"dwconv2d_forward", (PyCFunction)(void (*)(void))py_dwconv2d_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "dwconv2d_forward(x, w, b, stride, pad, ctx=None) -> y: depthwise convolution\n"
+     "x (N, H, W, C), w (C, KH, KW, 1) (torchvision's (C, 1, KH, KW), singleton last), b (C,) or None."},
+    {"dwconv2d_backward", (PyCFunction)(void (*)(void))py_dwconv2d_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "dwconv2d_backward(dy, x, w, stride, pad, has_bias, need_dx=True, ctx=None)\n"
+     "-> (dx or None, dw, db or None); dw/db accumulated from zero."},
     {"sgemm", (PyCFunction)(void (*)(void))py_sgemm, METH_VARARGS | METH_KEYWORDS,
      "sgemm(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b) via glae_sgemm (float32, 2-D)"},
     {NULL, NULL, 0, NULL},

@@ -22,8 +22,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* OpenMP's thread count as the calling thread sees it now, without applying the setting:
- * for the test that every binding applies it (glae_apply_num_threads) */
+/* OpenMP's thread count as the calling thread sees it now, without applying any: for the
+ * tests that a call ran on the count it should (the default, or its context's) */
 static PyObject *py_omp_threads_here(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -81,6 +81,30 @@ static PyObject *py_rng_uniform(PyObject *self, PyObject *args) {
 static PyObject *py_rng_normal(PyObject *self, PyObject *args) {
     (void)self;
     return rng_draw(args, "KIIIn:rng_normal", 1);
+}
+
+/* rng_permutation(n, seed, stream=0) -> int64[n]: glae_rng_permutation (core/rng.h) */
+static PyObject *py_rng_permutation(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"n", "seed", "stream", NULL};
+    PyObject *no, *seedo, *streamo = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:rng_permutation", kwlist, &no, &seedo,
+                                     &streamo))
+        return NULL;
+    unsigned long long n, seed, stream = 0;
+    if (glae_arg_uint(no, "n", UINT32_MAX, &n) || glae_arg_uint(seedo, "seed", UINT64_MAX, &seed) ||
+        (streamo && glae_arg_uint(streamo, "stream", UINT32_MAX, &stream)))
+        return NULL;
+    npy_intp dim = (npy_intp)n;
+    PyArrayObject *out = glae_new_array(1, &dim, NPY_INT64);
+    if (!out) return NULL;
+    int st;
+    GLAE_NOGIL(st, glae_rng_permutation(PyArray_DATA(out), (int64_t)n, seed, (uint32_t)stream));
+    if (st) {
+        Py_DECREF(out);
+        return glae_raise(st);
+    }
+    return (PyObject *)out;
 }
 
 /* cuda_devices() -> list of (name, major, minor); [] without a GPU, a driver or the CUDA
@@ -141,7 +165,9 @@ PyMethodDef glae_core_methods[] = {
      "cuda_device_status() -> {state, count, message, driver_version, runtime_version}; "
      "state: ready, no_device, no_driver, driver_error, not_built"},
     {"cuda_devices", py_cuda_devices, METH_NOARGS, "cuda_devices() -> [(name, major, minor)]"},
-    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): CPU threads (OpenMP and BLAS), in every thread."},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS,
+     "set_num_threads(n): the default CPU threads (OpenMP and BLAS), in every thread, of the work "
+     "without a count of its own (a Model made without threads=, the op functions)"},
     {"_omp_threads_here", py_omp_threads_here, METH_NOARGS,
      "OpenMP's thread count in the calling thread (tests)"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
@@ -149,5 +175,9 @@ PyMethodDef glae_core_methods[] = {
     {"philox4x32", py_philox4x32, METH_VARARGS, "philox4x32(key uint32[2], ctr uint32[4]) -> uint32[4]"},
     {"rng_uniform", py_rng_uniform, METH_VARARGS, "rng_uniform(seed, a, b, c, n) -> float64[n] in [0, 1)"},
     {"rng_normal", py_rng_normal, METH_VARARGS, "rng_normal(seed, a, b, c, n) -> float64[n] ~ N(0, 1)"},
+    {"rng_permutation", (PyCFunction)(void (*)(void))py_rng_permutation, METH_VARARGS | METH_KEYWORDS,
+     "rng_permutation(n, seed, stream=0) -> int64[n]: a permutation of range(n) (n < 2^32), "
+     "Fisher-Yates whose swap at position i is drawn from the Philox stream (seed; stream, "
+     "'PRM1', i): the same on every machine and NumPy version."},
     {NULL, NULL, 0, NULL},
 };

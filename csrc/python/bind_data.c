@@ -10,6 +10,7 @@
 #include "data/align.h"
 #include "data/augment.h"
 #include "data/loader.h"
+#include "ops/backend.h"
 
 /* ---- argument helpers ---------------------------------------------------------------- */
 
@@ -513,6 +514,7 @@ typedef struct {
      * for loop still holds the previous batch, hence two */
     PyObject *pool[2];
     int turn;
+    glae_ctx ctx; /* its own count (threads): the hand-over copy in next() runs on it */
 } LoaderObject;
 
 static const char BUSY_MSG[] = "Loader is in use by another thread (next() or close())";
@@ -559,6 +561,7 @@ static PyObject *loader_batch_array(LoaderObject *o, int count) {
 
 static void loader_dealloc(LoaderObject *o) {
     loader_close_now(o);
+    glae_ctx_close(&o->ctx);
     Py_TYPE(o)->tp_free((PyObject *)o);
 }
 
@@ -604,7 +607,12 @@ static PyObject *loader_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (!self) goto fail;
     self->size = (int)size;
     self->u8 = u8;
-    int st;
+    int st = glae_ctx_open(&self->ctx, GLAE_CPU, 0, 0);
+    if (st) {
+        glae_raise(st);
+        goto fail;
+    }
+    glae_ctx_set_threads(&self->ctx, (int)threads);
     glae_loader *L = NULL;
     GLAE_NOGIL(st, glae_loader_create(&L, PyArray_DATA(images), n, (int)PyArray_DIM(images, 1),
                                       (int)PyArray_DIM(images, 2), ages ? PyArray_DATA(ages) : NULL,
@@ -678,7 +686,7 @@ static PyObject *loader_next(LoaderObject *o) {
     if (X && A && S) {
         size_t nx = (size_t)count * o->size * o->size * 3;
         void *px = PyArray_DATA((PyArrayObject *)X);
-        glae_apply_num_threads();
+        glae_ctx_apply_threads(&o->ctx);
         Py_BEGIN_ALLOW_THREADS;
         glae_memcpy_big(px, x, nx * (o->u8 ? 1 : sizeof(float)));
         Py_END_ALLOW_THREADS;
@@ -722,7 +730,8 @@ static PyTypeObject LoaderType = {
               "       threads=1, prefetch=threads+1, drop_last=False, config=None, dtype='float32',\n"
               "       **config)\n\n"
               "One epoch over `indices` (int64, positions into images (N, H, W, 3) uint8, a\n"
-              "np.memmap works): C threads augment batches ahead into `prefetch` ring slots;\n"
+              "np.memmap works): `threads` C threads augment batches ahead into `prefetch` ring\n"
+              "slots (and as many OpenMP threads copy a batch out: the Loader's own count);\n"
               "iterating yields (x float32 (B, S, S, 3), ages float32 (B,), sigmas float32 (B,)),\n"
               "fresh arrays copied out of the ring, identical for any thread count. ages/sigmas\n"
               "may be None (zeros). A bad index raises when its batch is reached.\n"

@@ -4,7 +4,10 @@
  * turns these into the dicts users see. */
 #include "python/job.h" /* Python.h first */
 
+#include "core/age.h"
 #include "metrics/metrics.h"
+
+#include <math.h>
 
 /* y and yhat: float32, 1-D, C-contiguous, same length. Borrowed references. */
 static int get_pair(PyObject *yo, PyObject *ho, PyArrayObject **y, PyArrayObject **yhat) {
@@ -240,7 +243,39 @@ static PyObject *py_routing(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNN)", o[0], o[1], o[2]);
 }
 
+/* age_class(ages float32[n], num_classes=101) -> int64[n]: glae_age_class of each age */
+static PyObject *py_age_class(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"ages", "num_classes", NULL};
+    PyObject *ao;
+    long long k = 101;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|L:age_class", kwlist, &ao, &k)) return NULL;
+    PyArrayObject *a = glae_arg_f32(ao, "ages", 1);
+    if (!a || glae_check_min(k, "num_classes", 1)) return NULL;
+    const float *x = F32(a);
+    const npy_intp n = PyArray_DIM(a, 0);
+    PyArrayObject *out = glae_new_array(1, &n, NPY_INT64);
+    if (!out) return NULL;
+    int64_t *c = PyArray_DATA(out);
+    for (npy_intp i = 0; i < n; i++) {
+        if (!isfinite(x[i])) { /* NaN would become class 0 silently */
+            char txt[32];
+            snprintf(txt, sizeof txt, "%g", (double)x[i]);
+            Py_DECREF(out);
+            PyErr_Format(PyExc_ValueError, "ages[%zd] is not a finite age: %s", (Py_ssize_t)i, txt);
+            return NULL;
+        }
+        c[i] = glae_age_class(x[i], k);
+    }
+    return (PyObject *)out;
+}
+
 PyMethodDef glae_metrics_methods[] = {
+    {"age_class", (PyCFunction)(void (*)(void))py_age_class, METH_VARARGS | METH_KEYWORDS,
+     "age_class(ages float32[n], num_classes=101) -> int64[n]: the whole-year class of each "
+     "age, floor(age + 0.5) (half up) clamped to 0..num_classes-1 (core/age.h), the rule of "
+     "every metric, the training-age histogram, the sampler's labels and the protocols. "
+     "A NaN or infinite age raises ValueError."},
     {"metrics_mae", (PyCFunction)(void (*)(void))py_mae, METH_VARARGS | METH_KEYWORDS,
      "metrics_mae(y, yhat, ctx=None) -> MAE (GLAE eq. 12)"},
     {"metrics_cmae", py_cmae, METH_VARARGS,

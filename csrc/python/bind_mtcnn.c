@@ -142,8 +142,9 @@ static PyObject *py_pnet_forward(PyObject *self, PyObject *args) {
     int st;
     glae_ctx ctx;
     glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
-    GLAE_NOGIL(st, glae_mtcnn_pnet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
-                                           PyArray_DATA(x), m, n, h, w));
+    GLAE_NOGIL_CTX(st, &ctx, glae_mtcnn_pnet_forward(&ctx, PyArray_DATA(outs[0]),
+                                                     PyArray_DATA(outs[1]), PyArray_DATA(x), m,
+                                                     n, h, w));
     glae_ctx_close(&ctx);
     return glae_return_arrays(st, 2, outs);
 }
@@ -163,8 +164,9 @@ static PyObject *py_rnet_forward(PyObject *self, PyObject *args) {
     int st;
     glae_ctx ctx;
     glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
-    GLAE_NOGIL(st, glae_mtcnn_rnet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
-                                           PyArray_DATA(x), m, n));
+    GLAE_NOGIL_CTX(st, &ctx, glae_mtcnn_rnet_forward(&ctx, PyArray_DATA(outs[0]),
+                                                     PyArray_DATA(outs[1]), PyArray_DATA(x), m,
+                                                     n));
     glae_ctx_close(&ctx);
     return glae_return_arrays(st, 2, outs);
 }
@@ -185,8 +187,9 @@ static PyObject *py_onet_forward(PyObject *self, PyObject *args) {
     int st;
     glae_ctx ctx;
     glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
-    GLAE_NOGIL(st, glae_mtcnn_onet_forward(&ctx, PyArray_DATA(outs[0]), PyArray_DATA(outs[1]),
-                                           PyArray_DATA(outs[2]), PyArray_DATA(x), m, n));
+    GLAE_NOGIL_CTX(st, &ctx, glae_mtcnn_onet_forward(&ctx, PyArray_DATA(outs[0]),
+                                                     PyArray_DATA(outs[1]), PyArray_DATA(outs[2]),
+                                                     PyArray_DATA(x), m, n));
     glae_ctx_close(&ctx);
     return glae_return_arrays(st, 3, outs);
 }
@@ -298,16 +301,21 @@ static PyObject *py_resize_area(PyObject *self, PyObject *args) {
 }
 
 /* mtcnn_detect(model, img (H, W, 3) uint8, min_face, factor, (t1, t2, t3), nms_scale,
- *              (n1, n2, n3)) -> (boxes (n, 4), scores (n), landmarks (n, 5, 2)) */
+ *              (n1, n2, n3), threads=0) -> (boxes (n, 4), scores (n), landmarks (n, 5, 2)) */
 static PyObject *py_detect(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *mo, *io;
     glae_mtcnn_opts o;
     glae_mtcnn_default_opts(&o);
-    if (!PyArg_ParseTuple(args, "OOff(fff)f(fff):mtcnn_detect", &mo, &io, &o.min_face, &o.factor,
+    int threads = 0;
+    if (!PyArg_ParseTuple(args, "OOff(fff)f(fff)|i:mtcnn_detect", &mo, &io, &o.min_face, &o.factor,
                           &o.thresh[0], &o.thresh[1], &o.thresh[2], &o.nms_scale, &o.nms[0],
-                          &o.nms[1], &o.nms[2]))
+                          &o.nms[1], &o.nms[2], &threads))
         return NULL;
+    if (threads < 0 || threads > 1024) {
+        PyErr_Format(PyExc_ValueError, "mtcnn_detect: threads must be in [0, 1024]; got %d", threads);
+        return NULL;
+    }
     glae_mtcnn *m = get_model(mo);
     if (!m) return NULL;
     PyArrayObject *im = glae_arg_array(io, "img", NPY_UINT8, 3);
@@ -321,7 +329,9 @@ static PyObject *py_detect(PyObject *self, PyObject *args) {
     int st;
     glae_ctx ctx;
     glae_ctx_open(&ctx, GLAE_CPU, 0, 0);
-    GLAE_NOGIL(st, glae_mtcnn_detect(&ctx, &res, PyArray_DATA(im), h, w, (int64_t)w * 3, m, &o));
+    glae_ctx_set_threads(&ctx, threads); /* its own count: a training thread keeps its own */
+    GLAE_NOGIL_CTX(st, &ctx,
+                   glae_mtcnn_detect(&ctx, &res, PyArray_DATA(im), h, w, (int64_t)w * 3, m, &o));
     glae_ctx_close(&ctx);
     if (st) return glae_raise(st);
     npy_intp bd[2] = {res.n, 4}, sd[1] = {res.n}, pd[3] = {res.n, 5, 2};
@@ -352,6 +362,9 @@ PyMethodDef glae_mtcnn_methods[] = {
     {"mtcnn_bbreg", py_bbreg, METH_VARARGS, "box regression (+1 widths) -> new boxes"},
     {"mtcnn_rerec", py_rerec, METH_VARARGS, "square boxes about their centre -> new boxes"},
     {"mtcnn_resize_area", py_resize_area, METH_VARARGS, "area (adaptive average) resize"},
-    {"mtcnn_detect", py_detect, METH_VARARGS, "the whole detector on one uint8 RGB image"},
+    {"mtcnn_detect", py_detect, METH_VARARGS,
+     "mtcnn_detect(model, img, min_face, factor, (t1, t2, t3), nms_scale, (n1, n2, n3), "
+     "threads=0): the whole detector on one uint8 RGB image, on `threads` CPU threads "
+     "(0: the process default)"},
     {NULL, NULL, 0, NULL},
 };

@@ -4,6 +4,7 @@
 #include "python/model_py.h" /* Python.h first */
 #include <string.h>
 
+#include "nn/droppath.h"
 #include "nn/model.h"
 #ifdef GLAE_WITH_CUDA
 #include "core/cuda_ctx.h"
@@ -52,15 +53,16 @@ static const char *head_name(int kind) {
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"backbone", "head", "r", "k", "s", "proj_depth", "proj_width",
-                             "num_classes", "lam", "seed", "input_size", "device", "math", NULL};
+                             "num_classes", "lam", "seed", "input_size", "device", "math",
+                             "threads", NULL};
     const char *backbone = "resnet18", *head = "fr+pa", *device = "cpu", *math = "fp32";
     glae_model_config cfg;
     glae_model_config_default(&cfg);
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKiss:Model", kwlist, &backbone,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKissi:Model", kwlist, &backbone,
                                      &head, &cfg.r, &cfg.k, &cfg.s, &cfg.proj_depth,
                                      &cfg.proj_width, &cfg.num_classes, &cfg.lam, &seed,
-                                     &cfg.input_size, &device, &math))
+                                     &cfg.input_size, &device, &math, &cfg.threads))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Model is busy in another thread");
@@ -74,8 +76,13 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
         glae_check_min(cfg.s, "s", 1) || glae_check_min(cfg.proj_depth, "proj_depth", 0) ||
         glae_check_min(cfg.proj_width, "proj_width", 1) ||
         glae_check_min(cfg.num_classes, "num_classes", 2) ||
-        glae_check_min(cfg.input_size, "input_size", 1))
+        glae_check_min(cfg.input_size, "input_size", 1) ||
+        glae_check_min(cfg.threads, "threads", 0))
         return -1;
+    if (cfg.threads > 1024) { /* OpenMP would try to start them all */
+        PyErr_Format(PyExc_ValueError, "threads must be at most 1024; got %d", cfg.threads);
+        return -1;
+    }
     if (cfg.proj_depth > GLAE_PROJ_MAX_DEPTH) {
         PyErr_Format(PyExc_ValueError, "proj_depth must be 0, 1 or 2, got %d", cfg.proj_depth);
         return -1;
@@ -92,7 +99,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     }
     int st;
     self->busy = 1; /* a second __init__ from another thread meanwhile is refused */
-    GLAE_NOGIL(st, glae_model_init(&self->m, &cfg));
+    GLAE_NOGIL(st, glae_model_init(&self->m, &cfg)); /* which applies its new ctx's count */
     self->busy = 0;
     if (st) {
         glae_model_free(&self->m);
@@ -132,6 +139,33 @@ static PyObject *Model_math(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     static const char *names[3] = {"fp32", "tf32", "bf16"};
     return PyUnicode_FromString(names[self->m.cfg.math]);
+}
+
+static PyObject *Model_threads(ModelObject *self, void *c) {
+    (void)c;
+    if (!self->ready) { /* readable while a call runs: only the setter (GIL held) writes it */
+        PyErr_SetString(PyExc_RuntimeError, "Model is not initialised");
+        return NULL;
+    }
+    return PyLong_FromLong(glae_ctx_threads(&self->m.ctx));
+}
+
+static int Model_set_threads(ModelObject *self, PyObject *v, void *c) {
+    (void)c;
+    if (!model_ready(self)) return -1;
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "threads cannot be deleted");
+        return -1;
+    }
+    const long n = PyLong_AsLong(v);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "threads must be in [0, 1024]; got %ld", n);
+        return -1;
+    }
+    const int st = glae_model_set_threads(&self->m, (int)n);
+    if (st) glae_raise(st);
+    return st ? -1 : 0;
 }
 
 static PyObject *Model_device(ModelObject *self, void *c) {
@@ -197,7 +231,8 @@ static PyObject *Model_sgd_step(ModelObject *self, PyObject *args, PyObject *kw)
     int st;
     self->busy = 1;
     /* the same float conversions as _C.sgd_step, so both give the same bits on the CPU */
-    GLAE_NOGIL(st, glae_model_sgd_step(&self->m, (float)lr, (float)momentum, (float)dampening,
+    GLAE_NOGIL_CTX(st, &self->m.ctx,
+                   glae_model_sgd_step(&self->m, (float)lr, (float)momentum, (float)dampening,
                                        (float)wd, nesterov, first_step, (size_t)begin,
                                        (size_t)end, wd_exclude));
     self->busy = 0;
@@ -335,11 +370,13 @@ static PyObject *train_step(ModelObject *self, PyObject *args, PyObject *kw, int
     const int h = (int)PyArray_DIM(x, 1), w = (int)PyArray_DIM(x, 2);
     const float *sp = sigma ? PyArray_DATA(sigma) : NULL;
     if (async)
-        GLAE_NOGIL(st, glae_model_train_step_async(&self->m, PyArray_DATA(x), xnorm, (int)n, h, w,
+        GLAE_NOGIL_CTX(st, &self->m.ctx,
+                       glae_model_train_step_async(&self->m, PyArray_DATA(x), xnorm, (int)n, h, w,
                                                    PyArray_DATA(ages), sp, stage, mode, mae));
     else
-        GLAE_NOGIL(st, glae_model_train_step(&self->m, losses, PyArray_DATA(x), xnorm, (int)n, h, w,
-                                             PyArray_DATA(ages), sp, stage, mode, mae));
+        GLAE_NOGIL_CTX(st, &self->m.ctx,
+                       glae_model_train_step(&self->m, losses, PyArray_DATA(x), xnorm, (int)n, h,
+                                             w, PyArray_DATA(ages), sp, stage, mode, mae));
     self->busy = 0;
     if (st) return glae_raise(st);
     if (async) Py_RETURN_NONE;
@@ -400,7 +437,7 @@ static PyObject *Model_async_losses(ModelObject *self, PyObject *args) {
     float losses[3];
     int st;
     self->busy = 1;
-    GLAE_NOGIL(st, glae_model_async_losses(&self->m, losses, back));
+    GLAE_NOGIL_CTX(st, &self->m.ctx, glae_model_async_losses(&self->m, losses, back));
     self->busy = 0;
     if (st) return glae_raise(st);
     return Py_BuildValue("{s:d,s:d,s:d}", "total", (double)losses[0], "local", (double)losses[1],
@@ -442,7 +479,8 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
 #define DATA_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
     int st;
     self->busy = 1;
-    GLAE_NOGIL(st, glae_model_forward(&self->m, PyArray_DATA(x), xnorm, (int)n, (int)PyArray_DIM(x, 1),
+    GLAE_NOGIL_CTX(st, &self->m.ctx,
+                   glae_model_forward(&self->m, PyArray_DATA(x), xnorm, (int)n, (int)PyArray_DIM(x, 1),
                                       (int)PyArray_DIM(x, 2), training, PyArray_DATA(feat),
                                       PyArray_DATA(pv), PyArray_DATA(pb), DATA_OR_NULL(mv),
                                       DATA_OR_NULL(mb), DATA_OR_NULL(lv)));
@@ -505,7 +543,8 @@ static PyObject *Model_predict(ModelObject *self, PyObject *args, PyObject *kw) 
     if (!age || !prob || !head || !ups || (want_ha && !ha)) goto fail;
     int st;
     self->busy = 1;
-    GLAE_NOGIL(st, glae_model_predict(&self->m, PyArray_DATA(age), PyArray_DATA(prob),
+    GLAE_NOGIL_CTX(st, &self->m.ctx,
+                   glae_model_predict(&self->m, PyArray_DATA(age), PyArray_DATA(prob),
                                       PyArray_DATA(head), PyArray_DATA(ups), DATA_OR_NULL(ha),
                                       PyArray_DATA(x), xnorm, (int)n, (int)PyArray_DIM(x, 1),
                                       (int)PyArray_DIM(x, 2), r, flip));
@@ -596,6 +635,10 @@ static PyGetSetDef Model_getset[] = {
      "'off', 'warming up', 'captured' or 'failed: <why>' (use_cuda_graph)", NULL},
     {"math", (getter)Model_math, NULL,
      "'fp32', 'tf32' or 'bf16' (mixed precision: the backbone's activations in bf16)", NULL},
+    {"threads", (getter)Model_threads, (setter)Model_set_threads,
+     "CPU threads of this model's kernels: its own count, which other threads' work (a "
+     "detector, another model) neither sees nor changes; set it (or Model(threads=)) to n >= 1, "
+     "or to 0 to follow the process default (glae.set_num_threads)", NULL},
     {"device", (getter)Model_device, NULL,
      "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
      "grads, momentum and buffers are read-only host copies)", NULL},
@@ -609,14 +652,44 @@ static PyTypeObject ModelType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Model(backbone='resnet18', head='fr+pa', r=16, k=16, s=16, proj_depth=0, "
               "proj_width=512, num_classes=101, lam=1.0, seed=0, input_size=224, device='cpu', "
-              "math='fp32')",
+              "math='fp32', threads=0 (0: the process default, glae.set_num_threads))",
     .tp_methods = Model_methods,
     .tp_getset = Model_getset,
     .tp_init = (initproc)Model_init,
     .tp_new = PyType_GenericNew,
 };
 
+/* drop_path_scales(n, p, seed, step, block) -> float32 (n,): 0 (dropped) or 1/(1-p) (kept) */
+static PyObject *py_drop_path_scales(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"n", "p", "seed", "step", "block", NULL};
+    PyObject *no, *seedo, *stepo, *blocko;
+    double p;
+    unsigned long long n, seed, step, block;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OdOOO:drop_path_scales", kwlist, &no, &p, &seedo,
+                                     &stepo, &blocko))
+        return NULL;
+    if (glae_arg_uint(no, "n", INT32_MAX, &n) || glae_arg_uint(seedo, "seed", UINT64_MAX, &seed) ||
+        glae_arg_uint(stepo, "step", UINT64_MAX, &step) ||
+        glae_arg_uint(blocko, "block", UINT32_MAX, &block))
+        return NULL;
+    npy_intp d[1] = {(npy_intp)n};
+    PyArrayObject *out = glae_new_array(1, d, NPY_FLOAT32);
+    if (!out) return NULL;
+    int st = glae_drop_path_scales(PyArray_DATA(out), (int)n, (float)p, seed, step, (uint32_t)block);
+    if (st) {
+        Py_DECREF(out);
+        return glae_raise(st);
+    }
+    return (PyObject *)out;
+}
+
 PyMethodDef glae_nn_methods[] = {
+    {"drop_path_scales", (PyCFunction)(void (*)(void))py_drop_path_scales,
+     METH_VARARGS | METH_KEYWORDS,
+     "drop_path_scales(n, p, seed, step, block) -> float32 (n,): stochastic depth's per-sample "
+     "scale, 0 (dropped, probability p) or 1/(1-p) (kept), a pure function of (seed, step, "
+     "block, sample); apply it with channel_scale_forward(x.reshape(n, -1, 1), s[:, None])"},
     {NULL, NULL, 0, NULL},
 };
 

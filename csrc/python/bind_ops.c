@@ -124,6 +124,104 @@ static PyObject *py_prelu_backward(PyObject *self, PyObject *args, PyObject *kw)
     RUN(prelu_backward, gx, gw, g, i, dw, glae_rows_of(x), glae_last_dim(x));
 }
 
+/* ---- SiLU, sigmoid, channel scale ---------------------------------------------------- */
+
+/* the element-wise forward of one array: silu_forward(x), sigmoid_forward(x) */
+static PyObject *unary(PyObject *args, PyObject *kw, const char *fmt, int sig) {
+    KW("x");
+    PyObject *xo, *ctxo = NULL;
+    PARSE(fmt, &xo, &ctxo);
+    ARG_F32(x, xo, "x", -1);
+    START();
+    float *i = glae_job_in(&J, x), *o = glae_job_out(&J, DIMS_OF(x), NPY_FLOAT32, 0);
+    if (sig) RUN(sigmoid_forward, o, i, PyArray_SIZE(x));
+    RUN(silu_forward, o, i, PyArray_SIZE(x));
+}
+
+/* silu_backward(dy, x) (the input) and sigmoid_backward(dy, y) (the output) -> dx */
+static PyObject *unary_grad(PyObject *args, PyObject *kw, const char *fmt, const char *saved,
+                            int sig) {
+    static char *kw_silu[] = {"dy", "x", "ctx", NULL}, *kw_sig[] = {"dy", "y", "ctx", NULL};
+    PyObject *dyo, *so, *ctxo = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, sig ? kw_sig : kw_silu, &dyo, &so, &ctxo))
+        return NULL;
+    ARG_F32(dy, dyo, "dy", -1);
+    ARG_F32(v, so, saved, -1);
+    ARG_SAME(dy, "dy", v, saved);
+    START();
+    float *g = glae_job_in(&J, dy), *dv = glae_job_in(&J, v);
+    float *dx = glae_job_out(&J, DIMS_OF(v), NPY_FLOAT32, 0);
+    if (sig) RUN(sigmoid_backward, dx, g, dv, PyArray_SIZE(v));
+    RUN(silu_backward, dx, g, dv, PyArray_SIZE(v));
+}
+
+static PyObject *py_silu_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return unary(args, kw, "O|O:silu_forward", 0);
+}
+static PyObject *py_silu_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return unary_grad(args, kw, "OO|O:silu_backward", "x", 0);
+}
+static PyObject *py_sigmoid_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return unary(args, kw, "O|O:sigmoid_forward", 1);
+}
+static PyObject *py_sigmoid_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return unary_grad(args, kw, "OO|O:sigmoid_backward", "y", 1);
+}
+
+/* x (N, ..., C) and scale (N, C): the sizes (n, hw, c) of the (N, HW, C) view */
+static int scale_args(PyArrayObject *x, PyArrayObject *s, int *n, int64_t *hw, int *c) {
+    if (glae_check_min_ndim(x, "x", 2) || glae_check_fits_int(x, "x")) return -1;
+    if (glae_check_dim(s, "scale", 0, PyArray_DIM(x, 0)) ||
+        glae_check_dim(s, "scale", 1, glae_last_dim(x)))
+        return -1;
+    *n = (int)PyArray_DIM(x, 0);
+    *c = glae_last_dim(x);
+    *hw = 1;
+    for (int i = 1; i < PyArray_NDIM(x) - 1; i++) *hw *= PyArray_DIM(x, i);
+    return 0;
+}
+
+/* channel_scale_forward(x (N, ..., C), scale (N, C)) -> x * scale[:, None, ..., :] */
+static PyObject *py_channel_scale_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    KW("x", "scale");
+    PyObject *xo, *so, *ctxo = NULL;
+    PARSE("OO|O:channel_scale_forward", &xo, &so, &ctxo);
+    ARG_F32(x, xo, "x", -1);
+    ARG_F32(sc, so, "scale", 2);
+    int n, c;
+    int64_t hw;
+    if (scale_args(x, sc, &n, &hw, &c)) return NULL;
+    START();
+    float *i = glae_job_in(&J, x), *ds = glae_job_in(&J, sc);
+    float *y = glae_job_out(&J, DIMS_OF(x), NPY_FLOAT32, 0);
+    RUN(channel_scale_forward, y, i, ds, n, hw, c);
+}
+
+/* channel_scale_backward(dy, x, scale) -> (dx, dscale (N, C)) */
+static PyObject *py_channel_scale_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    KW("dy", "x", "scale");
+    PyObject *dyo, *xo, *so, *ctxo = NULL;
+    PARSE("OOO|O:channel_scale_backward", &dyo, &xo, &so, &ctxo);
+    ARG_F32(dy, dyo, "dy", -1);
+    ARG_F32(x, xo, "x", -1);
+    ARG_SAME(dy, "dy", x, "x");
+    ARG_F32(sc, so, "scale", 2);
+    int n, c;
+    int64_t hw;
+    if (scale_args(x, sc, &n, &hw, &c)) return NULL;
+    START();
+    float *g = glae_job_in(&J, dy), *i = glae_job_in(&J, x), *ds = glae_job_in(&J, sc);
+    float *dx = glae_job_out(&J, DIMS_OF(x), NPY_FLOAT32, 0),
+          *dsc = glae_job_out(&J, DIMS_OF(sc), NPY_FLOAT32, 0);
+    RUN(channel_scale_backward, dx, dsc, g, i, ds, n, hw, c);
+}
+
 /* ---- batch norm --------------------------------------------------------------------- */
 
 /* batchnorm_forward(x (..., C), gamma (C), beta (C), running_mean (C) | None,
@@ -523,6 +621,15 @@ PyMethodDef glae_ops_methods[] = {
     OP(add_forward, "add_forward(a, b, ctx=None) -> a + b"),
     OP(add_backward, "add_backward(dy, ctx=None) -> (da, db), both equal to dy"),
     OP(hflip_forward, "hflip_forward(x NHWC, ctx=None) -> x[:, :, ::-1]"),
+    OP(silu_forward, "silu_forward(x, ctx=None) -> x * sigmoid(x)"),
+    OP(silu_backward, "silu_backward(dy, x, ctx=None) -> dx (from the input x)"),
+    OP(sigmoid_forward, "sigmoid_forward(x, ctx=None) -> 1 / (1 + exp(-x))"),
+    OP(sigmoid_backward, "sigmoid_backward(dy, y, ctx=None) -> dy * y * (1 - y) (from the output y)"),
+    OP(channel_scale_forward,
+       "channel_scale_forward(x (N, ..., C), scale (N, C), ctx=None) -> x * scale per sample and "
+       "channel (squeeze-and-excitation; C = 1 scales whole samples)"),
+    OP(channel_scale_backward,
+       "channel_scale_backward(dy, x, scale, ctx=None) -> (dx, dscale (N, C))"),
     OP(prelu_forward, "prelu_forward(x (..., C), weight (C), ctx=None) -> y"),
     OP(prelu_backward, "prelu_backward(dy, x, weight, ctx=None) -> (dx, dweight)"),
     OP(batchnorm_forward,

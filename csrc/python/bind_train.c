@@ -9,44 +9,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/age.h"
 #include "ops/optim.h"
 #include "train/sampler.h"
 #include "train/sched.h"
 
 /* ---- small argument helpers ------------------------------------------------------ */
-
-/* A Python int in [0, max]; ValueError (not OverflowError) when out of range. */
-static int get_uint(PyObject *o, const char *name, unsigned long long max,
-                    unsigned long long *out) {
-    if (!PyLong_Check(o) || PyBool_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name, Py_TYPE(o)->tp_name);
-        return -1;
-    }
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    if (overflow < 0 || (!overflow && v < 0)) {
-        PyErr_Format(PyExc_ValueError, "%s must be >= 0, got %S", name, o);
-        return -1;
-    }
-    unsigned long long u;
-    if (overflow > 0) {
-        u = PyLong_AsUnsignedLongLong(o);
-        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%s must be <= %llu, got %S", name, max, o);
-            return -1;
-        }
-    } else {
-        u = (unsigned long long)v;
-    }
-    if (u > max) {
-        PyErr_Format(PyExc_ValueError, "%s must be <= %llu, got %S", name, max, o);
-        return -1;
-    }
-    *out = u;
-    return 0;
-}
 
 /* A Python int as int64 (any sign); TypeError for non-ints (bool included). */
 static int get_i64(PyObject *o, const char *name, long long *out) {
@@ -290,8 +258,8 @@ static PyObject *py_sample_instance_balanced(PyObject *self, PyObject *args, PyO
                                      &seedo, &epocho))
         return NULL;
     unsigned long long n, seed, epoch;
-    if (get_uint(no, "n", UINT32_MAX, &n) || get_uint(seedo, "seed", UINT64_MAX, &seed) ||
-        get_uint(epocho, "epoch", UINT32_MAX, &epoch))
+    if (glae_arg_uint(no, "n", UINT32_MAX, &n) || glae_arg_uint(seedo, "seed", UINT64_MAX, &seed) ||
+        glae_arg_uint(epocho, "epoch", UINT32_MAX, &epoch))
         return NULL;
     npy_intp dim = (npy_intp)n;
     PyArrayObject *out = glae_new_array(1, &dim, NPY_INT64);
@@ -328,8 +296,8 @@ static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObje
     PyArrayObject *lab = glae_arg_array(lo, "labels", t, 1);
     if (!lab) return NULL;
     unsigned long long seed, epoch;
-    if (get_uint(seedo, "seed", UINT64_MAX, &seed) ||
-        get_uint(epocho, "epoch", UINT32_MAX, &epoch))
+    if (glae_arg_uint(seedo, "seed", UINT64_MAX, &seed) ||
+        glae_arg_uint(epocho, "epoch", UINT32_MAX, &epoch))
         return NULL;
     npy_intp n = PyArray_SIZE(lab);
     if (n == 0) {
@@ -337,9 +305,9 @@ static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObje
         return NULL;
     }
     unsigned long long length = (unsigned long long)n;
-    if (leno != Py_None && get_uint(leno, "length", UINT32_MAX, &length)) return NULL;
+    if (leno != Py_None && glae_arg_uint(leno, "length", UINT32_MAX, &length)) return NULL;
 
-    /* labels as int64; float ages are rounded half-to-even (numpy.rint) */
+    /* labels as int64; float ages get their whole-year class (core/age.h, half up) */
     int64_t *l64 = PyMem_Malloc((size_t)n * sizeof *l64);
     if (!l64) return PyErr_NoMemory();
     const void *src = PyArray_DATA(lab);
@@ -351,15 +319,15 @@ static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObje
         case NPY_FLOAT32: v = ((const float *)src)[i]; break;
         default: v = ((const double *)src)[i]; break;
         }
-        if (!isfinite(v) || fabs(v) > 9.0e15) {
+        if (!isfinite(v) || v < 0.0) {
             char txt[64];
             snprintf(txt, sizeof txt, "%g", v);
             PyMem_Free(l64);
-            PyErr_Format(PyExc_ValueError, "labels[%zd] is not a finite age: %s", (Py_ssize_t)i,
-                         txt);
+            PyErr_Format(PyExc_ValueError, "labels[%zd] is not a finite age >= 0: %s",
+                         (Py_ssize_t)i, txt);
             return NULL;
         }
-        l64[i] = (int64_t)nearbyint(v);
+        l64[i] = glae_age_class((float)v, INT64_MAX); /* no upper clamp */
     }
     npy_intp dim = (npy_intp)length;
     PyArrayObject *out = glae_new_array(1, &dim, NPY_INT64);
@@ -409,7 +377,7 @@ PyMethodDef glae_train_methods[] = {
     {"sample_class_balanced", FN(py_sample_class_balanced), KW,
      "sample_class_balanced(labels, seed, epoch, length=None) -> int64[length]: each draw "
      "picks a class uniformly among the labels present, then an instance of it uniformly. "
-     "labels: 1-D int32/int64 (or float ages, rounded half-to-even); length defaults to "
-     "len(labels)."},
+     "labels: 1-D int32/int64 (or float ages >= 0, classed by age_class: half up); length "
+     "defaults to len(labels)."},
     {NULL, NULL, 0, NULL},
 };

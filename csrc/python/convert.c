@@ -78,6 +78,33 @@ int glae_check_same_shape(PyArrayObject *a, const char *na, PyArrayObject *b, co
     return -1;
 }
 
+int glae_arg_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out) {
+    if (!PyLong_Check(o) || PyBool_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow < 0 || (!overflow && v < 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 0, got %S", name, o);
+        return -1;
+    }
+    unsigned long long u = (unsigned long long)v;
+    int too_big = 0;
+    if (overflow > 0) { /* above LLONG_MAX: may still fit 64 unsigned bits */
+        u = PyLong_AsUnsignedLongLong(o);
+        too_big = u == (unsigned long long)-1 && PyErr_Occurred();
+        if (too_big) PyErr_Clear();
+    }
+    if (too_big || u > max) {
+        PyErr_Format(PyExc_ValueError, "%s must be <= %llu, got %S", name, max, o);
+        return -1;
+    }
+    *out = u;
+    return 0;
+}
+
 int glae_check_min(long long v, const char *name, long long lo) {
     if (v < lo) {
         PyErr_Format(PyExc_ValueError, "%s must be >= %lld, got %lld", name, lo, v);

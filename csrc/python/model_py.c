@@ -112,7 +112,10 @@ static int find_param(const glae_params *p, PyObject *args, const char *fmt, con
     if (arr ? !PyArg_ParseTuple(args, fmt, name, arr) : !PyArg_ParseTuple(args, fmt, name))
         return -1;
     int i = glae_params_find(p, *name);
-    if (i < 0) PyErr_Format(PyExc_KeyError, "no tensor named '%s'", *name);
+    /* ValueError (the binding's type for a bad argument value), naming the method */
+    if (i < 0)
+        PyErr_Format(PyExc_ValueError, "%s: no tensor named '%s' (param_table() lists them)",
+                     strchr(fmt, ':') + 1, *name);
     return i;
 }
 

@@ -3,6 +3,7 @@
 #include "python/py.h"
 
 #include "core/ctx.h"
+#include "nn/resnet.h"
 
 /* setup.py writes glae_build_info.h (GLAE_BUILD_INFO_ITEMS: X(key, value) pairs) into the
  * build folder: how this module was built, for diagnostics and tests/test_build.py. */
@@ -31,6 +32,27 @@ static PyObject *build_info(void) {
     } while (0);
     GLAE_BUILD_INFO_ITEMS
 #undef X
+    return d;
+}
+
+/* _C.RESNET_STAGES: {"resnet18": ((blocks, width, out_channels), ...4 stages), ...} from
+ * the table glae_resnet_build walks; out_channels = width * 4 in a Bottleneck */
+static PyObject *resnet_stages(void) {
+    int n;
+    const glae_resnet_arch *archs = glae_resnet_archs(&n);
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < n; i++) {
+        const glae_resnet_arch *a = &archs[i];
+        const int e = a->bottleneck ? 4 : 1;
+        PyObject *t = Py_BuildValue("((iii)(iii)(iii)(iii))", a->blocks[0], a->width[0],
+                                    a->width[0] * e, a->blocks[1], a->width[1], a->width[1] * e,
+                                    a->blocks[2], a->width[2], a->width[2] * e, a->blocks[3],
+                                    a->width[3], a->width[3] * e);
+        char name[32];
+        snprintf(name, sizeof name, "resnet%d", a->depth);
+        if (!t || PyDict_SetItemString(d, name, t) < 0) Py_CLEAR(d);
+        Py_XDECREF(t);
+    }
     return d;
 }
 
@@ -75,6 +97,19 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *info = build_info();
     if (!info || PyModule_AddObject(m, "BUILD_INFO", info) < 0) {
         Py_XDECREF(info);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *stages = resnet_stages();
+    if (!stages || PyModule_AddObject(m, "RESNET_STAGES", stages) < 0) {
+        Py_XDECREF(stages);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* the float the batch norms use (GLAE_BN_EPS, a float32 constant), as a Python float */
+    PyObject *eps = PyFloat_FromDouble((double)GLAE_BN_EPS);
+    if (!eps || PyModule_AddObject(m, "BN_EPS", eps) < 0) {
+        Py_XDECREF(eps);
         Py_DECREF(m);
         return NULL;
     }

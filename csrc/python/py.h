@@ -30,6 +30,9 @@ int glae_check_dim(PyArrayObject *a, const char *name, int axis, npy_intp want);
 int glae_check_same_shape(PyArrayObject *a, const char *na, PyArrayObject *b, const char *nb);
 /* -1 with a ValueError when `a` (not NULL) is read-only: an argument updated in place */
 int glae_check_writeable(PyArrayObject *a, const char *name);
+/* A Python int (not bool) in [0, max]: TypeError naming `name` for other objects,
+ * ValueError (not OverflowError) out of range. 0 on success, -1 on error. */
+int glae_arg_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out);
 /* ValueError unless v >= lo (v > 0 when lo == 1 and so on). */
 int glae_check_min(long long v, const char *name, long long lo);
 
@@ -51,14 +54,23 @@ int glae_parse_norm(PyObject *o, const char *what, int *norm);
 /* Raise the Python exception for a failed glae_status using the thread's message. */
 PyObject *glae_raise(int status);
 
-/* Run a C call without the GIL; `st` receives its status. */
-/* the call without the GIL, in this thread with the process-wide thread count */
+/* Run a C call without the GIL; `st` receives its status. GLAE_NOGIL runs it on the
+ * process-wide default thread count (a call without a context, or with one made by
+ * glae_ctx_open for this call); GLAE_NOGIL_CTX on the count of `ctx`, the context the
+ * call works with (a Model's, a detector's), whatever other threads run meanwhile. */
 #define GLAE_NOGIL(st, call)        \
     do {                            \
         glae_apply_num_threads();   \
         Py_BEGIN_ALLOW_THREADS;     \
         (st) = (call);              \
         Py_END_ALLOW_THREADS;       \
+    } while (0)
+#define GLAE_NOGIL_CTX(st, ctx, call)   \
+    do {                                \
+        glae_ctx_apply_threads(ctx);    \
+        Py_BEGIN_ALLOW_THREADS;         \
+        (st) = (call);                  \
+        Py_END_ALLOW_THREADS;           \
     } while (0)
 
 /* Method tables, one per family (bind_<family>.c), each ending with {NULL}. */

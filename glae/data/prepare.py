@@ -92,9 +92,9 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     aligned with that face's 5 landmarks exactly as given landmarks would be. An image in
     which MTCNN finds no face is skipped and reported ("no face found"); one with several
     faces is kept and reported as a warning. detector_weights: a folder with pnet.pt,
-    rnet.pt, onet.pt or a glae.detect.MTCNN (default: glae.detect.weights_dir()). While
-    detecting, the process-wide thread count is 1 (the workers run images in parallel) and
-    is restored afterwards.
+    rnet.pt, onet.pt or a glae.detect.MTCNN (default: glae.detect.weights_dir()). Each
+    detection runs on one thread in its own context (the workers run images in parallel);
+    the process-wide count, and a model training in another thread, are left alone.
 
     Identity data (sources "identities:FOLDER", "identities-csv:FILE"; records with an
     identity and no age) is written the same way, the age column NaN and the identities in
@@ -143,13 +143,14 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
     detector = None
     if any(wants_detection):
         # resolved before any work: missing weights fail here, with no file written
-        detector = _detect._unthreaded(_detect.get_detector(detector_weights))
+        # one thread per detection (its own context): the workers run several at once
+        detector = _detect._with_threads(_detect.get_detector(detector_weights), 1)
 
     def work(item):
         rec, detect_it = item
         try:
             img = load_image(rec.path)
-        except (FileNotFoundError, DecodeError) as e:
+        except (FileNotFoundError, IsADirectoryError, DecodeError) as e:
             return None, str(e)
         h = pixel_hash(img)
         landmarks, note = rec.landmarks, None
@@ -193,12 +194,6 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
         except ImportError:
             bar = None
     n_landmarks = n_detected = n_no_face = 0
-    old_threads = None
-    if detector is not None:
-        from .. import _C
-
-        old_threads = _C.get_num_threads()
-        _C.set_num_threads(1)
     try:
         with PackedWriter(out_path, size, meta=header_meta) as w, ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(records), chunk):
@@ -231,8 +226,6 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
                 w.meta["n_detected"] = n_detected
                 w.meta["n_no_face"] = n_no_face
     finally:
-        if old_threads is not None:
-            _C.set_num_threads(old_threads)
         if bar is not None:
             bar.close()
     report.n_used = len(w)

@@ -9,14 +9,20 @@
 - :func:`kfold`, optionally subject-exclusive.
 - :func:`deduplicate` before any split, so no image is on both sides through a copy.
 
-All functions return int64 index arrays into the arrays they were given. Randomness is a
-NumPy Generator seeded with `seed`: this is bookkeeping, not numerics.
+All functions return int64 index arrays into the arrays they were given. Randomness is the
+engine's counter-based Philox generator (``_C.rng_permutation``, keyed by seed, a stream
+per kind of draw and the position), so a seed gives the same split on every machine and
+NumPy version (docs/data.md).
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .._lib import _C
+from ..metrics import age_class
 
 __all__ = ["DedupReport", "PROTOCOLS", "age_classes", "balanced_subset", "deduplicate", "kfold",
            "random_split", "split", "subject_split"]
@@ -27,6 +33,20 @@ PROTOCOLS = {
     "morph-partial-80-20": ((0.8, 0.2), False),  # on the user's 5,493-image Caucasian subset
     "mivia-4-1": ((4, 1), False),
 }
+
+
+# the Philox stream of each kind of draw, so that e.g. subject_split does not reuse
+# random_split's shuffle of the same length (kfold shares random_split's, as it always did)
+_STREAM_ORDER, _STREAM_SUBJECTS, _STREAM_BALANCED = 0, 1, 2
+
+
+def _permutation(n: int, seed, stream: int) -> np.ndarray:
+    """_C.rng_permutation: the same for a seed on every machine and NumPy version."""
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"seed must be an integer, got {seed!r}") from None
+    return _C.rng_permutation(n, seed, stream)
 
 
 def _n(n_or_array) -> int:
@@ -57,7 +77,7 @@ def random_split(n_or_array, ratios=(0.8, 0.2), seed: int = 0) -> tuple:
     """Shuffle 0..n-1 with `seed` and cut it by `ratios` (normalised: (4, 1) == (0.8, 0.2)).
     Returns one sorted index array per part; together they are 0..n-1 exactly once."""
     n = _n(n_or_array)
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = _permutation(n, seed, _STREAM_ORDER)
     out, start = [], 0
     for k in _cut(n, _ratios(ratios)):
         out.append(np.sort(perm[start:start + k]).astype(np.int64))
@@ -83,8 +103,7 @@ def subject_split(identities, ratios=(0.8, 0.2), seed: int = 0) -> tuple:
     g = _groups(identities)
     r = _ratios(ratios)
     uniq, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))
+    order = _permutation(len(uniq), seed, _STREAM_SUBJECTS)
     target = r * len(g)
     filled = np.zeros(len(r))
     part_of_subject = np.empty(len(uniq), np.int64)
@@ -158,8 +177,8 @@ def deduplicate(hashes, ages, tol: float = 0.0):
 
 
 def age_classes(ages, max_age: int = 100) -> np.ndarray:
-    """Integer age classes: rounded (half to even) and clipped to 0..max_age (101 classes)."""
-    return np.clip(np.rint(np.asarray(ages, dtype=np.float64)), 0, max_age).astype(np.int64)
+    """Integer age classes 0..max_age (101 classes): glae.metrics.age_class, half up."""
+    return age_class(ages, int(max_age) + 1)
 
 
 def balanced_subset(ages, n_per_age: int = 10, seed: int = 0, indices=None, short: str = "skip") -> np.ndarray:
@@ -174,11 +193,12 @@ def balanced_subset(ages, n_per_age: int = 10, seed: int = 0, indices=None, shor
         raise ValueError(f"n_per_age must be >= 1, got {n_per_age}")
     ages = np.asarray(ages)
     pool = np.arange(len(ages)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    cls = age_classes(ages[pool])
-    rng = np.random.default_rng(seed)
+    # one shuffle of the pool; each age takes its first n_per_age members in that order
+    shuffled = pool[_permutation(len(pool), seed, _STREAM_BALANCED)]
+    cls = age_classes(ages[shuffled])
     out = []
     for c in np.unique(cls):
-        members = pool[cls == c]
+        members = shuffled[cls == c]
         if len(members) < n_per_age:
             if short == "raise":
                 raise ValueError(f"age {c} has {len(members)} images, fewer than n_per_age={n_per_age}")
@@ -186,7 +206,7 @@ def balanced_subset(ages, n_per_age: int = 10, seed: int = 0, indices=None, shor
                 continue
             out.append(members)
         else:
-            out.append(rng.choice(members, n_per_age, replace=False))
+            out.append(members[:n_per_age])
     return np.sort(np.concatenate(out)).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
@@ -198,7 +218,7 @@ def kfold(n_or_array, k: int = 5, seed: int = 0, identities=None) -> list:
     if k < 2 or k > max(n, 2):
         raise ValueError(f"k must be in 2..n ({n}), got {k}")
     if identities is None:
-        perm = np.random.default_rng(seed).permutation(n)
+        perm = _permutation(n, seed, _STREAM_ORDER)
         folds = np.array_split(perm, k)
     else:
         if len(identities) != n:

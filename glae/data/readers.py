@@ -654,14 +654,19 @@ def load_image(path) -> np.ndarray:
     """Decode an image file with Pillow into uint8 RGB (H, W, 3), EXIF orientation applied.
 
     Grayscale, palette, CMYK and 16-bit images are converted to RGB; an alpha channel is
-    composited onto mid grey. Raises FileNotFoundError for a missing file and DecodeError
-    for a corrupt, truncated or foreign file (Pillow's LOAD_TRUNCATED_IMAGES is left off, so a
+    composited onto mid grey. Raises FileNotFoundError for a missing file, IsADirectoryError
+    for a folder, and DecodeError for a corrupt, truncated or foreign file or one that is not a
+    regular file (/dev/null, a pipe) (Pillow's LOAD_TRUNCATED_IMAGES is left off, so a
     truncated JPEG is an error rather than a grey-filled image)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"not an image file but a folder: {path}")
+    if not os.path.exists(path):
         raise FileNotFoundError(f"image not found: {path}")
+    if not os.path.isfile(path):  # a device, a FIFO, a socket: reading it may never end
+        raise DecodeError(f"not a regular file (a device or pipe), so not an image: {path}")
     try:
         with Image.open(path) as im:
             im.load()

@@ -31,6 +31,19 @@ def is_device(d) -> bool:
         d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit()))
 
 
+
+def check_fields(cls, keys, what):
+    """ValueError naming every key that is not a field of the dataclass `cls`, each with the
+    closest field name (`what` names the kind of config in the message)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(keys) - set(names))
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.7)
+            hints.append(f"{k} (did you mean {close[0]}?)" if close else str(k))
+        raise ValueError(f"unknown {what} key(s): {', '.join(hints)}")
+
 @dataclass
 class Config:
     """One object for a whole two-stage run (LAE section 2.4 / 3.3, GLAE Algorithm 1, V-A).
@@ -206,14 +219,7 @@ class Config:
     @classmethod
     def check_keys(cls, keys):
         """ValueError naming every key that is not a field, with the closest field names."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(keys) - set(names))
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.7)
-                hints.append(f"{k} (did you mean {close[0]}?)" if close else str(k))
-            raise ValueError(f"unknown config key(s): {', '.join(hints)}")
+        check_fields(cls, keys, "config")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

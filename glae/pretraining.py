@@ -183,16 +183,9 @@ class PretrainConfig:
 
 
 def _check_keys(keys):
-    import difflib
+    from .config import check_fields
 
-    names = [f.name for f in dataclasses.fields(PretrainConfig)]
-    unknown = sorted(set(keys) - set(names))
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.7)
-            hints.append(f"{k} (did you mean {close[0]}?)" if close else str(k))
-        raise ValueError(f"unknown pre-training config key(s): {', '.join(hints)}")
+    check_fields(PretrainConfig, keys, "pre-training config")
 
 
 # ---- data ---------------------------------------------------------------------------------

@@ -33,6 +33,39 @@ void glae_model_config_default(glae_model_config *cfg) {
     cfg->device = GLAE_CPU;
     cfg->cuda_device = 0;
     cfg->math = 0;
+    cfg->stochastic_depth = 0.2f;
+}
+
+/* ---- the backbone: a ResNet or an EfficientNetV2, behind one set of calls -------------- */
+
+int glae_model_is_effnet(const glae_model *m) { return glae_effnet_arch_of(m->cfg.backbone) != NULL; }
+
+int glae_model_feat_channels(const glae_model *m) {
+    return glae_model_is_effnet(m) ? m->eff.out_c : m->net.out_c;
+}
+
+static int bb_out_size(int backbone, int h, int w, int *fh, int *fw) {
+    const glae_effnet_arch *e = glae_effnet_arch_of(backbone);
+    return e ? glae_effnet_out_size(e, h, w, fh, fw) : glae_resnet_out_size(h, w, fh, fw);
+}
+
+static float *bb_feat(const glae_model *m) { return glae_model_is_effnet(m) ? m->eff.feat : m->net.feat; }
+static int bb_fh(const glae_model *m) { return glae_model_is_effnet(m) ? m->eff.fh : m->net.fh; }
+static int bb_fw(const glae_model *m) { return glae_model_is_effnet(m) ? m->eff.fw : m->net.fw; }
+
+static int bb_plan(glae_model *m, glae_arena *a, int n, int h, int w, int grads) {
+    if (glae_model_is_effnet(m)) return glae_effnet_plan(&m->eff, a, n, h, w, grads);
+    return glae_resnet_plan(&m->net, a, n, h, w, grads);
+}
+
+static int bb_forward(glae_model *m, const float *x, int training) {
+    if (glae_model_is_effnet(m)) return glae_effnet_forward(&m->ctx, &m->eff, &m->p, x, training);
+    return glae_resnet_forward(&m->ctx, &m->net, &m->p, x, training);
+}
+
+static int bb_backward(glae_model *m, float *dfeat) {
+    if (glae_model_is_effnet(m)) return glae_effnet_backward(&m->ctx, &m->eff, &m->p, dfeat);
+    return glae_resnet_backward(&m->ctx, &m->net, &m->p, dfeat);
 }
 
 static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
@@ -58,19 +91,32 @@ int glae_model_init(glae_model *m, const glae_model_config *cfg) {
     int fh, fw;
     if (cfg->input_size < 1)
         return glae_fail(GLAE_ERR_VALUE, "model: input_size must be >= 1, got %d", cfg->input_size);
-    GLAE_TRY(glae_resnet_out_size(cfg->input_size, cfg->input_size, &fh, &fw));
-    GLAE_TRY(glae_resnet_build(&m->net, &m->p, cfg->backbone));
+    GLAE_TRY(bb_out_size(cfg->backbone, cfg->input_size, cfg->input_size, &fh, &fw));
     if (cfg->math < 0 || cfg->math > 2)
         return glae_fail(GLAE_ERR_VALUE, "model: math must be 0 (fp32), 1 (tf32) or 2 (bf16), got %d",
                          cfg->math);
+    const int eff = glae_model_is_effnet(m);
+    if (eff) {
+        if (cfg->math == 2)
+            return glae_fail(GLAE_ERR_VALUE, "model: math='bf16' is not available for %s yet "
+                             "(fp32 or tf32)", glae_effnet_arch_of(cfg->backbone)->name);
+        if (!(cfg->stochastic_depth >= 0.0f && cfg->stochastic_depth < 1.0f))
+            return glae_fail(GLAE_ERR_VALUE, "model: stochastic_depth must be in [0, 1), got %g",
+                             (double)cfg->stochastic_depth);
+        GLAE_TRY(glae_effnet_build(&m->eff, &m->p, cfg->backbone));
+        m->eff.drop_prob = cfg->stochastic_depth;
+    } else {
+        GLAE_TRY(glae_resnet_build(&m->net, &m->p, cfg->backbone));
+    }
     m->net.bf16 = cfg->math == 2; /* mixed precision: bf16 backbone activations (also on the CPU) */
     glae_head_config hc = {cfg->head, cfg->num_classes, cfg->r, cfg->k, cfg->s, cfg->proj_depth,
                            cfg->proj_width};
-    GLAE_TRY(glae_head_build(&m->head, &m->p, &hc, m->net.out_c, fh, fw, "", GLAE_G_HEAD));
-    GLAE_TRY(glae_head_build(&m->bal, &m->p, &hc, m->net.out_c, fh, fw, "balanced.",
-                             GLAE_G_BALANCED));
+    const int C = glae_model_feat_channels(m);
+    GLAE_TRY(glae_head_build(&m->head, &m->p, &hc, C, fh, fw, "", GLAE_G_HEAD));
+    GLAE_TRY(glae_head_build(&m->bal, &m->p, &hc, C, fh, fw, "balanced.", GLAE_G_BALANCED));
     GLAE_TRY(glae_params_alloc(&m->p));
-    GLAE_TRY(glae_resnet_init(&m->net, &m->p, cfg->seed));
+    if (eff) GLAE_TRY(glae_effnet_init(&m->eff, &m->p, cfg->seed));
+    else GLAE_TRY(glae_resnet_init(&m->net, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->head, &m->p, cfg->seed));
     GLAE_TRY(glae_head_init(&m->bal, &m->p, cfg->seed));
     /* initialised on the host (the Philox draws are plain C), then moved */
@@ -100,7 +146,7 @@ void glae_model_free(glae_model *m) {
 
 int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *hp, int *wp) {
     if (h < 1 || w < 1) return glae_fail(GLAE_ERR_VALUE, "model: image size %dx%d", h, w);
-    GLAE_TRY(glae_resnet_out_size(h, w, fh, fw));
+    GLAE_TRY(bb_out_size(m->cfg.backbone, h, w, fh, fw));
     GLAE_TRY(glae_head_out_size(&m->head, *fh, *fw, hp, wp));
     if (m->head.kind == GLAE_HEAD_FRPA && (int64_t)*hp * *wp * m->head.k_cls != m->head.flat)
         return glae_fail(GLAE_ERR_VALUE,
@@ -114,9 +160,10 @@ int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *
 /* The one allocation sequence, replayed on a measuring arena and then on the real one. */
 static int plan_into(glae_model *m, glae_arena *a, int kind, int n, int h, int w) {
     const int K = m->cfg.num_classes;
-    GLAE_TRY(glae_resnet_plan(&m->net, a, n, h, w, kind == GLAE_PLAN_TRAIN1));
-    GLAE_TRY(glae_head_plan(&m->head, a, n, m->net.fh, m->net.fw, kind != GLAE_PLAN_INFER));
-    GLAE_TRY(glae_head_plan(&m->bal, a, n, m->net.fh, m->net.fw, kind != GLAE_PLAN_INFER));
+    GLAE_TRY(bb_plan(m, a, n, h, w, kind == GLAE_PLAN_TRAIN1));
+    const int fh = bb_fh(m), fw = bb_fw(m);
+    GLAE_TRY(glae_head_plan(&m->head, a, n, fh, fw, kind != GLAE_PLAN_INFER));
+    GLAE_TRY(glae_head_plan(&m->bal, a, n, fh, fw, kind != GLAE_PLAN_INFER));
     ALLOC_F(m->z, (int64_t)n * K);
     ALLOC_F(m->y, n);
     m->dfeat = NULL;
@@ -127,7 +174,7 @@ static int plan_into(glae_model *m, glae_arena *a, int kind, int n, int h, int w
     m->o_prob = m->o_age = m->o_ups = NULL;
     m->o_choice = NULL;
     if (kind == GLAE_PLAN_TRAIN1)
-        ALLOC_F(m->dfeat, (int64_t)n * m->net.fh * m->net.fw * m->net.out_c);
+        ALLOC_F(m->dfeat, (int64_t)n * fh * fw * glae_model_feat_channels(m));
     if (kind == GLAE_PLAN_INFER) {
         /* the input batch (and its mirror image) and predict's outputs, on the device */
         ALLOC_F(m->xflip, (int64_t)n * h * w * 3);
@@ -207,12 +254,12 @@ static int step_core(glae_model *m, const float *x, const float *ages, const flo
     glae_ctx *ctx = &m->ctx;
     GLAE_TRY(ctx->ops->label_distribution(ctx, m->z, ages, sigma, 1.0f, n, K, 1));
     /* stage 2 freezes the backbone: eval-mode BN, no backward */
-    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, x, stage == 1));
+    GLAE_TRY(bb_forward(m, x, stage == 1));
     glae_head *hd = stage == 1 ? &m->head : &m->bal;
-    GLAE_TRY(glae_head_forward(ctx, hd, &m->p, m->net.feat, 1));
+    GLAE_TRY(glae_head_forward(ctx, hd, &m->p, bb_feat(m), 1));
     GLAE_TRY(glae_head_loss_backward(ctx, hd, &m->p, m->losses, stage == 1 ? m->dfeat : NULL,
-                                     m->net.feat, m->z, ages, mode, m->cfg.lam, mae));
-    if (stage == 1) GLAE_TRY(glae_resnet_backward(ctx, &m->net, &m->p, m->dfeat));
+                                     bb_feat(m), m->z, ages, mode, m->cfg.lam, mae));
+    if (stage == 1) GLAE_TRY(bb_backward(m, m->dfeat));
     return GLAE_OK;
 }
 
@@ -320,6 +367,10 @@ static int step_graph(glae_model *m, int n, int stage, int mode, float mae, int 
 int glae_model_use_graph(glae_model *m, int on) {
     if (m->ctx.device != GLAE_CUDA)
         return glae_fail(GLAE_ERR_VALUE, "use_graph: CUDA graphs need a CUDA model (device='cuda')");
+    if (on && glae_model_is_effnet(m) && m->eff.drop_prob > 0)
+        return glae_fail(GLAE_ERR_VALUE, "use_graph: stochastic depth draws its masks on the host "
+                         "every step, which a replayed graph would not: set stochastic_depth=0 "
+                         "to use CUDA graphs with %s", m->eff.arch->name);
 #ifdef GLAE_WITH_CUDA
     glae_cuda_graph_destroy(m->graph);
 #endif
@@ -337,6 +388,7 @@ int glae_model_use_graph(glae_model *m, int on) {
 
 void glae_model_keep_activations(glae_model *m, int on) {
     m->net.keep_all = on != 0;
+    m->eff.keep_all = on != 0;
     m->plan_kind = GLAE_PLAN_NONE;
 }
 
@@ -450,10 +502,11 @@ int glae_model_forward(glae_model *m, const void *x, int xnorm, int n, int h, in
     glae_ctx *ctx = &m->ctx;
     const size_t F = sizeof(float);
     GLAE_TRY(stage_input(m, m->xflip, x, xnorm, (size_t)n * h * w * 3));
-    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xflip, training));
-    GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, m->net.feat, training));
-    GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, m->net.feat, training));
-    GLAE_TRY(copy_out(ctx, feat, m->net.feat, (size_t)n * m->net.fh * m->net.fw * m->net.out_c * F));
+    GLAE_TRY(bb_forward(m, m->xflip, training));
+    GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, bb_feat(m), training));
+    GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, bb_feat(m), training));
+    GLAE_TRY(copy_out(ctx, feat, bb_feat(m),
+                      (size_t)n * bb_fh(m) * bb_fw(m) * glae_model_feat_channels(m) * F));
     GLAE_TRY(copy_out(ctx, p_van, m->head.prob, (size_t)n * K * F));
     GLAE_TRY(copy_out(ctx, p_bal, m->bal.prob, (size_t)n * K * F));
     size_t mapb = (size_t)n * m->head.hp * m->head.wp * K * F;
@@ -482,9 +535,9 @@ int glae_model_predict(glae_model *m, float *age, float *prob, int32_t *head, fl
     const size_t F = sizeof(float), img = (size_t)h * w * 3;
     GLAE_TRY(stage_input(m, m->xflip, x, xnorm, (size_t)n * img));
     if (need_flip) GLAE_TRY(ops->hflip_forward(ctx, m->xflip + n * img, m->xflip, n, h, w, 3));
-    GLAE_TRY(glae_resnet_forward(ctx, &m->net, &m->p, m->xflip, 0));
-    GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, m->net.feat, 0));
-    GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, m->net.feat, 0));
+    GLAE_TRY(bb_forward(m, m->xflip, 0));
+    GLAE_TRY(glae_head_forward(ctx, &m->head, &m->p, bb_feat(m), 0));
+    GLAE_TRY(glae_head_forward(ctx, &m->bal, &m->p, bb_feat(m), 0));
     const float *pv = m->head.prob, *pb = m->bal.prob;
     const int64_t nk = (int64_t)n * K;
     /* o_prob and o_age are scratch here: the route below writes its own answer over them */

@@ -13,11 +13,12 @@
 #include "core/arena.h"
 #include "core/ctx.h"
 #include "core/params.h"
+#include "nn/effnet.h"
 #include "nn/head.h"
 #include "nn/resnet.h"
 
 typedef struct {
-    int backbone;       /* 18 or 50 */
+    int backbone;       /* 18 or 50 (ResNet), GLAE_EFFNET_V2_S or _M (nn/effnet.h) */
     int head;           /* GLAE_HEAD_GAP / FR / FRPA */
     int r, k, s;        /* FR */
     int proj_depth;     /* 0..2 */
@@ -31,6 +32,7 @@ typedef struct {
     int math;           /* 0 fp32 (default), 1 tf32 (CUDA), 2 bf16: mixed precision, the
                          * backbone's activations in bf16 (CUDA: tensor cores; CPU: the same
                          * rounding, for checking) */
+    float stochastic_depth; /* EfficientNetV2's stochastic_depth_prob (0.2; 0: off) */
     int threads;        /* CPU threads of the model's context (its kernels; on CUDA its host
                          * work); 0: the process default, as it is at each call */
 } glae_model_config;
@@ -43,7 +45,8 @@ enum { GLAE_PLAN_NONE = 0, GLAE_PLAN_INFER = 1, GLAE_PLAN_TRAIN1 = 2, GLAE_PLAN_
 typedef struct {
     glae_model_config cfg;
     glae_params p;
-    glae_resnet net;
+    glae_resnet net;    /* the backbone when cfg.backbone is a ResNet */
+    glae_effnet eff;    /* ... when it is an EfficientNetV2 (glae_model_is_effnet) */
     glae_head head, bal;
     glae_ctx ctx;
     glae_arena arena;
@@ -80,6 +83,10 @@ void glae_model_free(glae_model *m);
 /* The model's CPU thread count from the next call on (0: follow the process default): its
  * context's, so other threads' work (a detector, another model) neither sees nor changes it. */
 int glae_model_set_threads(glae_model *m, int n);
+
+/* the backbone is an EfficientNetV2; its feature map's channels */
+int glae_model_is_effnet(const glae_model *m);
+int glae_model_feat_channels(const glae_model *m);
 
 /* feature map and FR map sizes for an h x w input (GLAE_ERR_VALUE when too small) */
 int glae_model_shapes(const glae_model *m, int h, int w, int *fh, int *fw, int *hp, int *wp);

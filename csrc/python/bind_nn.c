@@ -54,15 +54,16 @@ static const char *head_name(int kind) {
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"backbone", "head", "r", "k", "s", "proj_depth", "proj_width",
                              "num_classes", "lam", "seed", "input_size", "device", "math",
-                             "threads", NULL};
+                             "threads", "stochastic_depth", NULL};
     const char *backbone = "resnet18", *head = "fr+pa", *device = "cpu", *math = "fp32";
     glae_model_config cfg;
     glae_model_config_default(&cfg);
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKissi:Model", kwlist, &backbone,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKissif:Model", kwlist, &backbone,
                                      &head, &cfg.r, &cfg.k, &cfg.s, &cfg.proj_depth,
                                      &cfg.proj_width, &cfg.num_classes, &cfg.lam, &seed,
-                                     &cfg.input_size, &device, &math, &cfg.threads))
+                                     &cfg.input_size, &device, &math, &cfg.threads,
+                                     &cfg.stochastic_depth))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Model is busy in another thread");
@@ -168,6 +169,27 @@ static int Model_set_threads(ModelObject *self, PyObject *v, void *c) {
     return st ? -1 : 0;
 }
 
+/* the stochastic-depth masks' counter (EfficientNetV2): training forwards so far; a resumed
+ * run sets it back to draw the masks it would have drawn */
+static PyObject *Model_drop_step(ModelObject *self, void *c) {
+    (void)c;
+    if (!model_ready(self)) return NULL;
+    return PyLong_FromUnsignedLongLong(self->m.eff.step);
+}
+
+static int Model_set_drop_step(ModelObject *self, PyObject *v, void *c) {
+    (void)c;
+    if (!model_ready(self)) return -1;
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "drop_step cannot be deleted");
+        return -1;
+    }
+    const unsigned long long n = PyLong_AsUnsignedLongLong(v);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    self->m.eff.step = n;
+    return 0;
+}
+
 static PyObject *Model_device(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     if (self->m.ctx.device == GLAE_CUDA) return PyUnicode_FromFormat("cuda:%d", self->m.cfg.cuda_device);
@@ -177,12 +199,12 @@ static PyObject *Model_device(ModelObject *self, void *c) {
 static PyObject *Model_config(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     const glae_model_config *g = &self->m.cfg;
-    return Py_BuildValue("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:K,s:i}", "backbone",
-                         g->backbone == 18 ? "resnet18" : "resnet50", "head", head_name(g->head),
+    return Py_BuildValue("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:K,s:i,s:d}", "backbone",
+                         glae_py_backbone_name(g->backbone), "head", head_name(g->head),
                          "r", g->r, "k", g->k, "s", g->s, "proj_depth", g->proj_depth,
                          "proj_width", g->proj_width, "num_classes", g->num_classes, "lam",
                          (double)g->lam, "seed", (unsigned long long)g->seed, "input_size",
-                         g->input_size);
+                         g->input_size, "stochastic_depth", (double)g->stochastic_depth);
 }
 
 /* ---- parameter table, get / set ----------------------------------------------------- */
@@ -462,7 +484,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     if (!x) return NULL;
     const npy_intp n = PyArray_DIM(x, 0), K = self->m.cfg.num_classes;
     const int kind = self->m.cfg.head;
-    npy_intp dfeat[4] = {n, fh, fw, self->m.net.out_c}, dp[2] = {n, K}, dmap[4] = {n, hp, wp, K};
+    npy_intp dfeat[4] = {n, fh, fw, glae_model_feat_channels(&self->m)}, dp[2] = {n, K}, dmap[4] = {n, hp, wp, K};
     PyArrayObject *feat = glae_new_array(4, dfeat, NPY_FLOAT32);
     PyArrayObject *pv = glae_new_array(2, dp, NPY_FLOAT32);
     PyArrayObject *pb = glae_new_array(2, dp, NPY_FLOAT32);
@@ -639,6 +661,9 @@ static PyGetSetDef Model_getset[] = {
      "CPU threads of this model's kernels: its own count, which other threads' work (a "
      "detector, another model) neither sees nor changes; set it (or Model(threads=)) to n >= 1, "
      "or to 0 to follow the process default (glae.set_num_threads)", NULL},
+    {"drop_step", (getter)Model_drop_step, (setter)Model_set_drop_step,
+     "EfficientNetV2: the stochastic-depth masks' counter (training forwards so far); the "
+     "masks are a pure function of (seed, drop_step, block, sample)", NULL},
     {"device", (getter)Model_device, NULL,
      "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
      "grads, momentum and buffers are read-only host copies)", NULL},
@@ -652,7 +677,9 @@ static PyTypeObject ModelType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Model(backbone='resnet18', head='fr+pa', r=16, k=16, s=16, proj_depth=0, "
               "proj_width=512, num_classes=101, lam=1.0, seed=0, input_size=224, device='cpu', "
-              "math='fp32', threads=0 (0: the process default, glae.set_num_threads))",
+              "math='fp32', threads=0 (0: the process default, glae.set_num_threads), "
+              "stochastic_depth=0.2 (EfficientNetV2's stochastic_depth_prob; 0: off)); backbone "
+              "'resnet18', 'resnet50', 'efficientnet_v2_s' or 'efficientnet_v2_m'",
     .tp_methods = Model_methods,
     .tp_getset = Model_getset,
     .tp_init = (initproc)Model_init,

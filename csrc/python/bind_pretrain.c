@@ -55,6 +55,11 @@ static int Pretrain_init(PretrainObject *self, PyObject *args, PyObject *kw) {
         glae_py_parse_device(device, &cfg.device, &cfg.cuda_device) ||
         glae_py_parse_math(math, &cfg.math))
         return -1;
+    if (cfg.backbone != 18 && cfg.backbone != 50) {
+        PyErr_Format(PyExc_ValueError, "identity pre-training builds 'resnet18' or 'resnet50', "
+                     "got '%s'", backbone);
+        return -1;
+    }
     cfg.s = (float)s;
     cfg.m = (float)mg;
     cfg.seed = seed;
@@ -110,7 +115,7 @@ static PyObject *P_config(PretrainObject *self, void *c) {
     const glae_pretrain_config *g = &self->m.cfg;
     static const char *maths[3] = {"fp32", "tf32", "bf16"};
     return Py_BuildValue("{s:s,s:i,s:i,s:d,s:d,s:K,s:s}", "backbone",
-                         g->backbone == 18 ? "resnet18" : "resnet50", "num_ids", g->num_ids,
+                         glae_py_backbone_name(g->backbone), "num_ids", g->num_ids,
                          "embed_dim", g->embed_dim, "s", (double)g->s, "m", (double)g->m, "seed",
                          (unsigned long long)g->seed, "math", maths[g->math]);
 }

@@ -5,16 +5,25 @@
 #include <string.h>
 
 #include "core/device.h"
+#include "nn/effnet.h"
 #include "nn/resnet.h" /* the OIHW <-> OHWI conversions */
 
 int glae_py_parse_backbone(const char *s, int *depth) {
+    const glae_effnet_arch *e = glae_effnet_arch_named(s);
     if (!strcmp(s, "resnet18")) *depth = 18;
     else if (!strcmp(s, "resnet50")) *depth = 50;
+    else if (e) *depth = e->code;
     else {
-        PyErr_Format(PyExc_ValueError, "backbone must be 'resnet18' or 'resnet50', got '%s'", s);
+        PyErr_Format(PyExc_ValueError, "backbone must be one of 'resnet18', 'resnet50', "
+                     "'efficientnet_v2_s', 'efficientnet_v2_m'; got '%s'", s);
         return -1;
     }
     return 0;
+}
+
+const char *glae_py_backbone_name(int code) {
+    const glae_effnet_arch *e = glae_effnet_arch_of(code);
+    return e ? e->name : code == 50 ? "resnet50" : "resnet18";
 }
 
 int glae_py_parse_device(const char *s, int *device, int *cuda_device) {

@@ -12,6 +12,8 @@
 
 /* 'resnet18' | 'resnet50' -> 18 | 50 */
 int glae_py_parse_backbone(const char *s, int *depth);
+/* the name glae_py_parse_backbone reads for a backbone code */
+const char *glae_py_backbone_name(int code);
 /* 'cpu' | 'cuda' | 'cuda:N' -> GLAE_CPU / GLAE_CUDA and N (RuntimeError for a GPU when
  * glae was built without CUDA) */
 int glae_py_parse_device(const char *s, int *device, int *cuda_device);

@@ -3,6 +3,7 @@
 #include "python/py.h"
 
 #include "core/ctx.h"
+#include "nn/effnet.h"
 #include "nn/resnet.h"
 
 /* setup.py writes glae_build_info.h (GLAE_BUILD_INFO_ITEMS: X(key, value) pairs) into the
@@ -56,6 +57,28 @@ static PyObject *resnet_stages(void) {
     return d;
 }
 
+/* _C.EFFNET_STAGES: {"efficientnet_v2_s": ((fused, expand, kernel, stride, c_in, c_out,
+ * layers), ...), ...} from the tables glae_effnet_build walks */
+static PyObject *effnet_stages(void) {
+    int n;
+    const glae_effnet_arch *archs = glae_effnet_archs(&n);
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < n; i++) {
+        const glae_effnet_arch *a = &archs[i];
+        PyObject *t = PyTuple_New(a->nstages);
+        for (int s = 0; t && s < a->nstages; s++) {
+            const glae_effnet_stage *st = &a->stage[s];
+            PyObject *row = Py_BuildValue("(iiiiiii)", st->fused, st->expand, st->kernel,
+                                          st->stride, st->c_in, st->c_out, st->layers);
+            if (!row) Py_CLEAR(t);
+            else PyTuple_SET_ITEM(t, s, row);
+        }
+        if (!t || PyDict_SetItemString(d, a->name, t) < 0) Py_CLEAR(d);
+        Py_XDECREF(t);
+    }
+    return d;
+}
+
 static PyMethodDef *const families[] = {
     glae_core_methods, glae_ops_methods,   glae_conv_methods, glae_loss_methods,
     glae_metrics_methods, glae_train_methods, glae_data_methods, glae_nn_methods,
@@ -103,6 +126,12 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *stages = resnet_stages();
     if (!stages || PyModule_AddObject(m, "RESNET_STAGES", stages) < 0) {
         Py_XDECREF(stages);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *estages = effnet_stages();
+    if (!estages || PyModule_AddObject(m, "EFFNET_STAGES", estages) < 0) {
+        Py_XDECREF(estages);
         Py_DECREF(m);
         return NULL;
     }

@@ -15,7 +15,8 @@ except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (pyproject'
 
 from ._lib import _C
 
-BACKBONES = tuple(_C.RESNET_STAGES)  # the C engine's stage tables: resnet18, resnet50
+# the C engine's stage tables: resnet18, resnet50, efficientnet_v2_s, efficientnet_v2_m
+BACKBONES = tuple(_C.RESNET_STAGES) + tuple(_C.EFFNET_STAGES)
 HEADS = ("gap", "fr", "fr+pa")
 LOSSES = ("base", "kl")
 STAGE2_LOSSES = ("glae", "lae")
@@ -61,6 +62,9 @@ class Config:
     proj_depth: int = 0
     proj_width: int = 0  # 0: the model's default (docs/model.md)
     num_classes: int = 101
+    # EfficientNetV2: torchvision's stochastic_depth_prob (block i of B drops its residual
+    # branch per sample with probability stochastic_depth * i / B in training; 0: off)
+    stochastic_depth: float = 0.2
     lam: float = 1.0  # lambda of l_base = l_kl + lambda * l_er
     loss: str = "base"  # stage-1 loss: "base" (l_base) or "kl" (GLAE Table II row 1)
     sigma: float = 1.0  # label-distribution sigma (GLAE eq. 1, LAE 2.1: 1)
@@ -128,6 +132,12 @@ class Config:
                 raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
 
         choice("backbone", BACKBONES)
+        positive("stochastic_depth", allow_zero=True)
+        if self.stochastic_depth >= 1:
+            raise ValueError(f"stochastic_depth must be < 1; got {self.stochastic_depth!r}")
+        if self.gpu_math == "bf16" and self.backbone.startswith("efficientnet"):
+            raise ValueError(f"gpu_math='bf16' is not available for {self.backbone} yet; "
+                             "use 'fp32' or 'tf32'")
         choice("head", HEADS)
         choice("loss", LOSSES)
         choice("stage2_loss", STAGE2_LOSSES)

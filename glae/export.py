@@ -22,6 +22,7 @@ __all__ = ["export_onnx", "build_graph"]
 
 HEADS = ("routed", "vanilla", "balanced")
 BN_EPS = _C.BN_EPS  # the engine's batch-norm eps (GLAE_BN_EPS, float32 1e-5), folded exactly
+EFFNET_BN_EPS = float(np.float32(1e-3))  # EfficientNetV2's (GLAE_EFFNET_BN_EPS, float32)
 
 
 def _onnx():
@@ -57,11 +58,11 @@ class _Builder:
         return outs[0] if n_out == 1 else outs
 
 
-def _fold_bn(w, b, core, bn):
+def _fold_bn(w, b, core, bn, eps=BN_EPS):
     """Conv (OIHW weight w, bias b or None) followed by eval-mode BN -> one conv."""
     g, beta = core.get(bn + ".weight"), core.get(bn + ".bias")
     mean, var = core.get(bn + ".running_mean"), core.get(bn + ".running_var")
-    scale = g.astype(np.float64) / np.sqrt(var.astype(np.float64) + BN_EPS)
+    scale = g.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     w2 = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
     b0 = np.zeros_like(mean, dtype=np.float64) if b is None else b.astype(np.float64)
     b2 = ((b0 - mean) * scale + beta).astype(np.float32)
@@ -76,8 +77,55 @@ def _conv_bn(B, x, core, conv, bn, stride, pad, relu):
     return B.op("Relu", [y], conv + ".relu") if relu else y
 
 
+def _silu(B, y, base):
+    return B.op("Mul", [y, B.op("Sigmoid", [y], base + ".sigmoid")], base + ".silu")
+
+
+def _effnet_unit(B, x, core, pre, stride, act, group=1):
+    """torchvision's Conv2dNormActivation pre.0 (conv) + pre.1 (BN, folded) [+ SiLU]."""
+    w, b = _fold_bn(core.get(pre + ".0.weight"), None, core, pre + ".1", EFFNET_BN_EPS)
+    k = w.shape[2]
+    y = B.op("Conv", [x, B.const(pre + ".weight", w), B.const(pre + ".bias", b)], pre,
+             kernel_shape=[k, k], strides=[stride, stride], pads=[(k - 1) // 2] * 4, group=group)
+    return _silu(B, y, pre) if act else y
+
+
+def _effnet(B, x, core):
+    """torchvision EfficientNetV2 (docs/model.md): stem, Fused-MBConv and MBConv stages
+    (squeeze-and-excitation in the latter), the 1x1 head conv; BN folded into the convs,
+    stochastic depth is the identity in inference."""
+    stages = _C.EFFNET_STAGES[core.config["backbone"]]
+    names = {n for n, *_ in core.param_table()}
+    y = _effnet_unit(B, x, core, "features.0", 2, True)
+    for si, (fused, e, k, stride, cin, cout, layers) in enumerate(stages, 1):
+        for j in range(layers):
+            s, ci = (stride, cin) if j == 0 else (1, cout)
+            pre = f"features.{si}.{j}.block"
+            if fused:
+                t = _effnet_unit(B, y, core, pre + ".0", s, True)
+                if f"{pre}.1.0.weight" in names:
+                    t = _effnet_unit(B, t, core, pre + ".1", 1, False)
+            else:
+                t = _effnet_unit(B, y, core, pre + ".0", 1, True)
+                E = core.get(pre + ".0.0.weight").shape[0]
+                t = _effnet_unit(B, t, core, pre + ".1", s, True, group=E)
+                se = B.op("GlobalAveragePool", [t], pre + ".2.pool")
+                for fc in ("fc1", "fc2"):
+                    name = f"{pre}.2.{fc}"
+                    se = B.op("Conv", [se, B.const(name + ".weight", core.get(name + ".weight")),
+                                       B.const(name + ".bias", core.get(name + ".bias"))], name,
+                              kernel_shape=[1, 1])
+                    se = _silu(B, se, name) if fc == "fc1" else B.op("Sigmoid", [se], name + ".sg")
+                t = B.op("Mul", [t, se], pre + ".2.scale")
+                t = _effnet_unit(B, t, core, pre + ".3", 1, False)
+            y = B.op("Add", [t, y], pre + ".add") if s == 1 and ci == cout else t
+    return _effnet_unit(B, y, core, f"features.{len(stages) + 1}", 1, True)
+
+
 def _backbone(B, x, core):
     """torchvision ResNet (docs/model.md): stem, 4 stages, BN folded into the convs."""
+    if core.config["backbone"] in _C.EFFNET_STAGES:
+        return _effnet(B, x, core)
     stages = _C.RESNET_STAGES[core.config["backbone"]]  # (blocks, width, out) per stage
     bottleneck = stages[0][2] != stages[0][1]  # a Bottleneck widens its output 4x
     blocks = [nb for nb, _, _ in stages]

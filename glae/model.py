@@ -34,7 +34,13 @@ class CoreModel(_C.Model):
         unexpected = [k for k in state if k not in known and not k.endswith("num_batches_tracked")]
         missing = [k for k in names if k not in state]
         if strict and (unexpected or missing):
-            raise KeyError(f"load_state_dict: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            from .weights import guess_arch
+
+            arch, want = guess_arch(state), self.config["backbone"]
+            other = (f"the tensors are for {arch}, the model is {want}; "
+                     if arch is not None and arch != want else "")
+            raise KeyError(f"load_state_dict: {other}missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
         for k in names:
             if k in state:
                 self.set(k, np.ascontiguousarray(state[k], dtype=np.float32))
@@ -42,7 +48,8 @@ class CoreModel(_C.Model):
 
 
 class Model:
-    """An age estimator: a ResNet-18/50 backbone with a vanilla and a balanced head.
+    """An age estimator: a ResNet-18/50 or EfficientNetV2-S/M backbone with a vanilla and a
+    balanced head.
 
     >>> m = glae.Model(backbone="resnet18", head="fr+pa", image_size=112)
     >>> m.fit(train, val)                  # both stages (glae.train.Dataset or packed files)
@@ -73,7 +80,8 @@ class Model:
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
                               input_size=config.image_size, device=config.device,
-                              math=config.gpu_math, threads=config.threads, **kw)
+                              math=config.gpu_math, threads=config.threads,
+                              stochastic_depth=config.stochastic_depth, **kw)
         if config.cudnn_benchmark:
             self.core.cudnn_benchmark()
         if config.cuda_graph:

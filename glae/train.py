@@ -568,6 +568,9 @@ def save_checkpoint(path, model, cfg, state):
     mom = core.momentum
     tensors["optimizer.momentum"] = np.concatenate(
         [mom[off:off + n] for _, _, off, n, buf, *_ in core.param_table() if not buf])
+    if cfg.backbone.startswith("efficientnet"):
+        # the stochastic-depth masks' counter: a resumed run draws the masks it would have
+        state = {**state, "drop_step": int(core.drop_step)}
     meta = {"format": "glae-checkpoint-1", "config": json.loads(cfg.to_json()),
             "state": json.loads(json.dumps(state, default=_json_default))}
     if getattr(model, "data_info", None) is not None:
@@ -652,6 +655,9 @@ def load_checkpoint(path, model_factory, device=None, gpu_math=None):
         flat[off:off + n] = mom[pos:pos + n]
         pos += n
     core.write_flat("momentum", flat)
+    drop_step = meta.get("state", {}).get("drop_step") if isinstance(meta.get("state"), dict) else None
+    if isinstance(drop_step, int) and not isinstance(drop_step, bool) and drop_step >= 0:
+        core.drop_step = drop_step
     model.data_info = _data_info(meta.get("data"), path)
     return model, cfg, _trainer_state(meta.get("state", {}), path)
 

@@ -61,6 +61,15 @@ _ARCHS = {
     **{_arch_key(stages): name for name, stages in _C.RESNET_STAGES.items()},
 }
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.")
+# EfficientNet (torchvision): features.<stage>.<block>.block.*; blocks per stage -> name,
+# the ones glae builds from the C table and torchvision's others
+_EFF_BLOCK = re.compile(r"^features\.(\d+)\.(\d+)\.block\.")
+_EFF_ARCHS = {
+    (4, 7, 7, 10, 19, 25, 7): "efficientnet_v2_l",
+    (1, 2, 2, 3, 3, 4, 1): "efficientnet_b0",
+    (2, 3, 3, 4, 4, 5, 2): "efficientnet_b1 or b2",
+    **{tuple(st[-1] for st in stages): name for name, stages in _C.EFFNET_STAGES.items()},
+}
 _PREFIXES = ("module.", "model.", "backbone.")  # DataParallel / wrapper prefixes
 
 
@@ -90,11 +99,29 @@ def _strip_prefix(state):
     return state
 
 
+def _guess_effnet(state):
+    """torchvision's EfficientNet name from the blocks per stage, or None."""
+    counts = {}
+    for k in state:
+        m = _EFF_BLOCK.match(k)
+        if m:
+            s, b = int(m.group(1)), int(m.group(2))
+            counts[s] = max(counts.get(s, 0), b + 1)
+    if not counts:
+        return None
+    stages = tuple(counts.get(s, 0) for s in range(1, max(counts) + 1))
+    return _EFF_ARCHS.get(stages, f"EfficientNet {stages}")
+
+
 def guess_arch(state):
-    """torchvision's architecture name for a ResNet state dict (``resnet18``, ``resnet50``,
-    ...), or a description like ``bottleneck ResNet (1, 2, 3, 4)`` when the block counts
-    are not a torchvision model, or None when there are no ResNet stage keys at all.
+    """torchvision's architecture name for a ResNet or EfficientNet state dict
+    (``resnet18``, ``resnet50``, ``efficientnet_v2_s``, ...), or a description like
+    ``bottleneck ResNet (1, 2, 3, 4)`` when the block counts are not a torchvision model,
+    or None when there are no ResNet or EfficientNet stage keys at all.
     Wide ResNets (resnet50 layout, twice the inner width) are named ``wide_resnet50_2``."""
+    eff = _guess_effnet(state)
+    if eff is not None:
+        return eff
     counts, kind = [0, 0, 0, 0], "basic"
     for k in state:
         m = _BLOCK.match(k)
@@ -112,10 +139,22 @@ def guess_arch(state):
     return name
 
 
+def _first_misfit(state, backbone):
+    """The first backbone tensor (torchvision's order) that the file lacks or holds in
+    another shape, as a phrase; None when every one fits."""
+    for n, shape in backbone.items():
+        if n not in state:
+            return f"the first missing tensor is {n}"
+        if tuple(state[n].shape) != shape:
+            return (f"the first misshapen tensor is {n}: {tuple(state[n].shape)} in the file, "
+                    f"{shape} in the model")
+    return None
+
+
 def load_pretrained(model, path, strict_backbone=True):
-    """Copy an ImageNet-pretrained ResNet backbone into ``model`` (a glae.Model or a
-    CoreModel). path: torchvision's ``.pth`` or a ``.safetensors`` file (also a glae
-    checkpoint, whose backbone is then taken).
+    """Copy an ImageNet-pretrained backbone (ResNet-18/50, EfficientNetV2-S/M) into
+    ``model`` (a glae.Model or a CoreModel). path: torchvision's ``.pth`` or a
+    ``.safetensors`` file (also a glae checkpoint, whose backbone is then taken).
 
     Every backbone tensor of the model (conv weights, BN weight/bias/running statistics)
     is looked up by its torchvision name; keys outside the backbone (torchvision's ``fc``,
@@ -131,14 +170,16 @@ def load_pretrained(model, path, strict_backbone=True):
     state = _strip_prefix(read_state_dict(path))
     want = core.config["backbone"]
     arch = guess_arch(state)
-    if arch is None:
-        raise PretrainedError(f"{name}: no ResNet backbone tensors (layer1.0.* ...) in the file; "
-                              f"keys start {sorted(state)[:4]}")
-    if arch != want:
-        raise PretrainedError(f"{name}: the weights are for {arch}, the model is {want} "
-                              f"(build the model with backbone={arch!r} or use {want} weights)")
     table = core.param_table()
     backbone = {n: tuple(shape) for n, shape, _, _, _, group, _ in table if group == 0}
+    if arch is None:
+        raise PretrainedError(f"{name}: no ResNet or EfficientNet backbone tensors (layer1.0.*, "
+                              f"features.1.0.block.* ...) in the file ({_first_misfit(state, backbone)}); "
+                              f"keys start {sorted(state)[:4]}")
+    if arch != want:
+        raise PretrainedError(f"{name}: the weights are for {arch}, the model is {want}: "
+                              f"{_first_misfit(state, backbone)} (build the model with "
+                              f"backbone={arch!r} or use {want} weights)")
     rep = LoadReport(path=path, arch=arch)
     errors = []
     for n in backbone:
@@ -164,6 +205,7 @@ def load_pretrained(model, path, strict_backbone=True):
     for k in state:
         if k in backbone or k.endswith("num_batches_tracked"):
             continue
-        why = "ImageNet classifier" if k.startswith("fc.") else "not a backbone tensor"
+        why = ("ImageNet classifier" if k.startswith(("fc.", "classifier."))
+               else "not a backbone tensor")
         rep.skipped.append((k, why))
     return rep

@@ -159,7 +159,7 @@ def test_wrong_architecture(tmp_path):
         load_pretrained(core, tmp_path / "r50.safetensors")
     np.testing.assert_array_equal(core.get("conv1.weight"), before)
     checkpoint.save(tmp_path / "none.safetensors", {"encoder.w": np.zeros(2, np.float32)})
-    with pytest.raises(PretrainedError, match="no ResNet backbone"):
+    with pytest.raises(PretrainedError, match="no ResNet or EfficientNet backbone"):
         load_pretrained(core, tmp_path / "none.safetensors")
 
 

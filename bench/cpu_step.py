@@ -3,10 +3,13 @@ buffer) and of inference, batch 16, at 112 and 224 px, heads "gap" and "fr+pa"; 
 activation arena and peak RSS of each row. In the same run: the sgemm reference rate and the
 ResNet-18 conv layers' achieved GFLOP/s at the same batch and size (bench/conv.py's
 machinery, imported), and the conv FLOPs of one step divided by the step's time. With
-PyTorch importable, the same model in PyTorch and the ratio. A benchmark, not a test: it
-prints a table.
+PyTorch importable, the same model in PyTorch and the ratio. Then the EfficientNetV2
+backbones (--effnet, head "gap"), train and infer at --effnet-sizes, each with torchvision's
+efficientnet_v2_* (num_classes=101: its pool + dropout + linear against glae's gap head)
+timed in the same run. A benchmark, not a test: it prints tables.
 
     python bench/cpu_step.py [--iters 2] [--batch 16] [--conv-reps 2]
+    python bench/cpu_step.py --skip-resnet --effnet efficientnet_v2_s,efficientnet_v2_m
 """
 import argparse
 import os
@@ -52,8 +55,8 @@ def timed(fn, iters):
     return (time.perf_counter() - t) / iters
 
 
-def bench_glae(head, size, batch, iters):
-    m = _C.Model("resnet18", head, input_size=size)
+def bench_glae(head, size, batch, iters, backbone="resnet18"):
+    m = _C.Model(backbone, head, input_size=size)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     ages = rng.uniform(1, 90, batch).astype(np.float32)
@@ -99,6 +102,48 @@ def bench_torch(head, size, batch, iters):
     return batch / t_train, batch / t_inf
 
 
+def bench_torch_effnet(arch, size, batch, iters):
+    """torchvision's efficientnet_v2_* (train mode: its stochastic depth and dropout on),
+    SGD with momentum, cross-entropy over 101 classes; inference in eval mode."""
+    import torch
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(num_classes=101)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 101, (batch,))
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    net.train()
+    t_train = timed(step, iters)
+    net.eval()
+    with torch.no_grad():
+        t_inf = timed(lambda: net(x), iters)
+    return batch / t_train, batch / t_inf
+
+
+def effnet_rows(archs, sizes, batch, iters, have_torch):
+    print(f"\nEfficientNetV2, head gap, batch {batch}: glae then torchvision in the same run, "
+          "interleaved row by row")
+    hdr = f"{'backbone':18} {'px':>4} {'train img/s':>12} {'infer img/s':>12} {'arena MiB':>10}"
+    if have_torch:
+        hdr += f" {'torch train':>11} {'torch inf':>10} {'ratio tr':>8} {'ratio inf':>9}"
+    print(hdr)
+    for arch in archs:
+        for size in sizes:
+            t_train, inf, arena, _, _ = bench_glae("gap", size, batch, iters, backbone=arch)
+            tr = batch / t_train
+            line = f"{arch:18} {size:4d} {tr:12.2f} {inf:12.2f} {arena:10.1f}"
+            if have_torch:
+                ttr, tinf = bench_torch_effnet(arch, size, batch, iters)
+                line += f" {ttr:11.2f} {tinf:10.2f} {tr / ttr:8.2f} {inf / tinf:9.2f}"
+            print(line, flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=2)
@@ -106,6 +151,10 @@ def main():
     ap.add_argument("--sizes", default="112,224")
     ap.add_argument("--conv-reps", type=int, default=2, help="best of N for each conv shape")
     ap.add_argument("--threads", type=int, default=0, help="0: the library's default")
+    ap.add_argument("--effnet", default="efficientnet_v2_s,efficientnet_v2_m",
+                    help="EfficientNetV2 backbones to time after the ResNet-18 table ('' for none)")
+    ap.add_argument("--effnet-sizes", default="112,224")
+    ap.add_argument("--skip-resnet", action="store_true", help="only the EfficientNetV2 rows")
     args = ap.parse_args()
     if args.threads > 0:
         glae.set_num_threads(args.threads)
@@ -136,7 +185,7 @@ def main():
     if have_torch:
         hdr += f" {'torch train':>11} {'torch inf':>10} {'ratio tr':>8} {'ratio inf':>9}"
     print(hdr)
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in [] if args.skip_resnet else [int(s) for s in args.sizes.split(",")]:
         steps = []
         for head in ("gap", "fr+pa"):
             reset_peak_rss()
@@ -157,8 +206,11 @@ def main():
                 if ttr:
                     line += f" {ttr:11.2f} {tinf:10.2f} {tr / ttr:8.2f} {inf / tinf:9.2f}"
             print(line, flush=True)
-    print(f"optimiser: {'_C.sgd_step' if has_sgd else 'NumPy p -= lr * g'}; load average at "
-          f"end {os.getloadavg()[0]:.2f}; wall {time.perf_counter() - t_start:.0f} s")
+    if args.effnet:
+        effnet_rows(args.effnet.split(","), [int(s) for s in args.effnet_sizes.split(",")],
+                    args.batch, args.iters, have_torch)
+    print(f"optimiser: {'_C.sgd_step' if hasattr(_C, 'sgd_step') else 'NumPy p -= lr * g'}; "
+          f"load average at end {os.getloadavg()[0]:.2f}; wall {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ if has tests && ! skip tests; then
     $PY -c "import xdist" 2>/dev/null && par="-n 5 --dist loadfile"
     timeout "$(limit 240)" $PY -m pytest -q -rfE -p no:cacheprovider --timeout 90 $par \
         tests/test_build.py tests/test_backend_ops.py tests/test_cuda_model.py \
-        tests/test_cuda_train.py tests/test_torch_reference.py \
+        tests/test_cuda_train.py tests/test_torch_reference.py tests/test_effnet_ops.py \
         tests/test_resnet.py::test_shared_activation_slots_equal_keeping_every_activation \
         >"$OUT/tests.log" 2>&1
     stamp "GPU tests rc=$? ($(tail -1 "$OUT/tests.log"))"
@@ -93,9 +93,11 @@ fi
 
 if has step && ! skip step; then
     # the issue's rows (bf16, as a graph too) and TF32; torch.compile for ResNet-18 only,
-    # the backbone the issue compares it with (its compile takes minutes of device time)
+    # the backbone the issue compares it with (its compile takes minutes of device time);
+    # then EfficientNetV2-M (issue 22) against torchvision's with AMP bf16 + channels_last
+    # (glae's tf32 row: it has no bf16 path for that backbone)
     timeout "$(limit 400)" $PY bench/gpu_step.py --steps 20 --warmup 5 --maths bf16 bf16+graph tf32 \
-        --compile-arch 18 >"$OUT/gpu_step.log" 2>&1
+        --compile-arch 18 --effnet efficientnet_v2_m >"$OUT/gpu_step.log" 2>&1
     stamp "gpu_step rc=$?"
     tail -40 "$OUT/gpu_step.log"
 fi

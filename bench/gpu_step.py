@@ -33,6 +33,11 @@ Loader's construction so its start is included), with a line saying whether data
 is the bottleneck (loader rate against the compute-only rate of the same math).
 
     python bench/gpu_step.py --dry-run-cpu        # no GPU: glae rows only, CPU model, tiny size
+
+EfficientNetV2 (--effnet, default efficientnet_v2_m; LAE's backbone): the same fr+pa head
+on torchvision's efficientnet_v2_* trunk (features, 1280 channels: FR r=16 -> 5 channels),
+PyTorch eager with AMP bf16 and channels_last against glae in tf32 and fp32 (glae has no
+bf16 path for this backbone yet), in the same run. --arch none leaves the ResNet rows out.
 """
 import argparse
 import os
@@ -61,8 +66,17 @@ def glae_status():
     return _C, None
 
 
+def backbone_name(arch):
+    """18, 50 -> resnet18, resnet50; EfficientNetV2 names as they are."""
+    return f"resnet{arch}" if isinstance(arch, int) else arch
+
+
+def row_name(arch):
+    return f"R{arch} fr+pa" if isinstance(arch, int) else arch.replace("efficientnet_", "E")
+
+
 def glae_model(_C, arch, size, math, device="cuda"):
-    m = _C.Model(f"resnet{arch}", "fr+pa", input_size=size, device=device, math=math)
+    m = _C.Model(backbone_name(arch), "fr+pa", input_size=size, device=device, math=math)
     if device != "cpu":
         m.cudnn_benchmark(True)  # as the PyTorch rows (cudnn.benchmark = True)
     return m
@@ -102,7 +116,7 @@ def bench_glae(_C, arch, batch, size, steps, warmup, math, device="cuda", graph=
     t = time.perf_counter()
     for i in range(steps):
         glae_step(m, x, y, None, warmup == 0 and i == 0)
-    m.get("conv1.weight")  # waits for the last SGD step
+    m.get(m.param_table()[0][0])  # waits for the last SGD step
     dt = time.perf_counter() - t
     return {"ips": batch * steps / dt, "mem": glae_mem(m), "step_s": dt / steps,
             "graph": m.cuda_graph}
@@ -178,7 +192,7 @@ def bench_glae_e2e(_C, ds, arch, batch, size, steps, warmup, math, threads, aug,
             first = time.perf_counter() - t
         glae_step(m, x, y, s, done == 0 and not warmup)
         done += 1
-    m.get("conv1.weight")  # waits for the last SGD step
+    m.get(m.param_table()[0][0])  # waits for the last SGD step
     dt = time.perf_counter() - t
     L.close()
     return {"ips": batch * done / dt, "mem": glae_mem(m), "first_s": first}
@@ -188,6 +202,25 @@ def bench_glae_e2e(_C, ds, arch, batch, size, steps, warmup, math, threads, aug,
 
 def build_torch_model(torch, arch, proj_width=512, r=16, k=16, s=16, size=224):
     nn = torch.nn
+    if isinstance(arch, str):  # torchvision's EfficientNetV2 trunk + the same head
+        import torchvision
+
+        class EffGLAE(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.features = getattr(torchvision.models, arch)().features
+                feat = size // 32
+                self.shuffle = nn.PixelShuffle(r)
+                self.fr = nn.Conv2d(1280 // (r * r), K, k, s)
+                hp = (feat * r - k) // s + 1
+                self.proj = nn.Linear(K * hp * hp, proj_width)
+                self.cls = nn.Linear(proj_width, K)
+
+            def forward(self, x):
+                m = self.fr(self.shuffle(self.features(x)))
+                return m, self.cls(self.proj(m.flatten(1)))
+
+        return EffGLAE()
 
     class Basic(nn.Module):
         expansion = 1
@@ -471,6 +504,8 @@ def dry_run_cpu(a):
     print("-" * len(HDR))
     for arch in a.arch:
         glae_rows(glae_C, None, a, f"R{arch} fr+pa", arch, "cpu", ("fp32", "bf16"), None, setup)
+    for arch in a.effnet:
+        glae_rows(glae_C, None, a, row_name(arch), arch, "cpu", ("fp32",), None, None)
     if setup and "tmp" in setup:
         setup["tmp"].cleanup()
     return 0
@@ -478,8 +513,12 @@ def dry_run_cpu(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", type=int, nargs="+", default=None, choices=[18, 50],
-                    help="backbones (default 18 50; 18 with --dry-run-cpu)")
+    ap.add_argument("--arch", nargs="+", default=None, choices=["18", "50", "none"],
+                    help="ResNet backbones (default 18 50; 18 with --dry-run-cpu; none: no "
+                         "ResNet rows)")
+    ap.add_argument("--effnet", nargs="*", default=["efficientnet_v2_m"],
+                    choices=["efficientnet_v2_s", "efficientnet_v2_m"],
+                    help="EfficientNetV2 backbones, after the ResNet rows (none: --effnet)")
     ap.add_argument("--batch", type=int, default=None, help="default 256 (4 with --dry-run-cpu)")
     ap.add_argument("--size", type=int, default=None, help="default 224 (64 with --dry-run-cpu)")
     ap.add_argument("--steps", type=int, default=None, help="default 20 (2 with --dry-run-cpu)")
@@ -507,6 +546,8 @@ def main():
                     help="no GPU needed: glae compute, loader and loader-fed rows with a CPU "
                          "model at a tiny size, to check the code path")
     a = ap.parse_args()
+    if a.arch is not None:
+        a.arch = [int(x) for x in a.arch if x != "none"]
     dry = a.dry_run_cpu
     for k, gpu, cpu in (("arch", [18, 50], [18]), ("batch", 256, 4), ("size", 224, 64),
                         ("steps", 20, 2), ("warmup", 5, 1), ("e2e_math", "bf16", "fp32")):
@@ -545,7 +586,7 @@ def main():
 
     def show(arch, label, r):
         frac = (r["flops"] / r["step_s"] / rate) if r["flops"] else float("nan")
-        print(f"{'R%d fr+pa' % arch:<10}{label:<26}{r['ips']:>10.0f}{fmt_mem(r['peak']):>12}"
+        print(f"{row_name(arch):<10}{label:<26}{r['ips']:>10.0f}{fmt_mem(r['peak']):>12}"
               f"{r['ips'] / eager[arch]['ips']:>9.2f}{frac:>10.0%} ")
 
     for arch in a.arch:
@@ -559,6 +600,19 @@ def main():
         if e["flops"]:
             print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{e['flops'] / 1e9:>10.0f}")
         glae_rows(glae_C, why, a, name, arch, "cuda", a.maths, e["ips"], setup)
+    for arch in a.effnet:  # glae: float32 activations (tf32 / fp32), no loader rows
+        name = row_name(arch)
+        try:
+            e = eager[arch] = bench_torch(torch, arch, a.batch, a.size, a.steps, a.warmup,
+                                          False, None)
+        except Exception as ex:  # noqa: BLE001 - report and go on with the table
+            print(f"{name:<10}{'torch eager AMP':<26}failed: {type(ex).__name__}: {ex}")
+            continue
+        show(arch, "torch eager AMP", e)
+        if e["flops"]:
+            print(f"{name:<10}{'(step GFLOP, fwd+bwd)':<26}{e['flops'] / 1e9:>10.0f}")
+        maths = [m for m in a.maths if m.split("+")[0] != "bf16" and not m.endswith("+graph")]
+        glae_rows(glae_C, why, a, name, arch, "cuda", maths or ["tf32"], e["ips"], None)
     # torch.compile last, for every backbone: its compilation may take minutes of a timed
     # session, and a time limit should cut it rather than the other backbone's rows
     for arch in a.arch:

@@ -416,3 +416,35 @@ def test_uint8_batches_match_float_batches_on_gpu(graph):
     np.testing.assert_allclose(rb["total"], ra["total"], rtol=1e-2)
     pa, pb = a.predict(x, route="vanilla"), b.predict(u, route="vanilla", norm="glae")
     np.testing.assert_allclose(pb[0], pa[0], rtol=1e-2)
+
+
+@needs_gpu
+def test_effnet_train_step_and_predict_match_cpu():
+    """EfficientNetV2-S (depthwise convolutions, SE, SiLU, stochastic depth with the same
+    host-drawn masks on both) in fp32 on the GPU against the CPU: loss, every gradient
+    (tensors whose exact gradient is 0, BN biases between two training-mode BNs, are left
+    out: both sides hold float32 noise there), BN statistics, and the routed prediction."""
+    cfg = dict(backbone="efficientnet_v2_s", head="fr+pa", input_size=64, proj_width=64, seed=3)
+    cpu, gpu = _C.Model(**cfg), _C.Model(**cfg, device="cuda", math="fp32")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 64, 64, 3)).astype(np.float32)
+    ages = rng.uniform(5, 80, 8).astype(np.float32)
+    for m in (cpu, gpu):
+        m.zero_grad()
+    lc, lg = cpu.train_step(x, ages), gpu.train_step(x, ages)
+    assert gpu.drop_step == cpu.drop_step == 1
+    assert lg["total"] == pytest.approx(lc["total"], rel=1e-4)
+    g_cpu, g_gpu, top = cpu.grads, gpu.grads, np.abs(cpu.grads).max()
+    worst = []
+    for name, shape, off, numel, is_buf, group, _ in cpu.param_table():
+        if is_buf or np.abs(g_cpu[off:off + numel]).max() < 1e-6 * top:
+            continue
+        worst.append(report(name, g_gpu[off:off + numel], g_cpu[off:off + numel]))
+    worst.sort(reverse=True)
+    print("\n".join(m for _, m in worst[:5]))
+    assert worst[0][0] < 1e-3, worst[0][1]
+    rel, msg = report("buffers", gpu.buffers, cpu.buffers)
+    assert rel < 1e-3, msg
+    a, b = cpu.predict(x[:4]), gpu.predict(x[:4])
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(b[1], a[1], atol=1e-4)

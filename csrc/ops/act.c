@@ -55,11 +55,35 @@ int glae_hflip_forward(glae_ctx *ctx, float *out, const float *in, int n, int h,
     return GLAE_OK;
 }
 
+/* exp(x) for the SiLU / sigmoid loops in a form the compiler vectorises (libm's expf is a
+ * call per element, which left SiLU at a fifth of EfficientNetV2's CPU inference time):
+ * x = k ln2 + r with |r| <= ln2 / 2 (ln2 split in two for an exact k ln2), a degree-6
+ * polynomial for e^r (Cephes' expf coefficients, about 1 ulp), then 2^k put into the
+ * exponent bits. x is clamped to [-87.3, 88] (k from -126 to 127, normal floats): the
+ * results at the ends (1.2e-38, 1.7e38) are what the callers' 1 / (1 + e) needs (1 or 0
+ * to float32's precision). NaN passes the clamps and stays NaN. */
+static inline float exp_poly(float x) {
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.3f ? -87.3f : x;
+    const float k = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } e = {.i = ((int32_t)k + 127) << 23};
+    return y * e.f;
+}
+
 int glae_silu_forward(glae_ctx *ctx, float *out, const float *in, int64_t n) {
     (void)ctx;
     CHECK_N(n, "silu_forward");
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) out[i] = in[i] / (1.0f + expf(-in[i]));
+    for (int64_t i = 0; i < n; i++) out[i] = in[i] / (1.0f + exp_poly(-in[i]));
     return GLAE_OK;
 }
 
@@ -69,7 +93,7 @@ int glae_silu_backward(glae_ctx *ctx, float *din, const float *dout, const float
     CHECK_N(n, "silu_backward");
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
-        const float sg = 1.0f / (1.0f + expf(-in[i]));
+        const float sg = 1.0f / (1.0f + exp_poly(-in[i]));
         din[i] = dout[i] * (sg * (1.0f + in[i] * (1.0f - sg)));
     }
     return GLAE_OK;
@@ -79,7 +103,7 @@ int glae_sigmoid_forward(glae_ctx *ctx, float *out, const float *in, int64_t n) 
     (void)ctx;
     CHECK_N(n, "sigmoid_forward");
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + expf(-in[i]));
+    for (int64_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + exp_poly(-in[i]));
     return GLAE_OK;
 }
 

@@ -124,7 +124,7 @@ def _effnet(B, x, core):
 
 def _backbone(B, x, core):
     """torchvision ResNet (docs/model.md): stem, 4 stages, BN folded into the convs."""
-    if core.config["backbone"] in _C.EFFNET_STAGES:
+    if core.config["backbone"].startswith("efficientnet"):
         return _effnet(B, x, core)
     stages = _C.RESNET_STAGES[core.config["backbone"]]  # (blocks, width, out) per stage
     bottleneck = stages[0][2] != stages[0][1]  # a Bottleneck widens its output 4x

@@ -1,5 +1,7 @@
 """Constants the Python side takes from the C engine instead of repeating them: the batch
-norm eps and the ResNet stage table (csrc/nn/resnet.c) as _C.BN_EPS / _C.RESNET_STAGES."""
+norm eps and the ResNet stage table (csrc/nn/resnet.c) as _C.BN_EPS / _C.RESNET_STAGES, the
+EfficientNetV2 tables (csrc/nn/effnet.c) as _C.EFFNET_STAGES (checked against torchvision's
+in tests/test_effnet_model.py)."""
 import re
 import types
 
@@ -37,7 +39,9 @@ def test_stage_table_is_what_the_engine_builds(backbone):
 
 def test_python_reads_them():
     assert export.BN_EPS == _C.BN_EPS
-    assert config.BACKBONES == tuple(_C.RESNET_STAGES)
+    assert config.BACKBONES == tuple(_C.RESNET_STAGES) + tuple(_C.EFFNET_STAGES)
+    assert weights._EFF_ARCHS[(2, 4, 4, 6, 9, 15)] == "efficientnet_v2_s"
+    assert weights._EFF_ARCHS[(3, 5, 5, 7, 14, 18, 5)] == "efficientnet_v2_m"
     assert weights._ARCHS[("basic", (2, 2, 2, 2))] == "resnet18"
     assert weights._ARCHS[("bottleneck", (3, 4, 6, 3))] == "resnet50"
     assert weights._ARCHS[("basic", (3, 4, 6, 3))] == "resnet34"  # torchvision's, not built

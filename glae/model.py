@@ -1,5 +1,5 @@
-"""Thin wrapper over the C model ``glae._C.Model`` (ResNet-18/50 + vanilla and balanced
-heads). The public ``glae.Model`` is built on this; everything numeric is in C.
+"""Thin wrapper over the C model ``glae._C.Model`` (ResNet-18/50 or EfficientNetV2-S/M +
+vanilla and balanced heads). The public ``glae.Model`` is built on this; everything numeric is in C.
 
 Parameters, gradients, momentum and BN buffers are 1-D float32 views of the model's flat
 buffers (``params``, ``grads``, ``momentum``, ``buffers``); ``state_dict()`` gives

@@ -99,8 +99,10 @@ class PretrainConfig:
             if integer and int(v) != v:
                 raise ValueError(f"{name} must be an integer; got {v!r}")
 
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
+        resnets = tuple(b for b in BACKBONES if b.startswith("resnet"))  # what pretraining builds
+        if self.backbone not in resnets:
+            raise ValueError(f"backbone must be one of {', '.join(resnets)} (identity pre-training "
+                             f"builds ResNets); got {self.backbone!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; "
                              f"got {self.normalization!r}")

@@ -51,15 +51,15 @@ static int Pretrain_init(PretrainObject *self, PyObject *args, PyObject *kw) {
                                             "instead of calling __init__ again");
         return -1;
     }
+    if (strcmp(backbone, "resnet18") && strcmp(backbone, "resnet50")) {
+        PyErr_Format(PyExc_ValueError, "backbone must be 'resnet18' or 'resnet50' (identity "
+                     "pre-training builds ResNets), got '%s'", backbone);
+        return -1;
+    }
     if (glae_py_parse_backbone(backbone, &cfg.backbone) ||
         glae_py_parse_device(device, &cfg.device, &cfg.cuda_device) ||
         glae_py_parse_math(math, &cfg.math))
         return -1;
-    if (cfg.backbone != 18 && cfg.backbone != 50) {
-        PyErr_Format(PyExc_ValueError, "identity pre-training builds 'resnet18' or 'resnet50', "
-                     "got '%s'", backbone);
-        return -1;
-    }
     cfg.s = (float)s;
     cfg.m = (float)mg;
     cfg.seed = seed;

@@ -19,6 +19,13 @@ BACKBONES = tuple(_C.RESNET_STAGES)  # the C engine's stage tables: resnet18, re
 HEADS = ("gap", "fr", "fr+pa")
 LOSSES = ("base", "kl")
 STAGE2_LOSSES = ("glae", "lae")
+# stage 2's start: "copy" the vanilla head (the papers), "reinit" the whole balanced head
+# (as built, untouched by stage 1: Kang et al.'s cRT), "reinit_classifier" (copy, then the
+# last linear layer as built)
+STAGE2_HEAD_INITS = ("copy", "reinit", "reinit_classifier")
+# stage 2's sampler: "class_balanced" (the papers), "sqrt" (class ~ sqrt(count)),
+# "progressive" (instance -> class-balanced over the epochs), "instance" (no re-balancing)
+STAGE2_SAMPLERS = ("class_balanced", "sqrt", "progressive", "instance")
 SCHEDULES = ("onecycle", "multistep")
 NORMALIZATIONS = ("glae", "imagenet")
 ROUTES = ("smaller", "bigger", "vanilla", "balanced")
@@ -91,6 +98,8 @@ class Config:
     weight_decay: float = 5e-4
     wd_exclude_bn_bias: bool = False
     stage2_loss: str = "glae"  # "glae": the stage-1 loss on the head; "lae": KL + (L1 - mae)^2
+    stage2_head_init: str = "copy"  # STAGE2_HEAD_INITS (docs/training.md)
+    stage2_sampler: str = "class_balanced"  # STAGE2_SAMPLERS (docs/training.md)
     # evaluation
     route: str = "smaller"
     flip_test: bool = True
@@ -131,6 +140,8 @@ class Config:
         choice("head", HEADS)
         choice("loss", LOSSES)
         choice("stage2_loss", STAGE2_LOSSES)
+        choice("stage2_head_init", STAGE2_HEAD_INITS)
+        choice("stage2_sampler", STAGE2_SAMPLERS)
         choice("schedule", SCHEDULES)
         choice("normalization", NORMALIZATIONS)
         choice("route", ROUTES)

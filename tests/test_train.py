@@ -748,3 +748,61 @@ def test_a_run_no_better_than_the_median_is_noted(data):
     said.clear()
     t._note_if_no_better_than_the_median(0.0)
     assert not said
+
+
+# ---- stage 2's start and sampler (issue 19) --------------------------------------------
+
+@pytest.mark.parametrize("init", ["copy", "reinit", "reinit_classifier"])
+def test_stage2_head_init(data, init):
+    """copy: the balanced head starts as the vanilla head (the papers); reinit: as built
+    (stage 1 never touches it: cRT's fresh classifier); reinit_classifier: copied, but the
+    last linear layer as built."""
+    train, _ = data
+    cfg = small_cfg(stage1_epochs=1, stage2_epochs=1, stage2_head_init=init)
+    t = Trainer(Model.from_config(cfg), cfg, train, progress=False, log=None)
+    built = {name: t.core.get(name).copy() for name, *_ in t.core.param_table()}
+    t.fit(max_steps=5)  # stage 1, one epoch: the vanilla head moved, the balanced did not
+    for name in built:
+        if name.startswith("balanced."):
+            np.testing.assert_array_equal(t.core.get(name), built[name])
+    t._start_stage2()
+    for name in built:
+        if not name.startswith("balanced."):
+            continue
+        fresh = init == "reinit" or (init == "reinit_classifier" and name in
+                                     ("balanced.cls.weight", "balanced.cls.bias"))
+        want = built[name] if fresh else t.core.get(name[len("balanced."):])
+        np.testing.assert_array_equal(t.core.get(name), want, err_msg=name)
+    assert not np.array_equal(t.core.get("cls.weight"), built["cls.weight"])
+    b, e = t.core.group_range(G_BALANCED)
+    assert not np.asarray(t.core.momentum)[b:e].any()
+
+
+def test_stage2_samplers(data):
+    """Each stage2_sampler is its C sampler on the training ages' classes; stage 1 is
+    always instance-balanced."""
+    train, _ = data
+    labels = glae.metrics.age_class(train.ages, 101)
+    for sampler, want in [
+            ("class_balanced", lambda s, e: _C.sample_class_balanced(labels, s, e, len(labels))),
+            ("instance", lambda s, e: _C.sample_instance_balanced(len(labels), s, e)),
+            ("sqrt", lambda s, e: _C.sample_class_power(labels, s, e, len(labels), power=0.5)),
+            ("progressive", None)]:
+        cfg = small_cfg(stage2_sampler=sampler, stage2_epochs=3)
+        t = Trainer(Model.from_config(cfg), cfg, train, progress=False, log=None)
+        seed2 = cfg.seed * 2 + 1
+        np.testing.assert_array_equal(t.epoch_indices(1, 0),
+                                      _C.sample_instance_balanced(len(labels), cfg.seed * 2, 0))
+        for epoch in range(3):
+            got = t.epoch_indices(2, epoch)
+            if want is None:  # instance-balanced at first, class-balanced at the end
+                alpha = epoch / 2
+                ref = _C.sample_class_power(labels, seed2, epoch, len(labels), power=0.0,
+                                            alpha=alpha)
+            else:
+                ref = want(seed2, epoch)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{sampler} epoch {epoch}")
+    with pytest.raises(ValueError, match="stage2_sampler"):
+        small_cfg(stage2_sampler="balanced")
+    with pytest.raises(ValueError, match="stage2_head_init"):
+        small_cfg(stage2_head_init="fresh")

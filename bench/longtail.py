@@ -143,6 +143,185 @@ def run_stage2(args, data, seeds, size, arms):
             print(f"{arm} seed {seed} at {size} px: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+# ---- the answers: every routing criterion on an arm's cached distributions -------------
+
+def answer(d, how, a=0.0, b=0.0):
+    """(ages, choice, score) of one answer on the distributions d: "vanilla",
+    "balanced", GLAE's "smaller" / "bigger" (glae._C.adaptive_route), or a route_select
+    criterion with thresholds a, b (ops/route.h)."""
+    p = (d["pv"], d["pvf"], d["pb"], d["pbf"])
+    if how in ("smaller", "bigger"):
+        r = glae._C.adaptive_route(*p, how)
+        return r["age"], r["choice"], r["upsilon"][:, 0] - r["upsilon"][:, 1]
+    if how in ("vanilla", "balanced"):
+        how, a = "blend", float(how == "balanced")
+    r = glae._C.route_select(*p, how, a, b)
+    return r["age"], r["choice"], r["score"]
+
+
+def grid(how, score):
+    """The thresholds calibration tries for a criterion: quantiles of its score on the
+    calibration images (share routed from 0 to 100 %), age gates, blend weights."""
+    if how == "age":
+        return [(lo, hi) for lo in (0, 5, 10, 13, 16, 18, 21)
+                for hi in (50, 55, 60, 65, 70, 75, 101)]
+    if how == "blend":
+        return [(w, 0.0) for w in np.linspace(0, 1, 11)]
+    qs = np.quantile(score, np.linspace(0, 1, 21))
+    eps = 1e-6 * (1 + np.abs(qs).max())
+    return [(float(q), 0.0) for q in np.concatenate([qs - eps, qs + eps, [0.0]])]
+
+
+def sub(d, idx):
+    return {k: (v[idx] if k in ("pv", "pvf", "pb", "pbf", "ages") else v) for k, v in d.items()}
+
+
+def calibrate(d, how):
+    """The threshold the calibration images d choose for `how`: the smallest CMAE among
+    those that keep MAE <= the vanilla head's and MAE 18-65 <= 1.03 x the vanilla's (the
+    issue's goal); when none does, the smallest MAE."""
+    y = d["ages"]
+    van = answer(d, "vanilla")[0]
+    van_mae, van_mid = M.mae(y, van), M.group_mae(y, van)["18-65"]["mae"]
+    score = answer(d, how)[2] if how not in ("age", "blend") else None
+    best_ok, best_any = None, None
+    for a, b in grid(how, score):
+        yh = answer(d, how, a, b)[0]
+        mae, cm, mid = M.mae(y, yh), M.cmae(y, yh), M.group_mae(y, yh)["18-65"]["mae"]
+        if mae <= van_mae and mid <= 1.03 * van_mid and (best_ok is None or cm < best_ok[0]):
+            best_ok = (cm, a, b)
+        if best_any is None or mae < best_any[0]:
+            best_any = (mae, a, b)
+    return (best_ok or best_any)[1:]
+
+
+def crossfit(d, how, seed=0):
+    """Calibrated answers without peeking: the validation images in two fixed halves, each
+    answered with the threshold the other half chose. Returns (ages, choice, thresholds)."""
+    n = len(d["ages"])
+    perm = np.random.default_rng(seed).permutation(n)
+    halves = (np.sort(perm[:n // 2]), np.sort(perm[n // 2:]))
+    ages, choice, th = np.zeros(n, np.float32), np.zeros(n, np.int32), []
+    for cal, use in (halves, halves[::-1]):
+        a, b = calibrate(sub(d, cal), how)
+        yh, ch, _ = answer(sub(d, use), how, a, b)
+        ages[use], choice[use] = yh, ch
+        th.append((a, b))
+    return ages, choice, th
+
+
+# answers per arm: name -> how; "*" = calibrated on the other half of the validation set
+ANSWERS = {"vanilla": "vanilla", "balanced": "balanced", "routed (smaller flip-KL)": "smaller",
+           "routed (bigger flip-KL)": "bigger", "age gate 18-65": ("age", 18.0, 65.0),
+           "flip-KL margin*": "kl_margin", "confidence*": "confidence", "entropy*": "entropy",
+           "age gate*": "age", "blend*": "blend"}
+
+
+def arm_metrics(d):
+    """Every answer's metrics on one arm and seed, plus the flip-KL values and the failure
+    analysis of GLAE's routing."""
+    y, train_ages = d["ages"], d["train_ages"]
+    out = {}
+    for name, how in ANSWERS.items():
+        if isinstance(how, tuple):
+            yh, ch, _ = answer(d, *how)
+        elif name.endswith("*"):
+            yh, ch, _ = crossfit(d, how)
+        else:
+            yh, ch, _ = answer(d, how)
+        rep = M.report(y, yh, train_ages=train_ages, choice=ch)
+        out[name] = {"mae": rep["mae"], "cmae": rep["cmae"],
+                     **{f"mae {g}": rep["group"][g]["mae"] for g in GROUPS},
+                     **{f"{s}-shot": rep["shot"][s]["mae"] for s in M.SHOTS},
+                     **{f"to balanced {g}": rep["routing"][g]["balanced"] for g in GROUPS}}
+    # flip-KL (Upsilon) of each head, and how GLAE's routing fails
+    r = glae._C.adaptive_route(d["pv"], d["pvf"], d["pb"], d["pbf"], "smaller")
+    u1, u2 = r["upsilon"][:, 0], r["upsilon"][:, 1]
+    ev = np.abs(answer(d, "vanilla")[0] - y)
+    eb = np.abs(answer(d, "balanced")[0] - y)
+    sent = r["choice"] == 1
+    kl = {"U1 median": np.median(u1), "U2 median": np.median(u2),
+          "U1 p90": np.quantile(u1, 0.9), "U2 p90": np.quantile(u2, 0.9),
+          "corr(U1, U2)": np.corrcoef(u1, u2)[0, 1],
+          "share sent": sent.mean(),
+          "sent, balanced worse": (eb[sent] > ev[sent]).mean() if sent.any() else np.nan,
+          "kept, balanced better": (eb[~sent] < ev[~sent]).mean() if (~sent).any() else np.nan,
+          "oracle MAE": np.minimum(ev, eb).mean()}
+    for g, (lo, hi) in zip(GROUPS, M.TAIL_HEAD_GROUPS):
+        m = sent & (M.age_class(y, None) >= lo) & (M.age_class(y, None) <= hi)
+        kl[f"sent {g}, balanced worse"] = (eb[m] > ev[m]).mean() if m.any() else np.nan
+    return out, {k: float(v) for k, v in kl.items()}
+
+
+def mean_spread(values):
+    v = np.asarray(values, np.float64)
+    return v.mean(), (v.std(ddof=1) if len(v) > 1 else np.nan)
+
+
+def fmt(values, pct=False, spec=".2f"):
+    m, s = mean_spread(values)
+    k = 100.0 if pct else 1.0
+    return f"{k * m:{spec}}" if np.isnan(s) else f"{k * m:{spec}}±{k * s:{spec}}"
+
+
+COLS = ["mae", "cmae", "mae 0-17", "mae 18-65", "mae 66-100", "many-shot", "medium-shot",
+        "few-shot"]
+
+
+def report(args, seeds, size):
+    done = {}
+    for arm in ARMS:
+        paths = [arm_path(args, arm, s, size) for s in seeds]
+        have = [p for p in paths if os.path.exists(p)]
+        if have:
+            done[arm] = have
+    if not done:
+        print("no stage-2 predictions cached yet: run `stage1` then `stage2` first")
+        return {}
+    results = {}
+    for arm, paths in done.items():
+        cache = os.path.join(args.runs, f"metrics-{arm}-{size}-e{args.epochs1}.json")
+        key = [os.path.basename(p) for p in paths]
+        res = None
+        if os.path.exists(cache):
+            with open(cache) as f:
+                res = json.load(f)
+            if res.get("files") != key:
+                res = None
+        if res is None:
+            per_seed = [arm_metrics(dict(np.load(p))) for p in paths]
+            res = {"files": key, "answers": [a for a, _ in per_seed], "kl": [k for _, k in per_seed]}
+            with open(cache + ".tmp", "w") as f:
+                json.dump(res, f)
+            os.replace(cache + ".tmp", cache)
+        results[arm] = res
+    vanilla = []
+    print(f"\nvalidation set, {size} px; mean ± sample std over seeds; * = threshold calibrated on "
+          "the other half of the validation set (cross-fitted)")
+    for arm, res in results.items():
+        init, sampler, epochs, lr = ARMS[arm]
+        print(f"\n== arm {arm}: stage2_head_init={init}, stage2_sampler={sampler}, "
+              f"{epochs} epochs, lr {lr}; seeds: {len(res['answers'])}")
+        head = f"{'answer':<26}" + "".join(f"{c:>14}" for c in COLS) + \
+            "".join(f"{'bal ' + g:>14}" for g in GROUPS)
+        print(head)
+        for name in ANSWERS:
+            rows = [a[name] for a in res["answers"]]
+            line = f"{name:<26}" + "".join(f"{fmt([r[c] for r in rows]):>14}" for c in COLS)
+            line += "".join(f"{fmt([r['to balanced ' + g] for r in rows], pct=True) + '%':>14}"
+                            for g in GROUPS)
+            print(line)
+        kl = res["kl"]
+        print("flip-KL: " + ", ".join(f"{k} {fmt([x[k] for x in kl], spec='.3g')}" for k in
+                                      ("U1 median", "U2 median", "U1 p90", "U2 p90",
+                                       "corr(U1, U2)")))
+        print("GLAE routing: " + ", ".join(
+            f"{k} {fmt([x[k] for x in kl], pct=k != 'oracle MAE')}{'' if k == 'oracle MAE' else '%'}"
+            for k in ("share sent", "sent, balanced worse", "kept, balanced better")
+            + tuple(f"sent {g}, balanced worse" for g in GROUPS) + ("oracle MAE",)))
+    return results
+
+
 def common_args(p):
     p.add_argument("--data", default=DEFAULT_DATA, help="UTKFace image folder")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "glae-cache"))
@@ -161,6 +340,9 @@ def main(argv=None):
     common_args(p)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.what == "report":
+        report(args, seeds, args.size)
+        return 0
     data = load_data(args)
     if data is None:
         print(f"bench/longtail.py: {args.data} absent; nothing to do")
@@ -169,6 +351,8 @@ def main(argv=None):
         run_stage1(args, data, seeds, args.size)
     elif args.what == "stage2":
         run_stage2(args, data, seeds, args.size, args.arms.split(",") if args.arms else list(ARMS))
+    else:
+        report(args, seeds, args.size)
     return 0
 
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from .config import ROUTES
 from .train import DeviceUnavailableError
 
 DEMO_HELP = """Train a small GLAE model on built-in synthetic faces, on the CPU, in a few minutes:
@@ -669,7 +670,7 @@ def build_parser(prog=None):
     pd.add_argument("checkpoint", help=CHECKPOINT_HELP)
     pd.add_argument("images", nargs="+",
                     help="image files: aligned face crops, or raw photos with --detect")
-    pd.add_argument("--route", default=None, choices=("smaller", "bigger", "vanilla", "balanced"),
+    pd.add_argument("--route", default=None, choices=ROUTES,
                     help="which head answers (default: the checkpoint's route after stage 2, "
                          "the vanilla head for a stage-1 checkpoint)")
     pd.add_argument("--detect", action="store_true",

@@ -28,7 +28,10 @@ STAGE2_HEAD_INITS = ("copy", "reinit", "reinit_classifier")
 STAGE2_SAMPLERS = ("class_balanced", "sqrt", "progressive", "instance")
 SCHEDULES = ("onecycle", "multistep")
 NORMALIZATIONS = ("glae", "imagenet")
-ROUTES = ("smaller", "bigger", "vanilla", "balanced")
+# answers after stage 2: GLAE's Adaptive Routing ("smaller", eq. 11; "bigger", Table IX),
+# one head, or a routing criterion of ops/route.h with route_threshold / route_ages
+ROUTES = ("smaller", "bigger", "vanilla", "balanced", "kl_margin", "confidence", "entropy",
+          "age", "blend")
 TOML_TABLES = ("model", "data", "optim", "eval", "run")
 
 
@@ -102,6 +105,11 @@ class Config:
     stage2_sampler: str = "class_balanced"  # STAGE2_SAMPLERS (docs/training.md)
     # evaluation
     route: str = "smaller"
+    # kl_margin: vanilla iff Upsilon_1 < Upsilon_2 + t; confidence: balanced when the vanilla
+    # head's top probability < t; entropy: when its entropy > t nats; blend: (1 - t) p_van +
+    # t p_bal (t in [0, 1])
+    route_threshold: float = 0.0
+    route_ages: tuple = (18.0, 65.0)  # age: the vanilla head answers when its age is inside
     flip_test: bool = True
     # bookkeeping
     seed: int = 0
@@ -179,6 +187,17 @@ class Config:
             raise ValueError(f"pretrained must be a file path (str); got {self.pretrained!r}")
         if self.proj_depth > 2:
             raise ValueError(f"proj_depth must be 0, 1 or 2; got {self.proj_depth}")
+        if isinstance(self.route_threshold, bool) or not isinstance(
+                self.route_threshold, (int, float)) or not math.isfinite(self.route_threshold):
+            raise ValueError(f"route_threshold must be a finite number; got {self.route_threshold!r}")
+        if self.route == "blend" and not 0 <= self.route_threshold <= 1:
+            raise ValueError(f"route_threshold (the blend weight) must be in [0, 1]; got "
+                             f"{self.route_threshold!r}")
+        ra = self.route_ages
+        if not isinstance(ra, (tuple, list)) or len(ra) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                for v in ra) or ra[0] > ra[1]:
+            raise ValueError(f"route_ages must be [low, high] ages with low <= high; got {ra!r}")
         for name in ("base_lr1", "base_lr2", "sigma", "div_factor", "final_div_factor"):
             positive(name)
         for name in ("lam", "weight_decay", "momentum", "gamma"):
@@ -241,8 +260,9 @@ class Config:
             raise ValueError(f"a config must be a table of fields; got {type(d).__name__}")
         cls.check_keys(d)
         d = dict(d)
-        if "milestones" in d:
-            d["milestones"] = tuple(d["milestones"])
+        for key in ("milestones", "route_ages"):  # JSON / TOML give lists
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
         return cls(**d)
 
     @classmethod

@@ -806,3 +806,34 @@ def test_stage2_samplers(data):
         small_cfg(stage2_sampler="balanced")
     with pytest.raises(ValueError, match="stage2_head_init"):
         small_cfg(stage2_head_init="fresh")
+
+
+def test_routing_criteria_through_the_model(data, reference_run):
+    """Config.route's criteria of ops/route.h answer through Model.predict and
+    evaluate_batch: kl_margin 0 is Adaptive Routing ("smaller"); blend 0 / 1 and an age
+    gate that keeps every age are the single heads."""
+    t = reference_run[0]
+    model, cfg = t.model, t.model.config
+    _, val = data
+    x = model.preprocess(list(val.images), dtype=np.uint8)
+    try:
+        ref = model.evaluate_batch(x, route="smaller")
+        model.config = cfg.replace(route="kl_margin", route_threshold=0.0)
+        got = model.evaluate_batch(x, route="kl_margin")
+        np.testing.assert_array_equal(got["head"], ref["head"])
+        for k in ("age", "vanilla_age", "balanced_age"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-3)
+        for w, k in ((0.0, "vanilla_age"), (1.0, "balanced_age")):
+            model.config = cfg.replace(route="blend", route_threshold=w)
+            np.testing.assert_allclose(model.predict(list(val.images)), ref[k], rtol=1e-4, atol=1e-3)
+        model.config = cfg.replace(route="age", route_ages=(0, 100))
+        ages, heads = model.predict(list(val.images), return_head=True)
+        assert not heads.any()
+        np.testing.assert_allclose(ages, ref["vanilla_age"], rtol=1e-4, atol=1e-3)
+    finally:
+        model.config = cfg
+    for bad in ({"route": "blend", "route_threshold": 1.5}, {"route_ages": (65, 18)},
+                {"route_threshold": float("nan")}, {"route_ages": (18,)}):
+        with pytest.raises(ValueError, match="route_"):
+            cfg.replace(**bad)
+    assert Config.from_json(cfg.replace(route_ages=(10, 70)).to_json()).route_ages == (10, 70)

@@ -62,8 +62,14 @@ def base_config(args, seed, size):
                            "randaugment": False})
 
 
+def tag(args, size):
+    """The stage-1 recipe in the cache names: size, schedule epochs, epochs trained."""
+    stop = f"-stop{args.stop1}" if args.stop1 else ""
+    return f"{size}-e{args.epochs1}{stop}"
+
+
 def stage1_path(args, seed, size):
-    return os.path.join(args.runs, f"s1-{size}-e{args.epochs1}-seed{seed}", "last.safetensors")
+    return os.path.join(args.runs, f"s1-{tag(args, size)}-seed{seed}", "last.safetensors")
 
 
 def run_stage1(args, data, seeds, size):
@@ -77,7 +83,9 @@ def run_stage1(args, data, seeds, size):
         t0 = time.perf_counter()
         trainer = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=os.path.dirname(path),
                           progress=False, log=lambda s, q=seed: print(f"[s1 seed {q}] {s}", flush=True))
-        trainer.fit()
+        # --stop1 K: the first K epochs of the --epochs1-epoch schedule (fit stops on the
+        # K-th epoch's last batch, evaluated and saved)
+        trainer.fit(max_steps=args.stop1 * trainer.batches_per_epoch() if args.stop1 else None)
         print(f"stage 1 seed {seed} at {size} px: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -96,7 +104,7 @@ ARMS = {
 
 
 def arm_path(args, arm, seed, size):
-    return os.path.join(args.runs, f"{arm}-{size}-e{args.epochs1}-seed{seed}.npz")
+    return os.path.join(args.runs, f"{arm}-{tag(args, size)}-seed{seed}.npz")
 
 
 def distributions(model, data, batch=64):
@@ -279,7 +287,7 @@ def report(args, seeds, size):
         return {}
     results = {}
     for arm, paths in done.items():
-        cache = os.path.join(args.runs, f"metrics-{arm}-{size}-e{args.epochs1}.json")
+        cache = os.path.join(args.runs, f"metrics-{arm}-{tag(args, size)}.json")
         key = [os.path.basename(p) for p in paths]
         res = None
         if os.path.exists(cache):
@@ -329,6 +337,9 @@ def common_args(p):
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs1", type=int, default=4)
     p.add_argument("--lr1", type=float, default=0.004)
+    p.add_argument("--stop1", type=int, default=0,
+                   help="train only the first K epochs of stage 1's --epochs1-epoch schedule "
+                        "(0: all)")
     p.add_argument("--arms", default="", help="stage-2 arms to train (default: all of ARMS)")
 
 

@@ -230,17 +230,21 @@ def arm_metrics(d):
     y, train_ages = d["ages"], d["train_ages"]
     out = {}
     for name, how in ANSWERS.items():
+        th = None
         if isinstance(how, tuple):
             yh, ch, _ = answer(d, *how)
         elif name.endswith("*"):
-            yh, ch, _ = crossfit(d, how)
+            yh, ch, th = crossfit(d, how)
         else:
             yh, ch, _ = answer(d, how)
+        if how == "blend":  # every image gets both heads: report the balanced head's weight
+            w = np.mean([a for a, _ in th])
         rep = M.report(y, yh, train_ages=train_ages, choice=ch)
-        out[name] = {"mae": rep["mae"], "cmae": rep["cmae"],
+        out[name] = {"mae": rep["mae"], "cmae": rep["cmae"], "thresholds": th,
                      **{f"mae {g}": rep["group"][g]["mae"] for g in GROUPS},
                      **{f"{s}-shot": rep["shot"][s]["mae"] for s in M.SHOTS},
-                     **{f"to balanced {g}": rep["routing"][g]["balanced"] for g in GROUPS}}
+                     **{f"to balanced {g}": (w if how == "blend" else
+                                             rep["routing"][g]["balanced"]) for g in GROUPS}}
     # flip-KL (Upsilon) of each head, and how GLAE's routing fails
     r = glae._C.adaptive_route(d["pv"], d["pvf"], d["pb"], d["pbf"], "smaller")
     u1, u2 = r["upsilon"][:, 0], r["upsilon"][:, 1]
@@ -318,6 +322,22 @@ def report(args, seeds, size):
             line += "".join(f"{fmt([r['to balanced ' + g] for r in rows], pct=True) + '%':>14}"
                             for g in GROUPS)
             print(line)
+        # the same seeds' answers differ far less than the seeds do: paired differences
+        print(f"paired against the vanilla head (answer - vanilla, same seed), then against GLAE's "
+              f"routing (answer - routed (smaller flip-KL)):")
+        for name in ANSWERS:
+            rows = [a[name] for a in res["answers"]]
+            cells = []
+            for ref in ("vanilla", "routed (smaller flip-KL)"):
+                base = [a[ref] for a in res["answers"]]
+                for c in ("mae", "cmae", "mae 18-65"):
+                    cells.append(f"{fmt([r[c] - b[c] for r, b in zip(rows, base)]):>13}")
+            th = [r["thresholds"] for r in rows if r.get("thresholds")]
+            note = ("  thresholds " + "; ".join(
+                ",".join(f"({a:.3g}, {b:.3g})" if name.startswith("age") else f"{a:.3g}"
+                         for a, b in t) for t in th)) if th else ""
+            print(f"  {name:<26}" + " vs vanilla: MAE/CMAE/18-65" + "".join(cells[:3])
+                  + "   vs GLAE:" + "".join(cells[3:]) + note)
         kl = res["kl"]
         print("flip-KL: " + ", ".join(f"{k} {fmt([x[k] for x in kl], spec='.3g')}" for k in
                                       ("U1 median", "U2 median", "U1 p90", "U2 p90",

@@ -346,6 +346,22 @@ def report(args, seeds, size):
             f"{k} {fmt([x[k] for x in kl], pct=k != 'oracle MAE')}{'' if k == 'oracle MAE' else '%'}"
             for k in ("share sent", "sent, balanced worse", "kept, balanced better")
             + tuple(f"sent {g}, balanced worse" for g in GROUPS) + ("oracle MAE",)))
+    # the arms side by side: what stage 2 changes is the balanced head (and so every routed
+    # answer); paired against the papers' arm on the same seeds' stage 1
+    if "paper" in results and len(results) > 1:
+        ref = results["paper"]["answers"]
+        print("\n== arms, paired against 'paper' (same seeds' stage 1; arm - paper):")
+        for arm, res in results.items():
+            if len(res["answers"]) != len(ref):
+                continue
+            cells = []
+            for name in ("balanced", "routed (smaller flip-KL)"):
+                for c in ("mae", "cmae", "mae 18-65"):
+                    vals = [a[name][c] for a in res["answers"]]
+                    diff = [a[name][c] - b[name][c] for a, b in zip(res["answers"], ref)]
+                    cells.append(f"{fmt(vals)} ({fmt(diff)})")
+            print(f"  {arm:<14} balanced MAE/CMAE/18-65: " + ", ".join(cells[:3])
+                  + "; routed: " + ", ".join(cells[3:]))
     return results
 
 

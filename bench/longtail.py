@@ -244,11 +244,15 @@ def arm_metrics(d):
         if how == "blend":  # every image gets both heads: report the balanced head's weight
             w = np.mean([a for a, _ in th])
         rep = M.report(y, yh, train_ages=train_ages, choice=ch)
+        def get(part, key, field):  # an empty group or shot has no value: NaN
+            v = (rep[part].get(key) or {}).get(field)
+            return np.nan if v is None else v
+
         out[name] = {"mae": rep["mae"], "cmae": rep["cmae"], "thresholds": th,
-                     **{f"mae {g}": rep["group"][g]["mae"] for g in GROUPS},
-                     **{f"{s}-shot": rep["shot"][s]["mae"] for s in M.SHOTS},
+                     **{f"mae {g}": get("group", g, "mae") for g in GROUPS},
+                     **{f"{s}-shot": get("shot", s, "mae") for s in M.SHOTS},
                      **{f"to balanced {g}": (w if how == "blend" else
-                                             rep["routing"][g]["balanced"]) for g in GROUPS}}
+                                             get("routing", g, "balanced")) for g in GROUPS}}
     # flip-KL (Upsilon) of each head, and how GLAE's routing fails
     r = glae._C.adaptive_route(d["pv"], d["pvf"], d["pb"], d["pbf"], "smaller")
     u1, u2 = r["upsilon"][:, 0], r["upsilon"][:, 1]

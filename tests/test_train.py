@@ -110,7 +110,7 @@ def test_stage2_changes_only_the_balanced_head(data):
     # an imbalanced label set: 28 images of age 30, 4 each of 5, 60 and 90
     ages = np.array([30.0] * 28 + [5.0] * 4 + [60.0] * 4 + [90.0] * 4, np.float32)
     train = Dataset(train.images, ages)
-    cfg = small_cfg(stage1_epochs=1, stage2_epochs=2)
+    cfg = small_cfg(stage1_epochs=1, stage2_epochs=2, stage2_sampler="class_balanced")
     t = Trainer(Model.from_config(cfg), cfg, train, None, progress=False, log=None)
     orders = {1: [], 2: []}
     loader = t.loader
@@ -802,6 +802,7 @@ def test_stage2_samplers(data):
             else:
                 ref = want(seed2, epoch)
             np.testing.assert_array_equal(got, ref, err_msg=f"{sampler} epoch {epoch}")
+    assert Config().stage2_sampler == "sqrt"  # docs/training.md, "Long-tail study"
     with pytest.raises(ValueError, match="stage2_sampler"):
         small_cfg(stage2_sampler="balanced")
     with pytest.raises(ValueError, match="stage2_head_init"):

@@ -118,7 +118,7 @@ def main(argv=None):
         cfg = Config(backbone="resnet18", head=head, loss="base", image_size=args.size,
                      batch_size=args.batch, stage1_epochs=args.epochs1, stage2_epochs=args.epochs2,
                      base_lr1=args.lr1, base_lr2=args.lr2, linear_scaling=False, seed=0,
-                     threads=args.threads,
+                     threads=args.threads, stage2_sampler="class_balanced",  # as measured
                      augment={"crop": True, "flip": True, "color_jitter": True, "randaugment": False})
         out = os.path.join(args.out, head.replace("+", "_"))
         os.makedirs(out, exist_ok=True)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from .config import ROUTES
 from .train import DeviceUnavailableError
 
 DEMO_HELP = """Train a small GLAE model on built-in synthetic faces, on the CPU, in a few minutes:
@@ -147,6 +148,8 @@ def format_report(rep: dict) -> str:
     cols = f"{'':<10}{'MAE':>7}{'CMAE':>7}{'AAR-LAE':>9}{'AAR-GLAE':>9}"
     if has_eps:
         cols += f"{'eps-err':>9}"
+    groups = list(first["group"])  # the head / tail trade-off beside the totals
+    cols += "".join(f"{'MAE ' + g:>12}" for g in groups)
     if "shot" in first:
         cols += "".join(f"{'MAE ' + s:>12}" for s in shots)
     lines = [cols, "-" * len(cols)]
@@ -156,6 +159,7 @@ def format_report(rep: dict) -> str:
                f"{_f(r['aar_glae']['aar'], 9)}")
         if has_eps:
             row += _f(r["epsilon_error"], 9, ".4f")
+        row += "".join(_f((r["group"][g] or {}).get("mae"), 12) for g in groups)
         if "shot" in r:
             row += "".join(_f((r["shot"][s] or {}).get("mae"), 12) for s in shots)
         lines.append(row)
@@ -455,7 +459,7 @@ def cmd_eval(args):
     model = _load_model(args)
     if train_ages is None:
         train_ages = model.train_ages
-    _, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
+    pred, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
     cfg = model.config
     how = (f"stage 2 (routed: {cfg.route})" if model.stage2_trained
            else "stage 1 only (vanilla head)")
@@ -471,7 +475,25 @@ def cmd_eval(args):
     if args.json:
         _write_json(args.json, rep)
         print(f"\nreport written to {args.json}")
+    if args.plots:
+        _eval_plots(args.plots, data, pred, rep, train_ages)
     return 0
+
+
+def _eval_plots(folder, data, pred, rep, train_ages):
+    """The figures of `eval --plots`: the trade-off between the answers at a glance."""
+    from . import plots
+
+    os.makedirs(folder, exist_ok=True)
+    answers = {k: pred[k] for k in rep}
+    written = [plots.per_age_mae({k: (data.ages, v) for k, v in answers.items()},
+                                 train_ages=train_ages,
+                                 path=os.path.join(folder, "per_age_mae.png")) and "per_age_mae.png"]
+    if "routed" in rep:
+        plots.routing_usage(data.ages, pred["choice"], errors=answers,
+                            path=os.path.join(folder, "routing_usage.png"))
+        written.append("routing_usage.png")
+    print(f"figures written to {folder}: {', '.join(written)}")
 
 
 def _route_for(model, route):
@@ -657,6 +679,10 @@ def build_parser(prog=None):
                         "MAE (default: the histogram stored in the checkpoint by the trainer; "
                         "left out when neither exists)")
     e.add_argument("--json", help="also write the report here (JSON)")
+    e.add_argument("--plots", metavar="DIR",
+                   help="also write DIR/per_age_mae.png (each answer's MAE per age) and, after "
+                        "stage 2, DIR/routing_usage.png (GLAE Fig. 4: which head answered per "
+                        "age group, beside each answer's MAE per group)")
     e.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
     e.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: the checkpoint's device, or the CPU when "
@@ -669,7 +695,7 @@ def build_parser(prog=None):
     pd.add_argument("checkpoint", help=CHECKPOINT_HELP)
     pd.add_argument("images", nargs="+",
                     help="image files: aligned face crops, or raw photos with --detect")
-    pd.add_argument("--route", default=None, choices=("smaller", "bigger", "vanilla", "balanced"),
+    pd.add_argument("--route", default=None, choices=ROUTES,
                     help="which head answers (default: the checkpoint's route after stage 2, "
                          "the vanilla head for a stage-1 checkpoint)")
     pd.add_argument("--detect", action="store_true",

@@ -20,9 +20,19 @@ BACKBONES = tuple(_C.RESNET_STAGES) + tuple(_C.EFFNET_STAGES)
 HEADS = ("gap", "fr", "fr+pa")
 LOSSES = ("base", "kl")
 STAGE2_LOSSES = ("glae", "lae")
+# stage 2's start: "copy" the vanilla head (the papers), "reinit" the whole balanced head
+# (as built, untouched by stage 1: Kang et al.'s cRT), "reinit_classifier" (copy, then the
+# last linear layer as built)
+STAGE2_HEAD_INITS = ("copy", "reinit", "reinit_classifier")
+# stage 2's sampler: "class_balanced" (the papers), "sqrt" (class ~ sqrt(count)),
+# "progressive" (instance -> class-balanced over the epochs), "instance" (no re-balancing)
+STAGE2_SAMPLERS = ("class_balanced", "sqrt", "progressive", "instance")
 SCHEDULES = ("onecycle", "multistep")
 NORMALIZATIONS = ("glae", "imagenet")
-ROUTES = ("smaller", "bigger", "vanilla", "balanced")
+# answers after stage 2: GLAE's Adaptive Routing ("smaller", eq. 11; "bigger", Table IX),
+# one head, or a routing criterion of ops/route.h with route_threshold / route_ages
+ROUTES = ("smaller", "bigger", "vanilla", "balanced", "kl_margin", "confidence", "entropy",
+          "age", "blend")
 TOML_TABLES = ("model", "data", "optim", "eval", "run")
 
 
@@ -50,7 +60,9 @@ class Config:
     """One object for a whole two-stage run (LAE section 2.4 / 3.3, GLAE Algorithm 1, V-A).
 
     Defaults are the papers': OneCycle, 24 + 8 epochs, base lr 0.005 / 0.001 scaled by
-    batch / 256, batch 256, weight decay 5e-4, SGD with Nesterov momentum 0.9, images 224.
+    batch / 256, batch 256, weight decay 5e-4, SGD with Nesterov momentum 0.9, images 224;
+    except stage 2's sampler, square-root rather than class-balanced (docs/training.md,
+    "Long-tail study"; stage2_sampler="class_balanced" is the papers').
     """
 
     # model
@@ -95,8 +107,17 @@ class Config:
     weight_decay: float = 5e-4
     wd_exclude_bn_bias: bool = False
     stage2_loss: str = "glae"  # "glae": the stage-1 loss on the head; "lae": KL + (L1 - mae)^2
+    stage2_head_init: str = "copy"  # STAGE2_HEAD_INITS (docs/training.md)
+    # STAGE2_SAMPLERS; "sqrt", not the papers' "class_balanced": docs/training.md, "Long-tail
+    # study" (the routed answer's MAE and 18-65 better, its CMAE the same, over 3 seeds)
+    stage2_sampler: str = "sqrt"
     # evaluation
     route: str = "smaller"
+    # kl_margin: vanilla iff Upsilon_1 < Upsilon_2 + t; confidence: balanced when the vanilla
+    # head's top probability < t; entropy: when its entropy > t nats; blend: (1 - t) p_van +
+    # t p_bal (t in [0, 1])
+    route_threshold: float = 0.0
+    route_ages: tuple = (18.0, 65.0)  # age: the vanilla head answers when its age is inside
     flip_test: bool = True
     # bookkeeping
     seed: int = 0
@@ -141,6 +162,8 @@ class Config:
         choice("head", HEADS)
         choice("loss", LOSSES)
         choice("stage2_loss", STAGE2_LOSSES)
+        choice("stage2_head_init", STAGE2_HEAD_INITS)
+        choice("stage2_sampler", STAGE2_SAMPLERS)
         choice("schedule", SCHEDULES)
         choice("normalization", NORMALIZATIONS)
         choice("route", ROUTES)
@@ -178,6 +201,17 @@ class Config:
             raise ValueError(f"pretrained must be a file path (str); got {self.pretrained!r}")
         if self.proj_depth > 2:
             raise ValueError(f"proj_depth must be 0, 1 or 2; got {self.proj_depth}")
+        if isinstance(self.route_threshold, bool) or not isinstance(
+                self.route_threshold, (int, float)) or not math.isfinite(self.route_threshold):
+            raise ValueError(f"route_threshold must be a finite number; got {self.route_threshold!r}")
+        if self.route == "blend" and not 0 <= self.route_threshold <= 1:
+            raise ValueError(f"route_threshold (the blend weight) must be in [0, 1]; got "
+                             f"{self.route_threshold!r}")
+        ra = self.route_ages
+        if not isinstance(ra, (tuple, list)) or len(ra) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                for v in ra) or ra[0] > ra[1]:
+            raise ValueError(f"route_ages must be [low, high] ages with low <= high; got {ra!r}")
         for name in ("base_lr1", "base_lr2", "sigma", "div_factor", "final_div_factor"):
             positive(name)
         for name in ("lam", "weight_decay", "momentum", "gamma"):
@@ -240,8 +274,9 @@ class Config:
             raise ValueError(f"a config must be a table of fields; got {type(d).__name__}")
         cls.check_keys(d)
         d = dict(d)
-        if "milestones" in d:
-            d["milestones"] = tuple(d["milestones"])
+        for key in ("milestones", "route_ages"):  # JSON / TOML give lists
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
         return cls(**d)
 
     @classmethod

@@ -290,6 +290,12 @@ def export_onnx(checkpoint_or_model, path, head="routed", batch=None, flip=True,
         if head == "routed" and not checkpoint_or_model.stage2_trained:
             warnings.warn("exporting head='routed' from a model whose balanced head was not "
                           "trained (stage 2); head='vanilla' may be what you want", stacklevel=2)
+        route = checkpoint_or_model.config.route
+        if head == "routed" and route not in ("smaller",):
+            warnings.warn(f"the model's route is {route!r}, but the ONNX graph's 'routed' head "
+                          "is Adaptive Routing (eq. 11, route='smaller'); the exported answers "
+                          "differ from Model.predict's (export head='vanilla' or 'balanced', or "
+                          "route on the two heads' outputs yourself)", stacklevel=2)
         cfg_json = checkpoint_or_model.config.to_json()
         core = checkpoint_or_model.core
     elif isinstance(checkpoint_or_model, CoreModel) or hasattr(checkpoint_or_model, "param_table"):

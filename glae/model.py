@@ -182,8 +182,12 @@ class Model:
         ages, probs, heads = [], [], []
         with self._lock:
             for s in range(0, len(x), batch_size):
-                a, p, h = self.core.predict(np.ascontiguousarray(x[s:s + batch_size]),
-                                            route=route, flip=flip, norm=norm)
+                xb = np.ascontiguousarray(x[s:s + batch_size])
+                if route in _SELECT_ROUTES:
+                    r = self._select(xb, route, flip, norm)
+                    a, p, h = r["age"], r["prob"], r["choice"]
+                else:
+                    a, p, h = self.core.predict(xb, route=route, flip=flip, norm=norm)
                 ages.append(a), probs.append(p), heads.append(h)
         out = [np.concatenate(ages)]
         if return_distribution:
@@ -259,9 +263,28 @@ class Model:
         elif isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError("x: the batch holds NaN or infinite values")
         with self._lock:
+            if route in _SELECT_ROUTES:
+                r = self._select(x, route, bool(flip), norm, head_ages=True)
+                return {"vanilla_age": r["vanilla_age"], "balanced_age": r["balanced_age"],
+                        "age": r["age"], "head": r["choice"]}
             age, _, choice, heads = self.core.predict(x, route=route, flip=bool(flip), norm=norm,
                                                       head_ages=True)
         return {"vanilla_age": heads[0], "balanced_age": heads[1], "age": age, "head": choice}
+
+    def _select(self, x, route, flip, norm, head_ages=False):
+        """A routing criterion of ops/route.h (Config.route_threshold / route_ages): both
+        heads' distributions on the batch and on its mirror image (two forward passes),
+        then _C.route_select. The caller holds the lock."""
+        cfg = self.config
+        xf = np.ascontiguousarray(x[:, :, ::-1])
+        r, rf = (self.core.forward(v, training=False, norm=norm) for v in (x, xf))
+        p = (r["vanilla"], rf["vanilla"], r["balanced"], rf["balanced"])
+        a, b = (cfg.route_ages if route == "age" else (cfg.route_threshold, 0.0))
+        out = _C.route_select(*p, route, float(a), float(b), flip)
+        if head_ages:
+            out["vanilla_age"] = _C.route_select(*p, "blend", 0.0, 0.0, flip)["age"]
+            out["balanced_age"] = _C.route_select(*p, "blend", 1.0, 0.0, flip)["age"]
+        return out
 
     # -- persistence ---------------------------------------------------------------
     def save(self, path):
@@ -307,11 +330,15 @@ def eval_augment(config):
             "norm": config.normalization}
 
 
+# the routes answered by _C.route_select (the others by the engine's predict)
+_SELECT_ROUTES = ("kl_margin", "confidence", "entropy", "age", "blend")
+
+
 def _check_route(route):
     from .config import ROUTES
 
     if route not in ROUTES:
-        raise ValueError(f"route must be smaller, bigger, vanilla or balanced; got {route!r}")
+        raise ValueError(f"route must be one of {', '.join(ROUTES)}; got {route!r}")
 
 
 def _is_pil(o):

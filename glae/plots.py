@@ -114,18 +114,25 @@ def per_age_mae(results: dict, train_ages=None, num_classes=None, path=None, tit
     return _save(fig, path)
 
 
-def routing_usage(y, choice, edges=M.TAIL_HEAD_GROUPS, path=None, title=None):
-    """GLAE Fig. 4: per group of true ages, the share of images that Adaptive Routing
-    answered with the vanilla head (blue, choice 0) and the balanced head (red, choice 1),
-    with the number of images under each bar. `choice`: the 0/1 array from
-    Model.predict(..., return_head=True) or Trainer.predict(...)["choice"]."""
+def routing_usage(y, choice, edges=M.TAIL_HEAD_GROUPS, path=None, title=None, errors=None):
+    """GLAE Fig. 4: per group of true ages, the share of images that the routing answered
+    with the vanilla head (blue, choice 0) and the balanced head (red, choice 1), with the
+    number of images under each bar. `choice`: the 0/1 array from
+    Model.predict(..., return_head=True) or Trainer.predict(...)["choice"].
+    errors: {answer: ages} (e.g. Trainer.predict's "vanilla", "balanced", "routed") adds
+    a second panel with each answer's MAE per group, so the usage can be read against
+    which head was better where (the trade-off routing has to make)."""
     usage = M.routing_usage(y, np.asarray(choice).astype(np.int32, copy=False), edges=edges)
     labels = list(usage)  # the metrics' own labels ("0-17", ..., "100" for a one-age group)
     van = [usage[g]["vanilla"] if usage[g] else 0.0 for g in labels]
     bal = [usage[g]["balanced"] if usage[g] else 0.0 for g in labels]
     counts = [usage[g]["count"] if usage[g] else 0 for g in labels]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 3.5))
+    width = 1.2 * len(labels) + 2.5
+    if errors:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(2 * width + 1, 3.5))
+    else:
+        fig, ax = plt.subplots(figsize=(width, 3.5))
     x = np.arange(len(labels))
     ax.bar(x, van, color=COLORS["vanilla"], label="vanilla")
     ax.bar(x, bal, bottom=van, color=COLORS["balanced"], label="balanced")
@@ -135,6 +142,21 @@ def routing_usage(y, choice, edges=M.TAIL_HEAD_GROUPS, path=None, title=None):
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "Adaptive Routing: which head answered")
+    if errors:
+        k = len(errors)
+        bar = 0.8 / k
+        for i, (name, yhat) in enumerate(errors.items()):
+            g = M.group_mae(y, _ages(yhat, name), edges)
+            v = [(g.get(lab) or {}).get("mae") or 0.0 for lab in labels]
+            pos = x - 0.4 + bar * (i + 0.5)
+            ax2.bar(pos, v, bar, color=_color(name, i), label=name)
+            for px, pv in zip(pos, v):
+                ax2.text(px, pv, f"{pv:.1f}", ha="center", va="bottom", fontsize=7)
+        ax2.set_xticks(x, labels)
+        ax2.set_xlabel("age group")
+        ax2.set_ylabel("MAE (years)")
+        ax2.legend(fontsize=8)
+        ax2.set_title("MAE per group of each answer")
     return _save(fig, path)
 
 

@@ -258,8 +258,15 @@ class Trainer:
 
     def epoch_indices(self, stage, epoch):
         seed = self.cfg.seed * 2 + (stage - 1)
-        if stage == 1:
+        sampler = self.cfg.stage2_sampler
+        if stage == 1 or sampler == "instance":
             return _C.sample_instance_balanced(len(self.train), seed, epoch)
+        if sampler == "sqrt":
+            return _C.sample_class_power(self.labels, seed, epoch, len(self.train), power=0.5)
+        if sampler == "progressive":  # Kang et al.: instance-balanced -> class-balanced
+            alpha = epoch / max(self.cfg.stage2_epochs - 1, 1)
+            return _C.sample_class_power(self.labels, seed, epoch, len(self.train), power=0.0,
+                                         alpha=min(alpha, 1.0))
         return _C.sample_class_balanced(self.labels, seed, epoch, len(self.train))
 
     def lr_momentum(self, stage, step):
@@ -470,7 +477,15 @@ class Trainer:
             self.state["stage1_val_epoch"] = self.cfg.stage1_epochs
         if lae and self.state["stage1_val_mae"] is None:
             raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
+        # the balanced head as built (stage 1 never touches it) is its fresh initialisation;
+        # its classifier is its last layer (weight, bias): cls (fr+pa), fc (gap), fr (fr)
+        init = self.cfg.stage2_head_init
+        names = [name for name, *_ in self.core.param_table() if name.startswith("balanced.")]
+        keep = names if init == "reinit" else names[-2:] if init == "reinit_classifier" else []
+        fresh = {name: self.core.get(name) for name in keep}
         self.core.copy_head_to_balanced()
+        for name, value in fresh.items():
+            self.core.set(name, value)
         b, e = self.core.group_range(G_BALANCED)
         self.core.write_flat("momentum", np.zeros(e - b, np.float32), b)
         self.state["stage2_started"] = True

@@ -177,8 +177,10 @@ def test_eval_small_test_set_json(files, trained, tmp_path, capsys):
     """6 test images with a batch size of 8 in the checkpoint: evaluated, full report."""
     js = tmp_path / "report.json"
     rc, text, err = run_cli(capsys, "eval", trained["last"], files["test"],
-                            "--train", files["train"], "--json", js)
+                            "--train", files["train"], "--json", js, "--plots", tmp_path / "figs")
     assert rc == 0, err
+    for fig in ("per_age_mae.png", "routing_usage.png"):  # --plots: the trade-off figures
+        assert (tmp_path / "figs" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     rep = json.loads(js.read_text())
     assert set(rep) == {"vanilla", "balanced", "routed"}
     for head in rep.values():
@@ -190,7 +192,7 @@ def test_eval_small_test_set_json(files, trained, tmp_path, capsys):
     # every image is few-shot: the training set has fewer than 20 images of any age
     assert rep["vanilla"]["shot"]["few"]["count"] == 6
     for words in ("AAR (LAE groups)", "AAR (GLAE groups)", "CS theta", "per-age MAE",
-                  "MAE few", "routing"):
+                  "MAE few", "routing", "MAE 18-65"):
         assert words in text, words
     # the same numbers as predicting the images directly with the model
     m = trained["model"]

@@ -31,4 +31,5 @@ def test_config_loads(path):
         assert cfg.stage2_loss == "lae" and cfg.head == "gap"
     else:
         assert cfg.head == "fr+pa" and cfg.stage2_loss == "glae"
+    assert cfg.stage2_sampler == "class_balanced"  # the papers' rows keep the papers' sampler
     assert Config.from_json(cfg.to_json()) == cfg

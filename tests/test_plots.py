@@ -76,6 +76,18 @@ def test_routing_usage(run, tmp_path):
     assert _is_png(path)
 
 
+def test_routing_usage_with_each_answers_group_error(tmp_path):
+    """errors= adds a panel with each answer's MAE per group (issue 19): the bars are the
+    metrics' group MAE, an empty group a zero bar."""
+    y = np.array([3, 15, 40, 50, 70], np.float32)
+    preds = {"vanilla": y + [4, 4, 1, 1, 9], "balanced": y + [2, 2, 3, 3, 2]}
+    preds["routed"] = np.where([1, 1, 0, 0, 1], preds["balanced"], preds["vanilla"])
+    fig = plots.routing_usage(y, np.array([1, 1, 0, 0, 1]), errors=preds, path=tmp_path / "e.png")
+    assert _is_png(tmp_path / "e.png") and len(fig.axes) == 2
+    heights = [round(p.get_height(), 6) for p in fig.axes[1].patches]
+    assert heights == [4, 1, 9, 2, 3, 2, 2, 1, 2]  # per answer: 0-17, 18-65, 66-100
+
+
 def test_routing_usage_single_age_group_and_empty_group(tmp_path):
     # GLAE's 10-year groups end with 90-100 (age 100 belongs to it); 80-89 is empty here
     y = np.array([3, 15, 40, 100, 100], np.float32)

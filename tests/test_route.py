@@ -176,3 +176,96 @@ def test_route_bad_input(rng):
         _C.expected_age(p[:, ::2])
     with pytest.raises(ValueError, match="at least one class"):
         _C.expected_age(np.zeros((2, 0), np.float32))
+
+
+# ---- route_select: routing criteria beyond eq. 11 (issue 19) ---------------------------
+
+def ref_select(pv, pvf, pb, pbf, criterion, a=0.0, b=0.0, flip_average=True):
+    """float64 NumPy reference of route_select (ops/route.h)."""
+    ages = np.arange(pv.shape[1])
+    qv = (0.5 * (pv.astype(np.float64) + pvf) if flip_average else pv.astype(np.float64))
+    qb = (0.5 * (pb.astype(np.float64) + pbf) if flip_average else pb.astype(np.float64))
+    if criterion == "kl_margin":
+        score = ref_kl(pv, pvf) - ref_kl(pb, pbf)
+        bal = ~(score < a)
+    elif criterion == "confidence":
+        score = qv.max(1)
+        bal = score < a
+    elif criterion == "entropy":
+        score = -(np.where(qv > 0, qv * np.log(np.maximum(qv, TINY)), 0.0)).sum(1)
+        bal = score > a
+    elif criterion == "age":
+        score = qv @ ages
+        bal = (score < a) | (score > b)
+    else:
+        score = np.full(len(pv), a)
+        bal = np.full(len(pv), a >= 0.5)
+    w = np.full(len(pv), a) if criterion == "blend" else bal.astype(np.float64)
+    prob = (1 - w[:, None]) * qv + w[:, None] * qb
+    return prob, prob @ ages, bal.astype(np.int32), score
+
+
+@pytest.mark.parametrize("criterion,a,b", [("kl_margin", 0.0, 0.0), ("kl_margin", 0.03, 0.0),
+                                           ("confidence", 0.4, 0.0), ("entropy", 2.2, 0.0),
+                                           ("age", 42.0, 58.0), ("blend", 0.3, 0.0),
+                                           ("blend", 1.0, 0.0)])
+@pytest.mark.parametrize("flip_average", [True, False])
+def test_route_select_matches_numpy(criterion, a, b, flip_average, rng, dev):
+    n = 300
+    pv, pb = softmax_rows(rng, n, scale=3.0), softmax_rows(rng, n, scale=3.0)
+    pvf, pbf = near(rng, pv, 0.5), near(rng, pb, 0.5)
+    got = assert_unmodified(lambda *p: _C.route_select(*p, criterion, a, b, flip_average,
+                                                        ctx=dev), pv, pvf, pb, pbf)
+    prob, age, choice, score = ref_select(pv, pvf, pb, pbf, criterion, a, b, flip_average)
+    # decisions on a knife edge (score within float rounding of the threshold) may differ
+    edge = np.abs(score - a) < 1e-5
+    if criterion == "age":
+        edge |= np.abs(score - b) < 1e-4
+    assert 0 < choice.mean() < 1 or criterion == "blend"  # both heads are exercised
+    np.testing.assert_array_equal(got["choice"][~edge], choice[~edge])
+    ok = ~edge
+    np.testing.assert_allclose(got["score"], score, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["prob"][ok], prob[ok], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["age"][ok], age[ok], rtol=1e-5, atol=1e-4)
+
+
+def test_route_select_kl_margin_zero_is_eq11(rng):
+    """a = 0 is Adaptive Routing's "smaller" exactly, ties to the balanced head included."""
+    pv, pb = softmax_rows(rng, 200), softmax_rows(rng, 200)
+    pvf, pbf = near(rng, pv, 0.3), near(rng, pb, 0.3)
+    pbf[:20], pb[:20], pvf[:20] = pvf[:20], pv[:20], pvf[:20]  # ties: Upsilon_1 == Upsilon_2
+    r = _C.adaptive_route(pv, pvf, pb, pbf, "smaller")
+    s = _C.route_select(pv, pvf, pb, pbf, "kl_margin", 0.0)
+    np.testing.assert_array_equal(s["choice"], r["choice"])
+    assert s["choice"][:20].all()
+    np.testing.assert_array_equal(s["prob"], r["prob"])
+    np.testing.assert_allclose(s["score"], r["upsilon"][:, 0] - r["upsilon"][:, 1], atol=1e-6)
+
+
+def test_route_select_age_gate_constructed():
+    """A one-hot vanilla distribution at age 10, 40 and 80: the [18, 65] gate keeps the
+    vanilla head for 40 and sends the others to the balanced head (one-hot at 30)."""
+    pv = np.zeros((3, K), np.float32)
+    pv[[0, 1, 2], [10, 40, 80]] = 1
+    pb = np.zeros((3, K), np.float32)
+    pb[:, 30] = 1
+    r = _C.route_select(pv, pv, pb, pb, "age", 18, 65)
+    np.testing.assert_array_equal(r["choice"], [1, 0, 1])
+    np.testing.assert_array_equal(r["age"], [30, 40, 30])
+    np.testing.assert_array_equal(r["score"], [10, 40, 80])
+
+
+def test_route_select_bad_input(rng):
+    pv = softmax_rows(rng, 4)
+    with pytest.raises(ValueError, match="criterion"):
+        _C.route_select(pv, pv, pv, pv, "smallest")
+    with pytest.raises(ValueError, match="blend weight"):
+        _C.route_select(pv, pv, pv, pv, "blend", 1.5)
+    with pytest.raises(ValueError, match="finite"):
+        _C.route_select(pv, pv, pv, pv, "age", float("nan"), 60.0)
+    bad = pv.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="p_bal_flip"):
+        _C.route_select(pv, pv, pv, bad, "confidence", 0.1)
+    with pytest.raises(ValueError):
+        _C.route_select(pv, pv, pv, pv[:3], "confidence", 0.1)

@@ -164,3 +164,60 @@ def test_bad_arguments():
         _C.sample_instance_balanced(3, 1.0, 0)
     with pytest.raises(TypeError, match="epoch must be an int"):
         _C.sample_instance_balanced(3, 1, True)
+
+
+def power_reference(labels, power, alpha):
+    """NumPy reference of sample_class_power's class distribution (Kang et al. 2020): class
+    c with n_c members drawn with (1 - alpha) n_c / n + alpha n_c^power / sum n_j^power."""
+    classes, counts = np.unique(labels, return_counts=True)
+    w = counts.astype(np.float64) ** power
+    return classes, (1 - alpha) * counts / counts.sum() + alpha * w / w.sum()
+
+
+@pytest.mark.parametrize("power,alpha", [(0.5, 1.0), (0.0, 1.0), (1.0, 1.0), (0.0, 0.0),
+                                         (0.0, 0.4), (0.5, 0.7)])
+def test_class_power_frequencies(rng, power, alpha):
+    labels, _ = long_tailed_labels(rng)
+    length = 60_000
+    idx = assert_unmodified(lambda l: _C.sample_class_power(l, 5, 0, length, power=power,
+                                                              alpha=alpha), labels)
+    assert idx.shape == (length,) and idx.dtype == np.int64
+    assert idx.min() >= 0 and idx.max() < labels.size
+    classes, p = power_reference(labels, power, alpha)
+    per_class = np.array([np.count_nonzero(labels[idx] == c) for c in classes])
+    ok, stat = chi2_ok(per_class, length * p)
+    assert ok, (power, alpha, stat)
+
+
+def test_class_power_instances_and_determinism(rng):
+    labels, _ = long_tailed_labels(rng)
+    idx = _C.sample_class_power(labels, 9, 2, 80_000, power=0.5)
+    members = np.flatnonzero(labels == 10)  # the head class: instances uniform within it
+    hits = idx[labels[idx] == 10]
+    ok, stat = chi2_ok(np.array([np.count_nonzero(hits == m) for m in members]),
+                       hits.size / members.size)
+    assert ok, stat
+    n_threads = glae.get_num_threads()
+    try:
+        glae.set_num_threads(1)
+        a = _C.sample_class_power(labels, 3, 4, 40_000, power=0.5)
+        glae.set_num_threads(2)
+        b = _C.sample_class_power(labels, 3, 4, 40_000, power=0.5)
+    finally:
+        glae.set_num_threads(n_threads)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, _C.sample_class_power(labels, 3, 5, 40_000, power=0.5))
+    np.testing.assert_array_equal(_C.sample_class_power(labels, 3, 4, 100, power=0.5), a[:100])
+    # float ages are classed as sample_class_balanced does (half up)
+    np.testing.assert_array_equal(
+        _C.sample_class_power(np.array([1.5, 2.0, 2.4, 7.0], np.float32), 1, 0, 50, power=0.5),
+        _C.sample_class_power(np.array([2, 2, 2, 7], np.int64), 1, 0, 50, power=0.5))
+
+
+@pytest.mark.parametrize("kw,msg", [({"power": -0.1}, "power"), ({"power": 1.5}, "power"),
+                                    ({"alpha": 1.01}, "alpha"), ({"alpha": float("nan")}, "alpha")])
+def test_class_power_bad_arguments(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _C.sample_class_power(np.arange(5), 0, 0, 10, **kw)
+    with pytest.raises(ValueError, match="empty"):
+        _C.sample_class_power(np.zeros(0, np.int64), 0, 0, 10)

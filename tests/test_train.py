@@ -110,7 +110,7 @@ def test_stage2_changes_only_the_balanced_head(data):
     # an imbalanced label set: 28 images of age 30, 4 each of 5, 60 and 90
     ages = np.array([30.0] * 28 + [5.0] * 4 + [60.0] * 4 + [90.0] * 4, np.float32)
     train = Dataset(train.images, ages)
-    cfg = small_cfg(stage1_epochs=1, stage2_epochs=2)
+    cfg = small_cfg(stage1_epochs=1, stage2_epochs=2, stage2_sampler="class_balanced")
     t = Trainer(Model.from_config(cfg), cfg, train, None, progress=False, log=None)
     orders = {1: [], 2: []}
     loader = t.loader
@@ -748,3 +748,93 @@ def test_a_run_no_better_than_the_median_is_noted(data):
     said.clear()
     t._note_if_no_better_than_the_median(0.0)
     assert not said
+
+
+# ---- stage 2's start and sampler (issue 19) --------------------------------------------
+
+@pytest.mark.parametrize("init", ["copy", "reinit", "reinit_classifier"])
+def test_stage2_head_init(data, init):
+    """copy: the balanced head starts as the vanilla head (the papers); reinit: as built
+    (stage 1 never touches it: cRT's fresh classifier); reinit_classifier: copied, but the
+    last linear layer as built."""
+    train, _ = data
+    cfg = small_cfg(stage1_epochs=1, stage2_epochs=1, stage2_head_init=init)
+    t = Trainer(Model.from_config(cfg), cfg, train, progress=False, log=None)
+    built = {name: t.core.get(name).copy() for name, *_ in t.core.param_table()}
+    t.fit(max_steps=5)  # stage 1, one epoch: the vanilla head moved, the balanced did not
+    for name in built:
+        if name.startswith("balanced."):
+            np.testing.assert_array_equal(t.core.get(name), built[name])
+    t._start_stage2()
+    for name in built:
+        if not name.startswith("balanced."):
+            continue
+        fresh = init == "reinit" or (init == "reinit_classifier" and name in
+                                     ("balanced.cls.weight", "balanced.cls.bias"))
+        want = built[name] if fresh else t.core.get(name[len("balanced."):])
+        np.testing.assert_array_equal(t.core.get(name), want, err_msg=name)
+    assert not np.array_equal(t.core.get("cls.weight"), built["cls.weight"])
+    b, e = t.core.group_range(G_BALANCED)
+    assert not np.asarray(t.core.momentum)[b:e].any()
+
+
+def test_stage2_samplers(data):
+    """Each stage2_sampler is its C sampler on the training ages' classes; stage 1 is
+    always instance-balanced."""
+    train, _ = data
+    labels = glae.metrics.age_class(train.ages, 101)
+    for sampler, want in [
+            ("class_balanced", lambda s, e: _C.sample_class_balanced(labels, s, e, len(labels))),
+            ("instance", lambda s, e: _C.sample_instance_balanced(len(labels), s, e)),
+            ("sqrt", lambda s, e: _C.sample_class_power(labels, s, e, len(labels), power=0.5)),
+            ("progressive", None)]:
+        cfg = small_cfg(stage2_sampler=sampler, stage2_epochs=3)
+        t = Trainer(Model.from_config(cfg), cfg, train, progress=False, log=None)
+        seed2 = cfg.seed * 2 + 1
+        np.testing.assert_array_equal(t.epoch_indices(1, 0),
+                                      _C.sample_instance_balanced(len(labels), cfg.seed * 2, 0))
+        for epoch in range(3):
+            got = t.epoch_indices(2, epoch)
+            if want is None:  # instance-balanced at first, class-balanced at the end
+                alpha = epoch / 2
+                ref = _C.sample_class_power(labels, seed2, epoch, len(labels), power=0.0,
+                                            alpha=alpha)
+            else:
+                ref = want(seed2, epoch)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{sampler} epoch {epoch}")
+    assert Config().stage2_sampler == "sqrt"  # docs/training.md, "Long-tail study"
+    with pytest.raises(ValueError, match="stage2_sampler"):
+        small_cfg(stage2_sampler="balanced")
+    with pytest.raises(ValueError, match="stage2_head_init"):
+        small_cfg(stage2_head_init="fresh")
+
+
+def test_routing_criteria_through_the_model(data, reference_run):
+    """Config.route's criteria of ops/route.h answer through Model.predict and
+    evaluate_batch: kl_margin 0 is Adaptive Routing ("smaller"); blend 0 / 1 and an age
+    gate that keeps every age are the single heads."""
+    t = reference_run[0]
+    model, cfg = t.model, t.model.config
+    _, val = data
+    x = model.preprocess(list(val.images), dtype=np.uint8)
+    try:
+        ref = model.evaluate_batch(x, route="smaller")
+        model.config = cfg.replace(route="kl_margin", route_threshold=0.0)
+        got = model.evaluate_batch(x, route="kl_margin")
+        np.testing.assert_array_equal(got["head"], ref["head"])
+        for k in ("age", "vanilla_age", "balanced_age"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-3)
+        for w, k in ((0.0, "vanilla_age"), (1.0, "balanced_age")):
+            model.config = cfg.replace(route="blend", route_threshold=w)
+            np.testing.assert_allclose(model.predict(list(val.images)), ref[k], rtol=1e-4, atol=1e-3)
+        model.config = cfg.replace(route="age", route_ages=(0, 100))
+        ages, heads = model.predict(list(val.images), return_head=True)
+        assert not heads.any()
+        np.testing.assert_allclose(ages, ref["vanilla_age"], rtol=1e-4, atol=1e-3)
+    finally:
+        model.config = cfg
+    for bad in ({"route": "blend", "route_threshold": 1.5}, {"route_ages": (65, 18)},
+                {"route_threshold": float("nan")}, {"route_ages": (18,)}):
+        with pytest.raises(ValueError, match="route_"):
+            cfg.replace(**bad)
+    assert Config.from_json(cfg.replace(route_ages=(10, 70)).to_json()).route_ages == (10, 70)

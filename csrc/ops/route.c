@@ -6,6 +6,7 @@
 #include <float.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define ROUTE_PAR_WORK 32768
 
@@ -103,5 +104,98 @@ int glae_adaptive_route(glae_ctx *ctx, float *prob, float *age, int32_t *choice,
         }
         if (age) age[i] = (float)yhat;
     }
+    return GLAE_OK;
+}
+
+/* the criterion's value for one image (route.h): q_van the vanilla head's answer
+ * distribution (flip-averaged or not), written into qv by the caller */
+static double select_score(int criterion, const float *pv, const float *pvf, const float *pb,
+                           const float *pbf, const float *qv, int k, float a) {
+    switch (criterion) {
+    case GLAE_SELECT_KL_MARGIN:
+        return kl(pv, pvf, k) - kl(pb, pbf, k);
+    case GLAE_SELECT_CONFIDENCE: {
+        float m = 0.0f;
+        for (int j = 0; j < k; j++) m = fmaxf(m, qv[j]);
+        return m;
+    }
+    case GLAE_SELECT_ENTROPY: {
+        double h = 0.0;
+        for (int j = 0; j < k; j++)
+            if (qv[j] > 0.0f) h -= qv[j] * log((double)fmaxf(qv[j], FLT_MIN));
+        return h;
+    }
+    case GLAE_SELECT_AGE:
+        return expect(qv, k);
+    default: /* BLEND */
+        return a;
+    }
+}
+
+/* 1: the balanced head answers (route.h) */
+static int select_balanced(int criterion, double score, float a, float b) {
+    switch (criterion) {
+    case GLAE_SELECT_KL_MARGIN: return !(score < a); /* vanilla iff U1 < U2 + a */
+    case GLAE_SELECT_CONFIDENCE: return score < a;
+    case GLAE_SELECT_ENTROPY: return score > a;
+    case GLAE_SELECT_AGE: return score < a || score > b;
+    default: return a >= 0.5f;
+    }
+}
+
+int glae_route_select(glae_ctx *ctx, float *prob, float *age, int32_t *choice, float *score,
+                      const float *p_van, const float *p_van_flip, const float *p_bal,
+                      const float *p_bal_flip, int64_t n, int k, int criterion, float a, float b,
+                      int flip_average) {
+    (void)ctx; /* the CPU needs no handle; the signature is the twins' */
+    const char *fn = "route_select";
+    GLAE_TRY(check_rk(fn, n, k));
+    if (criterion < GLAE_SELECT_KL_MARGIN || criterion > GLAE_SELECT_BLEND)
+        return glae_fail(GLAE_ERR_VALUE, "%s: unknown criterion %d", fn, criterion);
+    if (!isfinite(a) || !isfinite(b))
+        return glae_fail(GLAE_ERR_VALUE, "%s: thresholds must be finite, got %g and %g", fn,
+                         (double)a, (double)b);
+    if (criterion == GLAE_SELECT_BLEND && !(a >= 0.0f && a <= 1.0f))
+        return glae_fail(GLAE_ERR_VALUE, "%s: the blend weight must be in [0, 1], got %g", fn,
+                         (double)a);
+    if (!choice) return glae_fail(GLAE_ERR_VALUE, "%s: choice must not be NULL", fn);
+    GLAE_TRY(check_prob(fn, "p_van", p_van, n, k));
+    GLAE_TRY(check_prob(fn, "p_van_flip", p_van_flip, n, k));
+    GLAE_TRY(check_prob(fn, "p_bal", p_bal, n, k));
+    GLAE_TRY(check_prob(fn, "p_bal_flip", p_bal_flip, n, k));
+    int st = GLAE_OK;
+#pragma omp parallel if (n * (int64_t)k > ROUTE_PAR_WORK / 4)
+    {
+        float *qv = malloc((size_t)k * sizeof *qv); /* the vanilla answer of one image */
+        if (!qv) {
+#pragma omp atomic write
+            st = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            if (!qv) continue;
+            const int64_t o = i * k;
+            for (int j = 0; j < k; j++)
+                qv[j] = flip_average ? 0.5f * (p_van[o + j] + p_van_flip[o + j]) : p_van[o + j];
+            const double s = select_score(criterion, p_van + o, p_van_flip + o, p_bal + o,
+                                          p_bal_flip + o, qv, k, a);
+            const int bal = select_balanced(criterion, s, a, b);
+            choice[i] = bal;
+            if (score) score[i] = (float)s;
+            /* the answer: the chosen head's (flip-averaged) distribution, or the blend */
+            const float wb = criterion == GLAE_SELECT_BLEND ? a : (float)bal;
+            double yhat = 0.0;
+            for (int j = 0; j < k; j++) {
+                const float qb = flip_average ? 0.5f * (p_bal[o + j] + p_bal_flip[o + j])
+                                              : p_bal[o + j];
+                const float v = wb == 0.0f ? qv[j] : wb == 1.0f ? qb : (1.0f - wb) * qv[j] + wb * qb;
+                if (prob) prob[o + j] = v;
+                yhat += j * (double)v;
+            }
+            if (age) age[i] = (float)yhat;
+        }
+        free(qv);
+    }
+    if (st) return glae_fail(GLAE_ERR_MEMORY, "%s: out of memory for a row of %d classes", fn, k);
     return GLAE_OK;
 }

@@ -102,3 +102,86 @@ extern "C" int glae_adaptive_route_cuda(glae_ctx *ctx, float *prob, float *age, 
     GLAE_LAUNCHED();
     return GLAE_OK;
 }
+
+/* route_select (route.h): one warp per row; the vanilla answer q_van is recomputed from
+ * the two distributions where needed instead of being stored */
+__device__ static float qmix(const float *p, const float *pf, int j, int flip_average) {
+    return flip_average ? 0.5f * (p[j] + pf[j]) : p[j];
+}
+
+__global__ static void select_k(float *prob, float *age, int32_t *choice, float *score,
+                                const float *pv, const float *pvf, const float *pb,
+                                const float *pbf, int64_t n, int k, int criterion, float a,
+                                float b, int flip_average) {
+    GLAE_FOR_ROWS(i, n) {
+        const int64_t o = i * k;
+        double s;
+        if (criterion == GLAE_SELECT_KL_MARGIN) {
+            s = row_kl(pv + o, pvf + o, k) - row_kl(pb + o, pbf + o, k);
+        } else if (criterion == GLAE_SELECT_CONFIDENCE) {
+            float m = 0.0f;
+            for (int j = threadIdx.x; j < k; j += 32) m = fmaxf(m, qmix(pv + o, pvf + o, j, flip_average));
+            s = glae_warp_max(m);
+        } else if (criterion == GLAE_SELECT_ENTROPY) {
+            double h = 0.0;
+            for (int j = threadIdx.x; j < k; j += 32) {
+                const float q = qmix(pv + o, pvf + o, j, flip_average);
+                if (q > 0.0f) h -= q * log((double)fmaxf(q, FLT_MIN));
+            }
+            s = glae_warp_sum(h);
+        } else if (criterion == GLAE_SELECT_AGE) {
+            double e = 0.0;
+            for (int j = threadIdx.x; j < k; j += 32) e += j * (double)qmix(pv + o, pvf + o, j, flip_average);
+            s = glae_warp_sum(e);
+        } else {
+            s = a;
+        }
+        int bal;
+        switch (criterion) {
+        case GLAE_SELECT_KL_MARGIN: bal = !(s < a); break;
+        case GLAE_SELECT_CONFIDENCE: bal = s < a; break;
+        case GLAE_SELECT_ENTROPY: bal = s > a; break;
+        case GLAE_SELECT_AGE: bal = s < a || s > b; break;
+        default: bal = a >= 0.5f; break;
+        }
+        const float wb = criterion == GLAE_SELECT_BLEND ? a : (float)bal;
+        double yhat = 0.0;
+        for (int j = threadIdx.x; j < k; j += 32) {
+            const float qv = qmix(pv + o, pvf + o, j, flip_average);
+            const float qb = qmix(pb + o, pbf + o, j, flip_average);
+            const float v = wb == 0.0f ? qv : wb == 1.0f ? qb : (1.0f - wb) * qv + wb * qb;
+            if (prob) prob[o + j] = v;
+            yhat += j * (double)v;
+        }
+        yhat = glae_warp_sum(yhat);
+        if (threadIdx.x == 0) {
+            choice[i] = bal;
+            if (score) score[i] = (float)s;
+            if (age) age[i] = (float)yhat;
+        }
+    }
+}
+
+extern "C" int glae_route_select_cuda(glae_ctx *ctx, float *prob, float *age, int32_t *choice,
+                                      float *score, const float *p_van, const float *p_van_flip,
+                                      const float *p_bal, const float *p_bal_flip, int64_t n,
+                                      int k, int criterion, float a, float b, int flip_average) {
+    const char *fn = "route_select_cuda";
+    GLAE_STREAM(ctx, fn, st);
+    GLAE_TRY(check_rk(fn, n, k));
+    if (criterion < GLAE_SELECT_KL_MARGIN || criterion > GLAE_SELECT_BLEND)
+        return glae_fail(GLAE_ERR_VALUE, "%s: unknown criterion %d", fn, criterion);
+    if (!isfinite(a) || !isfinite(b))
+        return glae_fail(GLAE_ERR_VALUE, "%s: thresholds must be finite, got %g and %g", fn,
+                         (double)a, (double)b);
+    if (criterion == GLAE_SELECT_BLEND && !(a >= 0.0f && a <= 1.0f))
+        return glae_fail(GLAE_ERR_VALUE, "%s: the blend weight must be in [0, 1], got %g", fn,
+                         (double)a);
+    if (!choice) return glae_fail(GLAE_ERR_VALUE, "%s: choice must not be NULL", fn);
+    if (n == 0) return GLAE_OK;
+    select_k<<<glae_warp_grid(n), dim3(32, 8), 0, st>>>(prob, age, choice, score, p_van,
+                                                        p_van_flip, p_bal, p_bal_flip, n, k,
+                                                        criterion, a, b, flip_average);
+    GLAE_LAUNCHED();
+    return GLAE_OK;
+}

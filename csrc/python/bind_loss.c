@@ -248,6 +248,57 @@ static PyObject *py_adaptive_route(PyObject *self, PyObject *args, PyObject *kw)
     return res;
 }
 
+/* route_select(p_van, p_van_flip, p_bal, p_bal_flip, criterion, a=0.0, b=0.0,
+ *              flip_average=True, ctx=None)
+ * -> dict(prob (n, K), age (n,), choice (n,) int32, score (n,)); criteria in ops/route.h */
+static PyObject *py_route_select(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"p_van", "p_van_flip", "p_bal", "p_bal_flip", "criterion", "a", "b",
+                             "flip_average", "ctx", NULL};
+    static const char *crit_names[] = {"kl_margin", "confidence", "entropy", "age", "blend"};
+    PyObject *o[4], *ctxo = NULL;
+    const char *cs;
+    float a = 0.0f, b = 0.0f;
+    int flip_average = 1, crit = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOs|ffpO:route_select", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &cs, &a, &b, &flip_average, &ctxo))
+        return NULL;
+    for (int c = 0; c < 5; c++)
+        if (!strcmp(cs, crit_names[c])) crit = c;
+    if (crit < 0) {
+        PyErr_Format(PyExc_ValueError, "criterion must be 'kl_margin', 'confidence', 'entropy', "
+                     "'age' or 'blend', got '%s'", cs);
+        return NULL;
+    }
+    static const char *names[4] = {"p_van", "p_van_flip", "p_bal", "p_bal_flip"};
+    PyArrayObject *p[4];
+    for (int i = 0; i < 4; i++) {
+        if (!(p[i] = arg_prob(o[i], names[i]))) return NULL;
+        if (i && glae_check_same_shape(p[0], names[0], p[i], names[i])) return NULL;
+    }
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    npy_intp n = PyArray_DIM(p[0], 0);
+    float *d[4];
+    for (int i = 0; i < 4; i++) d[i] = glae_job_in(&J, p[i]);
+    float *prob = glae_job_out(&J, 2, PyArray_DIMS(p[0]), NPY_FLOAT32, 0),
+          *age = glae_job_out(&J, 1, &n, NPY_FLOAT32, 0);
+    int32_t *choice = glae_job_out(&J, 1, &n, NPY_INT32, 0);
+    float *score = glae_job_out(&J, 1, &n, NPY_FLOAT32, 0);
+    int st = 0;
+    if (!J.failed)
+        GLAE_NOGIL(st, J.ctx->ops->route_select(J.ctx, prob, age, choice, score, d[0], d[1], d[2],
+                                                d[3], n, (int)PyArray_DIM(p[0], 1), crit, a, b,
+                                                flip_average));
+    PyObject *t = glae_job_finish(&J, st);
+    if (!t) return NULL;
+    PyObject *res = Py_BuildValue("{sOsOsOsO}", "prob", PyTuple_GET_ITEM(t, 0), "age",
+                                  PyTuple_GET_ITEM(t, 1), "choice", PyTuple_GET_ITEM(t, 2),
+                                  "score", PyTuple_GET_ITEM(t, 3));
+    Py_DECREF(t);
+    return res;
+}
+
 /* ---- AM-softmax (CosFace) --------------------------------------------------------------- */
 
 /* x (n, d) float32, labels (n,) int32 in [0, k), w (k, d) float32: the shapes and every
@@ -356,6 +407,13 @@ PyMethodDef glae_loss_methods[] = {
      "expected_age(p (rows, K), ctx=None) -> sum_k k p[:, k] (GLAE eq. 3)"},
     {"kl_rows", (PyCFunction)(void (*)(void))py_kl_rows, METH_VARARGS | METH_KEYWORDS,
      "kl_rows(p, q, ctx=None) -> KL(p_i || q_i) per row, 0 log 0 = 0"},
+    {"route_select", (PyCFunction)(void (*)(void))py_route_select, METH_VARARGS | METH_KEYWORDS,
+     "route_select(p_van, p_van_flip, p_bal, p_bal_flip, criterion, a=0.0, b=0.0, "
+     "flip_average=True, ctx=None) -> {'prob', 'age', 'choice', 'score'}: the vanilla head "
+     "answers unless the criterion sends the image to the balanced head: 'kl_margin' "
+     "(Upsilon_1 >= Upsilon_2 + a; a=0 is eq. 11), 'confidence' (max of the vanilla "
+     "distribution < a), 'entropy' (its entropy > a nats), 'age' (its expected age < a or "
+     "> b); 'blend' answers (1 - a) q_van + a q_bal. score: the value compared."},
     {"adaptive_route", (PyCFunction)(void (*)(void))py_adaptive_route,
      METH_VARARGS | METH_KEYWORDS,
      "adaptive_route(p_van, p_van_flip, p_bal, p_bal_flip, mode='smaller', flip_average=True, ctx=None)\n"

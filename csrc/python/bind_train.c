@@ -274,12 +274,18 @@ static PyObject *py_sample_instance_balanced(PyObject *self, PyObject *args, PyO
     return (PyObject *)out;
 }
 
-static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
+/* sample_class_balanced and sample_class_power: the same labels and arguments; with_power
+ * reads power and alpha too (keywords) */
+static PyObject *sample_classes(PyObject *args, PyObject *kw, int with_power) {
     static char *kwlist[] = {"labels", "seed", "epoch", "length", NULL};
+    static char *kwlist_p[] = {"labels", "seed", "epoch", "length", "power", "alpha", NULL};
     PyObject *lo, *seedo, *epocho, *leno = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O:sample_class_balanced", kwlist, &lo,
-                                     &seedo, &epocho, &leno))
+    double power = 0.0, alpha = 1.0;
+    if (with_power ? !PyArg_ParseTupleAndKeywords(args, kw, "OOO|O$dd:sample_class_power",
+                                                  kwlist_p, &lo, &seedo, &epocho, &leno, &power,
+                                                  &alpha)
+                   : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|O:sample_class_balanced", kwlist,
+                                                  &lo, &seedo, &epocho, &leno))
         return NULL;
     if (!PyArray_Check(lo)) {
         PyErr_Format(PyExc_TypeError, "labels must be a numpy.ndarray, got %s",
@@ -336,14 +342,28 @@ static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObje
         return NULL;
     }
     int st;
-    GLAE_NOGIL(st, glae_sample_class_balanced(PyArray_DATA(out), (int64_t)length, l64,
-                                              (int64_t)n, seed, (uint32_t)epoch));
+    if (with_power)
+        GLAE_NOGIL(st, glae_sample_class_power(PyArray_DATA(out), (int64_t)length, l64,
+                                               (int64_t)n, power, alpha, seed, (uint32_t)epoch));
+    else
+        GLAE_NOGIL(st, glae_sample_class_balanced(PyArray_DATA(out), (int64_t)length, l64,
+                                                  (int64_t)n, seed, (uint32_t)epoch));
     PyMem_Free(l64);
     if (st) {
         Py_DECREF(out);
         return glae_raise(st);
     }
     return (PyObject *)out;
+}
+
+static PyObject *py_sample_class_balanced(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return sample_classes(args, kw, 0);
+}
+
+static PyObject *py_sample_class_power(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return sample_classes(args, kw, 1);
 }
 
 #define KW (METH_VARARGS | METH_KEYWORDS)
@@ -379,5 +399,11 @@ PyMethodDef glae_train_methods[] = {
      "picks a class uniformly among the labels present, then an instance of it uniformly. "
      "labels: 1-D int32/int64 (or float ages >= 0, classed by age_class: half up); length "
      "defaults to len(labels)."},
+    {"sample_class_power", FN(py_sample_class_power), KW,
+     "sample_class_power(labels, seed, epoch, length=None, *, power=0.0, alpha=1.0) -> "
+     "int64[length]: class c (n_c members) drawn with probability (1 - alpha) n_c / n + "
+     "alpha n_c^power / sum n_j^power, then an instance of it uniformly (Kang et al. 2020): "
+     "power 0.5 = square-root sampling; power 0 with alpha rising from 0 to 1 over the "
+     "epochs = progressively balanced. labels as for sample_class_balanced."},
     {NULL, NULL, 0, NULL},
 };

@@ -29,12 +29,16 @@ G_BACKBONE, G_HEAD, G_BALANCED = 0, 1, 2
 class Dataset:
     """Aligned uint8 crops (N, S, S, 3) (an array or a memmap), ages, optional sigmas;
     align: {"size", "margin"} that prepare aligned the faces with (None: unknown), kept in
-    the checkpoints so raw photos are later aligned the same way."""
+    the checkpoints so raw photos are later aligned the same way. verify: None, or a
+    callable(indices) that checks those images' bytes (a packed file opened with
+    verify="lazy": PackedDataset.verify_images); the Trainer and predict_dataset call it on
+    every batch before using it, so damaged pixels never reach a step unnoticed."""
 
     images: np.ndarray
     ages: np.ndarray
     sigmas: np.ndarray | None = None
     align: dict | None = None
+    verify: object = None
 
     def __post_init__(self):
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 \
@@ -71,7 +75,11 @@ class Dataset:
         into memory (the C loader indexes one contiguous array), so for very large data
         sets prepare one packed file per split instead."""
         images = packed.images
+        verify = getattr(packed, "verify_images", None)
         if not isinstance(images, np.ndarray):
+            if verify is not None:  # a subset is gathered now: check what is gathered
+                verify(np.arange(len(packed)))
+                verify = None
             images = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
         size, margin = getattr(packed, "align_size", None), getattr(packed, "align_margin", None)
         align = None if size is None else {"size": int(size), "margin": float(margin)}
@@ -81,7 +89,7 @@ class Dataset:
             # model trained on centre crops frames faces unlike predict_faces' alignment
             n_file = len(getattr(packed, "base_images", images))
             align["landmarks"] = min(1.0, float(n_lm) / max(n_file, 1))
-        return cls(images, packed.ages, packed.sigmas, align)
+        return cls(images, packed.ages, packed.sigmas, align, verify)
 
 
 def as_dataset(data):
@@ -113,6 +121,8 @@ def predict_dataset(model, dataset, batch_size=64):
     outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
+        if getattr(dataset, "verify", None) is not None:
+            dataset.verify(idx)
         x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8",
                              threads=model.core.threads, **aug)
         r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test, norm=cfg.normalization)
@@ -436,6 +446,9 @@ class Trainer:
                 for b, (x, ages, sigma) in _progress(enumerate(batches, skip), nb - skip,
                                                       f"stage {stage} epoch {epoch + 1}/{epochs}",
                                                       self.progress):
+                    if self.train.verify is not None:  # a lazily checked packed file
+                        bs = self.cfg.batch_size
+                        self.train.verify(order[b * bs:(b + 1) * bs])
                     self._add_losses(self.step(x, ages, sigma, stage))
                     self.state["loss_count"] += 1
                     self.state["batch"] = b + 1

@@ -312,27 +312,31 @@ def test_lazy_verification_checks_each_batch_before_it_is_used(tmp_path):
     refusal names the images."""
     from glae.data import packed as P
 
-    images, ages, *_ = make(n=40, s=64)  # 12 kB each: 85 per 1 MiB chunk -> one chunk
-    assert P._image_chunk(64) == 85
+    images, ages, *_ = make(n=40, s=64)  # 12 kB each: 5 per 64 KiB chunk
+    assert P._image_chunk(64) == 5 and P._image_chunk(224) == 1
     p = write_packed(tmp_path / "d.glae", images, ages)
     raw = bytearray(open(p, "rb").read())
-    raw[64 + 30 * 64 * 64 * 3 + 5] ^= 1  # image 30
+    raw[64 + 31 * 64 * 64 * 3 + 5] ^= 1  # image 31: chunk 6 (images 30..34)
     q = tmp_path / "bad.glae"
     q.write_bytes(bytes(raw))
-    with pytest.raises(PackedFormatError, match=r"section 'images': the pixels of images 0\.\.39"):
+    with pytest.raises(PackedFormatError, match=r"section 'images': the pixels of images 30\.\.34"):
         PackedDataset(q)
     ds = PackedDataset(q, verify="lazy")  # opens: labels checked, pixels not yet
-    with pytest.raises(PackedFormatError, match="images 0..39"):
-        ds.verify_images([1, 2])
+    ds.verify_images([1, 2, 29, 35])  # other chunks: fine
+    with pytest.raises(PackedFormatError, match=r"images 30\.\.34"):
+        ds.verify_images([1, 32])
     with pytest.raises(PackedFormatError):
         ds.subset([3, 30]).verify_images([1])
+    ds.subset([3, 30]).verify_images([0])
     from glae.train import Dataset
     with pytest.raises(PackedFormatError):
-        Dataset.from_packed(ds.subset([0, 1]))  # gathered now: checked now
+        Dataset.from_packed(ds.subset([0, 33]))  # gathered now: checked now
+    assert Dataset.from_packed(ds.subset([0, 1])).verify is None
     d = Dataset.from_packed(ds)
     assert d.verify is not None
+    d.verify(np.array([0, 39]))
     with pytest.raises(PackedFormatError):
-        d.verify(np.array([0]))
+        d.verify(np.array([34]))
 
 
 def test_small_chunks_lazy(tmp_path, monkeypatch):

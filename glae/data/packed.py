@@ -22,8 +22,8 @@ Layout (all integers little-endian; every section starts on a 64-byte boundary):
                          "image_chunk": k}, free-form meta (how it was prepared)
 
 Integrity (issue 17): the prefix CRC covers the fixed prefix and the header; the header's
-checksums cover every section but the pixels, whose CRC-32s per chunk of images (about
-1 MiB each) sit in the image_crc32 section. PackedDataset checks all of them on open
+checksums cover every section but the pixels, whose CRC-32s per chunk of images (one
+image, or as many as fit in 64 KiB) sit in the image_crc32 section. PackedDataset checks all of them on open
 (verify="full"), or the pixels chunk by chunk as a Trainer consumes them (verify="lazy").
 Files written before the checksums (flags 0) still load, with one
 UnverifiedPackedWarning line; their header fields are checked all the same.
@@ -53,7 +53,9 @@ VERSION = 1
 _PREFIX = struct.Struct("<8sIIQQII24x")  # 64 bytes
 _ALIGN = 64
 _FLAG_CRC = 1
-_CHUNK_BYTES = 1 << 20  # pixels per image CRC-32: a lazy check reads at most ~1 MiB extra
+# pixels per CRC-32: 224 px crops get one each (a lazily checked batch reads only its own
+# images); small crops are grouped, so the full check is not a Python loop per tiny image
+_CHUNK_BYTES = 1 << 16
 HASH_KIND = "sha256 of the decoded source image: uint32 LE height, width, then its RGB uint8 pixels"
 _SECTIONS = ("images", "ages", "sigmas", "identities", "hashes", "paths")
 _MAX_HEADER = 1 << 30  # the JSON header (meta, identity names): far below this

@@ -3,6 +3,7 @@
 #
 #   bench/sanitize.sh                      # the whole suite
 #   bench/sanitize.sh tests/test_packed.py -k resume   # any pytest arguments
+#   bench/sanitize.sh --leaks              # LeakSanitizer on the long-running paths
 #   KEEP=1 bench/sanitize.sh ...           # keep the build folder (printed)
 #
 # Copies the working tree (tracked and untracked, not ignored files) to a temporary
@@ -10,8 +11,10 @@
 # undefined, -O1 -g; no CUDA: the sanitizers check the C engine), and runs pytest in that
 # copy with libasan preloaded (CPython itself is not instrumented). A report from either
 # sanitizer aborts the run (halt_on_error; UBSan is built with -fno-sanitize-recover);
-# leak checking is off for the interpreter (LeakSanitizer would report CPython's own
-# never-freed objects).
+# leak checking is off for the test suite (LeakSanitizer would report CPython's own
+# never-freed objects); --leaks runs bench/leak_check.py (the Loader over many epochs,
+# training with checkpoints, packed files, MTCNN) with it on, and fails on any leak
+# whose allocation stack passes through glae's C sources.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python}
@@ -34,5 +37,29 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export GLAE_SANITIZED=1
 "$PY" -c "import glae, glae._C as C; assert glae.__file__.startswith('$WORK'), glae.__file__; print('sanitize: glae', glae.__file__, C.BUILD_INFO.get('sanitize'))"
 start=$(date +%s)
+if [ "${1:-}" = "--leaks" ]; then
+    logs="$WORK/lsan"
+    mkdir -p "$logs"
+    ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=1:log_path=$logs/report" LSAN_OPTIONS="report_objects=0" \
+        "$PY" bench/leak_check.py || true
+    "$PY" - "$logs" <<'PYEOF'
+import glob, re, sys
+ours, other = [], 0
+for f in glob.glob(sys.argv[1] + "/report*"):
+    for block in re.split(r"\n(?=(?:Direct|Indirect) leak of )", open(f).read()):
+        if not re.match(r"(Direct|Indirect) leak of", block):
+            continue
+        if "/csrc/" in block:
+            ours.append(block.strip())
+        else:
+            other += 1
+print(f"sanitize --leaks: {len(ours)} leak(s) through glae's C code, {other} elsewhere (CPython, NumPy: ignored)")
+for b in ours[:10]:
+    print(b[:3000], "\n")
+sys.exit(1 if ours else 0)
+PYEOF
+    echo "sanitize: no leak in glae's C code ($(( $(date +%s) - start )) s) on $(date -u +%Y-%m-%dT%H:%MZ)"
+    exit 0
+fi
 "$PY" -m pytest -q -p no:cacheprovider "${@:-tests}"
 echo "sanitize: clean ($(( $(date +%s) - start )) s of tests) on $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -365,6 +365,13 @@ def test_lazy_verification_checks_each_batch_before_it_is_used(tmp_path):
     with pytest.raises(PackedFormatError):
         Dataset.from_packed(ds.subset([0, 33]))  # gathered now: checked now
     assert Dataset.from_packed(ds.subset([0, 1])).verify is None
+    with pytest.raises(PackedFormatError):
+        ds.subset([31]).write(tmp_path / "laundered.glae")  # no fresh checksums over damage
+    assert not (tmp_path / "laundered.glae").exists()
+    with pytest.raises(PackedFormatError):
+        ds.verify_images([-8])  # image 32
+    with pytest.raises(IndexError):
+        ds.verify_images([40])
     d = Dataset.from_packed(ds)
     assert d.verify is not None
     d.verify(np.array([0, 39]))

@@ -460,6 +460,10 @@ class PackedDataset:
             idx = np.asarray(indices, dtype=np.int64).reshape(-1)
             if self.indices is not None:
                 idx = self.indices[idx]
+            n = len(self.base_images)
+            if idx.size and (idx.min() < -n or idx.max() >= n):
+                raise IndexError(f"indices out of range for a dataset of {n}")
+            idx = np.where(idx < 0, idx + n, idx)
             chunks = np.unique(idx // self._chunk)
             chunks = chunks[~done[chunks]]
         flat = self.base_images.reshape(-1)
@@ -529,6 +533,7 @@ class PackedDataset:
         identities, paths and hashes, and the header facts of the file it came from
         (prepare's size, margin, landmark counts: what the Trainer records for inference).
         The way to turn a protocol's split into train/test files."""
+        self.verify_images(np.arange(len(self)))  # never new checksums over damaged pixels
         with PackedWriter(path, self.size, meta=self.meta) as w:
             for i in range(len(self)):
                 s, ident = self.sigmas[i], int(self.identities[i])

@@ -5,6 +5,7 @@
 #   bench/sanitize.sh tests/test_packed.py -k resume   # any pytest arguments
 #   bench/sanitize.sh --leaks              # LeakSanitizer on the long-running paths
 #   KEEP=1 bench/sanitize.sh ...           # keep the build folder (printed)
+#   REUSE=/tmp/glae-sanitize.XXXX bench/sanitize.sh ...   # run again in a kept folder
 #
 # Copies the working tree (tracked and untracked, not ignored files) to a temporary
 # folder, builds glae._C there with GLAE_SANITIZE=1 GLAE_CUDA=0 (-fsanitize=address,
@@ -19,21 +20,39 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python}
 CC=${CC:-gcc}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/glae-sanitize.XXXXXX")
-if [ "${KEEP:-0}" = 1 ]; then echo "build folder: $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
-(cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WORK")
-cd "$WORK"
-echo "sanitize: building in $WORK ($($CC --version | head -1))"
-GLAE_SANITIZE=1 GLAE_CUDA=0 "$PY" setup.py -q build_ext --inplace 2>&1 | grep -v -e '^$' -e _BetaConfiguration -e 'warnings.warn' || true
+if [ -n "${REUSE:-}" ]; then  # a folder a KEEP=1 run left: its build, the tests copied then
+    WORK=$REUSE
+    cd "$WORK"
+    rm -rf reports
+else
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/glae-sanitize.XXXXXX")
+    if [ "${KEEP:-0}" = 1 ]; then echo "build folder: $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
+    (cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WORK")
+    cd "$WORK"
+    echo "sanitize: building in $WORK ($($CC --version | head -1))"
+    GLAE_SANITIZE=1 GLAE_CUDA=0 "$PY" setup.py -q build_ext --inplace 2>&1 | grep -v -e '^$' -e _BetaConfiguration -e 'warnings.warn' || true
+fi
 test -n "$(ls glae/_C*.so 2>/dev/null)" || { echo "sanitize: the build failed"; exit 1; }
 ASAN=$($CC -print-file-name=libasan.so)
 test -f "$ASAN" || { echo "sanitize: libasan.so not found by $CC"; exit 1; }
-export LD_PRELOAD="$ASAN${LD_PRELOAD:+ $LD_PRELOAD}"
+# libstdc++ right after libasan: ASan's __cxa_throw interceptor must find it at start-up
+# (matplotlib's C++ extension throws while importing)
+STDCXX=$($CC -print-file-name=libstdc++.so)
+export LD_PRELOAD="$ASAN${STDCXX:+ $STDCXX}${LD_PRELOAD:+ $LD_PRELOAD}"
 # detect_leaks=0: CPython's objects alive at exit are not glae's leaks;
 # allocator_may_return_null=1: tests that ask for impossible sizes expect MemoryError;
 # detect_odr_violation=0: numpy / OpenBLAS symbols loaded twice are not ours
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1:detect_odr_violation=0:${ASAN_OPTIONS:-}"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
+# log_path: pytest captures the test's stderr, and an aborting process takes that with it
+mkdir -p "$WORK/reports"
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1:detect_odr_violation=0:log_path=$WORK/reports/asan:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/reports/ubsan:${UBSAN_OPTIONS:-}"
+reports() {
+    if ls "$WORK"/reports/* >/dev/null 2>&1; then
+        echo "sanitize: REPORTS:"
+        cat "$WORK"/reports/*
+        return 1
+    fi
+}
 export GLAE_SANITIZED=1
 "$PY" -c "import glae, glae._C as C; assert glae.__file__.startswith('$WORK'), glae.__file__; print('sanitize: glae', glae.__file__, C.BUILD_INFO.get('sanitize'))"
 start=$(date +%s)
@@ -53,6 +72,9 @@ for f in glob.glob(sys.argv[1] + "/report*"):
             ours.append(block.strip())
         else:
             other += 1
+    text = open(f).read()
+    if "ERROR: AddressSanitizer" in text or "runtime error" in text:
+        ours.append(text[:3000])  # not a leak: a memory or UB error while running
 print(f"sanitize --leaks: {len(ours)} leak(s) through glae's C code, {other} elsewhere (CPython, NumPy: ignored)")
 for b in ours[:10]:
     print(b[:3000], "\n")
@@ -61,5 +83,8 @@ PYEOF
     echo "sanitize: no leak in glae's C code ($(( $(date +%s) - start )) s) on $(date -u +%Y-%m-%dT%H:%MZ)"
     exit 0
 fi
-"$PY" -m pytest -q -p no:cacheprovider "${@:-tests}"
+rc=0
+"$PY" -m pytest -q -p no:cacheprovider "${@:-tests}" || rc=$?
+reports || rc=1
+[ $rc = 0 ] || { echo "sanitize: FAILED (exit $rc)"; exit $rc; }
 echo "sanitize: clean ($(( $(date +%s) - start )) s of tests) on $(date -u +%Y-%m-%dT%H:%MZ)"

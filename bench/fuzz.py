@@ -274,6 +274,11 @@ def fuzz(target, argv):
         import glae  # noqa: F401
         from glae import detect  # noqa: F401
         from glae.data import packed, readers  # noqa: F401
+        if target == "image":  # Pillow and every format plugin, for coverage guidance
+            import PIL.Image
+            import PIL.ImageOps  # noqa: F401
+
+            PIL.Image.init()
     warnings.simplefilter("ignore")
     if target == "bindings":
         _functions()

@@ -320,3 +320,29 @@ def test_prepare_survives_a_decoder_bug(tmp_path, monkeypatch):
                   transform=lambda img, lm, size, m: np.ascontiguousarray(img[:size, :size]), workers=1)
     assert rep.n_used == 1
     assert [(os.path.basename(p.source), p.reason) for p in rep.skipped] == [("b.png", "cannot decode: KeyError: 'bad tag'")]
+
+
+@pytest.mark.filterwarnings("ignore:Image size")  # Pillow's own warning at open, above 89 M
+def test_image_declaring_huge_size_is_refused_before_decoding(tmp_path):
+    """Found by fuzzing load_image: a 60-byte PNG declaring 13,000 x 13,000 pixels made
+    Pillow (which only warns below 179 M pixels) allocate ~0.5 GB before finding the data
+    missing (the fuzzing run's peak RSS: 1.9 GB). Refused from the header now."""
+    import struct
+    import zlib
+
+    from glae.data import DecodeError, load_image
+    from glae.data import readers
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for w, h in ((13000, 13000), (64_000_001, 1), (9000, 9000)):
+        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+               + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+        p = tmp_path / "bomb.png"
+        p.write_bytes(png)
+        # glae's message, from the header: Pillow's own check (a DecompressionBombError
+        # above 179 M pixels, after a warning) never ran, nor its allocation
+        with pytest.raises(DecodeError, match=f"image too large: {w} x {h} pixels, more than glae reads"):
+            load_image(p)
+    assert readers.MAX_IMAGE_PIXELS == 64_000_000

@@ -81,3 +81,29 @@ def test_binding_harness_contract():
                      ["x", np.ones(5, np.float32), np.ones(5, np.int64)]):
             fuzz.call_binding(f, args)
     assert _C  # imported
+
+
+# a 143-byte GIF found by the image target (10 s, the slowest input of its first run):
+# its header declares 33,728 x 4,747 pixels (160 M), which Pillow allocated and filled
+SLOW_GIF = bytes.fromhex(
+    "474946383761c0838b12232c681000a0c08104150c2060e02006090f172458c0"
+    "30a105101c0700330099333399663399cc33000000000000002c000000000700"
+    "090000084a00591068f1c0838b12232c681000a0c08104150c2060e02006090f"
+    "172458c030a105101c3c6450f0618109172154c0105102c5890e172220189062"
+    "06880a0156a02003828b170101003b"
+)
+
+
+@pytest.mark.filterwarnings("ignore:Image size")  # Pillow's own warning at open
+def test_fuzz_slow_gif_refused_from_its_header(tmp_path):
+    import time
+
+    from glae.data import DecodeError, load_image
+
+    p = tmp_path / "slow.gif"
+    p.write_bytes(SLOW_GIF)
+    t = time.perf_counter()
+    with pytest.raises(DecodeError, match="image too large: 33728 x 4747 pixels"):
+        load_image(p)
+    assert time.perf_counter() - t < 2
+    fuzz.check_image(str(p))  # the harness's contract holds

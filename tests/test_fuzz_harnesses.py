@@ -107,3 +107,51 @@ def test_fuzz_slow_gif_refused_from_its_header(tmp_path):
         load_image(p)
     assert time.perf_counter() - t < 2
     fuzz.check_image(str(p))  # the harness's contract holds
+
+
+# the instrumented image run's timeout (43 bytes) and slowest input (99 bytes): GIFs whose
+# headers declare 1,543 x 39,355 and 1,031 x 39,355 pixels, under the 64 M cap, which Pillow
+# spent 4 s and more allocating and filling from a few bytes of data
+TIMEOUT_GIF = bytes.fromhex(
+    "4749463837619a00bb993399002c0006000007000900a0c08100000000000900"
+    "086181170108618101003b"
+)
+SLOW_GIF2 = bytes.fromhex(
+    "4749463837611a00bb993399cc36002c0004000007000900a0c0810000000000"
+    "0900086100000000000000000000000000000000000000000001000000000000"
+    "00000000000000000000000000000000000000000000000000811701086181d1"
+    "01003b"
+)
+
+
+@pytest.mark.parametrize("blob, size", [(TIMEOUT_GIF, "1543 x 39355"), (SLOW_GIF2, "1031 x 39355")])
+def test_fuzz_gifs_too_large_for_their_files(tmp_path, blob, size):
+    import time
+
+    from glae.data import DecodeError, load_image
+
+    p = tmp_path / "x.gif"
+    p.write_bytes(blob)
+    t = time.perf_counter()
+    with pytest.raises(DecodeError, match=f"image too large for its file: {size} pixels declared by {len(blob)} bytes"):
+        load_image(p)
+    assert time.perf_counter() - t < 1
+    fuzz.check_image(str(p))
+
+
+def test_large_images_with_real_data_still_load(tmp_path):
+    """The cap is on pixels per byte of the file: a 2,100 x 2,100 image (4.4 M pixels) of
+    one colour compresses far, and loads; its header alone, cut from the data, does not."""
+    from PIL import Image
+
+    from glae.data import DecodeError, load_image
+
+    p = tmp_path / "flat.png"
+    Image.new("RGB", (2100, 2100), (10, 200, 30)).save(p)
+    assert p.stat().st_size * 4096 > 2100 * 2100
+    img = load_image(p)
+    assert img.shape == (2100, 2100, 3) and (img[0, 0] == (10, 200, 30)).all()
+    q = tmp_path / "cut.png"
+    q.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(DecodeError, match="too large for its file"):
+        load_image(q)

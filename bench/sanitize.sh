@@ -5,7 +5,7 @@
 #   bench/sanitize.sh tests/test_packed.py -k resume   # any pytest arguments
 #   bench/sanitize.sh --leaks              # LeakSanitizer on the long-running paths
 #   KEEP=1 bench/sanitize.sh ...           # keep the build folder (printed)
-#   REUSE=/tmp/glae-sanitize.XXXX bench/sanitize.sh ...   # run again in a kept folder
+#   REUSE=/tmp/glae-sanitize.XXXX/glae bench/sanitize.sh ...   # run again in a kept folder
 #
 # Copies the working tree (tracked and untracked, not ignored files) to a temporary
 # folder, builds glae._C there with GLAE_SANITIZE=1 GLAE_CUDA=0 (-fsanitize=address,
@@ -25,8 +25,13 @@ if [ -n "${REUSE:-}" ]; then  # a folder a KEEP=1 run left: its build, the tests
     cd "$WORK"
     rm -rf reports
 else
-    WORK=$(mktemp -d "${TMPDIR:-/tmp}/glae-sanitize.XXXXXX")
-    if [ "${KEEP:-0}" = 1 ]; then echo "build folder: $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
+    # the copy sits in a folder of its own beside a link to ../shared (the MTCNN weights
+    # and data the tests find there, tests/conftest.py)
+    TOP=$(mktemp -d "${TMPDIR:-/tmp}/glae-sanitize.XXXXXX")
+    WORK="$TOP/glae"
+    mkdir "$WORK"
+    [ -d "$ROOT/../shared" ] && ln -s "$(cd "$ROOT/../shared" && pwd)" "$TOP/shared"
+    if [ "${KEEP:-0}" = 1 ]; then echo "build folder: $WORK"; else trap 'rm -rf "$TOP"' EXIT; fi
     (cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WORK")
     cd "$WORK"
     echo "sanitize: building in $WORK ($($CC --version | head -1))"

@@ -51,11 +51,11 @@ export LD_PRELOAD="$ASAN${STDCXX:+ $STDCXX}${LD_PRELOAD:+ $LD_PRELOAD}"
 mkdir -p "$WORK/reports"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1:detect_odr_violation=0:log_path=$WORK/reports/asan:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/reports/ubsan:${UBSAN_OPTIONS:-}"
-reports() {
+reports() {  # errors fail the run; the allocator's warnings (a test asking for 4 TiB) do not
     if ls "$WORK"/reports/* >/dev/null 2>&1; then
-        echo "sanitize: REPORTS:"
+        echo "sanitize: reports:"
         cat "$WORK"/reports/*
-        return 1
+        ! grep -q -e "ERROR: " -e "runtime error" "$WORK"/reports/*
     fi
 }
 export GLAE_SANITIZED=1

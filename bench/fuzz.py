@@ -292,8 +292,9 @@ def fuzz(target, argv):
             check_binding(data)
     elif target == "mtcnn":
         src = mtcnn_weights()
-        if src is None:
-            sys.exit("mtcnn: no MTCNN weights (set GLAE_MTCNN_WEIGHTS)")
+        if src is None:  # a fresh clone (CI) has none: nothing to fuzz, not a finding
+            print("mtcnn: skipped, no MTCNN weights (set GLAE_MTCNN_WEIGHTS)")
+            return
         folder = tempfile.mkdtemp(prefix="glae-fuzz-mtcnn-", dir=_shm())
         os.makedirs(os.path.join(folder, "real"))
         for f in ("pnet.pt", "rnet.pt", "onet.pt"):

@@ -35,7 +35,9 @@ for t in "${TARGETS[@]}"; do
     rc=$?
     runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
-    if [ $rc -ne 0 ]; then
+    if grep -q "^$t: skipped" "$log"; then
+        echo "fuzz: $(grep -m1 "^$t: skipped" "$log")"
+    elif [ $rc -ne 0 ]; then
         status=1
         echo "fuzz: $t FOUND SOMETHING (exit $rc): $(grep -m1 -E '==ERROR|Uncaught|Error|Exception' "$log"); see $log"
     else

@@ -7,6 +7,8 @@ Environment switches:
   GLAE_CUDA_ARCH  SASS targets, ';'-separated (default 80;90); PTX of the highest is added
   GLAE_NATIVE=0   do not pass -march=native (for wheels meant for other machines)
   GLAE_DEBUG=1    -O0 -g, no -march
+  GLAE_SANITIZE=1 AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g; CPU only: set
+                  GLAE_CUDA=0); bench/sanitize.sh builds it in a copy and runs the tests
   GLAE_BUILD_JOBS compilers run at once (default: the CPUs this process may use, at most 8)
 """
 import glob
@@ -157,6 +159,11 @@ def extension():
     cflags += ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math"]
     if not debug and os.environ.get("GLAE_NATIVE", "1") != "0":
         cflags.append("-march=native")
+    sanitize = os.environ.get("GLAE_SANITIZE") == "1"
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+           "-fno-omit-frame-pointer"] if sanitize else []
+    if sanitize:  # -O1 -g: readable reports; the sanitizers themselves cost ~2-3x
+        cflags = [f for f in cflags if not f.startswith(("-O", "-march"))] + ["-O1", "-g"] + san
     ob_lib = scipy_openblas32.get_lib_dir()
     ext = Extension(
         "glae._C",
@@ -169,10 +176,12 @@ def extension():
         runtime_library_dirs=["$ORIGIN/../scipy_openblas32/lib"],
         define_macros=[("GLAE_VERSION", f'"{VERSION}"')],
         extra_compile_args=cflags,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + san,
     )
     cfg, why = cuda_config() if cu_sources else (None, "no .cu sources")
     info = {"cuda": "1" if cfg else "0", "reason": why}
+    if sanitize:
+        info["sanitize"] = "address,undefined"
     if cfg:
         home = cfg["home"]
         lib64 = os.path.join(home, "lib64")

@@ -7,6 +7,12 @@ through glae.torchfile beside a plain read of the same bytes.
 
     python bench/integrity.py                    # ResNet-50, best of 5, files in a temp dir
     python bench/integrity.py --arch resnet18 --repeat 9 --dir /tmp
+    python bench/integrity.py --only packed --packed-mb 1024   # a 1 GB packed data set
+
+The packed part writes a data set of 224 px crops (--packed-mb of pixels) and times
+opening it with every checksum (verify="full"), with the pixels left to the Trainer
+(verify="lazy") and the per-batch check that then runs, beside a plain read of the
+same bytes and the CRC-32s alone.
 
 Every time is the best of --repeat runs after one warm-up (the file in the page cache:
 this measures the checks, not the disk). The .pth files are written with torch.save when
@@ -118,6 +124,75 @@ def torchfile_structure(path):
     return structure, len(body)
 
 
+# ---- packed data sets -----------------------------------------------------------------------
+
+
+def write_big_packed(path, mb, size=224):
+    """A packed file of about `mb` MB of random 224 px crops (prepare's size)."""
+    from glae.data import PackedWriter
+
+    per = size * size * 3
+    n = max(1, int(mb * 1e6) // per)
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 256, (64, size, size, 3), dtype=np.uint8)
+    with PackedWriter(path, size, meta={"bench": "integrity"}) as w:
+        for i in range(n):
+            w.append(pool[i % 64], float(i % 90), hash=bytes(32))
+    return n
+
+
+def packed_unverified(path, buf=None):
+    """Every byte of the file read into memory (a buffer allocated once): what any full
+    check has to touch."""
+    buf = bytearray(os.path.getsize(path)) if buf is None else buf
+    with open(path, "rb") as f:
+        f.readinto(buf)
+    return buf
+
+
+def packed_crcs(path):
+    """The pixel CRC-32s alone, on bytes already in memory."""
+    data = packed_unverified(path)
+    return lambda: zlib.crc32(data)
+
+
+def bench_packed(args, d):
+    from glae.data import PackedDataset
+
+    path = os.path.join(d, "big.glae")
+    t = time.perf_counter()
+    n = write_big_packed(path, args.packed_mb)
+    wrote = time.perf_counter() - t
+    mb = os.path.getsize(path) / 1e6
+    lazy = PackedDataset(path, verify="lazy")
+    buf = packed_unverified(path)
+    batch = np.arange(256) * (n // 256 or 1) % n  # 256 images spread over the file
+
+    def one_batch():
+        lazy._verified[:] = False
+        lazy.verify_images(batch)
+
+    plan = [
+        ("packed: read every byte, no checks", lambda: packed_unverified(path, buf), None),
+        ("packed: the pixel CRC-32s alone (bytes in memory)", packed_crcs(path), None),
+        ('PackedDataset(verify="full") (all checks)', lambda: PackedDataset(path), 0),
+        ('PackedDataset(verify="lazy") (header, labels)', lambda: PackedDataset(path, verify="lazy"), None),
+        ("lazy: verify_images of one batch of 256", one_batch, None),
+    ]
+    timed = interleaved([p[1] for p in plan], args.repeat)
+    print(f"packed data set: {n} crops of 224 px, {mb:.1f} MB (written in {wrote:.1f} s with its "
+          f"checksums); {args.repeat} interleaved rounds (warm page cache); load average "
+          f"{os.getloadavg()[0]:.1f}")
+    hdr = f"{'what':<52} {'best ms':>8} {'median':>8} {'MB/s':>6} {'vs no checks':>14}"
+    print(hdr)
+    print("-" * len(hdr))
+    for (what, _, ref), (best, med) in zip(plan, timed):
+        vs = "" if ref is None else f"{best / timed[ref][0]:.2f}x, {med / timed[ref][1]:.2f}x"
+        rate = f"{mb / best:.0f}" if what.startswith(("packed", "PackedDataset(verify=\"full")) else ""
+        print(f"{what:<52} {best * 1e3:8.1f} {med * 1e3:8.1f} {rate:>6} {vs:>14}")
+    print()
+
+
 # ---- writing the files ----------------------------------------------------------------------
 
 
@@ -143,6 +218,8 @@ def main():
     ap.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to write the files (default: a temp dir)")
+    ap.add_argument("--only", choices=["weights", "packed"], default=None)
+    ap.add_argument("--packed-mb", type=float, default=1024, help="pixels in the packed file, MB")
     args = ap.parse_args()
 
     import glae
@@ -151,6 +228,11 @@ def main():
 
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     d = tmp.name
+    if args.only != "weights":
+        bench_packed(args, d)
+        if args.only == "packed":
+            tmp.cleanup()
+            return
     model = glae.Model(Config(backbone=args.arch, head="fr+pa", proj_width=512),
                        init_pretrained=False)
     ck = os.path.join(d, "model.safetensors")

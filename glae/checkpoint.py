@@ -173,11 +173,14 @@ def save(path, tensors, metadata=None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno is not None:  # a full disk: name the file
+            raise type(e)(e.errno, f"cannot write {path}: {e.strerror} (the previous file, if "
+                                   "any, is unchanged)") from None
         raise
     _fsync_dir(folder)
 

@@ -135,6 +135,12 @@ class Config:
     # between runs
     cudnn_benchmark: bool = False
     eval_every: int = 1
+    # fault tolerance (docs/reliability.md): also write last.safetensors every this many
+    # optimizer steps (0: at the end of each epoch only), so a killed run loses at most
+    # that many steps; on_nonfinite: a NaN/Inf loss or gradient "stop"s training (naming
+    # the step, the loss part and the last good checkpoint) or "skip"s that batch
+    checkpoint_every: int = 0
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
         self.validate()
@@ -182,8 +188,9 @@ class Config:
             positive(name)
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
+        choice("on_nonfinite", ("stop", "skip"))
         for name in ("stage1_epochs", "stage2_epochs", "proj_depth", "proj_width", "threads",
-                     "loader_threads", "seed"):
+                     "loader_threads", "seed", "checkpoint_every"):
             positive(name, allow_zero=True)
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")

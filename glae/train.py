@@ -29,12 +29,16 @@ G_BACKBONE, G_HEAD, G_BALANCED = 0, 1, 2
 class Dataset:
     """Aligned uint8 crops (N, S, S, 3) (an array or a memmap), ages, optional sigmas;
     align: {"size", "margin"} that prepare aligned the faces with (None: unknown), kept in
-    the checkpoints so raw photos are later aligned the same way."""
+    the checkpoints so raw photos are later aligned the same way. verify: None, or a
+    callable(indices) that checks those images' bytes (a packed file opened with
+    verify="lazy": PackedDataset.verify_images); the Trainer and predict_dataset call it on
+    every batch before using it, so damaged pixels never reach a step unnoticed."""
 
     images: np.ndarray
     ages: np.ndarray
     sigmas: np.ndarray | None = None
     align: dict | None = None
+    verify: object = None
 
     def __post_init__(self):
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 \
@@ -71,7 +75,11 @@ class Dataset:
         into memory (the C loader indexes one contiguous array), so for very large data
         sets prepare one packed file per split instead."""
         images = packed.images
+        verify = getattr(packed, "verify_images", None)
         if not isinstance(images, np.ndarray):
+            if verify is not None:  # a subset is gathered now: check what is gathered
+                verify(np.arange(len(packed)))
+                verify = None
             images = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
         size, margin = getattr(packed, "align_size", None), getattr(packed, "align_margin", None)
         align = None if size is None else {"size": int(size), "margin": float(margin)}
@@ -81,7 +89,7 @@ class Dataset:
             # model trained on centre crops frames faces unlike predict_faces' alignment
             n_file = len(getattr(packed, "base_images", images))
             align["landmarks"] = min(1.0, float(n_lm) / max(n_file, 1))
-        return cls(images, packed.ages, packed.sigmas, align)
+        return cls(images, packed.ages, packed.sigmas, align, verify)
 
 
 def as_dataset(data):
@@ -113,6 +121,8 @@ def predict_dataset(model, dataset, batch_size=64):
     outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
+        if getattr(dataset, "verify", None) is not None:
+            dataset.verify(idx)
         x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8",
                              threads=model.core.threads, **aug)
         r = model.evaluate_batch(x, route=cfg.route, flip=cfg.flip_test, norm=cfg.normalization)
@@ -203,6 +213,7 @@ class Trainer:
             self.log(f"note: the training crops are {crop} px and are upsampled to image_size "
                      f"{config.image_size} (prepare them at that size, or set image_size={crop})")
         self._pending = None  # (stage, step, lr) of the queued step whose losses are unread
+        self._skipped = False  # the last step() left its batch out (on_nonfinite="skip")
         # everything besides the model's tensors and momentum that an exact resume needs;
         # loss_sums/loss_count: the running sums of the current epoch (for its log line)
         # stage1_val_epoch: the stage-1 epoch whose model gave stage1_val_mae
@@ -343,6 +354,26 @@ class Trainer:
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])
+        if cfg.on_nonfinite == "skip":
+            # checked before the update (so the step waits for its losses): a batch whose
+            # loss or gradient is not finite is left out, the schedule moves on
+            losses = m.async_losses(0)
+            bad = _nonfinite_parts(losses)
+            if not bad and not np.isfinite(m.grads[begin:end]).all():
+                bad = ["gradient"]
+            self.state["step"] = step + 1
+            if bad:
+                self._skipped = True
+                self.state.setdefault("skipped", []).append(
+                    [stage, self.state["epoch"], self.state["batch"], step])
+                self.log(f"note: skipped the batch of stage {stage}, epoch "
+                         f"{self.state['epoch'] + 1}, step {step}: non-finite {', '.join(bad)} "
+                         "(on_nonfinite='skip')")
+                return None
+            m.sgd_step(lr, mom, 0.0, cfg.weight_decay, cfg.nesterov, step == 0, begin, end,
+                       cfg.wd_exclude_bn_bias)
+            losses["lr"] = lr
+            return losses
         # on the model's own buffers and device (its no-decay mask is _no_decay_mask's)
         m.sgd_step(lr, mom, 0.0, cfg.weight_decay, cfg.nesterov, step == 0, begin, end,
                    cfg.wd_exclude_bn_bias)
@@ -358,13 +389,18 @@ class Trainer:
     def _losses_of(self, pending, back):
         stage, step, lr = pending
         losses = self.core.async_losses(back)
-        if not math.isfinite(losses["total"]):
+        bad = _nonfinite_parts(losses)
+        if bad:
             # before a checkpoint records it (the optimizer has taken at most one more step)
             self._pending = None
+            parts = ", ".join(f"{k} = {losses[k]}" for k in bad)
             raise FloatingPointError(
                 f"training diverged in stage {stage}, epoch {self.state['epoch'] + 1}, step "
-                f"{step} (loss {losses['total']}): lower the peak learning rate "
-                f"(peak lr in this stage: {self.cfg.lr(stage):g}). "
+                f"{step} (loss {losses['total']}; non-finite loss part: {parts}). "
+                f"The last good checkpoint: {self._last_good()}. To go on, resume from it "
+                "with a lower peak learning rate (in this stage: "
+                f"{self.cfg.lr(stage):g}), or set on_nonfinite='skip' to leave such batches "
+                "out. "
                 + ("In stage 2 the backbone's BN runs on its running statistics; after a short "
                    "stage 1 they are far from the batch statistics and the head sees much "
                    "larger features, so stage 2 needs a longer stage 1 or a smaller rate."
@@ -443,13 +479,22 @@ class Trainer:
                 for b, (x, ages, sigma) in _progress(enumerate(batches, skip), nb - skip,
                                                       f"stage {stage} epoch {epoch + 1}/{epochs}",
                                                       self.progress):
+                    if self.train.verify is not None:  # a lazily checked packed file
+                        bs = self.cfg.batch_size
+                        self.train.verify(order[b * bs:(b + 1) * bs])
+                    self._skipped = False
                     self._add_losses(self.step(x, ages, sigma, stage))
-                    self.state["loss_count"] += 1
+                    self.state["loss_count"] += not self._skipped
                     self.state["batch"] = b + 1
                     done += 1
                     if max_steps is not None and done >= max_steps:
                         stop = True
                         break
+                    every = cfg.checkpoint_every
+                    if every and self.state["step"] % every == 0 and b + 1 < nb:
+                        # mid-epoch (the epoch's end saves anyway): what max_steps writes
+                        self._add_losses(self.flush())
+                        self.save("last")
                 self._add_losses(self.flush())
                 if stop and self.state["batch"] < nb:
                     self.save("last")
@@ -536,10 +581,29 @@ class Trainer:
         path = path or (os.path.join(self.out_dir, f"{which}.safetensors") if self.out_dir else None)
         if path is None:
             return None
+        # a checkpoint never holds non-finite weights (a NaN gradient whose loss was finite
+        # shows here at the latest): the previous one stays the last good one
+        for role in ("params", "buffers"):
+            if not np.isfinite(getattr(self.core, role)).all():
+                st = self.state
+                raise FloatingPointError(
+                    f"training diverged: the model's {role} are not finite after stage "
+                    f"{st['stage']}, epoch {st['epoch'] + 1}, step {st['step']} (a NaN or Inf "
+                    f"gradient); {path} was not written. The last good checkpoint: "
+                    f"{self._last_good()}. Resume from it with a lower rate, or set "
+                    "on_nonfinite='skip'")
         save_checkpoint(path, self.model, self.cfg,
                         {**self.state, "stage2_trained": self.state["stage"] == 2 and
                          self.state["epoch"] > 0})
+        st = self.state
+        self._good = f"{path} (stage {st['stage']}, epoch {st['epoch']}, batch {st['batch']}, step {st['step']})"
         return path
+
+    def _last_good(self):
+        good = getattr(self, "_good", None)
+        if good is None and self.out_dir and os.path.exists(os.path.join(self.out_dir, "last.safetensors")):
+            good = os.path.join(self.out_dir, "last.safetensors") + " (written before this run)"
+        return good or "none written yet"
 
     @classmethod
     def resume(cls, path, train, val=None, out_dir=None, device=None, **kw):
@@ -715,6 +779,12 @@ def _data_info(info, path):
     if not ok:
         raise ckpt.CheckpointError(f"{path}: corrupt training-data metadata {info!r}")
     return {"train_age_hist": hist, "align": align}
+
+
+def _nonfinite_parts(losses):
+    """The loss parts (local, holistic, total) that are NaN or infinite."""
+    bad = [k for k in ("local", "holistic") if k in losses and not math.isfinite(losses[k])]
+    return bad or ([] if math.isfinite(losses["total"]) else ["total"])
 
 
 def _same_file(src, dst):

@@ -1,6 +1,7 @@
 """The threaded Loader: every index once per epoch, same batches for any thread count,
 clean shutdown mid-epoch, no leaks, worker errors as exceptions, bad input."""
 import gc
+import os
 import sys
 import time
 
@@ -128,7 +129,9 @@ def test_many_loaders_no_leak(data):
         once(k)
     gc.collect()
     assert [sys.getrefcount(a) for a in (images, ages, sigmas)] == refs
-    assert rss_kb() - before < 20_000  # 300 loaders x 2 slots x 30 KB would be ~18 MB if leaked
+    if not os.environ.get("GLAE_SANITIZED"):  # ASan's quarantine holds freed memory: its
+        # LeakSanitizer run (bench/sanitize.sh --leaks) checks the Loader instead
+        assert rss_kb() - before < 20_000  # 300 loaders x 2 slots x 30 KB would be ~18 MB if leaked
 
 
 def test_loader_keeps_its_arrays_alive(rng):

@@ -6,11 +6,12 @@
 
 #include "core/blas.h"
 
-static int as_int(PyObject *o, int *v) {
-    long x = PyLong_AsLong(o);
+static int as_int(PyObject *o, const char *name, int *v) {
+    int overflow = 0;
+    long x = PyLong_AsLongAndOverflow(o, &overflow);
     if (x == -1 && PyErr_Occurred()) return -1;
-    if (x < INT_MIN || x > INT_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "conv2d: stride/pad value out of int range");
+    if (overflow || x < INT_MIN || x > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "conv2d: %s = %S is out of the int range", name, o);
         return -1;
     }
     *v = (int)x;
@@ -20,13 +21,13 @@ static int as_int(PyObject *o, int *v) {
 /* An int or a (h, w) pair of ints -> *h, *w. Values are checked by the C shape init. */
 static int parse_pair(PyObject *o, const char *name, int *h, int *w) {
     if (PyLong_Check(o)) {
-        if (as_int(o, h)) return -1;
+        if (as_int(o, name, h)) return -1;
         *w = *h;
         return 0;
     }
     if (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2 && PyLong_Check(PyTuple_GET_ITEM(o, 0)) &&
         PyLong_Check(PyTuple_GET_ITEM(o, 1))) {
-        return as_int(PyTuple_GET_ITEM(o, 0), h) || as_int(PyTuple_GET_ITEM(o, 1), w) ? -1 : 0;
+        return as_int(PyTuple_GET_ITEM(o, 0), name, h) || as_int(PyTuple_GET_ITEM(o, 1), name, w) ? -1 : 0;
     }
     PyErr_Format(PyExc_TypeError, "%s must be an int or a tuple of two ints, got %R", name, o);
     return -1;

@@ -213,9 +213,10 @@ static int get_int(PyObject *v, const char *key, int *out) {
         PyErr_Format(PyExc_TypeError, "augment config: %s must be an int", key);
         return -1;
     }
-    long l = PyLong_AsLong(v);
+    int overflow = 0;
+    long l = PyLong_AsLongAndOverflow(v, &overflow);
     if (l == -1 && PyErr_Occurred()) return -1;
-    if (l < -1000000 || l > 1000000) {
+    if (overflow || l < -1000000 || l > 1000000) {
         PyErr_Format(PyExc_ValueError, "augment config: %s out of range", key);
         return -1;
     }

@@ -158,10 +158,11 @@ static int Model_set_threads(ModelObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_TypeError, "threads cannot be deleted");
         return -1;
     }
-    const long n = PyLong_AsLong(v);
+    int overflow = 0;
+    const long n = PyLong_AsLongAndOverflow(v, &overflow);
     if (n == -1 && PyErr_Occurred()) return -1;
-    if (n < 0 || n > 1024) {
-        PyErr_Format(PyExc_ValueError, "threads must be in [0, 1024]; got %ld", n);
+    if (overflow || n < 0 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "threads must be in [0, 1024]; got %S", v);
         return -1;
     }
     const int st = glae_model_set_threads(&self->m, (int)n);
@@ -287,10 +288,11 @@ static int parse_group(PyObject *o, int *g) {
         PyErr_Format(PyExc_TypeError, "group must be a str or an int, got %s", Py_TYPE(o)->tp_name);
         return -1;
     }
-    long v = PyLong_AsLong(o);
+    int overflow = 0;
+    long v = PyLong_AsLongAndOverflow(o, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
-    if (v < 0 || v >= GLAE_G_NUM) {
-        PyErr_Format(PyExc_ValueError, "group must be in 0..%d, got %ld", GLAE_G_NUM - 1, v);
+    if (overflow || v < 0 || v >= GLAE_G_NUM) {
+        PyErr_Format(PyExc_ValueError, "group must be in 0..%d, got %S", GLAE_G_NUM - 1, o);
         return -1;
     }
     *g = (int)v;

@@ -1,7 +1,9 @@
+#define GLAE_PARSE_NO_REDIRECT /* this file defines the redirected parsers */
 #include "python/py.h"
 
 #include <limits.h>  /* Python.h first */
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 
 static int poison = 0;
@@ -199,3 +201,179 @@ static PyObject *set_poison(PyObject *self, PyObject *arg) {
 
 /* exported through bind_core.c's table */
 PyObject *glae_py_set_poison(PyObject *self, PyObject *arg) { return set_poison(self, arg); }
+
+/* ---- argument parsing that names the argument of an out-of-range integer ---------------- */
+
+static const char *unit_ctype(char c) {
+    switch (c) {
+    case 'b': return "unsigned char, 0..255";
+    case 'B': return "unsigned char";
+    case 'h': return "short, 16 bits";
+    case 'H': return "unsigned short";
+    case 'i': return "int, 32 bits";
+    case 'I': return "unsigned int, 32 bits";
+    case 'l': return "long, 64 bits";
+    case 'k': return "unsigned long";
+    case 'L': return "long long, 64 bits";
+    case 'K': return "unsigned long long, 64 bits";
+    case 'n': return "Py_ssize_t, 64 bits";
+    case 'c': return "char";
+    case 'C': return "char";
+    case 'f': return "float";
+    case 'd': return "double";
+    default: return NULL;
+    }
+}
+
+/* Walks a format string one argument at a time: *c = the unit's letter, *simple = 0 for
+ * a nested tuple or a unit with #, *, !, & (not converted again here). Returns the next
+ * position, or NULL at the end (':' or ';' ends the units). */
+static const char *next_unit(const char *p, char *c, int *simple) {
+    while (*p == '|' || *p == '$') p++;
+    if (!*p || *p == ':' || *p == ';') return NULL;
+    *c = *p;
+    *simple = 1;
+    if (*p == '(') { /* a nested tuple counts as one argument */
+        int depth = 0;
+        do {
+            depth += *p == '(';
+            depth -= *p == ')';
+            p++;
+        } while (*p && depth > 0);
+        *simple = 0;
+        return p;
+    }
+    p++;
+    if (*c == 'e' && *p) p++; /* es, et */
+    while (*p == '#' || *p == '*' || *p == '!' || *p == '&') {
+        *simple = 0;
+        p++;
+    }
+    return p;
+}
+
+/* The object given for argument i (positional or by its keyword), borrowed, or NULL. */
+static PyObject *arg_at(PyObject *args, PyObject *kw, char *const *kwlist, Py_ssize_t i,
+                        const char **kname) {
+    *kname = NULL;
+    if (kwlist) {
+        for (Py_ssize_t j = 0; j <= i; j++)
+            if (!kwlist[j]) return NULL;
+        if (kwlist[i][0]) *kname = kwlist[i];
+    }
+    if (args && PyTuple_Check(args) && i < PyTuple_GET_SIZE(args)) return PyTuple_GET_ITEM(args, i);
+    if (*kname && kw && PyDict_Check(kw)) return PyDict_GetItemString(kw, *kname);
+    return NULL;
+}
+
+static void raise_named(const char *fmt, const char *kname, Py_ssize_t i, PyObject *o,
+                        const char *ctype) {
+    const char *fname = strchr(fmt, ':');
+    fname = fname ? fname + 1 : "";
+    const char *sep = *fname ? ": " : "";
+    if (kname)
+        PyErr_Format(PyExc_ValueError, "%s%sargument '%s' = %S does not fit its C type (%s)",
+                     fname, sep, kname, o, ctype);
+    else
+        PyErr_Format(PyExc_ValueError, "%s%sargument %zd = %S does not fit its C type (%s)",
+                     fname, sep, i + 1, o, ctype);
+}
+
+/* After a failed parse with OverflowError set: convert each integer argument alone with
+ * its own unit, and replace the error by a ValueError naming the first that overflows.
+ * If none can be named (one inside a nested tuple), CPython's message is kept, prefixed
+ * with the function's name. */
+static void name_overflow(PyObject *args, PyObject *kw, const char *fmt, char *const *kwlist) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    char c;
+    int simple;
+    Py_ssize_t i = 0;
+    for (const char *p = next_unit(fmt, &c, &simple); p; p = next_unit(p, &c, &simple), i++) {
+        const char *ctype = simple ? unit_ctype(c) : NULL;
+        const char *kname;
+        PyObject *o = arg_at(args, kw, kwlist, i, &kname);
+        if (!ctype || !o || !PyLong_Check(o)) continue;
+        PyObject *one = PyTuple_Pack(1, o);
+        if (!one) break;
+        char unit[2] = {c, 0};
+        union {
+            long long ll;
+            double d;
+            char buf[32];
+        } tmp;
+        const int ok = PyArg_ParseTuple(one, unit, &tmp);
+        Py_DECREF(one);
+        if (ok) continue;
+        const int overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
+        PyErr_Clear();
+        if (!overflow) continue;
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+        raise_named(fmt, kname, i, o, ctype);
+        return;
+    }
+    const char *fname = strchr(fmt, ':');
+    if (fname && fname[1]) { /* not found: at least say which function */
+        PyErr_Format(PyExc_ValueError, "%s: an integer argument is out of range: %S", fname + 1,
+                     ev ? ev : Py_None);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+        return;
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+/* After a successful parse: CPython's unsigned units k, K, I, H, B convert without any
+ * range check (seed=2**64 would silently become 0): refuse a negative value or one above
+ * the type's maximum, naming the argument. 0, or -1 with the ValueError set. */
+static int check_unsigned(PyObject *args, PyObject *kw, const char *fmt, char *const *kwlist) {
+    const char *end = strpbrk(fmt, ":;");
+    const size_t n = end ? (size_t)(end - fmt) : strlen(fmt);
+    int any = 0;
+    for (size_t j = 0; j < n; j++) any |= strchr("kKIHB", fmt[j]) != NULL && fmt[j];
+    if (!any) return 0;
+    char c;
+    int simple;
+    Py_ssize_t i = 0;
+    for (const char *p = next_unit(fmt, &c, &simple); p; p = next_unit(p, &c, &simple), i++) {
+        if (!simple || !strchr("kKIHB", c)) continue;
+        const char *kname;
+        PyObject *o = arg_at(args, kw, kwlist, i, &kname);
+        if (!o || !PyLong_Check(o)) continue;
+        const unsigned long long max = c == 'B'   ? 0xFFull
+                                       : c == 'H' ? 0xFFFFull
+                                       : c == 'I' ? 0xFFFFFFFFull
+                                       : c == 'k' ? (unsigned long long)ULONG_MAX
+                                                  : 0xFFFFFFFFFFFFFFFFull;
+        unsigned long long v = PyLong_AsUnsignedLongLong(o);
+        const int bad = (v == (unsigned long long)-1 && PyErr_Occurred()) || v > max;
+        PyErr_Clear();
+        if (bad) {
+            raise_named(fmt, kname, i, o, unit_ctype(c));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int glae_parse_tuple(PyObject *args, const char *fmt, ...) {
+    va_list va;
+    va_start(va, fmt);
+    const int ok = PyArg_VaParse(args, fmt, va);
+    va_end(va);
+    if (!ok) name_overflow(args, NULL, fmt, NULL);
+    return ok && !check_unsigned(args, NULL, fmt, NULL);
+}
+
+int glae_parse_tuple_kw(PyObject *args, PyObject *kw, const char *fmt, char *const *kwlist, ...) {
+    va_list va;
+    va_start(va, kwlist);
+    const int ok = PyArg_VaParseTupleAndKeywords(args, kw, fmt, (char **)kwlist, va);
+    va_end(va);
+    if (!ok) name_overflow(args, kw, fmt, kwlist);
+    return ok && !check_unsigned(args, kw, fmt, kwlist);
+}

@@ -14,6 +14,21 @@
 #include "core/ctx.h"
 #include "core/status.h"
 
+/* Every binding parses its arguments through these (the macros below redirect the
+ * CPython names, so no call site changes): the same parsing, but an integer out of the
+ * range of its C type is a ValueError naming the function and the argument
+ * ("align_face: argument 'size' = 1180591620717411303424 does not fit its C type (long
+ * long, 64 bits)") instead of
+ * CPython's OverflowError, which names neither. */
+int glae_parse_tuple(PyObject *args, const char *fmt, ...);
+int glae_parse_tuple_kw(PyObject *args, PyObject *kw, const char *fmt, char *const *kwlist, ...);
+#ifndef GLAE_PARSE_NO_REDIRECT
+#undef PyArg_ParseTuple /* PY_SSIZE_T_CLEAN maps them to the _SizeT variants */
+#undef PyArg_ParseTupleAndKeywords
+#define PyArg_ParseTuple glae_parse_tuple
+#define PyArg_ParseTupleAndKeywords glae_parse_tuple_kw
+#endif
+
 /* Strict argument conversion (NumPy/bottleneck style): the object must already be a
  * C-contiguous ndarray of `typenum` with `ndim` dimensions (ndim < 0: any). Returns a
  * BORROWED reference, or NULL with TypeError (not an array, wrong dtype) or ValueError

@@ -152,6 +152,8 @@ def prepare(source, out_path, size: int = 224, margin: float = 0.0, workers: int
             img = load_image(rec.path)
         except (FileNotFoundError, IsADirectoryError, DecodeError) as e:
             return None, str(e)
+        except Exception as e:  # a decoder's own bug on a hostile file: skipped, never fatal
+            return None, f"cannot decode: {type(e).__name__}: {e}"
         h = pixel_hash(img)
         landmarks, note = rec.landmarks, None
         if detect_it:

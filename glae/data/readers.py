@@ -648,6 +648,15 @@ class DecodeError(ValueError):
 
 
 ALPHA_BACKGROUND = 128  # mid grey: becomes ~0 after the (x - 127.5) / 128 normalisation
+# Larger images are refused before any pixel is decoded: a 50-byte file can declare
+# 13,000 x 13,000 pixels (Pillow only warns below 179 M), and decoding allocates them all.
+# 64 M pixels is an 8,000 x 8,000 photo, far beyond any face data set's. Above 4 M pixels
+# an image must also come from a file of at least pixels / 4096 bytes: no format glae
+# reads compresses real pixels further (deflate stops near 1,032:1, GIF's LZW near
+# 2,700 pixels a byte), while a 43-byte GIF declaring 1,543 x 39,355 pixels kept Pillow
+# busy for seconds filling 60 M of them.
+MAX_IMAGE_PIXELS = 64_000_000
+_MAX_PIXELS_PER_BYTE = 4096
 
 
 def load_image(path) -> np.ndarray:
@@ -657,7 +666,9 @@ def load_image(path) -> np.ndarray:
     composited onto mid grey. Raises FileNotFoundError for a missing file, IsADirectoryError
     for a folder, and DecodeError for a corrupt, truncated or foreign file or one that is not a
     regular file (/dev/null, a pipe) (Pillow's LOAD_TRUNCATED_IMAGES is left off, so a
-    truncated JPEG is an error rather than a grey-filled image)."""
+    truncated JPEG is an error rather than a grey-filled image), and for one whose header
+    declares more than MAX_IMAGE_PIXELS pixels, or more than 4 M pixels and over 4,096
+    pixels per byte of the file (checked before decoding)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = os.fspath(path)
@@ -669,9 +680,19 @@ def load_image(path) -> np.ndarray:
         raise DecodeError(f"not a regular file (a device or pipe), so not an image: {path}")
     try:
         with Image.open(path) as im:
+            w, h = im.size  # from the header: nothing decoded yet
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DecodeError(f"image too large: {w} x {h} pixels, more than glae reads "
+                                  f"({MAX_IMAGE_PIXELS:,}; glae.data.readers.MAX_IMAGE_PIXELS): {path}")
+            nbytes = os.path.getsize(path)
+            if w * h > 4_000_000 and w * h > _MAX_PIXELS_PER_BYTE * nbytes:
+                raise DecodeError(f"image too large for its file: {w} x {h} pixels declared by "
+                                  f"{nbytes} bytes (a damaged or hostile header): {path}")
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
+    except DecodeError:
+        raise
     except UnidentifiedImageError as e:
         raise DecodeError(f"not a readable image: {e}") from None
     except Image.DecompressionBombError as e:

@@ -13,7 +13,8 @@ import pytest
 
 from glae import _C
 
-from devices import BF16, DEVICES, FP32, GPUS_SEEN, STATUS, TF32, needs_gpu, unusable_gpu_message
+from devices import (BF16, DEVICES, FP32, GPUS_SEEN, STATUS, TF32, is_cuda, needs_gpu,
+                     unusable_gpu_message)
 
 
 LOSS_MODES = {"base": 0, "lae_cls": 1, "kl": 2}
@@ -86,8 +87,8 @@ def test_bad_context_argument_is_a_type_error():
 # ---- the devices: the `dev` and `gpu_ctx` fixtures are in conftest.py ------------------------
 
 def set_math(ctx, math):
-    """the CUDA math mode (fp32 / tf32 / bf16); the CPU has float32 only"""
-    if ctx is not None:
+    """the CUDA math mode (fp32 / tf32 / bf16); the CPU backends have float32 only"""
+    if is_cuda(ctx):
         _C.cuda_set_math(ctx, math)
 
 
@@ -247,8 +248,10 @@ def test_conv2d(dev, rng, case, math, tol):
     assert got[0] is None and got[1] is dwa and got[2] is dba
     rel_close(dwa - dw0, ref[1], 2 * tol)
     rel_close(dba - db0, ref[2], 2 * tol)
-    if dev is not None:
+    if is_cuda(dev):
         assert _C.cuda_algo_cache_size(dev) > 0
+    elif dev is not None:  # the oneDNN backend: its primitives are cached per shape
+        assert _C.onednn_cache_size(dev) > 0
 
 
 def test_conv2d_benchmark_mode(gpu_ctx, rng):

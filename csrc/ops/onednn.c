@@ -44,6 +44,7 @@ typedef struct {
 typedef struct {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
+    int all;  /* every conv through oneDNN (GLAE_ONEDNN_CONV=all, or an AVX-512 CPU) */
     conv_entry *e[MAX_ENTRIES];
     int n;
 } onednn_state;
@@ -68,8 +69,25 @@ int glae_onednn_ctx_init(glae_ctx *ctx) {
         return glae_fail(GLAE_ERR_RUNTIME, "onednn: cannot create the CPU engine: %s",
                          dnnl_status2str(r));
     }
+    /* GLAE_ONEDNN_CONV=all|auto: the tests run every shape through oneDNN; "auto" (the
+     * default) keeps the reference where it measured faster (conv_pays) */
+    const char *pol = getenv("GLAE_ONEDNN_CONV");
+    st->all = (pol && !strcmp(pol, "all")) || dnnl_get_effective_cpu_isa() >= dnnl_cpu_isa_avx512_core;
     ctx->onednn = st;
     return GLAE_OK;
+}
+
+/* Whether oneDNN runs this conv. With AVX-512 (or more) oneDNN's kernels are the fast ones
+ * everywhere. With AVX2 only (measured on a 2-core Zen 3, docs/benchmarks.md) its
+ * primitives won clearly on large feature maps and lost on small ones (7x7, 3x3 at 112 px)
+ * and on 1x1 convs, where glae's im2col + OpenBLAS GEMM is as good or better; its weight
+ * gradient won only on the RGB stem. The rule keeps each conv on the faster engine. */
+static int conv_pays(const onednn_state *st, int kind, const glae_conv2d_shape *s) {
+    if (st->all) return 1;
+    const long long p = (long long)s->oh * s->ow;
+    const int spatial = s->kh * s->kw > 1;
+    if (kind == K_BWD_W) return spatial && s->c_in < 8;
+    return spatial && p >= 784;
 }
 
 static void mem_free(dnnl_memory_t m) {
@@ -344,6 +362,8 @@ int glae_conv2d_forward_onednn(glae_ctx *ctx, float *out, const float *in, const
     GLAE_TRY(conv_check(s, "conv2d_forward"));
     if (!out || !in || !weight || degenerate(s))
         return glae_conv2d_forward(ctx, out, in, weight, bias, s);
+    GLAE_TRY(glae_onednn_ctx_init(ctx));
+    if (!conv_pays(ctx->onednn, K_FWD, s)) return glae_conv2d_forward(ctx, out, in, weight, bias, s);
     conv_entry *e;
     GLAE_TRY(entry_get(ctx, K_FWD, s, bias != NULL, &e));
     if (e->fallback) return glae_conv2d_forward(ctx, out, in, weight, bias, s);
@@ -368,9 +388,12 @@ int glae_conv2d_backward_onednn(glae_ctx *ctx, float *din, float *dweight, float
     GLAE_TRY(conv_check(s, "conv2d_backward"));
     if (!dout || (dweight && !in) || (din && !weight) || degenerate(s))
         return glae_conv2d_backward(ctx, din, dweight, dbias, dout, in, weight, s);
-    if (dweight || dbias) {
-        if (!in) /* dbias alone: the reference sums dout */
-            return glae_conv2d_backward(ctx, NULL, NULL, dbias, dout, NULL, NULL, s);
+    GLAE_TRY(glae_onednn_ctx_init(ctx));
+    const onednn_state *st = ctx->onednn;
+    if ((dweight || dbias) && (!in || !conv_pays(st, K_BWD_W, s))) {
+        /* dbias alone, or a weight gradient the reference does faster */
+        GLAE_TRY(glae_conv2d_backward(ctx, NULL, dweight, dbias, dout, in, NULL, s));
+    } else if (dweight || dbias) {
         conv_entry *e;
         GLAE_TRY(entry_get(ctx, K_BWD_W, s, dbias != NULL, &e));
         if (e->fallback) {
@@ -413,6 +436,8 @@ int glae_conv2d_backward_onednn(glae_ctx *ctx, float *din, float *dweight, float
                 for (int c = 0; c < s->c_out; c++) dbias[c] += e->bbuf[c];
         }
     }
+    if (din && !conv_pays(st, K_BWD_DATA, s))
+        return glae_conv2d_backward(ctx, din, NULL, NULL, dout, NULL, weight, s);
     if (din) {
         conv_entry *e;
         GLAE_TRY(entry_get(ctx, K_BWD_DATA, s, 0, &e));
@@ -432,6 +457,8 @@ int glae_conv2d_backward_onednn(glae_ctx *ctx, float *din, float *dweight, float
 
 const char *glae_onednn_conv_impl(glae_ctx *ctx, const glae_conv2d_shape *s) {
     conv_entry *e;
+    if (glae_onednn_ctx_init(ctx)) return "";
+    if (!conv_pays(ctx->onednn, K_FWD, s)) return "reference";
     if (entry_get(ctx, K_FWD, s, 0, &e)) return "";
     return e->fallback ? "reference" : e->impl;
 }

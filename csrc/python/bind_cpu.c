@@ -82,6 +82,8 @@ glae_ctx *glae_py_cpu_ctx_take(PyObject *o, int *err) {
     return &b->ctx;
 }
 
+int glae_py_is_cpu_ctx(PyObject *o) { return PyCapsule_IsValid(o, CAPSULE); }
+
 void glae_py_cpu_ctx_give(glae_ctx *ctx) {
     cpu_ctx_box *b = (cpu_ctx_box *)((char *)ctx - offsetof(cpu_ctx_box, ctx));
     atomic_flag_clear(&b->busy);

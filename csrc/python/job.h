@@ -102,6 +102,8 @@ int glae_check_argmax(PyArrayObject *a, int h, int w);
  * not one; NULL with *err = -1 and RuntimeError when another call holds it */
 glae_ctx *glae_py_cpu_ctx_take(PyObject *o, int *err);
 void glae_py_cpu_ctx_give(glae_ctx *ctx);
+/* 1 when o is a cpu_context() (bindings of functions outside the op table run the CPU code) */
+int glae_py_is_cpu_ctx(PyObject *o);
 
 /* the context of a cuda_context() capsule (bind_cuda.c); NULL with TypeError */
 glae_ctx *glae_py_cuda_ctx(PyObject *o);

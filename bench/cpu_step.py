@@ -6,7 +6,10 @@ machinery, imported), and the conv FLOPs of one step divided by the step's time.
 PyTorch importable, the same model in PyTorch and the ratio. A benchmark, not a test: it
 prints a table.
 
-    python bench/cpu_step.py [--iters 2] [--batch 16] [--conv-reps 2]
+    python bench/cpu_step.py [--iters 2] [--batch 16] [--conv-reps 2] [--cpu-backend onednn]
+
+--cpu-backend picks glae's CPU op table (reference kernels or oneDNN; the conv GF/s columns
+always measure the reference conv kernels).
 """
 import argparse
 import os
@@ -52,8 +55,8 @@ def timed(fn, iters):
     return (time.perf_counter() - t) / iters
 
 
-def bench_glae(head, size, batch, iters):
-    m = _C.Model("resnet18", head, input_size=size)
+def bench_glae(head, size, batch, iters, cpu_backend="reference"):
+    m = _C.Model("resnet18", head, input_size=size, cpu_backend=cpu_backend)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     ages = rng.uniform(1, 90, batch).astype(np.float32)
@@ -106,6 +109,7 @@ def main():
     ap.add_argument("--sizes", default="112,224")
     ap.add_argument("--conv-reps", type=int, default=2, help="best of N for each conv shape")
     ap.add_argument("--threads", type=int, default=0, help="0: the library's default")
+    ap.add_argument("--cpu-backend", default="reference", choices=["reference", "onednn"])
     args = ap.parse_args()
     if args.threads > 0:
         glae.set_num_threads(args.threads)
@@ -119,7 +123,7 @@ def main():
     rng = np.random.default_rng(0)
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     per_row_peak = reset_peak_rss()
-    print(f"glae {glae.__version__}, {glae.get_num_threads()} threads, batch {args.batch}, "
+    print(f"glae {glae.__version__}, CPU backend {args.cpu_backend}, {glae.get_num_threads()} threads, batch {args.batch}, "
           f"{args.iters} timed iterations after one warm-up; load average at start {load0:.2f}")
     print("sgemm GF/s: the best of glae's _C.sgemm on M x 1152 x 128 and 2048^3, measured "
           "just before the convs of each size (a busy machine moves both together); conv "
@@ -140,7 +144,7 @@ def main():
         steps = []
         for head in ("gap", "fr+pa"):
             reset_peak_rss()
-            steps.append((head, bench_glae(head, size, args.batch, args.iters)))
+            steps.append((head, bench_glae(head, size, args.batch, args.iters, args.cpu_backend)))
         # the conv kernels at the same batch and size, after the steps (their arrays would
         # otherwise count towards the steps' peak)
         sgemm = max(conv_bench.sgemm_reference(rng).values())

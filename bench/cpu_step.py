@@ -102,6 +102,58 @@ def bench_torch(head, size, batch, iters):
     return batch / t_train, batch / t_inf
 
 
+def paired(sizes, batch, repeats):
+    """Training steps of the GAP model, interleaved: glae reference, glae oneDNN and (where
+    importable) PyTorch take turns, one step each per repeat; medians. On a shared machine
+    a neighbour's load then falls on every engine alike."""
+    rng = np.random.default_rng(0)
+    print(f"paired training steps, ResNet-18 gap, batch {batch}: median s of {repeats} "
+          "interleaved steps after one warm-up each; img/s; ratio to PyTorch")
+    for size in sizes:
+        x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+        ages = rng.uniform(1, 90, batch).astype(np.float32)
+        steps = {}
+        for b in ["reference"] + (["onednn"] if _C.HAS_ONEDNN else []):
+            m = _C.Model("resnet18", "gap", input_size=size, cpu_backend=b)
+
+            def step(m=m):
+                m.zero_grad()
+                m.train_step(x, ages)
+                m.sgd_step(0.01, 0.9, 0.0, 5e-4, True, False, 0, m.params.size, False)
+            steps[f"glae {b}"] = step
+        try:
+            import torch
+            import torchvision
+
+            net = torchvision.models.resnet18(num_classes=101)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                  weight_decay=5e-4)
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            yt = torch.randint(0, 101, (batch,))
+            net.train()
+
+            def tstep():
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(xt), yt).backward()
+                opt.step()
+            steps["pytorch"] = tstep
+        except ImportError:
+            pass
+        times = {k: [] for k in steps}
+        for fn in steps.values():
+            fn()
+        for _ in range(repeats):
+            for k, fn in steps.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        for k in steps:
+            ratio = med["pytorch"] / med[k] if "pytorch" in med else float("nan")
+            print(f"{size:4d} px {k:16} {med[k]:7.3f} s {batch / med[k]:7.2f} img/s "
+                  f"x PyTorch {ratio:5.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=2)
@@ -110,9 +162,21 @@ def main():
     ap.add_argument("--conv-reps", type=int, default=2, help="best of N for each conv shape")
     ap.add_argument("--threads", type=int, default=0, help="0: the library's default")
     ap.add_argument("--cpu-backend", default="reference", choices=["reference", "onednn"])
+    ap.add_argument("--paired", type=int, default=0, metavar="REPEATS",
+                    help="only the interleaved glae reference / oneDNN / PyTorch steps")
     args = ap.parse_args()
     if args.threads > 0:
         glae.set_num_threads(args.threads)
+    if args.paired:
+        try:
+            import torch
+            torch.set_num_threads(glae.get_num_threads())
+        except ImportError:
+            pass
+        print(f"load average at start {os.getloadavg()[0]:.2f}, {glae.get_num_threads()} threads")
+        paired([int(s) for s in args.sizes.split(",")], args.batch, args.paired)
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
+        return
     try:
         import torch  # noqa: F401
         import torchvision  # noqa: F401

@@ -39,6 +39,7 @@ const glae_backend glae_backend_onednn = {
     GLAE_OPS(GLAE_CPU_OP_)
     .conv2d_forward = glae_conv2d_forward_onednn,
     .conv2d_backward = glae_conv2d_backward_onednn,
+    .conv2d_bn_act_forward = glae_conv2d_bn_act_forward_onednn,
 };
 #pragma GCC diagnostic pop
 #endif

@@ -15,6 +15,7 @@
 #include "core/device.h"
 #include "ops/amsoftmax.h"
 #include "ops/dwconv.h"
+#include "ops/fused.h"
 #include "ops/loss.h"
 #include "ops/ops.h"
 #include "ops/optim.h"
@@ -30,7 +31,7 @@
 /* every op of the table, family by family (each family header lists its own) */
 #define GLAE_OPS(X)                                                                       \
     GLAE_OPS_LAYERS(X) GLAE_OPS_DWCONV(X) GLAE_OPS_LOSS(X) GLAE_OPS_ROUTE(X) GLAE_OPS_OPTIM(X) \
-    GLAE_OPS_AMSOFTMAX(X)
+    GLAE_OPS_AMSOFTMAX(X) GLAE_OPS_FUSED(X)
 
 typedef struct glae_backend {
     const char *name; /* "cpu" or "cuda" */

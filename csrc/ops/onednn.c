@@ -11,6 +11,7 @@
 
 #ifdef GLAE_WITH_ONEDNN
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +20,11 @@
 #include <oneapi/dnnl/dnnl_debug.h>
 
 #include "core/status.h"
+#include "ops/fused.h"
 
-enum { K_FWD = 0, K_BWD_DATA = 1, K_BWD_W = 2 };
+enum { K_FWD = 0, K_BWD_DATA = 1, K_BWD_W = 2, K_FUSED = 3 };
+/* flag bits of a K_FUSED entry */
+enum { F_RESIDUAL = 1, F_RELU = 2 };
 enum { MAX_ENTRIES = 512 };
 
 /* one primitive of one shape, with everything a call needs */
@@ -37,7 +41,9 @@ typedef struct {
     dnnl_primitive_t w_reorder; /* OHWI -> wbuf, or wbuf -> dweight with sum */
     dnnl_memory_t m_wuser;      /* the OHWI side of the reorder */
     void *wbuf;
-    float *bbuf; /* the bias gradient before it is added */
+    float *bbuf; /* the bias gradient before it is added; K_FUSED: the folded bias */
+    float *scale;            /* K_FUSED: gamma / sqrt(var + eps), per output channel */
+    dnnl_memory_t m_scale;   /* K_FUSED: the weight reorder's per-channel scales */
     char impl[64];
 } conv_entry;
 
@@ -104,8 +110,10 @@ static void entry_free(conv_entry *e) {
     mem_free(e->m_out);
     mem_free(e->m_scratch);
     mem_free(e->m_wuser);
+    mem_free(e->m_scale);
     free(e->wbuf);
     free(e->bbuf);
+    free(e->scale);
     free(e);
 }
 
@@ -185,7 +193,9 @@ static int entry_finish(conv_entry *e, onednn_state *st, dnnl_primitive_desc_t p
     if (e->scratch_bytes) GLAE_TRY(mem_of(&e->m_scratch, spd, st->eng));
     const_dnnl_memory_desc_t wmd = dnnl_primitive_desc_query_md(pd, wq, 0);
     GLAE_TRY(mem_of(&e->m_wei, wmd, st->eng));
-    if (!dnnl_memory_desc_equal(wmd, d->wei_user)) {
+    /* the fused op folds the batch norm's scale into the weights in the reorder, so it
+     * always has one (OHWI to OHWI where the primitive takes plain weights) */
+    if (e->kind == K_FUSED || !dnnl_memory_desc_equal(wmd, d->wei_user)) {
         size_t bytes = dnnl_memory_desc_get_size(wmd);
         e->wbuf = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!e->wbuf) return glae_fail(GLAE_ERR_MEMORY, "onednn: cannot allocate %zu bytes", bytes);
@@ -205,7 +215,10 @@ static int entry_finish(conv_entry *e, onednn_state *st, dnnl_primitive_desc_t p
             if (r == dnnl_success)
                 r = dnnl_reorder_primitive_desc_create(&rpd, wmd, st->eng, d->wei_user, st->eng, attr);
         } else {
-            r = dnnl_reorder_primitive_desc_create(&rpd, d->wei_user, st->eng, wmd, st->eng, attr);
+            r = e->kind == K_FUSED ? dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_SRC, 1)
+                                   : dnnl_success;
+            if (r == dnnl_success)
+                r = dnnl_reorder_primitive_desc_create(&rpd, d->wei_user, st->eng, wmd, st->eng, attr);
         }
         dnnl_primitive_attr_destroy(attr);
         if (r == dnnl_success) r = dnnl_primitive_create(&e->w_reorder, rpd);
@@ -223,6 +236,8 @@ static int fwd_pd(dnnl_primitive_desc_t *pd, onednn_state *st, const conv_mds *d
         bias ? d->bias : NULL, d->out, d->strides, d->dilates, d->pad_l, d->pad_r, attr);
 }
 
+static int set(dnnl_memory_t m, const void *p);
+
 static int entry_build(conv_entry *e, onednn_state *st) {
     conv_mds d;
     int rc = mds_make(&d, &e->s);
@@ -233,6 +248,20 @@ static int entry_build(conv_entry *e, onednn_state *st) {
     dnnl_status_t r;
     if (e->kind == K_FWD) {
         r = fwd_pd(&pd, st, &d, e->flag, attr);
+    } else if (e->kind == K_FUSED) {
+        /* the residual arrives in the output (copied there first) for the sum post-op */
+        dnnl_post_ops_t po = NULL;
+        r = dnnl_post_ops_create(&po);
+        if (r == dnnl_success && (e->flag & F_RESIDUAL))
+            r = dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef);
+        if (r == dnnl_success && (e->flag & F_RELU))
+            r = dnnl_post_ops_append_eltwise(po, dnnl_eltwise_relu, 0.0f, 0.0f);
+        if (r == dnnl_success) r = dnnl_primitive_attr_set_post_ops(attr, po);
+        if (po) dnnl_post_ops_destroy(po);
+        if (r == dnnl_success)
+            r = dnnl_convolution_forward_primitive_desc_create(
+                &pd, st->eng, dnnl_forward_inference, dnnl_convolution_direct, d.in, d.wei_any,
+                d.bias, d.out, d.strides, d.dilates, d.pad_l, d.pad_r, attr);
     } else {
         r = fwd_pd(&hint, st, &d, e->kind == K_BWD_W && e->flag, NULL);
         if (r == dnnl_success && e->kind == K_BWD_DATA)
@@ -257,7 +286,16 @@ static int entry_build(conv_entry *e, onednn_state *st) {
     rc = entry_finish(e, st, pd, &d, wq);
     if (!rc) rc = mem_of(&e->m_act, d.in, st->eng);
     if (!rc) rc = mem_of(&e->m_out, d.out, st->eng);
-    if (!rc && e->flag) rc = mem_of(&e->m_bias, d.bias, st->eng);
+    if (!rc && (e->flag || e->kind == K_FUSED)) rc = mem_of(&e->m_bias, d.bias, st->eng);
+    if (!rc && e->kind == K_FUSED) {
+        rc = mem_of(&e->m_scale, d.bias, st->eng);
+        e->bbuf = malloc((size_t)e->s.c_out * sizeof(float));
+        e->scale = malloc((size_t)e->s.c_out * sizeof(float));
+        if (!rc && (!e->bbuf || !e->scale))
+            rc = glae_fail(GLAE_ERR_MEMORY, "onednn: cannot allocate the folded batch norm");
+        if (!rc) rc = set(e->m_scale, e->scale);
+        if (!rc) rc = set(e->m_bias, e->bbuf);
+    }
     if (!rc && e->kind == K_BWD_W && e->flag) {
         e->bbuf = malloc((size_t)e->s.c_out * sizeof(float));
         if (!e->bbuf) rc = glae_fail(GLAE_ERR_MEMORY, "onednn: cannot allocate the bias gradient");
@@ -453,6 +491,52 @@ int glae_conv2d_backward_onednn(glae_ctx *ctx, float *din, float *dweight, float
         GLAE_TRY(run(ctx, e->prim, n, a));
     }
     return GLAE_OK;
+}
+
+int glae_conv2d_bn_act_forward_onednn(glae_ctx *ctx, float *out, float *save_mean,
+                                      float *save_invstd, const float *in, const float *residual,
+                                      const float *weight, const float *bias, const float *gamma,
+                                      const float *beta, const float *running_mean,
+                                      const float *running_var, float eps, int relu,
+                                      const glae_conv2d_shape *s) {
+    GLAE_TRY(conv_check(s, "conv2d_bn_act_forward"));
+    GLAE_TRY(glae_onednn_ctx_init(ctx));
+    if (!out || !in || !weight || !save_mean || !save_invstd || !running_mean || !running_var ||
+        !(eps > 0.0f) || degenerate(s) || !conv_pays(ctx->onednn, K_FWD, s))
+        return glae_conv2d_bn_act_forward(ctx, out, save_mean, save_invstd, in, residual, weight,
+                                          bias, gamma, beta, running_mean, running_var, eps,
+                                          relu, s);
+    conv_entry *e;
+    int flag = (residual ? F_RESIDUAL : 0) | (relu ? F_RELU : 0);
+    GLAE_TRY(entry_get(ctx, K_FUSED, s, flag, &e));
+    if (e->fallback)
+        return glae_conv2d_bn_act_forward(ctx, out, save_mean, save_invstd, in, residual, weight,
+                                          bias, gamma, beta, running_mean, running_var, eps,
+                                          relu, s);
+    /* the batch norm as the reference's eval mode computes it (double, then float), folded:
+     * w' = w * scale, b' = (b - mean) * scale + beta */
+    for (int j = 0; j < s->c_out; j++) {
+        double invstd = 1.0 / sqrt((double)running_var[j] + (double)eps);
+        double sc = (gamma ? gamma[j] : 1.0) * invstd;
+        save_mean[j] = running_mean[j];
+        save_invstd[j] = (float)invstd;
+        e->scale[j] = (float)sc;
+        e->bbuf[j] = (float)(((bias ? bias[j] : 0.0) - running_mean[j]) * sc + (beta ? beta[j] : 0.0));
+    }
+    GLAE_TRY(set(e->m_wuser, weight));
+    dnnl_exec_arg_t ra[3] = {{DNNL_ARG_FROM, e->m_wuser}, {DNNL_ARG_TO, e->m_wei},
+                             {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, e->m_scale}};
+    GLAE_TRY(run(ctx, e->w_reorder, 3, ra));
+    if (residual && residual != out)
+        memcpy(out, residual, (size_t)s->n * s->oh * s->ow * s->c_out * sizeof(float));
+    GLAE_TRY(set(e->m_act, in));
+    GLAE_TRY(set(e->m_out, out));
+    dnnl_exec_arg_t a[5] = {{DNNL_ARG_SRC, e->m_act}, {DNNL_ARG_WEIGHTS, e->m_wei},
+                            {DNNL_ARG_BIAS, e->m_bias}, {DNNL_ARG_DST, e->m_out}};
+    int n = 4, rc;
+    n = with_scratch(ctx, e, a, n, &rc);
+    GLAE_TRY(rc);
+    return run(ctx, e->prim, n, a);
 }
 
 const char *glae_onednn_conv_impl(glae_ctx *ctx, const glae_conv2d_shape *s) {

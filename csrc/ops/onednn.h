@@ -30,6 +30,15 @@ int glae_conv2d_forward_onednn(glae_ctx *ctx, float *out, const float *in, const
 int glae_conv2d_backward_onednn(glae_ctx *ctx, float *din, float *dweight, float *dbias,
                                 const float *dout, const float *in, const float *weight,
                                 const glae_conv2d_shape *s);
+/* ops/fused.h's conv + eval batch norm (+ residual) (+ ReLU): the batch norm folded into the
+ * weights (in the reorder, as per-channel scales) and bias, one primitive with the sum and
+ * ReLU post-ops */
+int glae_conv2d_bn_act_forward_onednn(glae_ctx *ctx, float *out, float *save_mean,
+                                      float *save_invstd, const float *in, const float *residual,
+                                      const float *weight, const float *bias, const float *gamma,
+                                      const float *beta, const float *running_mean,
+                                      const float *running_var, float eps, int relu,
+                                      const glae_conv2d_shape *s);
 #endif
 
 #endif

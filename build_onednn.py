@@ -20,9 +20,30 @@ import sys
 import build_cuda
 
 
+def wheel_roots():
+    """The prefixes where the onednn wheels' files are, from their installed metadata: a pip
+    build with build isolation installs the build requirement into a temporary prefix that
+    is not sys.prefix."""
+    import importlib.metadata as md
+
+    roots = []
+    for dist, tail in (("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.h"),
+                       ("onednn-cpu-gomp", "lib/libdnnl.so.3")):
+        try:
+            files = md.distribution(dist).files or []
+        except md.PackageNotFoundError:
+            continue
+        for f in files:
+            if str(f).replace(os.sep, "/").endswith(tail):
+                path = str(md.distribution(dist).locate_file(f).resolve())
+                roots.append(path[: -len(tail)].rstrip("/"))
+                break
+    return roots
+
+
 def onednn_roots(environ=os.environ):
-    roots = [environ.get("ONEDNN_HOME") or environ.get("DNNL_HOME"), sys.prefix,
-             sys.base_prefix, "/usr/local", "/usr"]
+    roots = [environ.get("ONEDNN_HOME") or environ.get("DNNL_HOME")] + wheel_roots()
+    roots += [sys.prefix, sys.base_prefix, "/usr/local", "/usr"]
     out = []
     for r in roots:
         if r and r not in out:
@@ -55,18 +76,21 @@ def threading(inc):
 
 
 def find_onednn_in(roots):
-    """(include dir, lib dir, -l name, version) of the first oneDNN 3+ found, or None."""
+    """(include dir, lib dir, -l name, version) of the first oneDNN 3+ found, or None. The
+    headers and the library may sit under different roots (two wheels, two prefixes)."""
+    libs = [(os.path.join(root, lib), build_cuda.link_name(os.path.join(root, lib), "dnnl"))
+            for root in roots for lib in ("lib", "lib64", "lib/x86_64-linux-gnu")]
     for root in roots:
         for inc in ("include", "include/x86_64-linux-gnu"):
             incdir = os.path.join(root, inc)
             v = header_version(incdir)
             if not v or v[0] < 3:
                 continue
-            for lib in ("lib", "lib64", "lib/x86_64-linux-gnu"):
-                libdir = os.path.join(root, lib)
-                name = build_cuda.link_name(libdir, "dnnl")
-                if name:
-                    return incdir, libdir, name, v
+            # the library beside the headers first, else any root's
+            mine = [(d, n) for d, n in libs if n and d.startswith(root + os.sep)]
+            other = [(d, n) for d, n in libs if n]
+            for libdir, name in mine + other:
+                return incdir, libdir, name, v
     return None
 
 

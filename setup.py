@@ -10,6 +10,8 @@ Environment switches:
   GLAE_SANITIZE=1 AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g; CPU only: set
                   GLAE_CUDA=0); bench/sanitize.sh builds it in a copy and runs the tests
   GLAE_BUILD_JOBS compilers run at once (default: the CPUs this process may use, at most 8)
+  GLAE_ONEDNN=0|1 force the oneDNN CPU backend off / on (on: fail if oneDNN is missing)
+  ONEDNN_HOME     oneDNN root (else the Python prefix, where the onednn-*-cpu-gomp wheels go)
 """
 import glob
 import os
@@ -26,6 +28,7 @@ VERSION = "0.1.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import build_cuda  # noqa: E402  (the detection shared with tests/test_build.py)
+import build_onednn  # noqa: E402  (likewise, for the oneDNN CPU backend)
 
 
 def log(msg):
@@ -44,6 +47,27 @@ def cuda_config():
         raise SystemExit(f"glae setup: GLAE_CUDA=1 but {why} (set CUDA_HOME / CUDNN_HOME)")
     log(f"CUDA backend off ({why}); CPU only")
     return None, why
+
+
+def add_onednn(ext, info):
+    """The oneDNN CPU backend (csrc/ops/onednn.c) when oneDNN is found: GLAE_WITH_ONEDNN,
+    its headers, -ldnnl with an rpath to its folder and to the prefix's lib folder as seen
+    from site-packages/glae/ (where the onednn-cpu-gomp wheel puts libdnnl.so.3)."""
+    cfg, why = build_onednn.detect()
+    if not cfg and os.environ.get("GLAE_ONEDNN", "").strip() == "1":
+        raise SystemExit(f"glae setup: GLAE_ONEDNN=1 but {why} (set ONEDNN_HOME)")
+    info.update({"onednn": "1" if cfg else "0", "onednn_reason": why})
+    if not cfg:
+        log(f"oneDNN backend off ({why})")
+        return
+    log(f"oneDNN backend on: {why}")
+    ext.define_macros.append(("GLAE_WITH_ONEDNN", "1"))
+    ext.include_dirs.append(cfg["inc"])
+    ext.library_dirs.append(cfg["lib"])
+    ext.libraries.append(cfg["link"])
+    ext.runtime_library_dirs += [cfg["lib"], "$ORIGIN/../../.."]
+    info.update({"onednn_version": cfg["version"], "onednn_include": cfg["inc"],
+                 "onednn_lib": cfg["lib"]})
 
 
 def build_jobs():
@@ -208,6 +232,7 @@ def extension():
         })
     else:
         ext.sources = c_sources
+    add_onednn(ext, info)
     ext.glae_build_info = info
     return ext
 

@@ -8,8 +8,11 @@ backbones (--effnet, head "gap"), train and infer at --effnet-sizes, each with t
 efficientnet_v2_* (num_classes=101: its pool + dropout + linear against glae's gap head)
 timed in the same run. A benchmark, not a test: it prints tables.
 
-    python bench/cpu_step.py [--iters 2] [--batch 16] [--conv-reps 2]
     python bench/cpu_step.py --skip-resnet --effnet efficientnet_v2_s,efficientnet_v2_m
+    python bench/cpu_step.py [--iters 2] [--batch 16] [--conv-reps 2] [--cpu-backend onednn]
+
+--cpu-backend picks glae's CPU op table (reference kernels or oneDNN; the conv GF/s columns
+always measure the reference conv kernels).
 """
 import argparse
 import os
@@ -55,8 +58,8 @@ def timed(fn, iters):
     return (time.perf_counter() - t) / iters
 
 
-def bench_glae(head, size, batch, iters, backbone="resnet18"):
-    m = _C.Model(backbone, head, input_size=size)
+def bench_glae(head, size, batch, iters, backbone="resnet18", cpu_backend="reference"):
+    m = _C.Model(backbone, head, input_size=size, cpu_backend=cpu_backend)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     ages = rng.uniform(1, 90, batch).astype(np.float32)
@@ -144,6 +147,58 @@ def effnet_rows(archs, sizes, batch, iters, have_torch):
             print(line, flush=True)
 
 
+def paired(sizes, batch, repeats):
+    """Training steps of the GAP model, interleaved: glae reference, glae oneDNN and (where
+    importable) PyTorch take turns, one step each per repeat; medians. On a shared machine
+    a neighbour's load then falls on every engine alike."""
+    rng = np.random.default_rng(0)
+    print(f"paired training steps, ResNet-18 gap, batch {batch}: median s of {repeats} "
+          "interleaved steps after one warm-up each; img/s; ratio to PyTorch")
+    for size in sizes:
+        x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+        ages = rng.uniform(1, 90, batch).astype(np.float32)
+        steps = {}
+        for b in ["reference"] + (["onednn"] if _C.HAS_ONEDNN else []):
+            m = _C.Model("resnet18", "gap", input_size=size, cpu_backend=b)
+
+            def step(m=m):
+                m.zero_grad()
+                m.train_step(x, ages)
+                m.sgd_step(0.01, 0.9, 0.0, 5e-4, True, False, 0, m.params.size, False)
+            steps[f"glae {b}"] = step
+        try:
+            import torch
+            import torchvision
+
+            net = torchvision.models.resnet18(num_classes=101)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                  weight_decay=5e-4)
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            yt = torch.randint(0, 101, (batch,))
+            net.train()
+
+            def tstep():
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(xt), yt).backward()
+                opt.step()
+            steps["pytorch"] = tstep
+        except ImportError:
+            pass
+        times = {k: [] for k in steps}
+        for fn in steps.values():
+            fn()
+        for _ in range(repeats):
+            for k, fn in steps.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        for k in steps:
+            ratio = med["pytorch"] / med[k] if "pytorch" in med else float("nan")
+            print(f"{size:4d} px {k:16} {med[k]:7.3f} s {batch / med[k]:7.2f} img/s "
+                  f"x PyTorch {ratio:5.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=2)
@@ -155,9 +210,22 @@ def main():
                     help="EfficientNetV2 backbones to time after the ResNet-18 table ('' for none)")
     ap.add_argument("--effnet-sizes", default="112,224")
     ap.add_argument("--skip-resnet", action="store_true", help="only the EfficientNetV2 rows")
+    ap.add_argument("--cpu-backend", default="reference", choices=["reference", "onednn"])
+    ap.add_argument("--paired", type=int, default=0, metavar="REPEATS",
+                    help="only the interleaved glae reference / oneDNN / PyTorch steps")
     args = ap.parse_args()
     if args.threads > 0:
         glae.set_num_threads(args.threads)
+    if args.paired:
+        try:
+            import torch
+            torch.set_num_threads(glae.get_num_threads())
+        except ImportError:
+            pass
+        print(f"load average at start {os.getloadavg()[0]:.2f}, {glae.get_num_threads()} threads")
+        paired([int(s) for s in args.sizes.split(",")], args.batch, args.paired)
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
+        return
     try:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
@@ -168,7 +236,7 @@ def main():
     rng = np.random.default_rng(0)
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     per_row_peak = reset_peak_rss()
-    print(f"glae {glae.__version__}, {glae.get_num_threads()} threads, batch {args.batch}, "
+    print(f"glae {glae.__version__}, CPU backend {args.cpu_backend}, {glae.get_num_threads()} threads, batch {args.batch}, "
           f"{args.iters} timed iterations after one warm-up; load average at start {load0:.2f}")
     print("sgemm GF/s: the best of glae's _C.sgemm on M x 1152 x 128 and 2048^3, measured "
           "just before the convs of each size (a busy machine moves both together); conv "
@@ -189,7 +257,8 @@ def main():
         steps = []
         for head in ("gap", "fr+pa"):
             reset_peak_rss()
-            steps.append((head, bench_glae(head, size, args.batch, args.iters)))
+            steps.append((head, bench_glae(head, size, args.batch, args.iters,
+                                                  cpu_backend=args.cpu_backend)))
         # the conv kernels at the same batch and size, after the steps (their arrays would
         # otherwise count towards the steps' peak)
         sgemm = max(conv_bench.sgemm_reference(rng).values())

@@ -47,12 +47,18 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--device", default="cuda",
-                    help="the device compared with the CPU ('cpu': a dry run of this script)")
+                    help="the device compared with the CPU ('cpu': a dry run of this script; "
+                         "'onednn': the CPU model on the oneDNN backend, --math fp32)")
     a = ap.parse_args()
-    if a.device != "cpu" and (not _C.HAS_CUDA or not _C.cuda_devices()):
+    if a.device == "onednn":
+        if not _C.HAS_ONEDNN or a.math != "fp32":
+            sys.exit("gpu_agreement: --device onednn needs a oneDNN build of glae and --math fp32")
+    elif a.device != "cpu" and (not _C.HAS_CUDA or not _C.cuda_devices()):
         sys.exit("gpu_agreement: needs a CUDA device and a CUDA build of glae")
     cfg = dict(backbone=a.backbone, head="fr+pa", input_size=a.size, seed=a.seed)
-    models = {"cpu": _C.Model(**cfg), "gpu": _C.Model(**cfg, device=a.device, math=a.math)}
+    other = (dict(cpu_backend="onednn") if a.device == "onednn" else
+             dict(device=a.device, math=a.math))
+    models = {"cpu": _C.Model(**cfg), "gpu": _C.Model(**cfg, **other)}
     if a.math == "bf16":
         models["control"] = _C.Model(**cfg, math="bf16")
         control = "CPU bf16"
@@ -69,7 +75,8 @@ def main():
     lrs = [_C.onecycle(s, a.steps, a.lr, 0.3, 25.0, 1e4, True, 0.85, 0.95) for s in range(a.steps)]
     curves = {k: [] for k in models}
     os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"gpu_agreement_{a.backbone}_{a.math}")
+    tag = "onednn" if a.device == "onednn" else a.math
+    stem = os.path.join(a.out, f"gpu_agreement_{a.backbone}_{tag}")
     times = {k: 0.0 for k in models}
     for step in range(a.steps):
         x, y = pool_x[step % 8], pool_y[step % 8]

@@ -128,6 +128,10 @@ class Config:
     # "fp32" (FMA), "tf32" (CUDA tensor cores on float32) or "bf16" (mixed precision: bf16
     # backbone activations on tensor cores; on the CPU the same rounding, slowly, for checks)
     gpu_math: str = "fp32"
+    # CPU models: "reference" (the readable kernels, the definition of right), "onednn"
+    # (oneDNN primitives for the convolutions, where they are faster; needs a glae built
+    # with oneDNN, glae._C.HAS_ONEDNN) or "auto": oneDNN where built, else the reference
+    cpu_backend: str = "auto"
     cuda_graph: bool = False  # CUDA models: each training step as one CUDA graph launch
     # CUDA models: choose each convolution's algorithm by timing the candidates (cudnnFind,
     # as PyTorch's cudnn.benchmark) rather than by cuDNN's heuristics: faster steps for the
@@ -174,6 +178,7 @@ class Config:
         choice("normalization", NORMALIZATIONS)
         choice("route", ROUTES)
         choice("gpu_math", ("fp32", "tf32", "bf16"))
+        choice("cpu_backend", ("auto", "reference", "onednn"))
         if not isinstance(self.cuda_graph, bool):
             raise ValueError(f"cuda_graph must be true or false; got {self.cuda_graph!r}")
         if self.cuda_graph and self.device == "cpu":

@@ -81,7 +81,8 @@ class Model:
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
                               input_size=config.image_size, device=config.device,
                               math=config.gpu_math, threads=config.threads,
-                              stochastic_depth=config.stochastic_depth, **kw)
+                              stochastic_depth=config.stochastic_depth,
+                              cpu_backend=resolve_cpu_backend(config.cpu_backend), **kw)
         if config.cudnn_benchmark:
             self.core.cudnn_benchmark()
         if config.cuda_graph:
@@ -299,6 +300,14 @@ class Model:
 
     def load_state_dict(self, state, strict=True):
         return self.core.load_state_dict(state, strict=strict)
+
+
+def resolve_cpu_backend(name):
+    """Config.cpu_backend as the engine takes it: "auto" is oneDNN where glae was built with
+    it (faster convolutions, docs/benchmarks.md), else the reference kernels."""
+    if name == "auto":
+        return "onednn" if _C.HAS_ONEDNN else "reference"
+    return name
 
 
 def load(path, device=None, gpu_math=None):

@@ -35,12 +35,33 @@ def gpu_ctx():
     _C.cuda_set_math(c, FP32)
 
 
-@pytest.fixture(params=["cpu", "cuda"])
+@pytest.fixture(scope="session")
+def onednn_ctx():
+    """a CPU context with the oneDNN backend (skips where glae was built without oneDNN),
+    every conv shape through oneDNN (GLAE_ONEDNN_CONV=all) rather than only those where
+    it measured faster, so the parity tests reach every primitive"""
+    if not _C.HAS_ONEDNN:
+        pytest.skip(f"glae built without oneDNN ({_C.BUILD_INFO.get('onednn_reason', '')})")
+    old = os.environ.get("GLAE_ONEDNN_CONV")
+    os.environ["GLAE_ONEDNN_CONV"] = "all"
+    try:
+        return _C.cpu_context("onednn")
+    finally:
+        if old is None:
+            del os.environ["GLAE_ONEDNN_CONV"]
+        else:
+            os.environ["GLAE_ONEDNN_CONV"] = old
+
+
+@pytest.fixture(params=["cpu", "onednn", "cuda"])
 def dev(request):
-    """the `ctx` argument of each backend in turn: None for the CPU, then a CUDA context in
-    fp32 math; a test that takes it runs its op on every device"""
+    """the `ctx` argument of each backend in turn: None for the CPU reference, a CPU
+    context with the oneDNN backend, then a CUDA context in fp32 math; a test that takes it
+    runs its op on every backend"""
     if request.param == "cpu":
         return None
+    if request.param == "onednn":
+        return request.getfixturevalue("onednn_ctx")
     c = request.getfixturevalue("gpu_ctx")
     _C.cuda_set_math(c, 0)
     return c

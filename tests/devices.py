@@ -37,3 +37,15 @@ needs_gpu = pytest.mark.skipif(not DEVICES and not GPUS_SEEN,
 def unusable_gpu_message():
     return (f"nvidia-smi shows {GPUS_SEEN} but glae cannot use it: {STATUS['state']}: "
             f"{STATUS['message']} (HAS_CUDA={_C.HAS_CUDA}, build: {_C.BUILD_INFO['reason']})")
+
+
+def is_cuda(ctx):
+    """True for a context from cuda_context(), False for None (the CPU reference) or a
+    CPU context from cpu_context() (the oneDNN backend)"""
+    if ctx is None:
+        return False
+    try:
+        _C.cpu_backend_name(ctx)
+        return False
+    except TypeError:
+        return True

@@ -13,7 +13,8 @@ import pytest
 
 from glae import _C
 
-from devices import BF16, DEVICES, FP32, GPUS_SEEN, STATUS, TF32, needs_gpu, unusable_gpu_message
+from devices import (BF16, DEVICES, FP32, GPUS_SEEN, STATUS, TF32, is_cuda, needs_gpu,
+                     unusable_gpu_message)
 
 
 LOSS_MODES = {"base": 0, "lae_cls": 1, "kl": 2}
@@ -86,8 +87,8 @@ def test_bad_context_argument_is_a_type_error():
 # ---- the devices: the `dev` and `gpu_ctx` fixtures are in conftest.py ------------------------
 
 def set_math(ctx, math):
-    """the CUDA math mode (fp32 / tf32 / bf16); the CPU has float32 only"""
-    if ctx is not None:
+    """the CUDA math mode (fp32 / tf32 / bf16); the CPU backends have float32 only"""
+    if is_cuda(ctx):
         _C.cuda_set_math(ctx, math)
 
 
@@ -247,8 +248,50 @@ def test_conv2d(dev, rng, case, math, tol):
     assert got[0] is None and got[1] is dwa and got[2] is dba
     rel_close(dwa - dw0, ref[1], 2 * tol)
     rel_close(dba - db0, ref[2], 2 * tol)
-    if dev is not None:
+    if is_cuda(dev):
         assert _C.cuda_algo_cache_size(dev) > 0
+    elif dev is not None:  # the oneDNN backend: its primitives are cached per shape
+        assert _C.onednn_cache_size(dev) > 0
+
+
+@pytest.mark.parametrize("case", [(2, 9, 9, 3, 5, 3, 2, 1), (2, 16, 16, 8, 16, 3, 1, 1),
+                                  (3, 8, 8, 16, 32, 1, 2, 0)])
+@pytest.mark.parametrize("residual,relu", [(False, False), (False, True), (True, True)])
+def test_conv2d_bn_act(dev, rng, case, residual, relu):
+    """The fused inference op against NumPy on the conv reference, and against the three ops
+    it replaces: conv + eval batch norm (+ residual) (+ ReLU). The reference runs those
+    ops (the same bits); a backend may fold the batch norm into the weights (~1e-6)."""
+    set_math(dev, FP32)
+    n, h, w, cin, cout, k, s, p = case
+    x, wt, b = f32(rng, n, h, w, cin), f32(rng, cout, k, k, cin, scale=0.2), f32(rng, cout)
+    g, be, rm = rng.uniform(0.5, 2, cout).astype(np.float32), f32(rng, cout), f32(rng, cout)
+    rv = rng.uniform(0.5, 2, cout).astype(np.float32)
+    y0 = _C.conv2d_forward(x, wt, b, s, p)
+    res = f32(rng, *y0.shape) if residual else None
+    want = (y0.astype(np.float64) - rm) / np.sqrt(rv.astype(np.float64) + 1e-5) * g + be
+    if residual:
+        want = want + res
+    if relu:
+        want = np.maximum(want, 0)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, sm, si = _C.conv2d_bn_act_forward(x, wt, b, g, be, rm, rv, 1e-5, s, p, residual=res,
+                                         relu=relu, ctx=dev)
+    rel_close(y, want, 1e-5)
+    close(sm, rm)
+    close(si, 1 / np.sqrt(rv.astype(np.float64) + 1e-5))
+    np.testing.assert_array_equal(rm, rm0)  # the running statistics are only read
+    np.testing.assert_array_equal(rv, rv0)
+    if dev is None:  # the reference is the three ops, bit for bit
+        ref, _, _ = _C.batchnorm_forward(y0, g, be, rm.copy(), rv.copy(), 0.1, 1e-5, False)
+        if residual:
+            ref = _C.add_forward(ref, res)
+        if relu:
+            ref = _C.relu_forward(ref)
+        np.testing.assert_array_equal(y, ref)
+    with pytest.raises(ValueError, match="eps"):
+        _C.conv2d_bn_act_forward(x, wt, b, g, be, rm, rv, 0.0, s, p, ctx=dev)
+    with pytest.raises(ValueError, match="running_var"):
+        _C.conv2d_bn_act_forward(x, wt, b, g, be, rm, rv[:-1], 1e-5, s, p, ctx=dev)
 
 
 def test_conv2d_benchmark_mode(gpu_ctx, rng):

@@ -91,3 +91,59 @@ def test_gencode_embeds_ptx_of_the_highest_arch():
     assert "-gencode=arch=compute_90,code=sm_90" in flags
     assert "-gencode=arch=compute_90,code=compute_90" in flags
     assert build_cuda.arch_summary(["80", "90"]) == "sm_80 sm_90 compute_90"
+
+
+def load_onednn_helper():
+    path = HELPER.parent / "build_onednn.py"
+    if not path.exists():
+        pytest.skip(f"{path} not found (tests run outside the source tree)")
+    import sys
+    sys.path.insert(0, str(HELPER.parent))  # build_onednn imports build_cuda
+    try:
+        spec = importlib.util.spec_from_file_location("glae_build_onednn", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(HELPER.parent))
+    return mod
+
+
+def test_onednn_is_built_where_found():
+    """Where setup.py's detection finds oneDNN (the onednn-devel-cpu-gomp wheel in this
+    environment, or a system copy), the oneDNN CPU backend must have been built."""
+    info = _C.BUILD_INFO
+    assert _C.HAS_ONEDNN in (0, 1)
+    assert info.get("onednn", "0") == str(_C.HAS_ONEDNN), info
+    if os.environ.get("GLAE_ONEDNN", "").strip() == "0" or info.get("onednn_reason") == "GLAE_ONEDNN=0":
+        pytest.skip("oneDNN backend turned off with GLAE_ONEDNN=0")
+    cfg, why = load_onednn_helper().detect()
+    if cfg is None:
+        pytest.skip(f"setup.py's detection builds no oneDNN backend here: {why}")
+    assert _C.HAS_ONEDNN == 1, (
+        f"oneDNN {cfg['version']} ({cfg['inc']}, {cfg['lib']}) is found by setup.py's detection "
+        f"but glae._C was built without it; the build said: {info.get('onednn_reason')!r}")
+    assert info["onednn_version"] == cfg["version"]
+
+
+def test_onednn_detection_wants_openmp_builds(tmp_path):
+    """A oneDNN 3 header tree with a library is found; a TBB/SYCL build is refused (its own
+    thread pool would fight OpenMP's), and a oneDNN 2 header is skipped."""
+    mod = load_onednn_helper()
+    inc = tmp_path / "include" / "oneapi" / "dnnl"
+    inc.mkdir(parents=True)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libdnnl.so.3").write_text("")
+    (inc / "dnnl_version.h").write_text("#define DNNL_VERSION_MAJOR 3\n#define DNNL_VERSION_MINOR 2\n"
+                                        "#define DNNL_VERSION_PATCH 0\n")
+    (inc / "dnnl_config.h").write_text("#define DNNL_CPU_THREADING_RUNTIME DNNL_RUNTIME_OMP\n")
+    env = {"ONEDNN_HOME": str(tmp_path)}
+    found = mod.find_onednn_in([str(tmp_path)])
+    assert found == (str(tmp_path / "include"), str(tmp_path / "lib"), ":libdnnl.so.3", (3, 2, 0))
+    assert mod.detect(env)[0]["inc"] == str(tmp_path / "include")
+    (inc / "dnnl_config.h").write_text("#define DNNL_CPU_THREADING_RUNTIME DNNL_RUNTIME_TBB\n")
+    cfg, why = mod.detect(env)
+    assert cfg is None and "tbb" in why, why
+    (inc / "dnnl_version.h").write_text("#define DNNL_VERSION_MAJOR 2\n#define DNNL_VERSION_MINOR 6\n"
+                                        "#define DNNL_VERSION_PATCH 3\n")
+    assert mod.find_onednn_in([str(tmp_path)]) is None
+    assert mod.detect({"GLAE_ONEDNN": "0"}) == (None, "GLAE_ONEDNN=0")

@@ -25,6 +25,7 @@ typedef struct glae_ctx {
     float *scratch;      /* CPU scratch, grown on demand, 64-byte aligned */
     size_t scratch_size; /* in floats */
     void *cuda;          /* CUDA handles (streams, cuDNN, cuBLAS) when device == GLAE_CUDA */
+    void *onednn;        /* the oneDNN backend's engine, stream and primitive cache (ops/onednn.c) */
     const struct glae_device_ops *dev; /* memory of `device`: alloc, free, memset, copy, sync */
     const struct glae_backend *ops; /* the op table of `device` (set by glae_ctx_open, ops/) */
 } glae_ctx;

@@ -75,7 +75,7 @@ static int make_ctx(glae_ctx *ctx, const glae_model_config *cfg) {
     if (cfg->device == GLAE_CUDA)
         return glae_fail(GLAE_ERR_RUNTIME, "model: glae was built without CUDA (device='cuda')");
 #endif
-    return glae_ctx_open(ctx, cfg->device, cfg->cuda_device, cfg->math);
+    return glae_ctx_open_backend(ctx, cfg->device, cfg->cuda_device, cfg->math, cfg->cpu_backend);
 }
 
 int glae_model_init(glae_model *m, const glae_model_config *cfg) {

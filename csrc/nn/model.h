@@ -35,6 +35,7 @@ typedef struct {
     float stochastic_depth; /* EfficientNetV2's stochastic_depth_prob (0.2; 0: off) */
     int threads;        /* CPU threads of the model's context (its kernels; on CUDA its host
                          * work); 0: the process default, as it is at each call */
+    int cpu_backend;    /* on the CPU: GLAE_CPU_REFERENCE (0) or GLAE_CPU_ONEDNN (ops/backend.h) */
 } glae_model_config;
 
 void glae_model_config_default(glae_model_config *cfg);

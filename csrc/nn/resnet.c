@@ -446,6 +446,21 @@ static int pool_bwd(glae_ctx *ctx, const glae_resnet *net, void *din, const void
     return ctx->ops->maxpool2d_backward(ctx, din, dout, net->argmax, &net->pool);
 }
 
+/* Inference (running statistics, float32): conv, batch norm, residual and ReLU as one op,
+ * which the oneDNN backend runs as one primitive with the batch norm folded in; the
+ * reference runs the same three ops as the training path. The conv output c[] is not
+ * written: nothing reads it without a backward, and only training runs one. */
+static int fused_ok(const glae_resnet *net, int training) { return !training && !net->bf16; }
+
+static int conv_bn_act_fwd(glae_ctx *ctx, glae_conv_layer *cl, glae_bn_layer *bl, glae_params *p,
+                           void *out, const void *in, const void *residual, int relu) {
+    const float *w = glae_params_ptr(p, cl->w), *b = cl->b >= 0 ? glae_params_ptr(p, cl->b) : NULL;
+    return ctx->ops->conv2d_bn_act_forward(ctx, out, bl->mean, bl->invstd, in, residual, w, b,
+                                           glae_params_ptr(p, bl->g), glae_params_ptr(p, bl->b),
+                                           glae_params_ptr(p, bl->rm), glae_params_ptr(p, bl->rv),
+                                           GLAE_BN_EPS, relu, &cl->s);
+}
+
 /* ---- forward / backward: the one walk ---------------------------------------------------- */
 
 /* The inner stages, the downsample branch, then the last conv and its BN with the
@@ -454,6 +469,24 @@ static int block_forward(glae_ctx *ctx, const glae_resnet *net, glae_block *b, g
                          int training) {
     const int last = b->nconv - 1;
     const void *in = b->in;
+    if (fused_ok(net, training)) {
+        /* No conv output is kept, so the inner stages write the conv slots (place_activations:
+         * C holds c[0], D c[last]), alternating so that the last inner output lands in D:
+         * never the slot being read (a[] all share A), and C is free again for the
+         * identity's BN output (db) and D for nothing else; the block's output goes to A. */
+        void *slot_c = b->c[0], *slot_d = b->c[last];
+        for (int j = 0; j < last; j++) {
+            void *o = (last - 1 - j) % 2 == 0 ? slot_d : slot_c;
+            GLAE_TRY(conv_bn_act_fwd(ctx, &b->conv[j], &b->bn[j], p, o, in, NULL, 1));
+            in = o;
+        }
+        const void *identity = b->in;
+        if (b->has_down) {
+            GLAE_TRY(conv_bn_act_fwd(ctx, &b->dconv, &b->dbn, p, b->db, b->in, NULL, 0));
+            identity = b->db;
+        }
+        return conv_bn_act_fwd(ctx, &b->conv[last], &b->bn[last], p, b->out, in, identity, 1);
+    }
     for (int j = 0; j < last; j++) {
         GLAE_TRY(conv_fwd(ctx, net, &b->conv[j], p, b->c[j], in));
         GLAE_TRY(bn_act_fwd(ctx, net, &b->bn[j], p, b->a[j], b->c[j], NULL, rows_of(&b->conv[j]),
@@ -482,9 +515,13 @@ int glae_resnet_forward(glae_ctx *ctx, glae_resnet *net, glae_params *p, const f
         GLAE_TRY(ctx->ops->f32_to_bf16(ctx, net->x_h, x, (int64_t)net->n * net->h * net->w * 3));
         in = net->x_h;
     }
-    GLAE_TRY(conv_fwd(ctx, net, &net->conv1, p, net->c1, in));
-    GLAE_TRY(bn_act_fwd(ctx, net, &net->bn1, p, net->a1, net->c1, NULL, rows_of(&net->conv1),
-                        training, 1));
+    if (fused_ok(net, training)) {
+        GLAE_TRY(conv_bn_act_fwd(ctx, &net->conv1, &net->bn1, p, net->a1, in, NULL, 1));
+    } else {
+        GLAE_TRY(conv_fwd(ctx, net, &net->conv1, p, net->c1, in));
+        GLAE_TRY(bn_act_fwd(ctx, net, &net->bn1, p, net->a1, net->c1, NULL, rows_of(&net->conv1),
+                            training, 1));
+    }
     GLAE_TRY(pool_fwd(ctx, net, net->p1, net->a1));
     for (int i = 0; i < net->nblocks; i++)
         GLAE_TRY(block_forward(ctx, net, &net->blocks[i], p, training));

@@ -251,7 +251,58 @@ static PyObject *py_sgemm(PyObject *self, PyObject *args, PyObject *kw) {
     return (PyObject *)c;
 }
 
+/* conv2d_bn_act_forward(x, w, b, gamma, beta, running_mean, running_var, eps, stride, pad,
+ *                       residual=None, relu=True, ctx=None) -> (y, save_mean, save_invstd):
+ * inference conv + eval batch norm (+ residual) (+ ReLU), ops/fused.h */
+static PyObject *py_conv2d_bn_act_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "b", "gamma", "beta", "running_mean", "running_var", "eps",
+                             "stride", "pad", "residual", "relu", "ctx", NULL};
+    PyObject *xo, *wo, *bo, *go, *beo, *rmo, *rvo, *so, *po, *ro = Py_None, *ctxo = NULL;
+    float eps;
+    int relu = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOfOO|OpO:conv2d_bn_act_forward", kwlist,
+                                     &xo, &wo, &bo, &go, &beo, &rmo, &rvo, &eps, &so, &po, &ro,
+                                     &relu, &ctxo))
+        return NULL;
+    PyArrayObject *x, *w;
+    glae_conv2d_shape s;
+    if (conv_setup(xo, wo, so, po, &x, &w, &s)) return NULL;
+    ARG_F32_OPT(b, bo, "b", 1);
+    if (b) ARG_DIM(b, "b", 0, s.c_out);
+    ARG_F32(g, go, "gamma", 1);
+    ARG_DIM(g, "gamma", 0, s.c_out);
+    ARG_F32(be, beo, "beta", 1);
+    ARG_DIM(be, "beta", 0, s.c_out);
+    ARG_F32(rm, rmo, "running_mean", 1);
+    ARG_DIM(rm, "running_mean", 0, s.c_out);
+    ARG_F32(rv, rvo, "running_var", 1);
+    ARG_DIM(rv, "running_var", 0, s.c_out);
+    if (!(eps > 0.0f)) {
+        PyErr_Format(PyExc_ValueError, "eps must be > 0, got %g", (double)eps);
+        return NULL;
+    }
+    ARG_F32_OPT(r, ro, "residual", 4);
+    npy_intp dims[4] = {s.n, s.oh, s.ow, s.c_out}, cd[1] = {s.c_out};
+    if (r)
+        for (int i = 0; i < 4; i++) ARG_DIM(r, "residual", i, dims[i]);
+    glae_job J;
+    if (glae_job_begin(&J, ctxo)) return NULL;
+    float *dx = glae_job_in(&J, x), *dw = glae_job_in(&J, w), *db = glae_job_in(&J, b);
+    float *dg = glae_job_in(&J, g), *dbe = glae_job_in(&J, be), *drm = glae_job_in(&J, rm);
+    float *drv = glae_job_in(&J, rv), *dr = glae_job_in(&J, r);
+    float *y = glae_job_out(&J, 4, dims, NPY_FLOAT32, 0);
+    float *sm = glae_job_out(&J, 1, cd, NPY_FLOAT32, 0), *si = glae_job_out(&J, 1, cd, NPY_FLOAT32, 0);
+    GLAE_JOB_RUN(J, J.ctx->ops->conv2d_bn_act_forward(J.ctx, y, sm, si, dx, dr, dw, db, dg, dbe,
+                                                      drm, drv, eps, relu, &s));
+}
+
 PyMethodDef glae_conv_methods[] = {
+    {"conv2d_bn_act_forward", (PyCFunction)(void (*)(void))py_conv2d_bn_act_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_bn_act_forward(x, w, b, gamma, beta, running_mean, running_var, eps, stride, pad,\n"
+     "                      residual=None, relu=True, ctx=None) -> (y, save_mean, save_invstd)\n"
+     "inference: relu(BN_eval(conv(x, w) + b) + residual) (ops/fused.h)"},
     {"conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
      METH_VARARGS | METH_KEYWORDS,
      "conv2d_forward(x, w, b, stride, pad, ctx=None) -> y\n"

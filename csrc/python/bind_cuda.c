@@ -44,7 +44,7 @@ static void ctx_capsule_free(PyObject *cap) {
 static glae_ctx *get_ctx(PyObject *o) {
     if (!PyCapsule_IsValid(o, CAPSULE)) {
         PyErr_Format(PyExc_TypeError,
-                     "ctx must be None (the CPU) or a CUDA context from cuda_context(), got %s",
+                     "ctx must be None (the CPU), a context from cpu_context() or cuda_context(), got %s",
                      Py_TYPE(o)->tp_name);
         return NULL;
     }

@@ -54,16 +54,17 @@ static const char *head_name(int kind) {
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"backbone", "head", "r", "k", "s", "proj_depth", "proj_width",
                              "num_classes", "lam", "seed", "input_size", "device", "math",
-                             "threads", "stochastic_depth", NULL};
+                             "threads", "stochastic_depth", "cpu_backend", NULL};
     const char *backbone = "resnet18", *head = "fr+pa", *device = "cpu", *math = "fp32";
+    const char *cpu_backend = "reference";
     glae_model_config cfg;
     glae_model_config_default(&cfg);
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKissif:Model", kwlist, &backbone,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ssiiiiiifKissifs:Model", kwlist, &backbone,
                                      &head, &cfg.r, &cfg.k, &cfg.s, &cfg.proj_depth,
                                      &cfg.proj_width, &cfg.num_classes, &cfg.lam, &seed,
                                      &cfg.input_size, &device, &math, &cfg.threads,
-                                     &cfg.stochastic_depth))
+                                     &cfg.stochastic_depth, &cpu_backend))
         return -1;
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Model is busy in another thread");
@@ -71,7 +72,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     }
     if (glae_py_parse_backbone(backbone, &cfg.backbone) || parse_head(head, &cfg.head) ||
         glae_py_parse_device(device, &cfg.device, &cfg.cuda_device) ||
-        glae_py_parse_math(math, &cfg.math))
+        glae_py_parse_math(math, &cfg.math) || glae_py_cpu_backend(cpu_backend, &cfg.cpu_backend))
         return -1;
     if (glae_check_min(cfg.r, "r", 1) || glae_check_min(cfg.k, "k", 1) ||
         glae_check_min(cfg.s, "s", 1) || glae_check_min(cfg.proj_depth, "proj_depth", 0) ||
@@ -195,6 +196,12 @@ static PyObject *Model_device(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     if (self->m.ctx.device == GLAE_CUDA) return PyUnicode_FromFormat("cuda:%d", self->m.cfg.cuda_device);
     return PyUnicode_FromString("cpu");
+}
+
+static PyObject *Model_cpu_backend(ModelObject *self, void *c) {
+    if (!model_ready(self)) return NULL;
+    if (self->m.ctx.device != GLAE_CPU) return PyUnicode_FromString("");
+    return PyUnicode_FromString(self->m.cfg.cpu_backend == GLAE_CPU_ONEDNN ? "onednn" : "reference");
 }
 
 static PyObject *Model_config(ModelObject *self, void *c) {
@@ -666,6 +673,8 @@ static PyGetSetDef Model_getset[] = {
     {"drop_step", (getter)Model_drop_step, (setter)Model_set_drop_step,
      "EfficientNetV2: the stochastic-depth masks' counter (training forwards so far); the "
      "masks are a pure function of (seed, drop_step, block, sample)", NULL},
+    {"cpu_backend", (getter)Model_cpu_backend, NULL,
+     "'reference' or 'onednn': the op table of a CPU model ('' on a GPU)", NULL},
     {"device", (getter)Model_device, NULL,
      "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
      "grads, momentum and buffers are read-only host copies)", NULL},
@@ -680,7 +689,7 @@ static PyTypeObject ModelType = {
     .tp_doc = "Model(backbone='resnet18', head='fr+pa', r=16, k=16, s=16, proj_depth=0, "
               "proj_width=512, num_classes=101, lam=1.0, seed=0, input_size=224, device='cpu', "
               "math='fp32', threads=0 (0: the process default, glae.set_num_threads), "
-              "stochastic_depth=0.2 (EfficientNetV2's stochastic_depth_prob; 0: off)); backbone "
+              "stochastic_depth=0.2 (EfficientNetV2's stochastic_depth_prob; 0: off), cpu_backend='reference' (or 'onednn')); backbone "
               "'resnet18', 'resnet50', 'efficientnet_v2_s' or 'efficientnet_v2_m'",
     .tp_methods = Model_methods,
     .tp_getset = Model_getset,

@@ -27,7 +27,8 @@ static int cpu_acquire(glae_job *j) {
 }
 
 static void cpu_release(glae_job *j) {
-    if (j->ctx == &cached_ctx) atomic_flag_clear(&cached_busy);
+    if (j->taken) glae_py_cpu_ctx_give(j->ctx);
+    else if (j->ctx == &cached_ctx) atomic_flag_clear(&cached_busy);
     else if (j->own_cpu) glae_ctx_close(&j->cpu);
 }
 
@@ -41,6 +42,12 @@ int glae_job_begin(glae_job *j, PyObject *ctxo) {
         }
         return 0;
     }
+    int err;
+    if ((j->ctx = glae_py_cpu_ctx_take(ctxo, &err))) {
+        j->taken = 1;
+        return 0;
+    }
+    if (err) return -1;
 #ifdef GLAE_WITH_CUDA
     j->ctx = glae_py_cuda_ctx(ctxo);
     j->device = 1;
@@ -48,7 +55,8 @@ int glae_job_begin(glae_job *j, PyObject *ctxo) {
 #else
     /* no CUDA context can exist in this build */
     PyErr_Format(PyExc_TypeError,
-                 "ctx must be None (the CPU; glae was built without CUDA), got %s",
+                 "ctx must be None (the CPU), a context from cpu_context() (glae was built "
+                 "without CUDA), got %s",
                  Py_TYPE(ctxo)->tp_name);
     return -1;
 #endif

@@ -30,6 +30,7 @@ typedef struct {
     glae_ctx *ctx; /* &cpu, or the caller's CUDA context */
     glae_ctx cpu;
     int own_cpu; /* cpu is this job's (the cached CPU context was busy) */
+    int taken;   /* ctx is a cpu_context()'s, held for this call */
     int device;  /* buffers live apart from the NumPy arrays (a GPU) */
     void *dev[GLAE_JOB_MAX];
     int ndev;
@@ -96,6 +97,13 @@ int glae_check_argmax(PyArrayObject *a, int h, int w);
         if (!(J).failed) GLAE_NOGIL(st_, call);    \
         return glae_job_finish(&(J), st_);         \
     } while (0)
+
+/* the context of a cpu_context() capsule, held for one call (bind_cpu.c): NULL when o is
+ * not one; NULL with *err = -1 and RuntimeError when another call holds it */
+glae_ctx *glae_py_cpu_ctx_take(PyObject *o, int *err);
+void glae_py_cpu_ctx_give(glae_ctx *ctx);
+/* 1 when o is a cpu_context() (bindings of functions outside the op table run the CPU code) */
+int glae_py_is_cpu_ctx(PyObject *o);
 
 /* the context of a cuda_context() capsule (bind_cuda.c); NULL with TypeError */
 glae_ctx *glae_py_cuda_ctx(PyObject *o);

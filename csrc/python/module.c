@@ -5,6 +5,7 @@
 #include "core/ctx.h"
 #include "nn/effnet.h"
 #include "nn/resnet.h"
+#include "ops/backend.h"
 
 /* setup.py writes glae_build_info.h (GLAE_BUILD_INFO_ITEMS: X(key, value) pairs) into the
  * build folder: how this module was built, for diagnostics and tests/test_build.py. */
@@ -83,6 +84,7 @@ static PyMethodDef *const families[] = {
     glae_core_methods, glae_ops_methods,   glae_conv_methods, glae_loss_methods,
     glae_metrics_methods, glae_train_methods, glae_data_methods, glae_nn_methods,
     glae_mtcnn_methods, glae_bf16_methods, glae_cuda_methods, glae_pretrain_methods,
+    glae_cpu_methods,
 };
 
 static PyMethodDef *all_methods; /* lives as long as the process (the module may be re-imported) */
@@ -143,6 +145,7 @@ PyMODINIT_FUNC PyInit__C(void) {
         return NULL;
     }
     if (PyModule_AddIntConstant(m, "HAS_CUDA", has_cuda) < 0 ||
+        PyModule_AddIntConstant(m, "HAS_ONEDNN", glae_onednn_built()) < 0 ||
         PyModule_AddStringConstant(m, "__version__", GLAE_VERSION) < 0 ||
         glae_nn_add_types(m) < 0 || glae_data_add_types(m) < 0 ||
         glae_pretrain_add_types(m) < 0) {

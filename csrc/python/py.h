@@ -101,6 +101,10 @@ extern PyMethodDef glae_mtcnn_methods[];
 extern PyMethodDef glae_bf16_methods[]; /* mixed-precision layers, CPU or a CUDA ctx */
 extern PyMethodDef glae_cuda_methods[]; /* raise RuntimeError when built without CUDA */
 extern PyMethodDef glae_pretrain_methods[]; /* verification figures (bind_pretrain.c) */
+extern PyMethodDef glae_cpu_methods[]; /* CPU contexts: the reference or oneDNN (bind_cpu.c) */
+/* "reference" / "onednn" -> GLAE_CPU_REFERENCE / GLAE_CPU_ONEDNN; -1 with ValueError, or
+ * RuntimeError for "onednn" in a build without it (bind_cpu.c) */
+int glae_py_cpu_backend(const char *s, int *backend);
 /* Types a family adds to the module (Model, Loader, ...); 0 on success. */
 int glae_nn_add_types(PyObject *m);
 int glae_data_add_types(PyObject *m);

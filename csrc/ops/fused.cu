@@ -1,0 +1,24 @@
+/* CUDA twin of ops/fused.c: the three twins in turn on the context's stream (cuDNN's fused
+ * convolution-bias-activation is the next step there; see docs/cuda.md). */
+#include "ops/kernels.cuh"
+
+#include "ops/ops_cuda.h"
+
+extern "C" int glae_conv2d_bn_act_forward_cuda(glae_ctx *ctx, float *out, float *save_mean,
+                                               float *save_invstd, const float *in,
+                                               const float *residual, const float *weight,
+                                               const float *bias, const float *gamma,
+                                               const float *beta, const float *running_mean,
+                                               const float *running_var, float eps, int relu,
+                                               const glae_conv2d_shape *s) {
+    if (!s) return glae_fail(GLAE_ERR_VALUE, "conv2d_bn_act_forward_cuda: shape is NULL");
+    if (!running_mean || !running_var)
+        return glae_fail(GLAE_ERR_VALUE, "conv2d_bn_act_forward_cuda: needs the running statistics");
+    GLAE_TRY(glae_conv2d_forward_cuda(ctx, out, in, weight, bias, s));
+    const int64_t rows = (int64_t)s->n * s->oh * s->ow, n = rows * s->c_out;
+    GLAE_TRY(glae_batchnorm_forward_cuda(ctx, out, save_mean, save_invstd, out, gamma, beta,
+                                         (float *)running_mean, (float *)running_var, rows,
+                                         s->c_out, 0.1f, eps, 0));
+    if (residual) GLAE_TRY(glae_add_forward_cuda(ctx, out, out, residual, n));
+    return relu ? glae_relu_forward_cuda(ctx, out, out, n) : GLAE_OK;
+}

@@ -74,6 +74,8 @@ class Model:
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
                               input_size=config.image_size, device=config.device,
                               math=config.gpu_math, threads=config.threads, **kw)
+        if config.bn_batch:
+            self.core.bn_batch = config.bn_batch
         if config.cudnn_benchmark:
             self.core.cudnn_benchmark()
         if config.cuda_graph:

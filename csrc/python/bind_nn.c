@@ -168,6 +168,30 @@ static int Model_set_threads(ModelObject *self, PyObject *v, void *c) {
     return st ? -1 : 0;
 }
 
+static PyObject *Model_bn_batch(ModelObject *self, void *c) {
+    (void)c;
+    if (!model_ready(self)) return NULL;
+    return PyLong_FromLong(self->m.net.bn_batch);
+}
+
+static int Model_set_bn_batch(ModelObject *self, PyObject *v, void *c) {
+    (void)c;
+    if (!model_ready(self)) return -1;
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "bn_batch cannot be deleted");
+        return -1;
+    }
+    const long n = PyLong_AsLong(v);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0 || n > 1 << 30) {
+        PyErr_Format(PyExc_ValueError, "bn_batch must be >= 0 (0: the whole batch); got %ld", n);
+        return -1;
+    }
+    const int st = glae_model_set_bn_batch(&self->m, (int)n);
+    if (st) glae_raise(st);
+    return st ? -1 : 0;
+}
+
 static PyObject *Model_device(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     if (self->m.ctx.device == GLAE_CUDA) return PyUnicode_FromFormat("cuda:%d", self->m.cfg.cuda_device);
@@ -639,6 +663,9 @@ static PyGetSetDef Model_getset[] = {
      "CPU threads of this model's kernels: its own count, which other threads' work (a "
      "detector, another model) neither sees nor changes; set it (or Model(threads=)) to n >= 1, "
      "or to 0 to follow the process default (glae.set_num_threads)", NULL},
+    {"bn_batch", (getter)Model_bn_batch, (setter)Model_set_bn_batch,
+     "ghost batch norm: the backbone's BN statistics over consecutive groups of this many "
+     "images of a training batch (the papers' 32 per GPU); 0: the whole batch", NULL},
     {"device", (getter)Model_device, NULL,
      "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
      "grads, momentum and buffers are read-only host copies)", NULL},

@@ -720,6 +720,22 @@ PyMethodDef glae_nn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* model_py.h: a _C.Model's flat buffers and context for the communicator (bind_dist.c) */
+int glae_py_model_acquire(PyObject *o, glae_params **p, glae_ctx **ctx) {
+    if (!PyObject_TypeCheck(o, &ModelType)) {
+        PyErr_Format(PyExc_TypeError, "expected a glae._C.Model, got %s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    ModelObject *self = (ModelObject *)o;
+    if (!model_ready(self)) return -1;
+    self->busy = 1;
+    *p = &self->m.p;
+    *ctx = &self->m.ctx;
+    return 0;
+}
+
+void glae_py_model_release(PyObject *o) { ((ModelObject *)o)->busy = 0; }
+
 int glae_nn_add_types(PyObject *m) {
     if (PyType_Ready(&ModelType) < 0) return -1;
     Py_INCREF(&ModelType);

@@ -86,9 +86,11 @@ extern PyMethodDef glae_mtcnn_methods[];
 extern PyMethodDef glae_bf16_methods[]; /* mixed-precision layers, CPU or a CUDA ctx */
 extern PyMethodDef glae_cuda_methods[]; /* raise RuntimeError when built without CUDA */
 extern PyMethodDef glae_pretrain_methods[]; /* verification figures (bind_pretrain.c) */
+extern PyMethodDef glae_dist_methods[]; /* data parallelism (bind_dist.c) */
 /* Types a family adds to the module (Model, Loader, ...); 0 on success. */
 int glae_nn_add_types(PyObject *m);
 int glae_data_add_types(PyObject *m);
 int glae_pretrain_add_types(PyObject *m); /* bind_pretrain.c */
+int glae_dist_add_types(PyObject *m);     /* bind_dist.c */
 
 #endif

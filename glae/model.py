@@ -72,7 +72,7 @@ class Model:
         self.core = CoreModel(backbone=config.backbone, head=config.head, r=config.r,
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
-                              input_size=config.image_size, device=config.device,
+                              input_size=config.image_size, device=_rank_device(config.device),
                               math=config.gpu_math, threads=config.threads, **kw)
         if config.bn_batch:
             self.core.bn_batch = config.bn_batch
@@ -270,6 +270,15 @@ class Model:
 
     def load_state_dict(self, state, strict=True):
         return self.core.load_state_dict(state, strict=strict)
+
+
+def _rank_device(device):
+    """'cuda' is the local rank's GPU when several ranks run (glae.distributed)."""
+    if device != "cuda":
+        return device
+    from .distributed import place_device
+
+    return place_device(device)
 
 
 def load(path, device=None, gpu_math=None):

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <time.h>
 
 #include "core/device.h"
@@ -71,7 +72,6 @@ static int mpi_error(glae_comm *c, int rc, const char *fn) {
 /* Poll a request against the deadline: a peer that died leaves it pending for ever. */
 static int wait_req(glae_comm *c, MPI_Request *req, const char *fn) {
     const double t0 = MPI_Wtime();
-    long spins = 0;
     for (;;) {
         int done = 0;
         const int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
@@ -85,8 +85,13 @@ static int wait_req(glae_comm *c, MPI_Request *req, const char *fn) {
                              "(resume it from the last checkpoint)",
                              fn, c->rank, c->size, c->timeout_s);
         }
-        if (++spins > 2000) { /* a short wait spins; a long one sleeps between polls */
-            struct timespec ts = {0, 200000};
+        /* MPI progresses only inside MPI_Test: poll at full speed (yielding the core)
+         * while the collective moves data; a rank waiting for a slow peer for over a
+         * second sleeps between polls */
+        if (MPI_Wtime() - t0 < 1.0) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
         }
     }

@@ -6,6 +6,7 @@ steps: a few Trainer steps on a tiny model; after each, every rank's weights com
        rank 0's bit for bit; the first step's averaged gradient saved (grads.npz).
 fit:   Trainer.fit over 2 epochs with a validation set (rank 0 writes log.jsonl and
        last.safetensors; evaluation sharded and gathered).
+resume: 3 steps, then a resume from rank 0's checkpoint to the end (tests exact resume).
 kill:  rank 1 dies (SIGKILL) in its second step.
 hang:  rank 1 stops answering in its second step (GLAE_DIST_TIMEOUT limits the wait).
 """
@@ -86,8 +87,20 @@ def steps(out):
 def fit(out):
     images, ages = data()
     m = model(bn_batch=int(os.environ.get("BN_BATCH", "0")))
-    m.fit((images[:32], ages[:32]), (images[32:39], ages[32:39]), out_dir=out, progress=False,
+    m.fit((images[:16], ages[:16]), (images[32:39], ages[32:39]), out_dir=out, progress=False,
           log=print)
+
+
+def resume(out):
+    """stop after 3 steps, then resume from rank 0's checkpoint to the end of both stages"""
+    images, ages = data()
+    m = model()
+    train, val = (images[:16], ages[:16]), (images[32:39], ages[32:39])
+    Trainer(m, m.config, glae.train.as_dataset(train), glae.train.as_dataset(val), out_dir=out,
+            progress=False, log=None).fit(max_steps=3)
+    dist.world().barrier()  # rank 0 has written the checkpoint
+    Trainer.resume(os.path.join(out, "last.safetensors"), train, val, out_dir=out,
+                   progress=False, log=None).fit()
 
 
 def fail(out, how):
@@ -110,5 +123,5 @@ def fail(out, how):
 
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
-    {"steps": steps, "fit": fit, "kill": lambda o: fail(o, "kill"),
+    {"steps": steps, "fit": fit, "resume": resume, "kill": lambda o: fail(o, "kill"),
      "hang": lambda o: fail(o, "hang")}[mode](out)

@@ -233,3 +233,24 @@ def test_sharded_loader_gives_each_rank_its_part_of_every_global_batch(stage):
         _C.Loader(images, ages, None, order[:10], 2, shard=(0, 2), **kw)
     with pytest.raises(ValueError, match="shard rank"):
         _C.Loader(images, ages, None, order, 2, shard=(2, 2), **kw)
+
+
+@needs_mpi
+def test_command_line_train_under_mpirun(tmp_path):
+    from glae.data.synthetic import write_synthetic
+
+    pack = write_synthetic(str(tmp_path / "train.glaepack"), 16, 32, 0)
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
+    p = subprocess.run(
+        [mpirun(), "-n", "2", sys.executable, "-m", "glae", "train", "--train", pack, "--out",
+         str(tmp_path / "run"), "--set", "image_size=32", "--set", "batch_size=8", "--set",
+         "stage1_epochs=1", "--set", "stage2_epochs=0", "--set", "head=gap", "--set",
+         "bn_batch=2", "--set", "linear_scaling=false", "--set", "threads=1"],
+        capture_output=True, text=True, timeout=240, env=e)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("checkpoints in") == 1  # rank 0 alone prints
+    assert p.stdout.count("stage 1 epoch 1") == 1
+    assert sorted(os.listdir(tmp_path / "run")) == ["last.safetensors", "log.jsonl"]
+    _, _, state = glae.train.load_checkpoint(tmp_path / "run" / "last.safetensors",
+                                             glae.model._Restore)
+    assert state["world_size"] == 2 and state["stage"] == 1

@@ -132,7 +132,11 @@ class World:
         if self.kind == "env":
             _open_nccl_env(self, core)
         elif _C.dist_built()["nccl"] and os.environ.get("GLAE_NCCL", "1") != "0":
-            self.comm.open_nccl(core)
+            # NCCL takes one rank per GPU: where a node runs more ranks than it has GPUs
+            # (e.g. 2 ranks on one GPU), every rank stays on the host path over MPI
+            shared = self.local_rank >= len(_C.cuda_devices())
+            if self.sum([float(shared)])[0] == 0:
+                self.comm.open_nccl(core)
         self.nccl_ready = True
 
     def barrier(self):

@@ -12,6 +12,8 @@ Environment switches:
   GLAE_BUILD_JOBS compilers run at once (default: the CPUs this process may use, at most 8)
   GLAE_ONEDNN=0|1 force the oneDNN CPU backend off / on (on: fail if oneDNN is missing)
   ONEDNN_HOME     oneDNN root (else the Python prefix, where the onednn-*-cpu-gomp wheels go)
+  GLAE_MPI=0|1    MPI (data-parallel training on CPUs) off / mandatory; MPI_HOME its root
+  GLAE_NCCL=0     no NCCL with the CUDA backend; NCCL_HOME its root (build_dist.py)
 """
 import glob
 import os
@@ -29,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import build_cuda  # noqa: E402  (the detection shared with tests/test_build.py)
 import build_onednn  # noqa: E402  (likewise, for the oneDNN CPU backend)
+import build_dist  # noqa: E402  (MPI and NCCL, shared with tests/test_distributed.py)
 
 
 def log(msg):
@@ -135,13 +138,15 @@ class BuildExt(build_ext):
         os.makedirs(out_dir, exist_ok=True)
         incs = [f"-I{d}" for d in ext.include_dirs]
         gencode = build_cuda.gencode_flags(build_cuda.cuda_arch())
+        # the optional libraries' switches reach the .cu files too (comm_nccl.cu)
+        defs = [f"-D{n}" for n, _ in ext.define_macros if n in ("GLAE_WITH_NCCL", "GLAE_WITH_MPI")]
 
         def one(src):
             obj = os.path.join(out_dir, os.path.relpath(src, HERE).replace(os.sep, "_") + ".o")
             # no --use_fast_math and -fmad=false: the kernels' float arithmetic is the C
             # twins' (-ffp-contract=off), IEEE division and sqrt, no flush to zero
             cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-fmad=false",
-                   "-Xcompiler", "-fPIC", "-DGLAE_WITH_CUDA", *gencode, *incs]
+                   "-Xcompiler", "-fPIC", "-DGLAE_WITH_CUDA", *defs, *gencode, *incs]
             log(" ".join(cmd))
             subprocess.check_call(cmd)
             return obj
@@ -164,6 +169,36 @@ class BuildExt(build_ext):
             with open(path, "w") as f:
                 f.write(text)
         return out_dir
+
+
+def add_dist(ext, info, cuda_cfg):
+    """MPI (CPU data parallelism, and the launcher's channel) and, beside CUDA, NCCL."""
+    mpi, why = build_dist.detect_mpi()
+    if mpi:
+        log(f"MPI on: {why}")
+        ext.define_macros.append(("GLAE_WITH_MPI", "1"))
+        ext.include_dirs += mpi["include"]
+        ext.library_dirs += mpi["libdirs"]
+        ext.runtime_library_dirs += mpi["rpath"]
+        ext.libraries += mpi["libs"]
+    elif os.environ.get("GLAE_MPI", "").strip() == "1":
+        raise SystemExit(f"glae setup: GLAE_MPI=1 but {why}")
+    else:
+        log(f"MPI off ({why}): distributed training on CPUs unavailable")
+    info.update({"mpi": "1" if mpi else "0", "mpi_reason": why})
+    if not cuda_cfg:
+        info.update({"nccl": "0", "nccl_reason": "no CUDA backend"})
+        return
+    nccl, why = build_dist.detect_nccl(cuda_cfg["home"])
+    if nccl:
+        inc, libdir, name = nccl
+        log(f"NCCL on: {why}")
+        ext.define_macros.append(("GLAE_WITH_NCCL", "1"))
+        ext.include_dirs.append(inc)
+        ext.library_dirs.append(libdir)
+        ext.runtime_library_dirs.append(libdir)
+        ext.libraries.append(name)
+    info.update({"nccl": "1" if nccl else "0", "nccl_reason": why})
 
 
 def extension():
@@ -233,6 +268,7 @@ def extension():
     else:
         ext.sources = c_sources
     add_onednn(ext, info)
+    add_dist(ext, info, cfg)
     ext.glae_build_info = info
     return ext
 

@@ -11,7 +11,11 @@
 # and the device call is
 #   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
 #
-# Stages (GLAE_GPU_STAGES, default all, run in this order): build info tests agree step.
+# Stages (GLAE_GPU_STAGES, default all, run in this order): build info tests agree step dist.
+# dist (docs/distributed.md) needs the MPICH wheel in .whl/ too (pip download --no-deps
+# --only-binary=:all: --platform manylinux_2_28_x86_64 -d .whl mpich): it installs it,
+# rebuilds with MPI (and NCCL), runs the 2-rank CPU tests, then bench/scaling.py on the
+# GPU: 2 ranks on one GPU over the MPI path, and over NCCL when there are 2 or more GPUs.
 # The agreement's CPU side takes ~0.5 s a step on 2 cores here, well under a minute on that
 # machine's 16, so it goes before the benchmark, whose torch.compile row comes last. Each
 # stage's time limit is its own cap or what is left of GLAE_GPU_DEADLINE (default 585 s,
@@ -23,7 +27,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-STAGES=${GLAE_GPU_STAGES:-"build info tests agree step"}
+STAGES=${GLAE_GPU_STAGES:-"build info tests agree step dist"}
 DEADLINE=${GLAE_GPU_DEADLINE:-585}
 case "$DEADLINE" in ''|*[!0-9]*) echo "GLAE_GPU_DEADLINE must be whole seconds, got '$DEADLINE'" >&2; exit 2 ;; esac
 export PYTHONUNBUFFERED=1
@@ -47,7 +51,8 @@ skip() {
 stamp "start; $(nvidia-smi -L 2>&1 | head -1); $($PY --version 2>&1)"
 if ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/glae-site .whl/*.whl && export PYTHONPATH=/tmp/glae-site${PYTHONPATH:+:$PYTHONPATH}
+        --target /tmp/glae-site $(ls .whl/*.whl | grep -v mpich) \
+        && export PYTHONPATH=/tmp/glae-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
@@ -100,5 +105,30 @@ if has step && ! skip step; then
         --compile-arch 18 --effnet efficientnet_v2_m >"$OUT/gpu_step.log" 2>&1
     stamp "gpu_step rc=$?"
     tail -40 "$OUT/gpu_step.log"
+fi
+if has dist && ! skip dist; then
+    if ls .whl/mpich-*.whl >/dev/null 2>&1; then
+        # mpicc, mpi.h, libmpi and mpirun under one prefix; the build finds mpicc on PATH
+        $PY -m pip install -q --no-index --no-deps --prefix /tmp/glae-mpi .whl/mpich-*.whl
+        export PATH=/tmp/glae-mpi/bin:$PATH
+        GLAE_CUDA=1 GLAE_MPI=1 GLAE_CUDA_ARCH=${GLAE_CUDA_ARCH:-90} timeout "$(limit 300)" \
+            $PY setup.py build_ext --inplace --force >"$OUT/build_dist.log" 2>&1
+        stamp "dist build rc=$? ($($PY -c 'from glae import _C; print(_C.dist_built())' 2>&1))"
+        timeout "$(limit 120)" $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py \
+            >"$OUT/dist_tests.log" 2>&1
+        stamp "dist tests rc=$? ($(tail -1 "$OUT/dist_tests.log"))"
+        ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+        {
+            GLAE_NCCL=0 timeout "$(limit 120)" $PY bench/scaling.py --device cuda --size 224 \
+                --batch 64 --ranks 1 2
+            if [ "$ngpu" -ge 2 ]; then
+                timeout "$(limit 120)" $PY bench/scaling.py --device cuda --size 224 --batch 64 \
+                    --ranks 1 2 $([ "$ngpu" -ge 4 ] && echo 4) $([ "$ngpu" -ge 8 ] && echo 8)
+            fi
+        } 2>&1 | tee "$OUT/scaling.log"
+        stamp "scaling done ($ngpu GPUs)"
+    else
+        stamp "dist skipped: no .whl/mpich-*.whl (see the header)"
+    fi
 fi
 stamp "done"

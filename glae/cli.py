@@ -219,7 +219,10 @@ def _evaluate(model, data, train_ages=None, batch_size=64):
 
     if len(data) == 0:
         raise ValueError("the evaluation set is empty")
-    pred = predict_dataset(model, data, batch_size)
+    from .distributed import world
+
+    # under an MPI launcher each rank predicts its share of the set (distributed.py)
+    pred = predict_dataset(model, data, batch_size, world=world())
     # an untrained balanced head would only add noise
     return pred, report_dataset(data, pred, model.stage2_trained, train_ages)
 
@@ -410,7 +413,8 @@ def cmd_train(args):
     else:
         trainer = Trainer(Model.from_config(cfg), cfg, train, val, out_dir=args.out)
     trainer.fit()
-    print(f"checkpoints in {args.out}")
+    if trainer.world.is_main:
+        print(f"checkpoints in {args.out}")
     return 0
 
 
@@ -460,6 +464,10 @@ def cmd_eval(args):
     if train_ages is None:
         train_ages = model.train_ages
     pred, rep = _evaluate(model, data, train_ages=train_ages, batch_size=args.batch)
+    from .distributed import world
+
+    if not world().is_main:  # every rank has the report; rank 0 prints and writes it
+        return 0
     cfg = model.config
     how = (f"stage 2 (routed: {cfg.route})" if model.stage2_trained
            else "stage 1 only (vanilla head)")
@@ -744,4 +752,18 @@ def main(argv=None):
         return args.func(args)
     except (ValueError, OSError, FloatingPointError, DeviceUnavailableError) as e:
         print(f"glae {args.command}: error: {e}", file=sys.stderr)
+        _end_other_ranks(e)
         return 2
+    except Exception as e:  # a rank that died or hangs (distributed), or a bug
+        _end_other_ranks(e)
+        raise
+
+
+def _end_other_ranks(e):
+    """In a run of several ranks, one that fails ends them all at once (MPI_Abort) rather
+    than leaving them to wait for it until their timeout."""
+    from . import distributed
+
+    w = distributed._WORLD
+    if w is not None and w.size > 1:
+        distributed.report_failure(w, e)

@@ -90,6 +90,10 @@ class Config:
         "crop": True, "flip": True, "color_jitter": True, "randaugment": True})
     # optimisation
     batch_size: int = 256
+    # ghost batch norm: the backbone's BN statistics over consecutive groups of bn_batch
+    # images of each training batch, the papers' 8 GPUs x 32 (LAE 2.3) on one device; 0:
+    # the whole batch (of each rank in a distributed run: docs/distributed.md)
+    bn_batch: int = 0
     stage1_epochs: int = 24
     stage2_epochs: int = 8
     base_lr1: float = 0.005
@@ -195,12 +199,16 @@ class Config:
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
         choice("on_nonfinite", ("stop", "skip"))
         for name in ("stage1_epochs", "stage2_epochs", "proj_depth", "proj_width", "threads",
-                     "loader_threads", "seed", "checkpoint_every"):
+                     "loader_threads", "seed", "checkpoint_every",
+                     "bn_batch"):
             positive(name, allow_zero=True)
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"{name} must be an integer; got {getattr(self, name)!r}")
         if self.seed >= 2**64:  # the engine's Philox key is 64 bits
             raise ValueError(f"seed must be below 2**64; got {self.seed}")
+        if self.bn_batch == 1:
+            raise ValueError("bn_batch must be 0 (the whole batch) or >= 2: batch norm needs more "
+                             "than one image per group")
         if self.threads > 1024:
             raise ValueError(f"threads must be at most 1024; got {self.threads}")
         if self.image_size > 4096:  # the papers use 224; a 4096 px batch of 256 needs ~150 GiB

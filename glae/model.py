@@ -79,10 +79,12 @@ class Model:
         self.core = CoreModel(backbone=config.backbone, head=config.head, r=config.r,
                               k=config.k, s=config.s, proj_depth=config.proj_depth,
                               num_classes=config.num_classes, lam=config.lam, seed=config.seed,
-                              input_size=config.image_size, device=config.device,
+                              input_size=config.image_size, device=_rank_device(config.device),
                               math=config.gpu_math, threads=config.threads,
                               stochastic_depth=config.stochastic_depth,
                               cpu_backend=resolve_cpu_backend(config.cpu_backend), **kw)
+        if config.bn_batch:
+            self.core.bn_batch = config.bn_batch
         if config.cudnn_benchmark:
             self.core.cudnn_benchmark()
         if config.cuda_graph:
@@ -308,6 +310,15 @@ def resolve_cpu_backend(name):
     if name == "auto":
         return "onednn" if _C.HAS_ONEDNN else "reference"
     return name
+
+
+def _rank_device(device):
+    """'cuda' is the local rank's GPU when several ranks run (glae.distributed)."""
+    if device != "cuda":
+        return device
+    from .distributed import place_device
+
+    return place_device(device)
 
 
 def load(path, device=None, gpu_math=None):

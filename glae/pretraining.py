@@ -357,6 +357,12 @@ class Pretrainer:
                  progress=True, log=print):
         cfg = config or PretrainConfig()
         cfg.validate()
+        from .distributed import world
+
+        if world().size > 1:  # N copies would each train the whole run into one out_dir
+            raise ValueError("identity pre-training is not data-parallel (yet): run it in one "
+                             "process, not under mpirun / srun / torchrun "
+                             "(docs/distributed.md)")
         self.cfg = cfg
         self.log = log or (lambda *a, **k: None)
         self.progress = progress

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from . import metrics as M
 from ._lib import _C
 from .config import Config
@@ -108,10 +109,12 @@ def as_dataset(data):
                     "or an (images, ages[, sigmas]) tuple")
 
 
-def predict_dataset(model, dataset, batch_size=64):
+def predict_dataset(model, dataset, batch_size=64, world=None):
     """The vanilla, balanced and routed ages and the routing choice for every image of a
     Dataset: the deterministic evaluation resize and normalisation (no augmentation), the
-    model's route and flip_test. Shared by the Trainer's evaluation and `glae eval`."""
+    model's route and flip_test. Shared by the Trainer's evaluation and `glae eval`.
+    world: a distributed.World of several ranks: each predicts its contiguous share of
+    the set and every rank gets all the answers (the model must be the same on all)."""
     from .model import eval_augment
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -119,8 +122,10 @@ def predict_dataset(model, dataset, batch_size=64):
     cfg = model.config
     aug = eval_augment(cfg)
     outs = {"vanilla": [], "balanced": [], "routed": [], "choice": []}
-    for start in range(0, len(dataset), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(dataset)), dtype=np.int64)
+    first, last = world.shard(len(dataset)) if world is not None and world.size > 1 \
+        else (0, len(dataset))
+    for start in range(first, last, batch_size):
+        idx = np.arange(start, min(start + batch_size, last), dtype=np.int64)
         if getattr(dataset, "verify", None) is not None:
             dataset.verify(idx)
         x = _C.augment_batch(dataset.images, idx, cfg.image_size, cfg.seed, 0, dtype="uint8",
@@ -130,7 +135,13 @@ def predict_dataset(model, dataset, batch_size=64):
         outs["balanced"].append(r["balanced_age"])
         outs["routed"].append(r["age"])
         outs["choice"].append(r["head"])
-    return {k: np.concatenate(v) for k, v in outs.items()}
+    types = {"vanilla": np.float32, "balanced": np.float32, "routed": np.float32,
+             "choice": np.int32}
+    outs = {k: np.concatenate(v) if v else np.zeros(0, types[k]) for k, v in outs.items()}
+    if first == 0 and last == len(dataset):
+        return outs
+    whole = world.gather_slices(len(dataset), first, outs)
+    return {k: whole[k].astype(outs[k].dtype) for k in outs}
 
 
 def report_dataset(dataset, pred, both_heads, train_ages=None):
@@ -180,8 +191,22 @@ class Trainer:
     """
 
     def __init__(self, model, config: Config, train: Dataset, val: Dataset | None = None,
-                 out_dir: str | None = None, progress: bool = True, log=print):
+                 out_dir: str | None = None, progress: bool = True, log=print, world=None):
         config.validate()
+        # data parallelism (docs/distributed.md): the launcher's ranks unless given
+        self.world = world if world is not None else dist.world()
+        W = self.world.size
+        if W > 1:
+            if config.batch_size % W:
+                raise ValueError(f"batch_size {config.batch_size} (the global batch) must be a "
+                                 f"multiple of the {W} ranks")
+            per = config.batch_size // W
+            if per < 2 and config.stage1_epochs + config.stage2_epochs > 0:
+                raise ValueError(f"batch_size {config.batch_size} over {W} ranks leaves {per} "
+                                 "image per rank: batch norm needs at least 2")
+            if config.bn_batch and config.bn_batch < per and per % config.bn_batch == 1:
+                raise ValueError(f"bn_batch {config.bn_batch} splits each rank's {per} images "
+                                 "into groups with a last group of 1 image")
         if len(train) == 0:
             raise ValueError("the training set is empty")
         if config.batch_size > len(train):
@@ -205,9 +230,10 @@ class Trainer:
         self.cfg = config
         self.train = train
         self.val = val if val is not None and len(val) else None  # empty: none
-        self.out_dir = out_dir
-        self.progress = progress
-        self.log = log or (lambda *a, **k: None)
+        # rank 0 alone writes files, logs and progress
+        self.out_dir = out_dir if self.world.is_main else None
+        self.progress = progress and self.world.is_main
+        self.log = (log if self.world.is_main else None) or (lambda *a, **k: None)
         crop = train.images.shape[1]
         if crop < config.image_size:
             self.log(f"note: the training crops are {crop} px and are upsampled to image_size "
@@ -230,8 +256,8 @@ class Trainer:
             self.sigmas = np.where(np.isnan(train.sigmas), self.sigmas, train.sigmas)
         self._no_decay = self._no_decay_mask() if config.wd_exclude_bn_bias else None
         self._check_schedules()
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
+        if self.out_dir:
+            os.makedirs(self.out_dir, exist_ok=True)
         if config.threads:  # the model's own count: other threads' work keeps theirs
             self.core.threads = config.threads
 
@@ -259,6 +285,10 @@ class Trainer:
             if not is_buffer and no_decay:
                 mask[offset:offset + numel] = 1
         return mask
+
+    def rank_batch(self):
+        """The images of a global batch that this rank trains on."""
+        return self.cfg.batch_size // self.world.size
 
     def batches_per_epoch(self):
         return max(1, len(self.train) // self.cfg.batch_size)
@@ -322,8 +352,11 @@ class Trainer:
         same float32 values the loader would have made, with a quarter of the bytes to copy."""
         nb = self.batches_per_epoch()
         order = np.ascontiguousarray(order[:nb * self.cfg.batch_size], np.int64)
+        # several ranks: each takes its consecutive share of every global batch, augmented
+        # as in a one-process run (the same global batches for any number of ranks)
+        shard = (self.world.rank, self.world.size) if self.world.size > 1 else None
         return _C.Loader(self.train.images, self.train.ages, self.sigmas, order,
-                         self.cfg.batch_size, self.cfg.image_size,
+                         self.rank_batch(), self.cfg.image_size, shard=shard,
                          seed=self.cfg.seed * 2 + stage - 1, epoch=epoch,
                          threads=self.loader_threads(), drop_last=True, dtype="uint8",
                          **self.augment_config(True))
@@ -354,10 +387,18 @@ class Trainer:
         step = self.state["step"]
         lr, mom = self.lr_momentum(stage, step)
         begin, end = m.group_range(G_BALANCED) if stage == 2 else (0, m.group_range(G_HEAD)[1])
+        # several ranks: the mean of their gradients, one all-reduce of the trained part of
+        # the flat buffer (NCCL queues it on the GPU's stream), then the same step on all
+        self.world.average_grads(m, begin, end)
         if cfg.on_nonfinite == "skip":
             # checked before the update (so the step waits for its losses): a batch whose
-            # loss or gradient is not finite is left out, the schedule moves on
+            # loss or gradient is not finite is left out, the schedule moves on (the
+            # gradients are the ranks' mean by now, so every rank decides alike)
             losses = m.async_losses(0)
+            if self.world.size > 1:  # every rank decides on the global batch's losses
+                keys = sorted(losses)
+                mean = self.world.sum([losses[k] for k in keys]) / self.world.size
+                losses = {k: float(v) for k, v in zip(keys, mean)}
             bad = _nonfinite_parts(losses)
             if not bad and not np.isfinite(m.grads[begin:end]).all():
                 bad = ["gradient"]
@@ -389,6 +430,10 @@ class Trainer:
     def _losses_of(self, pending, back):
         stage, step, lr = pending
         losses = self.core.async_losses(back)
+        if self.world.size > 1:  # the mean over ranks: the global batch's loss, on every rank
+            keys = sorted(losses)
+            mean = self.world.sum([losses[k] for k in keys]) / self.world.size
+            losses = {k: float(v) for k, v in zip(keys, mean)}
         bad = _nonfinite_parts(losses)
         if bad:
             # before a checkpoint records it (the optimizer has taken at most one more step)
@@ -422,8 +467,10 @@ class Trainer:
         for every image of a data set (anything `fit` takes: a Dataset, a packed file, an
         (images, ages) tuple), with the evaluation resize, the Config's route and flip
         averaging. Model.predict takes bare images."""
+        # several ranks: each predicts its share with rank 0's BN statistics, all get all
+        self.world.broadcast_model(self.core, ("buffers",))
         return predict_dataset(self.model, as_dataset(dataset),
-                               batch_size or min(self.cfg.batch_size, 64))
+                               batch_size or min(self.cfg.batch_size, 64), world=self.world)
 
     def evaluate(self, dataset=None, stage=None):
         """glae.metrics.report of the validation set (or of `dataset`) for each head:
@@ -450,6 +497,9 @@ class Trainer:
         cfg = self.cfg
         st = self.state
         self._pending = None  # a step queued by an interrupted call is not this run's
+        # several ranks start from rank 0's tensors (same seed gives the same, a file
+        # read on each rank too; this makes it so whatever happened before)
+        self.world.broadcast_model(self.core)
         if (self.out_dir and st["stage"] == 1 and st["epoch"] == 0 and st["batch"] == 0
                 and st["step"] == 0):  # a fresh run: no lines of an earlier run in the log
             log_path = os.path.join(self.out_dir, "log.jsonl")
@@ -522,6 +572,9 @@ class Trainer:
             self.state["stage1_val_epoch"] = self.cfg.stage1_epochs
         if lae and self.state["stage1_val_mae"] is None:
             raise ValueError("stage2_loss='lae' needs a validation set for the stage-1 MAE")
+        # stage 2 runs the frozen backbone on its running BN statistics: rank 0's, which the
+        # checkpoints save, on every rank (docs/distributed.md)
+        self.world.broadcast_model(self.core, ("buffers",))
         # the balanced head as built (stage 1 never touches it) is its fresh initialisation;
         # its classifier is its last layer (weight, bias): cls (fr+pa), fc (gap), fr (fr)
         init = self.cfg.stage2_head_init
@@ -594,7 +647,7 @@ class Trainer:
                     "on_nonfinite='skip'")
         save_checkpoint(path, self.model, self.cfg,
                         {**self.state, "stage2_trained": self.state["stage"] == 2 and
-                         self.state["epoch"] > 0})
+                         self.state["epoch"] > 0, "world_size": self.world.size})
         st = self.state
         self._good = f"{path} (stage {st['stage']}, epoch {st['epoch']}, batch {st['batch']}, step {st['step']})"
         return path
@@ -632,6 +685,18 @@ class Trainer:
             raise ValueError(f"{path} was trained on {state['n_train']} images; the training set "
                              f"given has {len(train)}: resume needs the same training set")
         state.pop("stage2_trained", None)
+        saved_world = state.pop("world_size", 1)
+        w = kw.get("world") or dist.world()
+        if saved_world != w.size and not cfg.bn_batch:
+            raise ValueError(
+                f"{path} was trained on {saved_world} rank(s) and this run has {w.size}: with "
+                f"bn_batch = 0 the batch-norm statistics are over each rank's "
+                f"{cfg.batch_size // saved_world} images, which {w.size} rank(s) would change; "
+                f"resume with {saved_world} rank(s) (a run started with bn_batch set, e.g. "
+                f"bn_batch={cfg.batch_size // saved_world}, resumes on any number of ranks)")
+        if cfg.batch_size % w.size:
+            raise ValueError(f"{path}: batch_size {cfg.batch_size} is not a multiple of the "
+                             f"{w.size} ranks of this run")
         t = cls(model, cfg, train, val, out_dir=out_dir, **kw)
         t.state.update(state)
         return t

@@ -133,8 +133,14 @@ int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int 
                        const float *ages, const float *sigmas, const int64_t *order,
                        int64_t total, int batch, int drop_last, int size,
                        const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int nthreads,
-                       int nslots, int out_u8) {
+                       int nslots, int out_u8, int shard_rank, int shard_world) {
     *out = NULL;
+    if (shard_world < 1 || shard_rank < 0 || shard_rank >= shard_world)
+        return glae_fail(GLAE_ERR_VALUE, "Loader: shard rank %d of %d", shard_rank, shard_world);
+    if (shard_world > 1 && batch > 0 && total % ((int64_t)batch * shard_world))
+        return glae_fail(GLAE_ERR_VALUE,
+                         "Loader: %lld indices are not whole global batches of %d x %d ranks",
+                         (long long)total, batch, shard_world);
     if (n < 0 || total < 0) return glae_fail(GLAE_ERR_VALUE, "Loader: negative size");
     if (h <= 0 || w <= 0) return glae_fail(GLAE_ERR_VALUE, "Loader: empty images (%d x %d)", h, w);
     if (batch <= 0) return glae_fail(GLAE_ERR_VALUE, "Loader: batch_size must be > 0, got %d", batch);
@@ -184,6 +190,17 @@ int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int 
     for (int64_t i = 0; i < total; i++)
         if (order[i] >= 0 && order[i] < n) L->rep[i] = cnt[order[i]]++;
     free(cnt);
+    if (shard_world > 1) { /* keep this rank's part of every global batch, in order */
+        const int64_t gb = (int64_t)batch * shard_world;
+        int64_t k = 0;
+        for (int64_t i = 0; i < total; i++)
+            if ((i % gb) / batch == shard_rank) {
+                L->order[k] = L->order[i];
+                L->rep[k++] = L->rep[i];
+            }
+        L->total = total = k;
+        L->nbatches = drop_last ? total / batch : (total + batch - 1) / batch;
+    }
     for (int t = 0; t < nthreads; t++) {
         if (pthread_create(&L->th[t], NULL, worker, L) != 0) {
             glae_loader_destroy(L);

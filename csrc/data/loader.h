@@ -19,11 +19,15 @@ typedef struct glae_loader glae_loader;
  * they must outlive the loader. order (total,) is copied. The batches hold float32 images
  * normalised with cfg->norm, or (out_u8) the augmented uint8 pixels before it, a quarter of
  * the bytes to hand over and send to a GPU (the model normalises: glae_normalise_u8). */
+/* shard_world > 1 (data parallelism): `order` is the whole epoch in global batches of
+ * batch * shard_world samples (total a multiple of it); this loader delivers rank
+ * shard_rank's consecutive `batch` samples of each, augmented exactly as a one-process
+ * loader would (the repeat counts are those of the whole epoch). shard_world 1: all. */
 int glae_loader_create(glae_loader **out, const uint8_t *images, int64_t n, int h, int w,
                        const float *ages, const float *sigmas, const int64_t *order,
                        int64_t total, int batch, int drop_last, int size,
                        const glae_aug_config *cfg, uint64_t seed, uint32_t epoch, int nthreads,
-                       int nslots, int out_u8);
+                       int nslots, int out_u8, int shard_rank, int shard_world);
 int64_t glae_loader_num_batches(const glae_loader *L);
 
 /* Wait up to timeout_ms (< 0: forever) for the next batch. Returns 1 when a batch is ready

@@ -130,6 +130,15 @@ int glae_model_set_threads(glae_model *m, int n) {
     return GLAE_OK;
 }
 
+int glae_model_set_bn_batch(glae_model *m, int k) {
+    if (k < 0) return glae_fail(GLAE_ERR_VALUE, "model: bn_batch must be >= 0 (0: the whole batch), got %d", k);
+    if (m->net.bn_batch != k) {
+        m->net.bn_batch = k;
+        m->plan_kind = GLAE_PLAN_NONE; /* the saved statistics take (groups, C) */
+    }
+    return GLAE_OK;
+}
+
 void glae_model_free(glae_model *m) {
     glae_model_async_free(m); /* waits for the slots' steps */
 #ifdef GLAE_WITH_CUDA

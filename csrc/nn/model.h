@@ -84,6 +84,9 @@ void glae_model_free(glae_model *m);
 /* The model's CPU thread count from the next call on (0: follow the process default): its
  * context's, so other threads' work (a detector, another model) neither sees nor changes it. */
 int glae_model_set_threads(glae_model *m, int n);
+/* Ghost batch norm of the backbone from the next step on: BN statistics over consecutive
+ * groups of k images of each training batch (0: the whole batch; resnet.h). Re-plans. */
+int glae_model_set_bn_batch(glae_model *m, int k);
 
 /* the backbone is an EfficientNetV2; its feature map's channels */
 int glae_model_is_effnet(const glae_model *m);

@@ -223,9 +223,14 @@ static size_t act_bytes(const glae_resnet *net) {
         if (!(ptr)) return GLAE_ERR_MEMORY;                                  \
     } while (0)
 
-static int plan_bn(glae_bn_layer *l, glae_arena *a) {
-    ALLOC_F(l->mean, l->c);
-    ALLOC_F(l->invstd, l->c);
+/* the number of ghost-BN groups of a batch of n images (1: whole-batch statistics) */
+static int bn_groups(const glae_resnet *net, int n) {
+    return net->bn_batch > 0 && net->bn_batch < n ? (n + net->bn_batch - 1) / net->bn_batch : 1;
+}
+
+static int plan_bn(glae_bn_layer *l, glae_arena *a, int groups) {
+    ALLOC_F(l->mean, (int64_t)groups * l->c);
+    ALLOC_F(l->invstd, (int64_t)groups * l->c);
     return GLAE_OK;
 }
 
@@ -347,14 +352,23 @@ int glae_resnet_plan(glae_resnet *net, glae_arena *a, int n, int h, int w, int g
         pl.mode = PLACE_SHARE;
     }
     GLAE_TRY(place_activations(net, a, &pl));
-    GLAE_TRY(plan_bn(&net->bn1, a));
+    if (net->bn_batch < 0)
+        return glae_fail(GLAE_ERR_VALUE, "resnet: bn_batch must be >= 0 (0: the whole batch), got %d",
+                         net->bn_batch);
+    const int groups = bn_groups(net, n);
+    if (grads && groups > 1 && n % net->bn_batch == 1)
+        return glae_fail(GLAE_ERR_VALUE,
+                         "resnet: a batch of %d images in groups of bn_batch=%d leaves a last "
+                         "group of 1 image: batch norm needs more than 1 value per channel",
+                         n, net->bn_batch);
+    GLAE_TRY(plan_bn(&net->bn1, a, groups));
     const int64_t npool = (int64_t)n * net->pool.oh * net->pool.ow * 64;
     net->argmax = glae_arena_alloc(a, (size_t)npool * sizeof(int32_t));
     if (!net->argmax) return GLAE_ERR_MEMORY;
     for (int i = 0; i < net->nblocks; i++) {
         glae_block *b = &net->blocks[i];
-        for (int j = 0; j < b->nconv; j++) GLAE_TRY(plan_bn(&b->bn[j], a));
-        if (b->has_down) GLAE_TRY(plan_bn(&b->dbn, a));
+        for (int j = 0; j < b->nconv; j++) GLAE_TRY(plan_bn(&b->bn[j], a, groups));
+        if (b->has_down) GLAE_TRY(plan_bn(&b->dbn, a, groups));
     }
     const int64_t nfeat = (int64_t)n * net->fh * net->fw * net->out_c;
     net->x_h = net->dfeat_h = NULL;
@@ -394,6 +408,39 @@ static int conv_bwd(glae_ctx *ctx, const glae_resnet *net, glae_conv_layer *l, g
     return ctx->ops->conv2d_backward(ctx, din, dw, db, dout, in, w, &l->s);
 }
 
+/* Ghost BN in bf16: the fused op on each group of bn_batch images (rows per image = rows /
+ * n), the running statistics fed by group 0 as batchnorm_ghost_forward does. */
+static int bn_act_ghost_fwd_bf16(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l,
+                                 glae_bf16 *out, const glae_bf16 *in, const glae_bf16 *residual,
+                                 const float *g, const float *b, float *rm, float *rv,
+                                 int64_t rows, int relu) {
+    const int64_t gr = rows / net->n * net->bn_batch, c = l->c;
+    for (int64_t r0 = 0, k = 0; r0 < rows; r0 += gr, k++) {
+        const int64_t m = rows - r0 < gr ? rows - r0 : gr;
+        GLAE_TRY(ctx->ops->bn_act_forward_bf16(ctx, out + r0 * c, l->mean + k * c,
+                                               l->invstd + k * c, in + r0 * c,
+                                               residual ? residual + r0 * c : NULL, g, b,
+                                               k ? NULL : rm, k ? NULL : rv, m, l->c,
+                                               GLAE_BN_MOMENTUM, GLAE_BN_EPS, 1, relu));
+    }
+    return GLAE_OK;
+}
+
+static int bn_act_ghost_bwd_bf16(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l,
+                                 glae_bf16 *din, glae_bf16 *dres, float *dg, float *db,
+                                 glae_bf16 *dout, const glae_bf16 *out, const glae_bf16 *in,
+                                 const float *g, int64_t rows) {
+    const int64_t gr = rows / net->n * net->bn_batch, c = l->c;
+    for (int64_t r0 = 0, k = 0; r0 < rows; r0 += gr, k++) {
+        const int64_t m = rows - r0 < gr ? rows - r0 : gr;
+        GLAE_TRY(ctx->ops->bn_act_backward_bf16(ctx, din + r0 * c, dres ? dres + r0 * c : NULL, dg,
+                                                db, dout + r0 * c, out ? out + r0 * c : NULL,
+                                                in + r0 * c, l->mean + k * c, l->invstd + k * c,
+                                                g, m, l->c, 1, out != NULL));
+    }
+    return GLAE_OK;
+}
+
 /* out = act(BN(in) + residual), residual may be NULL: one fused op in bf16; in float32 the
  * BN, then the add and the ReLU in place on out */
 static int bn_act_fwd(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l, glae_params *p,
@@ -402,11 +449,19 @@ static int bn_act_fwd(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l, g
     const glae_backend *ops = ctx->ops;
     float *g = glae_params_ptr(p, l->g), *b = glae_params_ptr(p, l->b);
     float *rm = glae_params_ptr(p, l->rm), *rv = glae_params_ptr(p, l->rv);
+    const int groups = training ? bn_groups(net, net->n) : 1;
+    if (net->bf16 && groups > 1) /* ghost BN: the fused op on each group of images */
+        return bn_act_ghost_fwd_bf16(ctx, net, l, out, in, residual, g, b, rm, rv, rows, relu);
     if (net->bf16)
         return ops->bn_act_forward_bf16(ctx, out, l->mean, l->invstd, in, residual, g, b, rm, rv,
                                         rows, l->c, GLAE_BN_MOMENTUM, GLAE_BN_EPS, training, relu);
-    GLAE_TRY(ops->batchnorm_forward(ctx, out, l->mean, l->invstd, in, g, b, rm, rv, rows, l->c,
-                                    GLAE_BN_MOMENTUM, GLAE_BN_EPS, training));
+    if (groups > 1)
+        GLAE_TRY(ops->batchnorm_ghost_forward(ctx, out, l->mean, l->invstd, in, g, b, rm, rv, rows,
+                                              l->c, rows / net->n * net->bn_batch,
+                                              GLAE_BN_MOMENTUM, GLAE_BN_EPS, training));
+    else
+        GLAE_TRY(ops->batchnorm_forward(ctx, out, l->mean, l->invstd, in, g, b, rm, rv, rows, l->c,
+                                        GLAE_BN_MOMENTUM, GLAE_BN_EPS, training));
     if (residual) GLAE_TRY(ops->add_forward(ctx, out, out, residual, rows * l->c));
     return relu ? ops->relu_forward(ctx, out, out, rows * l->c) : GLAE_OK;
 }
@@ -421,10 +476,16 @@ static int bn_act_bwd(glae_ctx *ctx, const glae_resnet *net, glae_bn_layer *l, g
     const glae_backend *ops = ctx->ops;
     float *dg = glae_params_grad(p, l->g), *db = glae_params_grad(p, l->b);
     const float *g = glae_params_ptr(p, l->g);
+    const int groups = bn_groups(net, net->n);
+    if (net->bf16 && groups > 1)
+        return bn_act_ghost_bwd_bf16(ctx, net, l, din, dres, dg, db, dout, out, in, g, rows);
     if (net->bf16)
         return ops->bn_act_backward_bf16(ctx, din, dres, dg, db, dout, out, in, l->mean,
                                          l->invstd, g, rows, l->c, 1, out != NULL);
     if (out) GLAE_TRY(ops->relu_backward(ctx, dout, dout, out, rows * l->c));
+    if (groups > 1)
+        return ops->batchnorm_ghost_backward(ctx, din, dg, db, dout, in, l->mean, l->invstd, g,
+                                             rows, l->c, rows / net->n * net->bn_batch, 1);
     return ops->batchnorm_backward(ctx, din, dg, db, dout, in, l->mean, l->invstd, g, rows,
                                    l->c, 1);
 }

@@ -29,7 +29,7 @@ typedef struct {
 typedef struct {
     int g, b, rm, rv; /* param indices: weight, bias, running_mean, running_var */
     int c;
-    float *mean, *invstd; /* saved by the forward (arena) */
+    float *mean, *invstd; /* saved by the forward (arena): (groups, c) */
 } glae_bn_layer;
 
 typedef struct {
@@ -75,6 +75,10 @@ typedef struct {
     /* Set before planning: plans without a backward keep every activation as a training
      * plan does. Never faster; it is what the slot sharing is checked against. */
     int keep_all;
+    /* Set before planning: ghost batch norm, the BN statistics over consecutive groups of
+     * bn_batch images of the batch (the papers' 32 per GPU; 0: the whole batch). The
+     * running statistics follow the first group (ops.h, batchnorm_ghost_forward). */
+    int bn_batch;
 } glae_resnet;
 
 /* torchvision's stage table of a backbone, the one glae_resnet_build walks (Python reads it

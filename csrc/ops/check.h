@@ -31,6 +31,20 @@ static inline int glae_check_batchnorm(const char *fn, int64_t rows, int c, floa
     return GLAE_OK;
 }
 
+/* ghost batch norm: a positive group size, and no group of a single row in training
+ * (its variance would be 0 and the unbiased one undefined) */
+static inline int glae_check_ghost(const char *fn, int64_t rows, int64_t group_rows, int training) {
+    if (group_rows < 1)
+        return glae_fail(GLAE_ERR_VALUE, "%s: group_rows must be >= 1, got %lld", fn,
+                         (long long)group_rows);
+    if (training && rows > group_rows && rows % group_rows == 1)
+        return glae_fail(GLAE_ERR_VALUE,
+                         "%s: the last group would have 1 row (rows %lld, group_rows %lld): "
+                         "training needs more than 1 value per channel", fn, (long long)rows,
+                         (long long)group_rows);
+    return GLAE_OK;
+}
+
 /* a pool shape made by glae_pool_shape_init (max pool, float32 and bf16) */
 static inline int glae_check_pool_shape(const char *fn, const glae_pool_shape *s) {
     glae_pool_shape t;

@@ -187,3 +187,42 @@ int glae_batchnorm_backward(glae_ctx *ctx, float *din, float *dgamma, float *dbe
     free(part);
     return GLAE_OK;
 }
+
+/* ---- ghost batch norm: the plain op on each group of rows ------------------------------ */
+
+int glae_batchnorm_ghost_forward(glae_ctx *ctx, float *out, float *save_mean,
+                                 float *save_invstd, const float *in, const float *gamma,
+                                 const float *beta, float *running_mean, float *running_var,
+                                 int64_t rows, int c, int64_t group_rows, float momentum,
+                                 float eps, int training) {
+    const char *fn = "batchnorm_ghost_forward";
+    GLAE_TRY(glae_check_batchnorm(fn, rows, c, momentum, eps, training, running_mean, running_var));
+    GLAE_TRY(glae_check_ghost(fn, rows, group_rows, training));
+    for (int64_t r0 = 0, g = 0; r0 < rows; r0 += group_rows, g++) {
+        const int64_t m = rows - r0 < group_rows ? rows - r0 : group_rows;
+        /* group 0 alone feeds the running statistics (rank 0's, see ops.h); eval reads
+         * them in every group */
+        const int feed = g == 0 || !training;
+        GLAE_TRY(glae_batchnorm_forward(ctx, out + r0 * c, save_mean + g * c, save_invstd + g * c,
+                                        in + r0 * c, gamma, beta, feed ? running_mean : NULL,
+                                        feed ? running_var : NULL, m, c, momentum, eps, training));
+    }
+    return GLAE_OK;
+}
+
+int glae_batchnorm_ghost_backward(glae_ctx *ctx, float *din, float *dgamma, float *dbeta,
+                                  const float *dout, const float *in, const float *save_mean,
+                                  const float *save_invstd, const float *gamma, int64_t rows,
+                                  int c, int64_t group_rows, int training) {
+    const char *fn = "batchnorm_ghost_backward";
+    if (rows < 0 || c < 0)
+        return glae_fail(GLAE_ERR_VALUE, "%s: negative size (rows %lld, c %d)", fn, (long long)rows, c);
+    GLAE_TRY(glae_check_ghost(fn, rows, group_rows, 0));
+    for (int64_t r0 = 0, g = 0; r0 < rows; r0 += group_rows, g++) {
+        const int64_t m = rows - r0 < group_rows ? rows - r0 : group_rows;
+        GLAE_TRY(glae_batchnorm_backward(ctx, din ? din + r0 * c : NULL, dgamma, dbeta,
+                                         dout + r0 * c, in + r0 * c, save_mean + g * c,
+                                         save_invstd + g * c, gamma, m, c, training));
+    }
+    return GLAE_OK;
+}

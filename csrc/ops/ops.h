@@ -49,6 +49,25 @@ int glae_batchnorm_backward(glae_ctx *ctx, float *din, float *dgamma, float *dbe
                             const float *save_invstd, const float *gamma, int64_t rows, int c,
                             int training);
 
+/* ---- ghost batch norm (norm.c): the statistics over consecutive groups of rows ----------
+ * The papers' per-GPU batch norm on one device (LAE 2.3: 8 GPUs x 32 images): rows are
+ * split into groups of group_rows (the last may be shorter, but never a single row in
+ * training), each normalised with its own batch statistics as glae_batchnorm_forward
+ * would. save_mean / save_invstd hold (groups, C), groups = ceil(rows / group_rows).
+ * running_mean / running_var are fed by group 0 only: what rank 0 of a data-parallel run
+ * keeps and saves (docs/distributed.md). Eval mode is glae_batchnorm_forward's (every
+ * group's saved statistics are the running ones). group_rows >= rows is the plain op. */
+int glae_batchnorm_ghost_forward(glae_ctx *ctx, float *out, float *save_mean,
+                                 float *save_invstd, const float *in, const float *gamma,
+                                 const float *beta, float *running_mean, float *running_var,
+                                 int64_t rows, int c, int64_t group_rows, float momentum,
+                                 float eps, int training);
+/* Its backward, group by group; dgamma, dbeta accumulate over the groups (+=). */
+int glae_batchnorm_ghost_backward(glae_ctx *ctx, float *din, float *dgamma, float *dbeta,
+                                  const float *dout, const float *in, const float *save_mean,
+                                  const float *save_invstd, const float *gamma, int64_t rows,
+                                  int c, int64_t group_rows, int training);
+
 /* ---- ReLU (act.c); out may alias in, din may alias dout --------------------------- */
 int glae_relu_forward(glae_ctx *ctx, float *out, const float *in, int64_t n);
 /* uses the forward output: d/dx relu = [out > 0] */
@@ -216,6 +235,7 @@ int glae_maxpool2d_backward_bf16(glae_ctx *ctx, glae_bf16 *din, const glae_bf16 
     X(flatten_nchw_forward) X(flatten_nchw_backward) X(avg2_forward) X(normalise_u8) \
     X(f32_to_bf16) X(bf16_to_f32) X(conv2d_forward_bf16) X(conv2d_backward_bf16) \
     X(bn_act_forward_bf16) X(bn_act_backward_bf16) X(add_forward_bf16) \
-    X(maxpool2d_forward_bf16) X(maxpool2d_backward_bf16)
+    X(maxpool2d_forward_bf16) X(maxpool2d_backward_bf16) \
+    X(batchnorm_ghost_forward) X(batchnorm_ghost_backward)
 
 #endif

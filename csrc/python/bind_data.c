@@ -578,11 +578,14 @@ static PyArrayObject *arg_labels(PyObject *o, const char *name, npy_intp n) {
 static PyObject *loader_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static const char *const names[] = {"images", "ages", "sigmas", "indices", "batch_size", "out_size",
                                         "seed", "epoch", "threads", "prefetch", "drop_last", "config",
-                                        "dtype"};
-    PyObject *v[13], *rest = NULL;
+                                        "dtype", "shard"};
+    PyObject *v[14], *rest = NULL;
     LoaderObject *self = NULL;
-    int u8 = 0;
-    if (split_args("Loader", args, kw, names, 13, 5, v, &rest)) return NULL;
+    int u8 = 0, shard_rank = 0, shard_world = 1;
+    if (split_args("Loader", args, kw, names, 14, 5, v, &rest)) return NULL;
+    if (v[13] && v[13] != Py_None && !PyArg_ParseTuple(v[13], "ii;shard must be (rank, world_size)",
+                                                       &shard_rank, &shard_world))
+        return NULL;
     long long batch, size = 224, epoch = 0, threads = 1, prefetch = 0;
     uint64_t seed = 0;
     int drop_last = 0;
@@ -619,7 +622,7 @@ static PyObject *loader_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
                                       (int)PyArray_DIM(images, 2), ages ? PyArray_DATA(ages) : NULL,
                                       sig ? PyArray_DATA(sig) : NULL, PyArray_DATA(idx), PyArray_DIM(idx, 0),
                                       (int)batch, drop_last, (int)size, &cfg, seed, (uint32_t)epoch,
-                                      (int)threads, (int)prefetch, u8));
+                                      (int)threads, (int)prefetch, u8, shard_rank, shard_world));
     if (st) {
         glae_raise(st);
         goto fail;
@@ -729,7 +732,7 @@ static PyTypeObject LoaderType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Loader(images, ages, sigmas, indices, batch_size, out_size=224, seed=0, epoch=0,\n"
               "       threads=1, prefetch=threads+1, drop_last=False, config=None, dtype='float32',\n"
-              "       **config)\n\n"
+              "       shard=None, **config)\n\n"
               "One epoch over `indices` (int64, positions into images (N, H, W, 3) uint8, a\n"
               "np.memmap works): `threads` C threads augment batches ahead into `prefetch` ring\n"
               "slots (and as many OpenMP threads copy a batch out: the Loader's own count);\n"
@@ -738,7 +741,10 @@ static PyTypeObject LoaderType = {
               "may be None (zeros). A bad index raises when its batch is reached.\n"
               "dtype='uint8' yields the augmented pixels before the normalisation instead\n"
               "(a quarter of the bytes; Model.train_step(x_uint8, ..., norm=) normalises them\n"
-              "on its device to the same float32 values, bit for bit).",
+              "on its device to the same float32 values, bit for bit).\n"
+              "shard=(rank, world_size): `indices` is the whole epoch in global batches of\n"
+              "batch_size * world_size; this rank gets its consecutive batch_size samples of\n"
+              "each, augmented as the one-process Loader augments them (data parallelism).",
     .tp_new = loader_new,
     .tp_dealloc = (destructor)loader_dealloc,
     .tp_iter = loader_iter,

@@ -192,6 +192,30 @@ static int Model_set_drop_step(ModelObject *self, PyObject *v, void *c) {
     return 0;
 }
 
+static PyObject *Model_bn_batch(ModelObject *self, void *c) {
+    (void)c;
+    if (!model_ready(self)) return NULL;
+    return PyLong_FromLong(self->m.net.bn_batch);
+}
+
+static int Model_set_bn_batch(ModelObject *self, PyObject *v, void *c) {
+    (void)c;
+    if (!model_ready(self)) return -1;
+    if (!v) {
+        PyErr_SetString(PyExc_TypeError, "bn_batch cannot be deleted");
+        return -1;
+    }
+    const long n = PyLong_AsLong(v);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0 || n > 1 << 30) {
+        PyErr_Format(PyExc_ValueError, "bn_batch must be >= 0 (0: the whole batch); got %ld", n);
+        return -1;
+    }
+    const int st = glae_model_set_bn_batch(&self->m, (int)n);
+    if (st) glae_raise(st);
+    return st ? -1 : 0;
+}
+
 static PyObject *Model_device(ModelObject *self, void *c) {
     if (!model_ready(self)) return NULL;
     if (self->m.ctx.device == GLAE_CUDA) return PyUnicode_FromFormat("cuda:%d", self->m.cfg.cuda_device);
@@ -675,6 +699,9 @@ static PyGetSetDef Model_getset[] = {
      "masks are a pure function of (seed, drop_step, block, sample)", NULL},
     {"cpu_backend", (getter)Model_cpu_backend, NULL,
      "'reference' or 'onednn': the op table of a CPU model ('' on a GPU)", NULL},
+    {"bn_batch", (getter)Model_bn_batch, (setter)Model_set_bn_batch,
+     "ghost batch norm: the backbone's BN statistics over consecutive groups of this many "
+     "images of a training batch (the papers' 32 per GPU); 0: the whole batch", NULL},
     {"device", (getter)Model_device, NULL,
      "'cpu' or 'cuda:N': where parameters and activations live (on a CUDA model, params, "
      "grads, momentum and buffers are read-only host copies)", NULL},
@@ -730,6 +757,22 @@ PyMethodDef glae_nn_methods[] = {
      "block, sample); apply it with channel_scale_forward(x.reshape(n, -1, 1), s[:, None])"},
     {NULL, NULL, 0, NULL},
 };
+
+/* model_py.h: a _C.Model's flat buffers and context for the communicator (bind_dist.c) */
+int glae_py_model_acquire(PyObject *o, glae_params **p, glae_ctx **ctx) {
+    if (!PyObject_TypeCheck(o, &ModelType)) {
+        PyErr_Format(PyExc_TypeError, "expected a glae._C.Model, got %s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    ModelObject *self = (ModelObject *)o;
+    if (!model_ready(self)) return -1;
+    self->busy = 1;
+    *p = &self->m.p;
+    *ctx = &self->m.ctx;
+    return 0;
+}
+
+void glae_py_model_release(PyObject *o) { ((ModelObject *)o)->busy = 0; }
 
 int glae_nn_add_types(PyObject *m) {
     if (PyType_Ready(&ModelType) < 0) return -1;

@@ -292,6 +292,93 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     RUN(batchnorm_backward, gx, gg, gb, ddy, dx, dm, dis, dg, glae_rows_of(x), c, training);
 }
 
+/* batchnorm_ghost_forward(x (..., C), gamma, beta, running_mean | None, running_var | None,
+ *     group_rows, momentum, eps, training) -> (y, save_mean (G, C), save_invstd (G, C)):
+ * batch norm over consecutive groups of group_rows rows of x viewed as (rows, C); the
+ * running statistics (updated IN PLACE in training) follow group 0. */
+static PyObject *py_batchnorm_ghost_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    KW("x", "gamma", "beta", "running_mean", "running_var", "group_rows", "momentum", "eps",
+       "training");
+    PyObject *xo, *go, *bo, *rmo, *rvo, *ctxo = NULL;
+    long long group_rows;
+    float momentum, eps;
+    int training;
+    PARSE("OOOOOLffp|O:batchnorm_ghost_forward", &xo, &go, &bo, &rmo, &rvo, &group_rows,
+          &momentum, &eps, &training, &ctxo);
+    ARG_F32(x, xo, "x", -1);
+    if (glae_check_min_ndim(x, "x", 2)) return NULL;
+    ARG_FITS(x, "x");
+    const int c = glae_last_dim(x);
+    ARG_F32(g, go, "gamma", 1);
+    ARG_DIM(g, "gamma", 0, c);
+    ARG_F32(b, bo, "beta", 1);
+    ARG_DIM(b, "beta", 0, c);
+    ARG_F32_OPT(rm, rmo, "running_mean", 1);
+    if (rm) ARG_DIM(rm, "running_mean", 0, c);
+    ARG_F32_OPT(rv, rvo, "running_var", 1);
+    if (rv) ARG_DIM(rv, "running_var", 0, c);
+    if (glae_check_writeable(rm, "running_mean") || glae_check_writeable(rv, "running_var"))
+        return NULL;
+    if (group_rows < 1) {
+        PyErr_Format(PyExc_ValueError, "group_rows must be >= 1, got %lld", group_rows);
+        return NULL;
+    }
+    if (!training && (!rm || !rv)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "running_mean and running_var are required in eval mode (training=False)");
+        return NULL;
+    }
+    const int64_t rows = glae_rows_of(x);
+    START();
+    npy_intp sd[2] = {(npy_intp)((rows + group_rows - 1) / group_rows), c};
+    float *dx = glae_job_in(&J, x), *dg = glae_job_in(&J, g), *db = glae_job_in(&J, b);
+    float *drm = glae_job_inout(&J, rm), *drv = glae_job_inout(&J, rv);
+    float *y = glae_job_out(&J, DIMS_OF(x), NPY_FLOAT32, 0),
+          *m = glae_job_out(&J, 2, sd, NPY_FLOAT32, 0), *is = glae_job_out(&J, 2, sd, NPY_FLOAT32, 0);
+    RUN(batchnorm_ghost_forward, y, m, is, dx, dg, db, drm, drv, rows, c, (int64_t)group_rows,
+        momentum, eps, training);
+}
+
+/* batchnorm_ghost_backward(dy, x, save_mean (G, C), save_invstd (G, C), gamma, group_rows,
+ *     training) -> (dx, dgamma, dbeta) */
+static PyObject *py_batchnorm_ghost_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    KW("dy", "x", "save_mean", "save_invstd", "gamma", "group_rows", "training");
+    PyObject *dyo, *xo, *mo, *io, *go, *ctxo = NULL;
+    long long group_rows;
+    int training;
+    PARSE("OOOOOLp|O:batchnorm_ghost_backward", &dyo, &xo, &mo, &io, &go, &group_rows, &training,
+          &ctxo);
+    ARG_F32(dy, dyo, "dy", -1);
+    ARG_F32(x, xo, "x", -1);
+    if (glae_check_min_ndim(x, "x", 2)) return NULL;
+    ARG_FITS(x, "x");
+    ARG_SAME(dy, "dy", x, "x");
+    const int c = glae_last_dim(x);
+    if (group_rows < 1) {
+        PyErr_Format(PyExc_ValueError, "group_rows must be >= 1, got %lld", group_rows);
+        return NULL;
+    }
+    const int64_t rows = glae_rows_of(x), groups = (rows + group_rows - 1) / group_rows;
+    ARG_F32(m, mo, "save_mean", 2);
+    ARG_DIM(m, "save_mean", 0, groups);
+    ARG_DIM(m, "save_mean", 1, c);
+    ARG_F32(is, io, "save_invstd", 2);
+    ARG_DIM(is, "save_invstd", 0, groups);
+    ARG_DIM(is, "save_invstd", 1, c);
+    ARG_F32(g, go, "gamma", 1);
+    ARG_DIM(g, "gamma", 0, c);
+    START();
+    npy_intp cd[1] = {c};
+    float *ddy = glae_job_in(&J, dy), *dx = glae_job_in(&J, x), *dm = glae_job_in(&J, m),
+          *dis = glae_job_in(&J, is), *dg = glae_job_in(&J, g);
+    float *gx = glae_job_out(&J, DIMS_OF(x), NPY_FLOAT32, 0),
+          *gg = glae_job_out(&J, 1, cd, NPY_FLOAT32, 1), *gb = glae_job_out(&J, 1, cd, NPY_FLOAT32, 1);
+    RUN(batchnorm_ghost_backward, gx, gg, gb, ddy, dx, dm, dis, dg, rows, c, (int64_t)group_rows,
+        training);
+}
+
 /* ---- pooling ------------------------------------------------------------------------ */
 
 /* maxpool2d_forward(x (N, H, W, C), k, stride, pad, ceil_mode=False) -> (y, argmax int32) */
@@ -639,6 +726,13 @@ PyMethodDef glae_ops_methods[] = {
     OP(batchnorm_backward,
        "batchnorm_backward(dy, x, save_mean, save_invstd, gamma, training, ctx=None) -> (dx, "
        "dgamma, dbeta)"),
+    OP(batchnorm_ghost_forward,
+       "batchnorm_ghost_forward(x, gamma, beta, running_mean|None, running_var|None, group_rows, "
+       "momentum, eps, training, ctx=None) -> (y, save_mean (G, C), save_invstd (G, C)): batch "
+       "norm over consecutive groups of group_rows rows; running stats follow group 0"),
+    OP(batchnorm_ghost_backward,
+       "batchnorm_ghost_backward(dy, x, save_mean, save_invstd, gamma, group_rows, training, "
+       "ctx=None) -> (dx, dgamma, dbeta)"),
     OP(maxpool2d_forward,
        "maxpool2d_forward(x NHWC, k, stride, pad, ceil_mode=False, ctx=None) -> (y, argmax int32)"),
     OP(maxpool2d_backward,

@@ -35,4 +35,9 @@ PyObject *glae_py_zero_grad(glae_params *p, glae_ctx *ctx);
 /* write_flat(role, value, offset=0) */
 PyObject *glae_py_write_flat(glae_params *p, glae_ctx *ctx, PyObject *args, PyObject *kw);
 
+/* A _C.Model's flat buffers and context (TypeError for another object, RuntimeError when
+ * busy); the model stays busy until glae_py_model_release (bind_nn.c). */
+int glae_py_model_acquire(PyObject *o, glae_params **p, glae_ctx **ctx);
+void glae_py_model_release(PyObject *o);
+
 #endif

@@ -85,6 +85,7 @@ static PyMethodDef *const families[] = {
     glae_metrics_methods, glae_train_methods, glae_data_methods, glae_nn_methods,
     glae_mtcnn_methods, glae_bf16_methods, glae_cuda_methods, glae_pretrain_methods,
     glae_cpu_methods,
+    glae_dist_methods,
 };
 
 static PyMethodDef *all_methods; /* lives as long as the process (the module may be re-imported) */
@@ -148,7 +149,7 @@ PyMODINIT_FUNC PyInit__C(void) {
         PyModule_AddIntConstant(m, "HAS_ONEDNN", glae_onednn_built()) < 0 ||
         PyModule_AddStringConstant(m, "__version__", GLAE_VERSION) < 0 ||
         glae_nn_add_types(m) < 0 || glae_data_add_types(m) < 0 ||
-        glae_pretrain_add_types(m) < 0) {
+        glae_pretrain_add_types(m) < 0 || glae_dist_add_types(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

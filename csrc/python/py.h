@@ -105,9 +105,11 @@ extern PyMethodDef glae_cpu_methods[]; /* CPU contexts: the reference or oneDNN 
 /* "reference" / "onednn" -> GLAE_CPU_REFERENCE / GLAE_CPU_ONEDNN; -1 with ValueError, or
  * RuntimeError for "onednn" in a build without it (bind_cpu.c) */
 int glae_py_cpu_backend(const char *s, int *backend);
+extern PyMethodDef glae_dist_methods[]; /* data parallelism (bind_dist.c) */
 /* Types a family adds to the module (Model, Loader, ...); 0 on success. */
 int glae_nn_add_types(PyObject *m);
 int glae_data_add_types(PyObject *m);
 int glae_pretrain_add_types(PyObject *m); /* bind_pretrain.c */
+int glae_dist_add_types(PyObject *m);     /* bind_dist.c */
 
 #endif

@@ -209,6 +209,10 @@ class Config:
         if self.bn_batch == 1:
             raise ValueError("bn_batch must be 0 (the whole batch) or >= 2: batch norm needs more "
                              "than one image per group")
+        if self.bn_batch and self.backbone.startswith("efficientnet"):
+            raise ValueError(f"bn_batch (ghost batch norm) is implemented for the ResNet backbones "
+                             f"only; {self.backbone} takes its BN statistics over the whole batch "
+                             "(bn_batch = 0)")
         if self.threads > 1024:
             raise ValueError(f"threads must be at most 1024; got {self.threads}")
         if self.image_size > 4096:  # the papers use 224; a 4096 px batch of 256 needs ~150 GiB

@@ -183,3 +183,16 @@ def test_model_bn_batch_changes_the_step(rng, math):
     m = _tiny_model(3, math)  # 4 = 3 + 1: a last group of one image
     with pytest.raises(ValueError, match="1 image"):
         m.train_step(x, ages, None, stage=1, norm="glae")
+
+
+def test_effnet_refuses_bn_batch():
+    """Ghost BN is wired into the ResNet walk only: an EfficientNetV2 model says so rather
+    than silently training on whole-batch statistics."""
+    import glae
+
+    m = _C.Model("efficientnet_v2_s", "gap", input_size=32)
+    with pytest.raises(ValueError, match="ResNet backbones only"):
+        m.bn_batch = 4
+    m.bn_batch = 0  # the whole batch: what it does anyway
+    with pytest.raises(ValueError, match="ResNet backbones only"):
+        glae.Config(backbone="efficientnet_v2_s", bn_batch=32).validate()

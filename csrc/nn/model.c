@@ -132,6 +132,10 @@ int glae_model_set_threads(glae_model *m, int n) {
 
 int glae_model_set_bn_batch(glae_model *m, int k) {
     if (k < 0) return glae_fail(GLAE_ERR_VALUE, "model: bn_batch must be >= 0 (0: the whole batch), got %d", k);
+    if (k > 0 && glae_model_is_effnet(m))
+        return glae_fail(GLAE_ERR_VALUE,
+                         "model: bn_batch (ghost batch norm) is implemented for the ResNet backbones "
+                         "only; EfficientNetV2 takes its BN statistics over the whole batch (bn_batch = 0)");
     if (m->net.bn_batch != k) {
         m->net.bn_batch = k;
         m->plan_kind = GLAE_PLAN_NONE; /* the saved statistics take (groups, C) */

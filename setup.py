@@ -139,7 +139,8 @@ class BuildExt(build_ext):
         incs = [f"-I{d}" for d in ext.include_dirs]
         gencode = build_cuda.gencode_flags(build_cuda.cuda_arch())
         # the optional libraries' switches reach the .cu files too (comm_nccl.cu)
-        defs = [f"-D{n}" for n, _ in ext.define_macros if n in ("GLAE_WITH_NCCL", "GLAE_WITH_MPI")]
+        defs = [f"-D{n}" if v is None or v == "1" else f"-D{n}={v}" for n, v in ext.define_macros
+                if n in ("GLAE_WITH_NCCL", "GLAE_WITH_MPI", "GLAE_NCCL_DIR")]
 
         def one(src):
             obj = os.path.join(out_dir, os.path.relpath(src, HERE).replace(os.sep, "_") + ".o")
@@ -194,10 +195,11 @@ def add_dist(ext, info, cuda_cfg):
         inc, libdir, name = nccl
         log(f"NCCL on: {why}")
         ext.define_macros.append(("GLAE_WITH_NCCL", "1"))
+        # opened on first use (comm_nccl.cu says why), not linked: only its folder is kept
+        ext.define_macros.append(("GLAE_NCCL_DIR", '"' + libdir + '"'))
         ext.include_dirs.append(inc)
-        ext.library_dirs.append(libdir)
-        ext.runtime_library_dirs.append(libdir)
-        ext.libraries.append(name)
+        if "dl" not in ext.libraries:
+            ext.libraries.append("dl")
     info.update({"nccl": "1" if nccl else "0", "nccl_reason": why})
 
 

@@ -147,3 +147,22 @@ def test_onednn_detection_wants_openmp_builds(tmp_path):
                                         "#define DNNL_VERSION_PATCH 3\n")
     assert mod.find_onednn_in([str(tmp_path)]) is None
     assert mod.detect({"GLAE_ONEDNN": "0"}) == (None, "GLAE_ONEDNN=0")
+
+
+def test_nccl_is_opened_on_use_not_linked():
+    """A linked libnccl.so.2 loads with `import glae` and shadows the newer one a later
+    `import torch` needs (torch then fails: undefined symbol ncclCommResume); glae opens
+    NCCL only when a multi-GPU run asks for it (core/comm_nccl.cu)."""
+    import shutil
+    import subprocess
+
+    from glae import _C
+
+    if _C.BUILD_INFO.get("nccl") != "1":
+        pytest.skip("built without NCCL")
+    if not shutil.which("readelf"):
+        pytest.skip("readelf not installed")
+    needed = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True,
+                            check=True).stdout
+    assert "libnccl" not in needed
+    assert len(_C.nccl_unique_id()) == 128  # and it opens: the id needs no GPU

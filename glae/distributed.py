@@ -96,6 +96,15 @@ class World:
             self.comm.allreduce(a)
         return a
 
+    def mean_of(self, values):
+        """A dict of floats (a step's losses) as its mean over ranks, the same on every
+        rank; the dict itself on one rank."""
+        if self.size == 1:
+            return values
+        keys = sorted(values)
+        mean = self.sum([values[k] for k in keys]) / self.size
+        return {k: float(v) for k, v in zip(keys, mean)}
+
     def gather_slices(self, n, start, parts):
         """Every rank holds rows [start, start + len) of arrays of length n: the whole arrays
         on every rank (one all-reduce of zero-padded float64; adding zeros is exact)."""

@@ -394,11 +394,7 @@ class Trainer:
             # checked before the update (so the step waits for its losses): a batch whose
             # loss or gradient is not finite is left out, the schedule moves on (the
             # gradients are the ranks' mean by now, so every rank decides alike)
-            losses = m.async_losses(0)
-            if self.world.size > 1:  # every rank decides on the global batch's losses
-                keys = sorted(losses)
-                mean = self.world.sum([losses[k] for k in keys]) / self.world.size
-                losses = {k: float(v) for k, v in zip(keys, mean)}
+            losses = self.world.mean_of(m.async_losses(0))  # the global batch's losses
             bad = _nonfinite_parts(losses)
             if not bad and not np.isfinite(m.grads[begin:end]).all():
                 bad = ["gradient"]
@@ -429,11 +425,7 @@ class Trainer:
 
     def _losses_of(self, pending, back):
         stage, step, lr = pending
-        losses = self.core.async_losses(back)
-        if self.world.size > 1:  # the mean over ranks: the global batch's loss, on every rank
-            keys = sorted(losses)
-            mean = self.world.sum([losses[k] for k in keys]) / self.world.size
-            losses = {k: float(v) for k, v in zip(keys, mean)}
+        losses = self.world.mean_of(self.core.async_losses(back))  # the global batch's, every rank
         bad = _nonfinite_parts(losses)
         if bad:
             # before a checkpoint records it (the optimizer has taken at most one more step)
